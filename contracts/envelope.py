@@ -1,0 +1,51 @@
+"""The envelope every event travels in (CloudEvents-like: id, type, source, subject, time, version, data)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import ClassVar, Generic, Self, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+# Identifiers for tenants, sites, pools: lower-case slugs, safe in keys, URLs and file names.
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class Contract(BaseModel):
+    """Base for every payload: unknown fields are an error, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Contract, Generic[DataT]):
+    """Envelope. `type` is also the Kafka topic; `subject` is the tenant (or site, for capacity events)."""
+
+    # Major.minor of the data contract: a minor bump only adds optional fields.
+    SCHEMA_VERSION: ClassVar[str] = "1.0"
+
+    id: uuid.UUID = Field(description="Unique event id; consumers deduplicate on (source, id).")
+    type: str = Field(description="Event type, equal to the topic it is published on.")
+    source: str = Field(min_length=1, max_length=200, description="Producer, e.g. 'service/placement'.")
+    subject: str = Field(min_length=1, max_length=200, description="Tenant id (site id for capacity).")
+    time: AwareDatetime
+    schema_version: str = Field(pattern=r"^\d+\.\d+$")
+    data: DataT
+
+    @classmethod
+    def create(cls, *, source: str, subject: str, data: DataT, event_id: uuid.UUID | None = None) -> Self:
+        return cls(
+            id=event_id or uuid.uuid4(),
+            type=cls.model_fields["type"].default,
+            source=source,
+            subject=subject,
+            time=datetime.now(UTC),
+            schema_version=cls.SCHEMA_VERSION,
+            data=data,
+        )
+
+    @classmethod
+    def major_version(cls) -> int:
+        return int(cls.SCHEMA_VERSION.split(".")[0])

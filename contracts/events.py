@@ -1,0 +1,355 @@
+"""Data contracts of every event in the flow. Money is integer KRW (the won has no minor unit)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from contracts.envelope import SLUG_PATTERN, Contract, Event
+
+Slug = str
+CsapGrade = Literal["none", "low", "medium", "high"]
+RuleMode = Literal["deny", "warn", "dryrun"]
+
+# Namespace for job ids derived from (tenant, client request id): a resubmission maps to the same job.
+JOB_ID_NAMESPACE = uuid.UUID("6f1c2a4e-8d0b-4c55-9a57-3b7d2f0e9c11")
+
+
+def job_id_for(tenant_id: str, client_request_id: str) -> uuid.UUID:
+    return uuid.uuid5(JOB_ID_NAMESPACE, f"{tenant_id}/{client_request_id}")
+
+
+class JobKind(StrEnum):
+    TRAINING = "training"
+    FINE_TUNING = "fine_tuning"
+    INFERENCE = "inference"
+    BATCH = "batch"
+
+
+class Dataset(Contract):
+    name: str = Field(min_length=1, max_length=200)
+    n2sf_grade: Literal["C", "S", "O"] = Field(default="O", description="N2SF data grade.")
+    categories: list[str] = Field(default_factory=list, description="e.g. credit, emr, genomic, map.")
+    personal_info: bool = False
+
+
+class JobRequest(Contract):
+    tenant_id: Slug = Field(pattern=SLUG_PATTERN)
+    client_request_id: str = Field(min_length=1, max_length=128, description="Idempotency key per tenant.")
+    name: str = Field(min_length=1, max_length=200)
+    kind: JobKind
+    gpu_count: int = Field(ge=1, le=1_000_000)
+    accelerator_model: str | None = Field(default=None, max_length=50, description="e.g. B200; None = any.")
+    min_generation: int | None = Field(default=None, ge=1, description="Minimum accelerator generation.")
+    expected_hours: float = Field(gt=0, le=8760)
+    max_price_krw_per_gpu_hour: int | None = Field(default=None, ge=1)
+    deadline: AwareDatetime
+    csap_grade: CsapGrade = Field(default="none", description="CSAP grade the job's system requires.")
+    datasets: list[Dataset] = Field(default_factory=list)
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        return job_id_for(self.tenant_id, self.client_request_id)
+
+
+class RuleViolation(Contract):
+    rule: str
+    message: str
+    mode: RuleMode
+
+
+class SiteAssessment(Contract):
+    """Why one site was or was not chosen: the policy verdict and the capacity facts, side by side."""
+
+    site_id: Slug
+    policy_allowed: bool
+    violations: list[RuleViolation] = Field(default_factory=list, description="Rules in deny mode that failed.")
+    warnings: list[RuleViolation] = Field(default_factory=list, description="Warn and dryrun findings.")
+    capacity_reasons: list[str] = Field(default_factory=list, description="Why no pool here fits, if none does.")
+    pool_id: Slug | None = Field(default=None, description="The pool that fits best here, if any.")
+    price_krw_per_gpu_hour: int | None = None
+    rank: int | None = Field(default=None, description="1 = chosen; sites that fit, ordered by the ranking.")
+
+
+class Explanation(Contract):
+    decision_id: uuid.UUID
+    policy_revision: str
+    summary: str
+    sites: list[SiteAssessment]
+
+
+class JobPlaced(Contract):
+    job_id: uuid.UUID
+    tenant_id: Slug
+    client_request_id: str
+    job_name: str
+    kind: JobKind
+    site_id: Slug
+    pool_id: Slug
+    accelerator_model: str
+    gpu_count: int = Field(ge=1)
+    expected_hours: float = Field(gt=0)
+    price_krw_per_gpu_hour: int = Field(ge=0, description="Locked at placement; billing rates with it.")
+    explanation: Explanation
+
+
+class JobQueued(Contract):
+    job_id: uuid.UUID
+    tenant_id: Slug
+    client_request_id: str
+    reason: str
+    explanation: Explanation
+
+
+class RejectionCode(StrEnum):
+    UNKNOWN_TENANT = "unknown_tenant"
+    INVALID_REQUEST = "invalid_request"
+    NO_ALLOWED_SITE = "no_allowed_site"
+    NEVER_FITS = "never_fits"
+    DEADLINE_PASSED = "deadline_passed"
+    POLICY_ENGINE_ERROR = "policy_engine_error"
+
+
+class JobRejected(Contract):
+    job_id: uuid.UUID
+    tenant_id: Slug
+    client_request_id: str
+    code: RejectionCode
+    reason: str
+    explanation: Explanation | None = None
+
+
+class JobStarted(Contract):
+    job_id: uuid.UUID
+    tenant_id: Slug
+    site_id: Slug
+    pool_id: Slug
+    gpu_count: int = Field(ge=1)
+
+
+class UsageReported(Contract):
+    """One interval of a running job's usage. `seq` runs 1..n per job; jobs.completed states n."""
+
+    job_id: uuid.UUID
+    tenant_id: Slug
+    site_id: Slug
+    pool_id: Slug
+    seq: int = Field(ge=1)
+    gpu_seconds: int = Field(ge=0)
+    energy_wh: int = Field(ge=0)
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    interval_start: AwareDatetime
+    interval_end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _interval_is_ordered(self) -> UsageReported:
+        if self.interval_end < self.interval_start:
+            raise ValueError("interval_end is before interval_start")
+        return self
+
+
+class JobCompleted(Contract):
+    job_id: uuid.UUID
+    tenant_id: Slug
+    site_id: Slug
+    pool_id: Slug
+    gpu_count: int = Field(ge=1)
+    status: Literal["succeeded", "failed"]
+    usage_reports: int = Field(ge=0, description="How many usage.reported events this job emitted.")
+    gpu_seconds: int = Field(ge=0)
+
+
+class JobBilled(Contract):
+    job_id: uuid.UUID
+    tenant_id: Slug
+    site_id: Slug
+    accelerator_model: str
+    gpu_seconds: int = Field(ge=0)
+    price_krw_per_gpu_hour: int = Field(ge=0)
+    amount_krw: int = Field(ge=0, description="round_half_up(gpu_seconds * price / 3600), whole won.")
+    marketplace_fee_krw: int = Field(ge=0)
+    site_payable_krw: int = Field(ge=0)
+    usage_reports: int = Field(ge=0)
+
+
+class UsageRated(Contract):
+    """A per-tenant usage record for billing consumers: one per usage.reported, with its amount."""
+
+    usage_event_id: uuid.UUID
+    usage_source: str
+    job_id: uuid.UUID
+    tenant_id: Slug
+    site_id: Slug
+    accelerator_model: str
+    seq: int = Field(ge=1)
+    gpu_seconds: int = Field(ge=0)
+    energy_wh: int = Field(ge=0)
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    price_krw_per_gpu_hour: int = Field(ge=0)
+    amount_krw: int = Field(description="This interval's share; a job's shares sum to its billed amount.")
+
+
+class CsapCertificate(Contract):
+    grade: Literal["low", "medium", "high"]
+    service_model: Literal["IaaS", "PaaS", "SaaS"] = "IaaS"
+    iaas_grade: Literal["low", "medium", "high"] | None = Field(
+        default=None, description="Grade of the IaaS a PaaS/SaaS runs on (CSAP-04)."
+    )
+    expires: date
+
+
+class Pool(Contract):
+    pool_id: Slug = Field(pattern=SLUG_PATTERN)
+    accelerator_model: str = Field(min_length=1, max_length=50)
+    generation: int = Field(ge=1, description="Ordinal accelerator generation, e.g. Hopper 9, Blackwell 10.")
+    accelerator_origin: str = Field(min_length=2, max_length=2, description="ISO country of the chip's designer.")
+    gpu_count: int = Field(ge=0)
+    price_krw_per_gpu_hour: int = Field(ge=1)
+    power_kw_per_gpu: float = Field(gt=0, le=10)
+    pue: float = Field(ge=1, le=3)
+
+
+class SiteAttributes(Contract):
+    site_id: Slug = Field(pattern=SLUG_PATTERN)
+    name: str
+    country: str = Field(min_length=2, max_length=2)
+    region: str
+    operator: str
+    operator_country: str = Field(min_length=2, max_length=2)
+    operator_type: Literal["government", "public", "private"]
+    ops_staff_country: str = Field(min_length=2, max_length=2)
+    management_country: str = Field(min_length=2, max_length=2)
+    internet_facing: bool
+    csap: CsapCertificate | None = None
+    separation: Literal["physical", "logical"]
+    integrated_audit_log: bool
+    external_network_blocked: bool
+    encryption_at_rest: bool
+    holds_reid_key: bool
+    closed_environment: bool
+    assumptions: list[str] = Field(
+        default_factory=list, description="Attributes that no public source gives: the catalogue's own."
+    )
+
+
+class CapacityOffered(Contract):
+    site: SiteAttributes
+    pools: list[Pool] = Field(min_length=1)
+
+
+class CapacityUpdated(Contract):
+    site_id: Slug
+    pool_id: Slug
+    status: Literal["available", "maintenance", "withdrawn"]
+    gpu_count: int | None = Field(default=None, ge=0, description="New total, if it changed.")
+
+
+class SiteVerdict(Contract):
+    site_id: Slug
+    allowed: bool
+    violations: list[RuleViolation] = Field(default_factory=list)
+    warnings: list[RuleViolation] = Field(default_factory=list)
+
+
+class PolicyDecisionRecord(Contract):
+    decision_id: uuid.UUID
+    job_id: uuid.UUID
+    tenant_id: Slug
+    policy_revision: str
+    engine: str
+    input_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    duration_us: int = Field(ge=0)
+    sites: list[SiteVerdict]
+
+
+class PolicyRevisionPublished(Contract):
+    policy_revision: str
+    previous_revision: str | None = None
+    published_by: str
+    tests_passed: int = Field(ge=0)
+    files: dict[str, str] = Field(description="Path -> sha256 of every file in the bundle.")
+
+
+# Envelopes, one per event type. The literal type doubles as the topic name.
+class JobRequestedEvent(Event[JobRequest]):
+    type: Literal["jobs.requested"] = "jobs.requested"
+
+
+class JobPlacedEvent(Event[JobPlaced]):
+    type: Literal["jobs.placed"] = "jobs.placed"
+
+
+class JobQueuedEvent(Event[JobQueued]):
+    type: Literal["jobs.queued"] = "jobs.queued"
+
+
+class JobRejectedEvent(Event[JobRejected]):
+    type: Literal["jobs.rejected"] = "jobs.rejected"
+
+
+class JobStartedEvent(Event[JobStarted]):
+    type: Literal["jobs.started"] = "jobs.started"
+
+
+class UsageReportedEvent(Event[UsageReported]):
+    type: Literal["usage.reported"] = "usage.reported"
+
+
+class JobCompletedEvent(Event[JobCompleted]):
+    type: Literal["jobs.completed"] = "jobs.completed"
+
+
+class JobBilledEvent(Event[JobBilled]):
+    type: Literal["jobs.billed"] = "jobs.billed"
+
+
+class UsageRatedEvent(Event[UsageRated]):
+    type: Literal["billing.usage"] = "billing.usage"
+
+
+class CapacityOfferedEvent(Event[CapacityOffered]):
+    type: Literal["capacity.offered"] = "capacity.offered"
+
+
+class CapacityUpdatedEvent(Event[CapacityUpdated]):
+    type: Literal["capacity.updated"] = "capacity.updated"
+
+
+class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
+    type: Literal["policy.decisions"] = "policy.decisions"
+
+
+class PolicyPublishedEvent(Event[PolicyRevisionPublished]):
+    type: Literal["policy.published"] = "policy.published"
+
+
+EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
+    model.model_fields["type"].default: model
+    for model in (
+        JobRequestedEvent,
+        JobPlacedEvent,
+        JobQueuedEvent,
+        JobRejectedEvent,
+        JobStartedEvent,
+        UsageReportedEvent,
+        JobCompletedEvent,
+        JobBilledEvent,
+        UsageRatedEvent,
+        CapacityOfferedEvent,
+        CapacityUpdatedEvent,
+        PolicyDecisionEvent,
+        PolicyPublishedEvent,
+    )
+}
+
+TOPICS: tuple[str, ...] = tuple(EVENT_MODELS)
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"

@@ -1,0 +1,1 @@
+"""Plumbing every service shares: settings, logging, database, outbox, inbox, Kafka wiring, policy engine."""

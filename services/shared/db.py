@@ -1,0 +1,98 @@
+"""Database engines: a SQLite file per service by default, one PostgreSQL schema per service in production.
+
+Every transaction a handler opens is short and never awaits, so SQLite's single writer lock is held for
+microseconds; `BEGIN IMMEDIATE` takes that lock up front so two processes never deadlock upgrading it.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table, event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlmodel import Session, SQLModel, create_engine
+
+from services.shared.settings import Settings
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; everything stored here is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def database_url_for(settings: Settings, service: str) -> str:
+    if settings.database_url:
+        return settings.database_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{settings.data_dir / f'{service}.db'}"
+
+
+def schema_name(service: str, prefix: str = "") -> str:
+    name = re.sub(r"[^a-z0-9_]", "_", f"{prefix}{service}".lower())
+    return name
+
+
+def create_service_engine(url: str, service: str, tables: Sequence[Table], schema_prefix: str = "") -> Engine:
+    """Engine for one service, with its tables created (idempotently, safe for concurrent workers)."""
+    if url.startswith("sqlite"):
+        engine = _sqlite_engine(url)
+        SQLModel.metadata.create_all(engine, tables=list(tables))
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    base = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    schema = schema_name(service, schema_prefix)
+    engine = base.execution_options(schema_translate_map={None: schema})
+    with engine.begin() as conn:
+        # Workers of one service may start together: serialise the DDL on an advisory lock.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(schema.encode())})
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        SQLModel.metadata.create_all(conn, tables=list(tables))
+    return engine
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" hook below emits BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def unit_of_work(engine: Engine) -> Iterator[Session]:
+    """One transaction: the effect, its outbox rows and its inbox row commit together or not at all."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def is_transient_database_error(error: BaseException) -> bool:
+    """Errors worth retrying the same message for, rather than dead-lettering it."""
+    if isinstance(error, OperationalError | DisconnectionError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated

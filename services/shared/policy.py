@@ -1,0 +1,149 @@
+"""Policy bundles (the Rego in policies/ plus its data) and the in-process Rego engine that decides with them.
+
+One evaluation covers every candidate site: the input holds the job, the tenant and a map of sites, and
+`data.sovereign.placement.decision` answers with a verdict per site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import regorus
+
+DECISION_RULE = "data.sovereign.placement.decision"
+_TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]+)\b", re.MULTILINE)
+_PACKAGE = re.compile(r"^package\s+([A-Za-z0-9_.]+)", re.MULTILINE)
+
+
+class PolicyEngineError(RuntimeError):
+    """The engine could not decide; callers fail closed."""
+
+
+def _first_line(error: BaseException) -> str:
+    # regorus appends a Rust backtrace when RUST_BACKTRACE is set; the first line is the message.
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """Every .rego and data.json file under a directory, keyed by relative path."""
+
+    files: dict[str, str]
+    revision: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256()
+        for path in sorted(self.files):
+            digest.update(path.encode() + b"\0" + hashlib.sha256(self.files[path].encode()).digest())
+        object.__setattr__(self, "revision", digest.hexdigest())
+
+    @classmethod
+    def load(cls, directory: Path) -> PolicyBundle:
+        if not directory.is_dir():
+            raise PolicyEngineError(f"policy directory {directory} does not exist")
+        files = {
+            path.relative_to(directory).as_posix(): path.read_text(encoding="utf-8")
+            for path in sorted(directory.rglob("*"))
+            if path.is_file() and (path.suffix == ".rego" or path.name == "data.json")
+        }
+        if not any(name.endswith(".rego") for name in files):
+            raise PolicyEngineError(f"no .rego files under {directory}")
+        return cls(files)
+
+    @property
+    def policies(self) -> dict[str, str]:
+        return {p: text for p, text in self.files.items() if p.endswith(".rego") and not p.endswith("_test.rego")}
+
+    @property
+    def tests(self) -> dict[str, str]:
+        return {p: text for p, text in self.files.items() if p.endswith("_test.rego")}
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """data.json files merged at the path of their directory, as OPA loads a bundle."""
+        merged: dict[str, Any] = {}
+        for path, text in self.files.items():
+            if not path.endswith("data.json"):
+                continue
+            target = merged
+            for part in Path(path).parent.parts:
+                target = target.setdefault(part, {})
+            target.update(json.loads(text))
+        return merged
+
+    def file_digests(self) -> dict[str, str]:
+        return {path: hashlib.sha256(text.encode()).hexdigest() for path, text in self.files.items()}
+
+
+class PolicyEngine(Protocol):
+    name: str
+    revision: str
+
+    def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class EmbeddedRegoEngine:
+    """regorus (Rust) in-process. Compiles the bundle once; each decision only sets the input."""
+
+    name = "regorus"
+
+    def __init__(self, bundle: PolicyBundle):
+        self.revision = bundle.revision
+        self._engine = _compile(bundle, include_tests=False)
+
+    def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self._engine.set_input_json(json.dumps(policy_input))
+            result: dict[str, Any] = json.loads(self._engine.eval_rule_as_json(DECISION_RULE))
+        except Exception as error:
+            raise PolicyEngineError(f"policy evaluation failed: {_first_line(error)}") from error
+        if not isinstance(result, dict):
+            raise PolicyEngineError(f"{DECISION_RULE} is undefined or not an object")
+        return result
+
+
+def _compile(bundle: PolicyBundle, include_tests: bool) -> Any:
+    engine = regorus.Engine()
+    sources = bundle.files if include_tests else bundle.policies
+    try:
+        for path, text in sources.items():
+            if path.endswith(".rego"):
+                engine.add_policy(path, text)
+        engine.add_data(bundle.data)
+    except Exception as error:
+        raise PolicyEngineError(f"policy bundle does not compile: {_first_line(error)}") from error
+    return engine
+
+
+@dataclass(frozen=True)
+class RegoTestResult:
+    name: str
+    passed: bool
+    error: str | None
+    duration_ms: float
+
+
+def run_rego_tests(bundle: PolicyBundle) -> list[RegoTestResult]:
+    """Evaluate every `test_*` rule of every *_test.rego package, as `opa test` would."""
+    engine = _compile(bundle, include_tests=True)
+    results: list[RegoTestResult] = []
+    for text in bundle.tests.values():
+        package = _PACKAGE.search(text)
+        if package is None:
+            continue
+        for rule in dict.fromkeys(_TEST_RULE.findall(text)):
+            name = f"data.{package.group(1)}.{rule}"
+            started = time.perf_counter()
+            try:
+                passed = engine.clone().eval_rule(name) is True
+                error = None if passed else "rule is false or undefined"
+            except Exception as failure:
+                passed, error = False, _first_line(failure)
+            results.append(RegoTestResult(name, passed, error, (time.perf_counter() - started) * 1000))
+    return results

@@ -1,0 +1,52 @@
+"""Settings read once from the environment; the CLI overrides them with its options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # None means: a SQLite file per service under data_dir.
+    database_url: str | None = None
+    data_dir: Path = REPO_ROOT / "var"
+    policy_dir: Path = REPO_ROOT / "policies"
+    catalogue_dir: Path = REPO_ROOT / "catalogue"
+    # Tansu rejects InitProducerId, so the embedded broker turns this off; real Kafka keeps it on.
+    idempotent_producer: bool = True
+    topic_partitions: int = 4
+    # Simulated seconds per real second in the factory agent.
+    time_scale: float = 3600.0
+    # Which sites this factory agent simulates; empty means every site in the catalogue.
+    factory_sites: tuple[str, ...] = field(default_factory=tuple)
+    marketplace_fee_bps: int = 500
+    outbox_poll_seconds: float = 0.5
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        base = cls()
+        return replace(
+            base,
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", base.bootstrap_servers),
+            database_url=env.get("DATABASE_URL") or None,
+            data_dir=Path(env.get("SOVEREIGN_DATA_DIR", str(base.data_dir))),
+            policy_dir=Path(env.get("SOVEREIGN_POLICY_DIR", str(base.policy_dir))),
+            catalogue_dir=Path(env.get("SOVEREIGN_CATALOGUE_DIR", str(base.catalogue_dir))),
+            idempotent_producer=_flag(env.get("KAFKA_IDEMPOTENT_PRODUCER"), base.idempotent_producer),
+            topic_partitions=int(env.get("KAFKA_TOPIC_PARTITIONS", base.topic_partitions)),
+            time_scale=float(env.get("SOVEREIGN_TIME_SCALE", base.time_scale)),
+            factory_sites=tuple(s for s in env.get("SOVEREIGN_FACTORY_SITES", "").split(",") if s),
+            marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
+        )

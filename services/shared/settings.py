@@ -20,6 +20,8 @@ class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
     # None means: a SQLite file per service under data_dir.
     database_url: str | None = None
+    # PostgreSQL: each service keeps its tables in schema <prefix><service>.
+    database_schema_prefix: str = ""
     data_dir: Path = REPO_ROOT / "var"
     policy_dir: Path = REPO_ROOT / "policies"
     catalogue_dir: Path = REPO_ROOT / "catalogue"
@@ -41,6 +43,7 @@ class Settings:
             base,
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", base.bootstrap_servers),
             database_url=env.get("DATABASE_URL") or None,
+            database_schema_prefix=env.get("SOVEREIGN_DB_SCHEMA_PREFIX", ""),
             data_dir=Path(env.get("SOVEREIGN_DATA_DIR", str(base.data_dir))),
             policy_dir=Path(env.get("SOVEREIGN_POLICY_DIR", str(base.policy_dir))),
             catalogue_dir=Path(env.get("SOVEREIGN_CATALOGUE_DIR", str(base.catalogue_dir))),

@@ -1,0 +1,23 @@
+"""Billing's Kafka wiring."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from contracts.events import JobBilledEvent, JobCompletedEvent, JobPlacedEvent, UsageRatedEvent, UsageReportedEvent
+from services.billing import handlers
+from services.billing.storage import TABLES
+from services.shared.runtime import Service, consume, document_publishers, new_service
+from services.shared.settings import Settings
+
+NAME = "billing"
+
+
+def build(settings: Settings) -> Service:
+    service = new_service(NAME, settings, TABLES)
+    context = handlers.BillingContext(fee_bps=settings.marketplace_fee_bps)
+    consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
+    consume(service, UsageReportedEvent, partial(handlers.on_usage_reported, context))
+    consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
+    document_publishers(service.broker, [UsageRatedEvent, JobBilledEvent], NAME)
+    return service

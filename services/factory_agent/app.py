@@ -1,0 +1,57 @@
+"""The factory agent's wiring. It SIMULATES AI factories (scaled time, synthetic usage); see handlers.py."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from contracts.events import (
+    CapacityOfferedEvent,
+    JobCompletedEvent,
+    JobPlacedEvent,
+    JobStartedEvent,
+    UsageReportedEvent,
+)
+from services.factory_agent import handlers
+from services.factory_agent.storage import TABLES
+from services.shared.catalogue import load_catalogue
+from services.shared.db import unit_of_work, utc_now
+from services.shared.runtime import Service, consume, document_publishers, new_service
+from services.shared.settings import Settings
+
+NAME = "factory-agent"
+TICK_SECONDS = 0.1
+
+
+def build(settings: Settings) -> Service:
+    service = new_service(NAME, settings, TABLES)
+    catalogue = load_catalogue(settings.catalogue_dir)
+    wanted = set(settings.factory_sites)
+    unknown = wanted - {offer.site.site_id for offer in catalogue.offers}
+    if unknown:
+        raise ValueError(f"unknown sites for the factory agent: {', '.join(sorted(unknown))}")
+    context = handlers.FactoryContext(
+        offers={o.site.site_id: o for o in catalogue.offers if not wanted or o.site.site_id in wanted},
+        time_scale=settings.time_scale,
+    )
+    # Offers go through the outbox like every other event: published as soon as the relay runs.
+    service.on_start.append(partial(handlers.offer_capacity, context))
+    consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
+    document_publishers(
+        service.broker, [CapacityOfferedEvent, JobStartedEvent, UsageReportedEvent, JobCompletedEvent], NAME
+    )
+
+    async def simulate() -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            with unit_of_work(service.engine) as session:
+                job_ids = handlers.running_job_ids(session)
+            emitted = 0
+            for job_id in job_ids:
+                with unit_of_work(service.engine) as session:
+                    emitted += handlers.advance_run(context, session, job_id, utc_now())
+            if emitted:
+                service.relay.wake()
+
+    service.background.append(simulate)
+    return service

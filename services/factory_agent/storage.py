@@ -1,0 +1,53 @@
+"""The factory agent's runs: one row per placed job, advanced one usage interval at a time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Table, update
+from sqlmodel import Field, Session, SQLModel, col
+
+from services.shared.db import utc_now
+
+
+class RunRow(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=64)
+    site_id: str = Field(max_length=64)
+    pool_id: str = Field(max_length=64)
+    kind: str
+    gpu_count: int
+    expected_hours: float
+    power_kw_per_gpu: float
+    pue: float
+    state: str = Field(default="running", index=True)
+    next_seq: int = 1
+    started_at: datetime = Field(default_factory=utc_now)
+
+
+TABLES: list[Table] = [RunRow.__table__]  # type: ignore[list-item]
+
+
+def claim_interval(session: Session, job_id: str, seq: int) -> bool:
+    """Advance a run past interval `seq` only if nobody did yet: two agents never both report it."""
+    result = session.execute(
+        update(RunRow)
+        .where(col(RunRow.job_id) == job_id)
+        .where(col(RunRow.next_seq) == seq)
+        .values(next_seq=seq + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def finish_run(session: Session, job_id: str) -> bool:
+    result = session.execute(
+        update(RunRow)
+        .where(col(RunRow.job_id) == job_id)
+        .where(col(RunRow.state) == "running")
+        .values(state="completed")
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -1,0 +1,52 @@
+"""Placement's Kafka wiring: which events it consumes and publishes, and its queue sweep."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from contracts.events import (
+    CapacityOfferedEvent,
+    CapacityUpdatedEvent,
+    JobCompletedEvent,
+    JobPlacedEvent,
+    JobQueuedEvent,
+    JobRejectedEvent,
+    JobRequestedEvent,
+    PolicyDecisionEvent,
+)
+from services.placement import handlers
+from services.placement.storage import TABLES
+from services.shared.catalogue import load_catalogue
+from services.shared.db import unit_of_work
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.runtime import Service, consume, document_publishers, new_service
+from services.shared.settings import Settings
+
+NAME = "placement"
+# How often queued jobs are re-planned even when no capacity event arrives (deadlines expire meanwhile).
+QUEUE_SWEEP_SECONDS = 5.0
+
+
+def build(settings: Settings) -> Service:
+    service = new_service(NAME, settings, TABLES)
+    context = handlers.PlacementContext(
+        policy=EmbeddedRegoEngine(PolicyBundle.load(settings.policy_dir)),
+        tenants=load_catalogue(settings.catalogue_dir).tenants,
+    )
+    consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
+    consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
+    consume(service, CapacityUpdatedEvent, partial(handlers.on_capacity_updated, context))
+    consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
+    document_publishers(service.broker, [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, PolicyDecisionEvent], NAME)
+
+    async def sweep_queue() -> None:
+        while True:
+            await asyncio.sleep(QUEUE_SWEEP_SECONDS)
+            with unit_of_work(service.engine) as session:
+                moved = handlers.retry_queued(context, session)
+            if moved:
+                service.relay.wake()
+
+    service.background.append(sweep_queue)
+    return service

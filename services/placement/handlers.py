@@ -1,0 +1,238 @@
+"""Placement's transaction scripts: each takes a session and one event, loads, decides, writes effect + outbox.
+
+No Kafka here and no awaits: the caller commits the transaction and wakes the outbox relay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session
+
+from contracts.events import (
+    CapacityOfferedEvent,
+    CapacityUpdatedEvent,
+    Explanation,
+    JobCompletedEvent,
+    JobPlaced,
+    JobPlacedEvent,
+    JobQueued,
+    JobQueuedEvent,
+    JobRejected,
+    JobRejectedEvent,
+    JobRequest,
+    JobRequestedEvent,
+    PolicyDecisionEvent,
+    PolicyDecisionRecord,
+    RejectionCode,
+    SiteVerdict,
+)
+from services.placement.logic import Plan, parse_verdicts, plan_placement, policy_input
+from services.placement.storage import (
+    DecisionRow,
+    JobRow,
+    PoolRow,
+    load_pools,
+    load_sites,
+    queued_jobs,
+    release,
+    transition,
+    try_reserve,
+    upsert_offer,
+)
+from services.shared.catalogue import Tenant
+from services.shared.db import utc_now
+from services.shared.inbox import claim_event
+from services.shared.logging import get_logger
+from services.shared.outbox import add_to_outbox
+from services.shared.policy import PolicyEngine, PolicyEngineError
+
+CONSUMER = "placement"
+SOURCE = "service/placement"
+# A freed pool re-plans at most this many queued jobs in one transaction; the sweep picks up the rest.
+QUEUE_BATCH = 50
+# Attempts to reserve when a concurrent worker takes the chosen GPUs first.
+RESERVE_ATTEMPTS = 3
+
+
+@dataclass
+class PlacementContext:
+    policy: PolicyEngine
+    tenants: dict[str, Tenant]
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+
+def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    request = event.data
+    job_id = str(request.job_id)
+    log = get_logger(job_id=job_id, event_id=str(event.id), tenant_id=request.tenant_id)
+    if session.get(JobRow, job_id) is not None:
+        log.info("duplicate_request_ignored", client_request_id=request.client_request_id)
+        return
+    job = JobRow(job_id=job_id, tenant_id=request.tenant_id, client_request_id=request.client_request_id,
+                 request=request.model_dump(mode="json"), state="requested", gpu_count=request.gpu_count)
+    session.add(job)
+    session.flush()
+    if event.subject != request.tenant_id:
+        _reject(session, job, request, RejectionCode.INVALID_REQUEST,
+                f"the envelope's subject {event.subject!r} is not the job's tenant {request.tenant_id!r}")
+        return
+    tenant = ctx.tenants.get(request.tenant_id)
+    if tenant is None:
+        _reject(session, job, request, RejectionCode.UNKNOWN_TENANT,
+                f"tenant {request.tenant_id!r} is not in the tenant registry")
+        return
+    _decide(session, ctx, job, request, tenant)
+
+
+def on_capacity_offered(ctx: PlacementContext, session: Session, event: CapacityOfferedEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    upsert_offer(session, event.data)
+    get_logger(site_id=event.data.site.site_id).info("capacity_offered", pools=len(event.data.pools))
+    retry_queued(ctx, session)
+
+
+def on_capacity_updated(ctx: PlacementContext, session: Session, event: CapacityUpdatedEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    update = event.data
+    pool = session.get(PoolRow, update.pool_id)
+    if pool is None or pool.site_id != update.site_id:
+        get_logger(pool_id=update.pool_id).warning("capacity_update_for_unknown_pool")
+        return
+    pool.status = update.status
+    if update.gpu_count is not None:
+        pool.total_gpus = update.gpu_count
+    retry_queued(ctx, session)
+
+
+def on_job_completed(ctx: PlacementContext, session: Session, event: JobCompletedEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    done = event.data
+    job = session.get(JobRow, str(done.job_id))
+    if job is None or job.pool_id is None:
+        get_logger(job_id=str(done.job_id)).warning("completion_for_unknown_job")
+        return
+    final_state = "completed" if done.status == "succeeded" else "failed"
+    if transition(session, job.job_id, {"placed"}, final_state):
+        release(session, job.pool_id, job.gpu_count)
+        get_logger(job_id=job.job_id, pool_id=job.pool_id).info("capacity_released", gpus=job.gpu_count)
+    retry_queued(ctx, session)
+
+
+def retry_queued(ctx: PlacementContext, session: Session) -> int:
+    """Re-plan queued jobs in arrival order; returns how many left the queue."""
+    moved = 0
+    for job in queued_jobs(session, QUEUE_BATCH):
+        request = JobRequest.model_validate(job.request)
+        tenant = ctx.tenants.get(job.tenant_id)
+        if tenant is None:
+            _reject(session, job, request, RejectionCode.UNKNOWN_TENANT, f"tenant {job.tenant_id!r} left the registry")
+            moved += 1
+            continue
+        if _decide(session, ctx, job, request, tenant) != "queued":
+            moved += 1
+    return moved
+
+
+def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRequest, tenant: Tenant) -> str:
+    log = get_logger(job_id=job.job_id, tenant_id=job.tenant_id)
+    sites = load_sites(session)
+    pools = load_pools(session)
+    now = ctx.clock()
+    decision_id = uuid.uuid4()
+    document = policy_input(request, tenant.model_dump(mode="json", exclude_none=True), sites, pools, now)
+    started = time.perf_counter()
+    try:
+        decision = ctx.policy.decide(document)
+    except PolicyEngineError as error:
+        # Fail closed: without an allowing decision nothing is placed.
+        log.error("policy_engine_failed", error=str(error))
+        _reject(session, job, request, RejectionCode.POLICY_ENGINE_ERROR, f"the policy engine failed: {error}")
+        return "rejected"
+    duration_us = int((time.perf_counter() - started) * 1_000_000)
+    verdicts = parse_verdicts(decision, set(sites))
+    _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us)
+
+    plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now)
+    for _ in range(RESERVE_ATTEMPTS):
+        if plan.outcome != "placed" or plan.chosen is None:
+            break
+        if try_reserve(session, plan.chosen.pool_id, request.gpu_count):
+            _place(session, job, request, plan)
+            log.info("job_placed", site_id=plan.chosen.site_id, pool_id=plan.chosen.pool_id,
+                     decision_id=str(decision_id))
+            return "placed"
+        log.info("reservation_lost_race", pool_id=plan.chosen.pool_id)
+        plan = plan_placement(request, verdicts, load_pools(session), decision_id, ctx.policy.revision, now)
+    if plan.outcome == "placed":
+        plan = Plan("queued", plan.explanation, reason="capacity was taken by concurrent placements; waiting")
+    if plan.outcome == "queued":
+        _queue(session, job, request, plan)
+        return "queued"
+    assert plan.code is not None
+    _reject(session, job, request, plan.code, plan.reason, plan.explanation)
+    return "rejected"
+
+
+def _record_decision(session: Session, ctx: PlacementContext, job: JobRow, decision_id: uuid.UUID,
+                     document: dict[str, object], verdicts: dict[str, SiteVerdict], duration_us: int) -> None:
+    input_sha256 = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    record = PolicyDecisionRecord(
+        decision_id=decision_id, job_id=uuid.UUID(job.job_id), tenant_id=job.tenant_id,
+        policy_revision=ctx.policy.revision, engine=ctx.policy.name, input_sha256=input_sha256,
+        duration_us=duration_us, sites=sorted(verdicts.values(), key=lambda v: v.site_id),
+    )
+    session.add(DecisionRow(
+        decision_id=str(decision_id), job_id=job.job_id, tenant_id=job.tenant_id,
+        policy_revision=ctx.policy.revision, engine=ctx.policy.name, input_sha256=input_sha256,
+        duration_us=duration_us, result=record.model_dump(mode="json"),
+    ))
+    add_to_outbox(session, PolicyDecisionEvent.create(source=SOURCE, subject=job.tenant_id, data=record), job.job_id)
+
+
+def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
+    chosen = plan.chosen
+    assert chosen is not None
+    transition(session, job.job_id, {"requested", "queued"}, "placed", site_id=chosen.site_id,
+               pool_id=chosen.pool_id, price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
+               decision_id=str(plan.explanation.decision_id), policy_revision=plan.explanation.policy_revision,
+               reason=plan.explanation.summary)
+    placed = JobPlaced(
+        job_id=request.job_id, tenant_id=request.tenant_id, client_request_id=request.client_request_id,
+        job_name=request.name, kind=request.kind, site_id=chosen.site_id, pool_id=chosen.pool_id,
+        accelerator_model=chosen.accelerator_model, gpu_count=request.gpu_count,
+        expected_hours=request.expected_hours, price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
+        explanation=plan.explanation,
+    )
+    add_to_outbox(session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id)
+
+
+def _queue(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
+    if job.state == "queued":
+        return  # still waiting: the tenant already knows, and why
+    transition(session, job.job_id, {"requested"}, "queued", reason=plan.reason)
+    queued = JobQueued(job_id=request.job_id, tenant_id=request.tenant_id,
+                       client_request_id=request.client_request_id, reason=plan.reason, explanation=plan.explanation)
+    add_to_outbox(session, JobQueuedEvent.create(source=SOURCE, subject=request.tenant_id, data=queued), job.job_id)
+
+
+def _reject(session: Session, job: JobRow, request: JobRequest, code: RejectionCode, reason: str,
+            explanation: Explanation | None = None) -> None:
+    transition(session, job.job_id, {"requested", "queued"}, "rejected", reason=reason)
+    get_logger(job_id=job.job_id, tenant_id=job.tenant_id).info("job_rejected", code=code.value, reason=reason)
+    rejected = JobRejected(job_id=request.job_id, tenant_id=request.tenant_id,
+                           client_request_id=request.client_request_id, code=code, reason=reason,
+                           explanation=explanation)
+    add_to_outbox(session, JobRejectedEvent.create(source=SOURCE, subject=request.tenant_id, data=rejected),
+                  job.job_id)

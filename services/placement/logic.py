@@ -1,0 +1,219 @@
+"""Placement decisions as pure functions: no database, no Kafka, no clock of their own.
+
+Given the job, the policy verdict per site and each site's pools, decide placed / queued / rejected and
+explain every site: its policy verdict beside its capacity facts, so a tenant can see why each lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from contracts.events import (
+    Explanation,
+    JobRequest,
+    RejectionCode,
+    RuleViolation,
+    SiteAssessment,
+    SiteAttributes,
+    SiteVerdict,
+)
+
+
+@dataclass(frozen=True)
+class PoolState:
+    pool_id: str
+    site_id: str
+    accelerator_model: str
+    generation: int
+    accelerator_origin: str
+    total_gpus: int
+    reserved_gpus: int
+    price_krw_per_gpu_hour: int
+    power_kw_per_gpu: float
+    pue: float
+    status: str
+
+    @property
+    def free_gpus(self) -> int:
+        return self.total_gpus - self.reserved_gpus
+
+    @property
+    def facility_kw_per_gpu(self) -> float:
+        """Energy per GPU-hour at the meter (kWh), the second ranking key."""
+        return self.power_kw_per_gpu * self.pue
+
+
+@dataclass(frozen=True)
+class Plan:
+    outcome: Literal["placed", "queued", "rejected"]
+    explanation: Explanation
+    chosen: PoolState | None = None
+    code: RejectionCode | None = None
+    reason: str = ""
+
+
+def policy_input(
+    job: JobRequest, tenant: dict[str, Any], sites: dict[str, SiteAttributes], pools: list[PoolState], now: datetime
+) -> dict[str, Any]:
+    """The one input document that lets the policy judge every candidate site at once."""
+    site_pools: dict[str, list[dict[str, Any]]] = {site_id: [] for site_id in sites}
+    for pool in pools:
+        if pool.site_id in site_pools:
+            site_pools[pool.site_id].append(
+                {"pool_id": pool.pool_id, "accelerator_model": pool.accelerator_model,
+                 "generation": pool.generation, "accelerator_origin": pool.accelerator_origin}
+            )
+    return {
+        "job": job.model_dump(mode="json", exclude_none=True),
+        "tenant": tenant,
+        "sites": {
+            site_id: {**site.model_dump(mode="json", exclude_none=True), "pools": site_pools[site_id]}
+            for site_id, site in sites.items()
+        },
+        "now": now.isoformat(),
+    }
+
+
+def parse_verdicts(decision: dict[str, Any], site_ids: set[str]) -> dict[str, SiteVerdict]:
+    """Turn the policy's answer into verdicts; a site the policy said nothing about is denied (fail closed)."""
+    verdicts: dict[str, SiteVerdict] = {}
+    for site_id in site_ids:
+        raw = decision.get(site_id)
+        if raw is None:
+            verdicts[site_id] = SiteVerdict(
+                site_id=site_id, allowed=False,
+                violations=[RuleViolation(rule="ENGINE", message="the policy returned no verdict for this site",
+                                          mode="deny")],
+            )
+            continue
+        verdicts[site_id] = SiteVerdict(
+            site_id=site_id,
+            allowed=bool(raw.get("allowed")),
+            violations=sorted((RuleViolation(**v) for v in raw.get("violations", [])), key=_by_rule),
+            warnings=sorted((RuleViolation(**w) for w in raw.get("warnings", [])), key=_by_rule),
+        )
+    return verdicts
+
+
+def _by_rule(violation: RuleViolation) -> tuple[str, str]:
+    return violation.rule, violation.message
+
+
+def _static_misfit(job: JobRequest, pool: PoolState) -> str | None:
+    """Why this pool could never run the job, however much capacity frees up; None if it could."""
+    if pool.status == "withdrawn":
+        return f"{pool.pool_id} is withdrawn"
+    if job.accelerator_model and pool.accelerator_model.lower() != job.accelerator_model.lower():
+        return f"{pool.pool_id} offers {pool.accelerator_model}, not {job.accelerator_model}"
+    if job.min_generation and pool.generation < job.min_generation:
+        return f"{pool.pool_id} is generation {pool.generation}, below the minimum {job.min_generation}"
+    if job.max_price_krw_per_gpu_hour and pool.price_krw_per_gpu_hour > job.max_price_krw_per_gpu_hour:
+        return (f"{pool.pool_id} costs {pool.price_krw_per_gpu_hour:,} KRW/GPU-h, "
+                f"above the maximum {job.max_price_krw_per_gpu_hour:,}")
+    if pool.total_gpus < job.gpu_count:
+        return f"{pool.pool_id} has {pool.total_gpus} GPUs in all, the job needs {job.gpu_count}"
+    return None
+
+
+def _current_misfit(job: JobRequest, pool: PoolState) -> str | None:
+    """Why this pool cannot take the job right now (it could later)."""
+    if pool.status == "maintenance":
+        return f"{pool.pool_id} is in maintenance"
+    if pool.free_gpus < job.gpu_count:
+        return f"{pool.pool_id} has {pool.free_gpus} of {pool.total_gpus} GPUs free, the job needs {job.gpu_count}"
+    return None
+
+
+def ranking_key(pool: PoolState) -> tuple[int, float, str, str]:
+    # Price, then energy per GPU-hour, then ids: the same inputs always give the same order.
+    return pool.price_krw_per_gpu_hour, round(pool.facility_kw_per_gpu, 6), pool.site_id, pool.pool_id
+
+
+def plan_placement(
+    job: JobRequest,
+    verdicts: dict[str, SiteVerdict],
+    pools: list[PoolState],
+    decision_id: uuid.UUID,
+    policy_revision: str,
+    now: datetime,
+) -> Plan:
+    def explain(summary: str, assessments: list[SiteAssessment]) -> Explanation:
+        return Explanation(decision_id=decision_id, policy_revision=policy_revision, summary=summary,
+                           sites=assessments)
+
+    pools_by_site: dict[str, list[PoolState]] = {site_id: [] for site_id in verdicts}
+    for pool in pools:
+        pools_by_site.setdefault(pool.site_id, []).append(pool)
+
+    fitting_now: list[PoolState] = []
+    could_fit_later: list[PoolState] = []
+    best_by_site: dict[str, PoolState] = {}
+    capacity_reasons: dict[str, list[str]] = {}
+    for site_id in sorted(pools_by_site):
+        reasons: list[str] = []
+        site_fits: list[PoolState] = []
+        for pool in sorted(pools_by_site[site_id], key=ranking_key):
+            static = _static_misfit(job, pool)
+            if static:
+                reasons.append(static)
+                continue
+            current = _current_misfit(job, pool)
+            if current:
+                reasons.append(current)
+                could_fit_later.append(pool)
+                continue
+            site_fits.append(pool)
+        if not pools_by_site[site_id]:
+            reasons.append("no pool offered")
+        if site_fits:
+            best_by_site[site_id] = site_fits[0]
+            reasons = []
+        capacity_reasons[site_id] = reasons
+        if verdicts.get(site_id, SiteVerdict(site_id=site_id, allowed=False)).allowed:
+            fitting_now.extend(site_fits[:1])
+
+    ranked = sorted(fitting_now, key=ranking_key)
+    rank_of = {pool.site_id: position for position, pool in enumerate(ranked, start=1)}
+    assessments = [
+        SiteAssessment(
+            site_id=site_id,
+            policy_allowed=verdict.allowed,
+            violations=verdict.violations,
+            warnings=verdict.warnings,
+            capacity_reasons=capacity_reasons.get(site_id, ["no pool offered"]),
+            pool_id=best_by_site[site_id].pool_id if site_id in best_by_site else None,
+            price_krw_per_gpu_hour=best_by_site[site_id].price_krw_per_gpu_hour if site_id in best_by_site else None,
+            rank=rank_of.get(site_id),
+        )
+        for site_id, verdict in sorted(verdicts.items())
+    ]
+    allowed_sites = [s for s in assessments if s.policy_allowed]
+
+    if job.deadline <= now:
+        return Plan("rejected", explain("the deadline has passed", assessments),
+                    code=RejectionCode.DEADLINE_PASSED,
+                    reason=f"the job's deadline {job.deadline.isoformat()} has passed")
+    if ranked:
+        chosen = ranked[0]
+        summary = (f"placed on {chosen.site_id} ({chosen.pool_id}, {chosen.accelerator_model}) at "
+                   f"{chosen.price_krw_per_gpu_hour:,} KRW/GPU-h: the cheapest of {len(ranked)} allowed sites "
+                   f"with capacity, out of {len(assessments)} considered")
+        return Plan("placed", explain(summary, assessments), chosen=chosen)
+    if not allowed_sites:
+        rules = sorted({v.rule for s in assessments for v in s.violations})
+        reason = (f"no site is allowed by policy ({len(assessments)} considered; rules: {', '.join(rules)})"
+                  if assessments else "no site has been offered")
+        return Plan("rejected", explain(reason, assessments), code=RejectionCode.NO_ALLOWED_SITE, reason=reason)
+    allowed_ids = {s.site_id for s in allowed_sites}
+    waiting_for = [p for p in could_fit_later if p.site_id in allowed_ids]
+    if waiting_for:
+        pool = sorted(waiting_for, key=ranking_key)[0]
+        reason = (f"waiting for capacity: {len(allowed_sites)} allowed sites, none with {job.gpu_count} free GPUs "
+                  f"now; first choice when free: {pool.pool_id}")
+        return Plan("queued", explain(reason, assessments), reason=reason)
+    reason = (f"none of the {len(allowed_sites)} sites the policy allows has a pool that could ever run this job "
+              f"(accelerator, generation, price or size)")
+    return Plan("rejected", explain(reason, assessments), code=RejectionCode.NEVER_FITS, reason=reason)

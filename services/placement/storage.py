@@ -1,0 +1,163 @@
+"""Placement's tables and the two capacity operations that must be atomic: reserve and release."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Table, update
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from contracts.events import CapacityOffered, SiteAttributes
+from services.placement.logic import PoolState
+from services.shared.db import utc_now
+
+
+class SiteRow(SQLModel, table=True):
+    __tablename__ = "sites"
+
+    site_id: str = Field(primary_key=True, max_length=64)
+    attributes: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    offered_at: datetime = Field(default_factory=utc_now)
+
+
+class PoolRow(SQLModel, table=True):
+    __tablename__ = "pools"
+
+    pool_id: str = Field(primary_key=True, max_length=64)
+    site_id: str = Field(index=True, max_length=64)
+    accelerator_model: str
+    generation: int
+    accelerator_origin: str
+    total_gpus: int
+    reserved_gpus: int = 0
+    price_krw_per_gpu_hour: int
+    power_kw_per_gpu: float
+    pue: float
+    status: str = "available"
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    tenant_id: str = Field(index=True, max_length=64)
+    client_request_id: str = Field(max_length=128)
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    state: str = Field(index=True, max_length=20)
+    site_id: str | None = None
+    pool_id: str | None = None
+    gpu_count: int
+    price_krw_per_gpu_hour: int | None = None
+    decision_id: str | None = None
+    policy_revision: str | None = None
+    reason: str = ""
+    # Arrival time orders the queue (job id breaks ties).
+    requested_at: datetime = Field(default_factory=utc_now, index=True)
+    updated_at: datetime = Field(default_factory=utc_now)
+
+
+class DecisionRow(SQLModel, table=True):
+    """Every policy decision placement made, kept with the placement it justified (invariant 3)."""
+
+    __tablename__ = "policy_decisions"
+
+    decision_id: str = Field(primary_key=True, max_length=36)
+    job_id: str = Field(index=True, max_length=36)
+    tenant_id: str = Field(max_length=64)
+    policy_revision: str = Field(max_length=64)
+    engine: str
+    input_sha256: str
+    duration_us: int
+    result: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    decided_at: datetime = Field(default_factory=utc_now)
+
+
+TABLES: list[Table] = [SiteRow.__table__, PoolRow.__table__, JobRow.__table__, DecisionRow.__table__]  # type: ignore[list-item]
+
+
+def upsert_offer(session: Session, offer: CapacityOffered) -> None:
+    """Record a site's attributes and pools; reservations already held are kept."""
+    site = session.get(SiteRow, offer.site.site_id)
+    attributes = offer.site.model_dump(mode="json")
+    if site is None:
+        session.add(SiteRow(site_id=offer.site.site_id, attributes=attributes))
+    else:
+        site.attributes = attributes
+        site.offered_at = utc_now()
+    for pool in offer.pools:
+        row = session.get(PoolRow, pool.pool_id)
+        if row is None:
+            row = PoolRow(pool_id=pool.pool_id, site_id=offer.site.site_id, accelerator_model="", generation=0,
+                          accelerator_origin="", total_gpus=0, price_krw_per_gpu_hour=0, power_kw_per_gpu=0, pue=1)
+            session.add(row)
+        row.site_id = offer.site.site_id
+        row.accelerator_model = pool.accelerator_model
+        row.generation = pool.generation
+        row.accelerator_origin = pool.accelerator_origin
+        row.total_gpus = pool.gpu_count
+        row.price_krw_per_gpu_hour = pool.price_krw_per_gpu_hour
+        row.power_kw_per_gpu = pool.power_kw_per_gpu
+        row.pue = pool.pue
+        row.status = "available"
+
+
+def load_sites(session: Session) -> dict[str, SiteAttributes]:
+    return {row.site_id: SiteAttributes.model_validate(row.attributes) for row in session.exec(select(SiteRow))}
+
+
+def load_pools(session: Session) -> list[PoolState]:
+    return [
+        PoolState(
+            pool_id=row.pool_id, site_id=row.site_id, accelerator_model=row.accelerator_model,
+            generation=row.generation, accelerator_origin=row.accelerator_origin, total_gpus=row.total_gpus,
+            reserved_gpus=row.reserved_gpus, price_krw_per_gpu_hour=row.price_krw_per_gpu_hour,
+            power_kw_per_gpu=row.power_kw_per_gpu, pue=row.pue, status=row.status,
+        )
+        for row in session.exec(select(PoolRow).order_by(col(PoolRow.pool_id)))
+    ]
+
+
+def try_reserve(session: Session, pool_id: str, gpus: int) -> bool:
+    """Reserve GPUs only if they are free at this instant; one conditional UPDATE, atomic on every database."""
+    result = session.execute(
+        update(PoolRow)
+        .where(col(PoolRow.pool_id) == pool_id)
+        .where(col(PoolRow.status) == "available")
+        .where(col(PoolRow.total_gpus) - col(PoolRow.reserved_gpus) >= gpus)
+        .values(reserved_gpus=col(PoolRow.reserved_gpus) + gpus)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release(session: Session, pool_id: str, gpus: int) -> None:
+    session.execute(
+        update(PoolRow)
+        .where(col(PoolRow.pool_id) == pool_id)
+        .values(reserved_gpus=col(PoolRow.reserved_gpus) - gpus)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def transition(session: Session, job_id: str, from_states: set[str], to_state: str, **values: Any) -> bool:
+    """Move a job between states only from an expected state, so a repeat or a race changes nothing."""
+    result = session.execute(
+        update(JobRow)
+        .where(col(JobRow.job_id) == job_id)
+        .where(col(JobRow.state).in_(from_states))
+        .values(state=to_state, updated_at=utc_now(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def queued_jobs(session: Session, limit: int) -> list[JobRow]:
+    return list(
+        session.exec(
+            select(JobRow)
+            .where(JobRow.state == "queued")
+            .order_by(col(JobRow.requested_at), col(JobRow.job_id))
+            .limit(limit)
+        )
+    )

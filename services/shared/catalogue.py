@@ -1,0 +1,40 @@
+"""The default catalogue: AI-factory sites with their pools, and the tenant registry, read from data files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from contracts.envelope import SLUG_PATTERN, Contract
+from contracts.events import CapacityOffered
+
+
+class Tenant(Contract):
+    tenant_id: str = Field(pattern=SLUG_PATTERN)
+    name: str
+    sector: Literal["government", "public", "finance", "health", "enterprise", "startup"]
+    hq_country: str = Field(min_length=2, max_length=2)
+    parent_hq_country: str | None = Field(default=None, min_length=2, max_length=2)
+    sovereignty_level: Literal["L1", "L2", "L3"] = "L1"
+    transfer_basis: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    offers: list[CapacityOffered]
+    tenants: dict[str, Tenant]
+
+    def site_offer(self, site_id: str) -> CapacityOffered | None:
+        return next((offer for offer in self.offers if offer.site.site_id == site_id), None)
+
+
+def load_catalogue(directory: Path) -> Catalogue:
+    sites = json.loads((directory / "sites.json").read_text(encoding="utf-8"))["sites"]
+    tenants = json.loads((directory / "tenants.json").read_text(encoding="utf-8"))["tenants"]
+    offers = [CapacityOffered.model_validate(entry) for entry in sites]
+    registry = {tenant.tenant_id: tenant for tenant in (Tenant.model_validate(t) for t in tenants)}
+    return Catalogue(offers=offers, tenants=registry)

@@ -1,0 +1,107 @@
+"""Running one service: its broker, its outbox relay and its background loops, stopped cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+from faststream.kafka import KafkaBroker
+from sqlalchemy import Engine, Table
+from sqlmodel import Session
+
+from contracts import Event
+from services.shared.db import create_service_engine, database_url_for, unit_of_work
+from services.shared.inbox import ProcessedEvent
+from services.shared.kafka import all_topics, build_broker, ensure_topics, publish_outbox_rows, subscriber_options
+from services.shared.logging import get_logger
+from services.shared.outbox import OutboxMessage, OutboxRelay
+from services.shared.settings import Settings
+
+SHUTDOWN_DRAIN_SECONDS = 5.0
+EventT = TypeVar("EventT", bound=Event)  # type: ignore[type-arg]
+
+
+@dataclass
+class Service:
+    name: str
+    settings: Settings
+    broker: KafkaBroker
+    engine: Engine
+    relay: OutboxRelay
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run once in a transaction when the service starts, before it consumes.
+    on_start: list[Callable[[Session], None]] = field(default_factory=list)
+
+
+def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Service:
+    """Broker, database (with the outbox and inbox tables) and relay for one service."""
+    broker = build_broker(settings, name)
+    engine = create_service_engine(
+        database_url_for(settings, name),
+        name,
+        [OutboxMessage.__table__, ProcessedEvent.__table__, *tables],  # type: ignore[list-item]
+        schema_prefix=settings.database_schema_prefix,
+    )
+    relay = OutboxRelay(engine, partial(publish_outbox_rows, broker), settings.outbox_poll_seconds)
+    return Service(name=name, settings=settings, broker=broker, engine=engine, relay=relay)
+
+
+def consume(service: Service, model: type[EventT], handle: Callable[[Session, EventT], None]) -> None:
+    """Subscribe `handle` to the model's topic: one transaction per event, then wake the outbox relay."""
+    topic = model.model_fields["type"].default
+
+    async def handler(event: EventT) -> None:
+        with unit_of_work(service.engine) as session:
+            handle(session, event)
+        service.relay.wake()
+
+    # FastStream reads the parameter's annotation to decode and validate the payload.
+    handler.__annotations__ = {"event": model, "return": None}
+    handler.__name__ = f"on_{topic.replace('.', '_')}"
+    service.broker.subscriber(topic, **subscriber_options(service.name, topic))(handler)
+
+
+def document_publishers(broker: KafkaBroker, events: Sequence[type[Event]], service: str) -> None:  # type: ignore[type-arg]
+    """Declare what the service publishes (through its outbox) so the AsyncAPI document shows it."""
+    for model in events:
+        topic = model.model_fields["type"].default
+        broker.publisher(topic, schema=model, title=f"{service}:{topic}", description="Published through the outbox.")
+
+
+@contextlib.asynccontextmanager
+async def running(service: Service) -> AsyncIterator[Service]:
+    log = get_logger(component="runtime")
+    await ensure_topics(service.settings.bootstrap_servers, all_topics(), service.settings.topic_partitions)
+    for start in service.on_start:
+        with unit_of_work(service.engine) as session:
+            start(session)
+    await service.broker.start()
+    tasks = [asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")]
+    tasks += [asyncio.create_task(loop(), name=f"{service.name}-{loop.__name__}") for loop in service.background]
+    log.info("service_started", bootstrap_servers=service.settings.bootstrap_servers)
+    try:
+        yield service
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Publish what the last handlers wrote; whatever is left is published at the next start.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(service.relay.drain(), SHUTDOWN_DRAIN_SECONDS)
+        await service.broker.stop()
+        service.engine.dispose()
+        log.info("service_stopped")
+
+
+async def serve_until_signalled(service: Service) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(service):
+        await stop.wait()

@@ -1,0 +1,5 @@
+import sys
+
+from sovereign.cli import main
+
+sys.exit(main())

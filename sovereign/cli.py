@@ -1,0 +1,118 @@
+"""Command-line entry point: `sovereign demo | run SERVICE | submit JOB.json | broker | contracts`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from services.billing import app as billing
+from services.factory_agent import app as factory_agent
+from services.placement import app as placement
+from services.shared.runtime import Service
+from services.shared.settings import Settings
+
+SERVICES: dict[str, Callable[[Settings], Service]] = {
+    placement.NAME: placement.build,
+    factory_agent.NAME: factory_agent.build,
+    billing.NAME: billing.build,
+}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if getattr(args, "bootstrap_servers", None):
+        settings = replace(settings, bootstrap_servers=args.bootstrap_servers)
+    if getattr(args, "database_url", None):
+        settings = replace(settings, database_url=args.database_url)
+    if getattr(args, "data_dir", None):
+        settings = replace(settings, data_dir=Path(args.data_dir))
+    return settings
+
+
+def _run(args: argparse.Namespace) -> int:
+    from services.shared.logging import configure_logging
+    from services.shared.runtime import serve_until_signalled
+
+    configure_logging(args.service, os.environ.get("LOG_LEVEL", "INFO"))
+    service = SERVICES[args.service](_settings(args))
+    asyncio.run(serve_until_signalled(service))
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from sovereign.embedded import serve_embedded_broker
+
+    return serve_embedded_broker(args.port, args.partitions)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from sovereign.submit import submit
+
+    return asyncio.run(submit(Path(args.job), _settings(args), args.timeout))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sovereign.demo import run_demo
+
+    return run_demo(jobs=args.jobs, seed=args.seed, time_scale=args.time_scale, timeout=args.timeout,
+                    placement_workers=args.placement_workers)
+
+
+def _contracts(args: argparse.Namespace) -> int:
+    from sovereign.contracts_export import export_contracts
+
+    return export_contracts(check=args.check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def connection_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
+        command.add_argument("--database-url", help="SQLAlchemy URL (env DATABASE_URL); default: SQLite per service")
+        command.add_argument("--data-dir", help="where SQLite files live (env SOVEREIGN_DATA_DIR)")
+
+    run = commands.add_parser("run", help="run one service until SIGTERM or Ctrl-C")
+    run.add_argument("service", choices=sorted(SERVICES))
+    connection_options(run)
+    run.set_defaults(handler=_run)
+
+    broker = commands.add_parser("broker", help="start the embedded Tansu broker and print its address")
+    broker.add_argument("--port", type=int, default=None, help="default: a free loopback port")
+    broker.add_argument("--partitions", type=int, default=4)
+    broker.set_defaults(handler=_broker)
+
+    submit = commands.add_parser("submit", help="submit a job request (JSON) and follow it to its outcome")
+    submit.add_argument("job", help="path to a JSON job request; '-' reads standard input")
+    submit.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the outcome")
+    connection_options(submit)
+    submit.set_defaults(handler=_submit)
+
+    demo = commands.add_parser("demo", help="run the whole marketplace on embedded defaults and report")
+    demo.add_argument("--jobs", type=int, default=48, help="how many job requests to submit")
+    demo.add_argument("--seed", type=int, default=2027)
+    demo.add_argument("--time-scale", type=float, default=7200.0, help="simulated seconds per real second")
+    demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every outcome")
+    demo.add_argument("--placement-workers", type=int, default=2)
+    demo.set_defaults(handler=_demo)
+
+    contracts = commands.add_parser("contracts", help="export pinned JSON Schemas and AsyncAPI documents")
+    contracts.add_argument("--check", action="store_true", help="only report drift; write nothing")
+    contracts.set_defaults(handler=_contracts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -196,6 +196,9 @@ def plan_placement(
         return Plan("rejected", explain("the deadline has passed", assessments),
                     code=RejectionCode.DEADLINE_PASSED,
                     reason=f"the job's deadline {job.deadline.isoformat()} has passed")
+    if not assessments:
+        reason = "waiting for capacity: no AI factory has offered capacity yet"
+        return Plan("queued", explain(reason, assessments), reason=reason)
     if ranked:
         chosen = ranked[0]
         summary = (f"placed on {chosen.site_id} ({chosen.pool_id}, {chosen.accelerator_model}) at "
@@ -204,8 +207,7 @@ def plan_placement(
         return Plan("placed", explain(summary, assessments), chosen=chosen)
     if not allowed_sites:
         rules = sorted({v.rule for s in assessments for v in s.violations})
-        reason = (f"no site is allowed by policy ({len(assessments)} considered; rules: {', '.join(rules)})"
-                  if assessments else "no site has been offered")
+        reason = f"no site is allowed by policy ({len(assessments)} considered; rules: {', '.join(rules)})"
         return Plan("rejected", explain(reason, assessments), code=RejectionCode.NO_ALLOWED_SITE, reason=reason)
     allowed_ids = {s.site_id for s in allowed_sites}
     waiting_for = [p for p in could_fit_later if p.site_id in allowed_ids]

@@ -73,6 +73,16 @@ def document_publishers(broker: KafkaBroker, events: Sequence[type[Event]], serv
         broker.publisher(topic, schema=model, title=f"{service}:{topic}", description="Published through the outbox.")
 
 
+async def start_broker(broker: KafkaBroker) -> None:
+    """Like KafkaBroker.start(), but starting the subscribers concurrently: a consumer's first group join
+    waits out the broker's initial rebalance delay (5 s on Tansu), and one after another those add up."""
+    await broker.connect()
+    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    for publisher in broker.publishers:
+        await publisher.start()
+    broker.running = True
+
+
 @contextlib.asynccontextmanager
 async def running(service: Service) -> AsyncIterator[Service]:
     log = get_logger(component="runtime")
@@ -80,7 +90,7 @@ async def running(service: Service) -> AsyncIterator[Service]:
     for start in service.on_start:
         with unit_of_work(service.engine) as session:
             start(session)
-    await service.broker.start()
+    await start_broker(service.broker)
     tasks = [asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")]
     tasks += [asyncio.create_task(loop(), name=f"{service.name}-{loop.__name__}") for loop in service.background]
     log.info("service_started", bootstrap_servers=service.settings.bootstrap_servers)

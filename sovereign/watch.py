@@ -1,0 +1,76 @@
+"""Following events as a client does: a consumer with no group, assigned every partition of some topics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from contracts import EVENT_MODELS, Event
+
+
+class EventWatcher:
+    """Reads the given topics from their current end (or from the beginning), decoding each event."""
+
+    def __init__(self, bootstrap_servers: str, topics: Sequence[str], from_beginning: bool = False):
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                          group_id=None)
+        self._topics = list(topics)
+        self._from_beginning = from_beginning
+        self.undecodable = 0
+
+    async def __aenter__(self) -> EventWatcher:
+        await self._consumer.start()
+        partitions: list[TopicPartition] = []
+        for topic in self._topics:
+            for _ in range(50):  # metadata for a just-created topic can lag a moment
+                found = self._consumer.partitions_for_topic(topic)
+                if found:
+                    break
+                await self._consumer.topics()  # refreshes cluster metadata
+                await asyncio.sleep(0.1)
+            partitions += [TopicPartition(topic, p) for p in sorted(found or [])]
+        self._consumer.assign(partitions)
+        if self._from_beginning:
+            await self._consumer.seek_to_beginning(*partitions)
+        else:
+            await self._consumer.seek_to_end(*partitions)
+            for partition in partitions:  # resolve the end offsets now, before anything is produced
+                await self._consumer.position(partition)
+        return self
+
+    async def __aexit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        await self._consumer.stop()
+
+    async def events(self, poll_ms: int = 200) -> AsyncIterator[list[Event[BaseModel]]]:
+        """Batches of decoded events; an empty batch when nothing arrived within poll_ms."""
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=poll_ms)
+            decoded: list[Event[BaseModel]] = []
+            for records in batches.values():
+                for record in records:
+                    model = EVENT_MODELS.get(record.topic)
+                    if model is None:
+                        continue
+                    try:
+                        decoded.append(model.model_validate_json(record.value))
+                    except ValidationError:
+                        self.undecodable += 1
+            yield decoded
+
+
+async def produce(bootstrap_servers: str, events: Sequence[tuple[Event[BaseModel], str]], idempotent: bool) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, enable_idempotence=idempotent, acks="all")
+    await producer.start()
+    try:
+        pending = [
+            await producer.send(event.type, event.model_dump_json().encode(), key=key.encode(),
+                                headers=[("content-type", b"application/json"), ("event_id", str(event.id).encode())])
+            for event, key in events
+        ]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()

@@ -1,0 +1,80 @@
+"""Shared fixtures: a real Tansu broker per test module, SQLite and PostgreSQL databases, running services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.kafka import all_topics, ensure_topics
+from services.shared.runtime import Service, running
+from services.shared.settings import Settings
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_reachable() -> bool:
+    try:
+        with create_engine(POSTGRES_URL).connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+    except OperationalError:
+        return False
+
+
+POSTGRES_AVAILABLE = _postgres_reachable()
+
+
+@pytest.fixture(scope="module")
+async def kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A fresh Tansu broker for each test module, so modules never see each other's events."""
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    broker = EmbeddedBroker(log_path=log_path)
+    broker.start()
+    try:
+        await ensure_topics(broker.bootstrap_servers, all_topics(), partitions=4)
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(url, schema prefix) on SQLite and, when it is reachable, on PostgreSQL (a schema per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}", ""
+        return
+    if not POSTGRES_AVAILABLE:
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    yield POSTGRES_URL, prefix
+    with create_engine(POSTGRES_URL).begin() as connection:
+        schemas = connection.execute(
+            text("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE :p"),
+            {"p": f"{prefix}%"},
+        ).scalars()
+        for schema in list(schemas):
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object) -> Settings:
+    base = Settings(bootstrap_servers=bootstrap_servers, data_dir=data_dir, idempotent_producer=False,
+                    outbox_poll_seconds=0.2)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def run_services(builders: Sequence[Callable[[], Service]]) -> AsyncIterator[list[Service]]:
+    """Start services together (each pays the broker's group-join delay once, in parallel)."""
+    services = [build() for build in builders]
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.gather(*(stack.enter_async_context(running(service)) for service in services))
+        yield services

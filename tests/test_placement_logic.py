@@ -1,0 +1,129 @@
+"""Placement's pure decision logic: ranking, capacity reasons, and the placed / queued / rejected outcome."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from contracts.events import JobKind, JobRequest, RejectionCode, RuleViolation, SiteVerdict
+from services.placement.logic import PoolState, parse_verdicts, plan_placement
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+DECISION = uuid.UUID(int=1)
+
+
+def job(**changes: object) -> JobRequest:
+    base = JobRequest(tenant_id="hanbit-ai", client_request_id="r1", name="t", kind=JobKind.TRAINING, gpu_count=8,
+                      expected_hours=2, deadline=NOW + timedelta(days=30))
+    return base.model_copy(update=changes)
+
+
+def pool(pool_id: str, site_id: str, *, price: int = 5000, total: int = 64, reserved: int = 0, model: str = "B200",
+         generation: int = 10, power: float = 1.0, pue: float = 1.2, status: str = "available") -> PoolState:
+    return PoolState(pool_id=pool_id, site_id=site_id, accelerator_model=model, generation=generation,
+                     accelerator_origin="US", total_gpus=total, reserved_gpus=reserved, price_krw_per_gpu_hour=price,
+                     power_kw_per_gpu=power, pue=pue, status=status)
+
+
+def allow(*site_ids: str) -> dict[str, SiteVerdict]:
+    return {s: SiteVerdict(site_id=s, allowed=True) for s in site_ids}
+
+
+def deny(site_id: str, rule: str = "RES-01") -> SiteVerdict:
+    return SiteVerdict(site_id=site_id, allowed=False,
+                       violations=[RuleViolation(rule=rule, message=f"{site_id} denied", mode="deny")])
+
+
+def plan(request: JobRequest, verdicts: dict[str, SiteVerdict], pools: list[PoolState]):  # type: ignore[no-untyped-def]
+    return plan_placement(request, verdicts, pools, DECISION, "rev", NOW)
+
+
+def test_cheapest_allowed_site_with_capacity_wins() -> None:
+    result = plan(job(), allow("a", "b", "c"), [pool("a1", "a", price=7000), pool("b1", "b", price=6000),
+                                              pool("c1", "c", price=6500)])
+    assert result.outcome == "placed"
+    assert result.chosen is not None and result.chosen.pool_id == "b1"
+    ranks = {s.site_id: s.rank for s in result.explanation.sites}
+    assert ranks == {"b": 1, "c": 2, "a": 3}
+
+
+def test_a_denied_site_is_never_chosen_however_cheap() -> None:
+    verdicts = {**allow("a"), "cheap": deny("cheap")}
+    result = plan(job(), verdicts, [pool("a1", "a", price=9000), pool("x1", "cheap", price=100)])
+    assert result.chosen is not None and result.chosen.site_id == "a"
+    cheap = next(s for s in result.explanation.sites if s.site_id == "cheap")
+    assert cheap.rank is None and not cheap.policy_allowed and cheap.violations[0].rule == "RES-01"
+    # Capacity facts are reported beside the policy verdict, even for a denied site.
+    assert cheap.pool_id == "x1"
+
+
+def test_energy_breaks_a_price_tie_then_ids() -> None:
+    result = plan(job(), allow("a", "b", "c"), [pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1),
+                                              pool("c1", "c", pue=1.1)])
+    assert result.chosen is not None and result.chosen.pool_id == "b1"
+    again = plan(job(), allow("c", "b", "a"), list(reversed([pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1),
+                                                             pool("c1", "c", pue=1.1)])))
+    assert again.chosen == result.chosen
+
+
+def test_capacity_reasons_name_what_did_not_fit() -> None:
+    request = job(accelerator_model="H100", max_price_krw_per_gpu_hour=6000, gpu_count=16)
+    pools = [pool("wrong-model", "a", model="B200"), pool("too-dear", "b", model="H100", price=9000),
+             pool("too-small", "c", model="H100", total=8), pool("busy", "d", model="H100", reserved=60)]
+    result = plan(request, allow("a", "b", "c", "d"), pools)
+    reasons = {s.site_id: " ".join(s.capacity_reasons) for s in result.explanation.sites}
+    assert "offers B200, not H100" in reasons["a"]
+    assert "9,000 KRW/GPU-h, above the maximum 6,000" in reasons["b"]
+    assert "8 GPUs in all" in reasons["c"]
+    assert "4 of 64 GPUs free" in reasons["d"]
+    assert result.outcome == "queued"  # pool "busy" frees up eventually
+
+
+def test_rejected_when_no_allowed_site_could_ever_fit() -> None:
+    result = plan(job(gpu_count=500), allow("a"), [pool("a1", "a", total=64)])
+    assert result.outcome == "rejected" and result.code is RejectionCode.NEVER_FITS
+
+
+def test_rejected_when_policy_denies_every_site() -> None:
+    result = plan(job(), {"a": deny("a"), "b": deny("b", "CSAP-01")}, [pool("a1", "a"), pool("b1", "b")])
+    assert result.outcome == "rejected" and result.code is RejectionCode.NO_ALLOWED_SITE
+    assert "CSAP-01" in result.reason and "RES-01" in result.reason
+
+
+def test_a_fitting_denied_site_does_not_keep_a_job_queued() -> None:
+    result = plan(job(), {"a": deny("a"), **allow("b")}, [pool("a1", "a"), pool("b1", "b", total=4)])
+    assert result.outcome == "rejected" and result.code is RejectionCode.NEVER_FITS
+
+
+def test_queued_when_capacity_not_offered_yet() -> None:
+    result = plan(job(), {}, [])
+    assert result.outcome == "queued"
+
+
+def test_deadline_passed_rejects_even_with_capacity() -> None:
+    result = plan(job(deadline=NOW - timedelta(minutes=1)), allow("a"), [pool("a1", "a")])
+    assert result.outcome == "rejected" and result.code is RejectionCode.DEADLINE_PASSED
+
+
+def test_maintenance_and_withdrawn_pools() -> None:
+    maintenance = plan(job(), allow("a"), [pool("a1", "a", status="maintenance")])
+    assert maintenance.outcome == "queued"
+    withdrawn = plan(job(), allow("a"), [pool("a1", "a", status="withdrawn")])
+    assert withdrawn.outcome == "rejected"
+
+
+def test_minimum_generation() -> None:
+    result = plan(job(min_generation=10), allow("a", "b"), [pool("old", "a", generation=9, price=1),
+                                                            pool("new", "b", generation=10)])
+    assert result.chosen is not None and result.chosen.pool_id == "new"
+
+
+def test_a_site_missing_from_the_policy_answer_is_denied() -> None:
+    verdicts = parse_verdicts({"a": {"allowed": True, "violations": [], "warnings": []}}, {"a", "b"})
+    assert verdicts["a"].allowed
+    assert not verdicts["b"].allowed and verdicts["b"].violations[0].rule == "ENGINE"
+
+
+def test_free_gpus_property() -> None:
+    assert replace(pool("p", "s", total=10), reserved_gpus=7).free_gpus == 3

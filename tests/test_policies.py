@@ -1,0 +1,104 @@
+"""The Rego bundle: its own tests pass, a broken copy fails them, and decisions on the real catalogue hold."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from contracts.events import JobKind, JobRequest
+from services.placement.logic import PoolState, parse_verdicts, policy_input
+from services.shared.catalogue import load_catalogue
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
+from services.shared.settings import REPO_ROOT
+
+POLICY_DIR = REPO_ROOT / "policies"
+CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def test_every_rego_test_passes() -> None:
+    results = run_rego_tests(PolicyBundle.load(POLICY_DIR))
+    failures = [f"{r.name}: {r.error}" for r in results if not r.passed]
+    assert not failures
+    assert len(results) >= 20
+
+
+def test_rule_ids_in_rego_match_the_catalogue_entries() -> None:
+    bundle = PolicyBundle.load(POLICY_DIR)
+    emitted = set(re.findall(r'"rule":\s*"([A-Z0-9]+-[0-9]+)"', "\n".join(bundle.policies.values())))
+    assert emitted == set(bundle.data["rules"])
+
+
+def test_a_broken_policy_fails_its_tests(tmp_path: Path) -> None:
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    residency = copy / "residency" / "residency.rego"
+    residency.write_text(residency.read_text().replace('site.country != "KR"', 'site.country == "KR"'))
+    results = run_rego_tests(PolicyBundle.load(copy))
+    failed = {r.name.rsplit(".", 1)[-1] for r in results if not r.passed}
+    assert "test_public_sector_job_denied_abroad" in failed
+
+
+def test_revision_is_a_content_hash(tmp_path: Path) -> None:
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    original = PolicyBundle.load(copy).revision
+    assert PolicyBundle.load(copy).revision == original
+    (copy / "data.json").write_text((copy / "data.json").read_text().replace('"deny"', '"warn"', 1))
+    assert PolicyBundle.load(copy).revision != original
+
+
+def test_a_bundle_that_does_not_compile_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.rego").write_text("package broken\n\nallow if {\n")
+    with pytest.raises(PolicyEngineError, match="does not compile"):
+        EmbeddedRegoEngine(PolicyBundle.load(tmp_path))
+
+
+def test_an_empty_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicyEngineError, match="no .rego files"):
+        PolicyBundle.load(tmp_path)
+
+
+def test_evaluation_error_raises_policy_engine_error(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package sovereign.placement\n\nimport rego.v1\n\ndecision := {\"x\": 1 / input.zero}\n"
+    )
+    engine = EmbeddedRegoEngine(PolicyBundle.load(tmp_path))
+    with pytest.raises(PolicyEngineError):
+        engine.decide({"zero": 0})
+
+
+def decide(tenant_id: str, **job: object) -> dict[str, bool]:
+    request = JobRequest.model_validate({
+        "tenant_id": tenant_id, "client_request_id": "c", "name": "n", "kind": JobKind.TRAINING, "gpu_count": 8,
+        "expected_hours": 4, "deadline": (NOW + timedelta(days=60)).isoformat(), **job,
+    })
+    sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
+    pools = [PoolState(p.pool_id, o.site.site_id, p.accelerator_model, p.generation, p.accelerator_origin, p.gpu_count,
+                       0, p.price_krw_per_gpu_hour, p.power_kw_per_gpu, p.pue, "available")
+             for o in CATALOGUE.offers for p in o.pools]
+    tenant = CATALOGUE.tenants[tenant_id].model_dump(mode="json", exclude_none=True)
+    engine = EmbeddedRegoEngine(PolicyBundle.load(POLICY_DIR))
+    verdicts = parse_verdicts(engine.decide(policy_input(request, tenant, sites, pools, NOW)), set(sites))
+    return {site_id: verdict.allowed for site_id, verdict in verdicts.items()}
+
+
+def test_ministry_stays_in_korea() -> None:
+    allowed = decide("mois")
+    assert not allowed["tokyo-hyperscale"] and not allowed["us-n-virginia"] and not allowed["singapore-gpu-cloud"]
+    assert allowed["skt-gasan"] and allowed["nacc-haenam"]
+
+
+def test_high_grade_job_only_on_closed_physically_separated_high_sites() -> None:
+    allowed = decide("mois", csap_grade="high")
+    assert {site for site, ok in allowed.items() if ok} == {"nadc-gwangju", "nacc-haenam"}
+
+
+def test_startup_may_go_abroad_but_never_to_chinese_designed_chips() -> None:
+    allowed = decide("hanbit-ai")
+    assert allowed["us-n-virginia"] and allowed["tokyo-hyperscale"]
+    assert not allowed["cn-ascend-cloud"]

@@ -1,0 +1,287 @@
+"""Services' transaction scripts on a real database, SQLite and PostgreSQL: atomicity, idempotency, capacity."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, col, func, select
+
+from contracts.events import (
+    CapacityOffered,
+    CapacityOfferedEvent,
+    JobCompleted,
+    JobCompletedEvent,
+    JobKind,
+    JobPlacedEvent,
+    JobRequest,
+    JobRequestedEvent,
+    UsageReported,
+    UsageReportedEvent,
+)
+from services.billing import handlers as billing
+from services.billing.rating import charge_krw
+from services.billing.storage import TABLES as BILLING_TABLES
+from services.billing.storage import ChargeRow, PostingRow, ledger_imbalance
+from services.factory_agent import handlers as factory
+from services.factory_agent.storage import TABLES as FACTORY_TABLES
+from services.placement import handlers as placement
+from services.placement.storage import TABLES as PLACEMENT_TABLES
+from services.placement.storage import JobRow, PoolRow, try_reserve, upsert_offer
+from services.shared.catalogue import load_catalogue
+from services.shared.db import create_service_engine, unit_of_work
+from services.shared.inbox import ProcessedEvent, claim_event
+from services.shared.kafka import PoisonMessage
+from services.shared.outbox import OutboxMessage, add_to_outbox
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
+from services.shared.settings import REPO_ROOT
+
+CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
+SHARED = [OutboxMessage.__table__, ProcessedEvent.__table__]
+
+
+def make_engine(database_url: tuple[str, str], service: str, tables: list[Any]) -> Engine:
+    url, prefix = database_url
+    return create_service_engine(url, service, [*SHARED, *tables], schema_prefix=prefix)
+
+
+def outbox(engine: Engine, topic: str | None = None) -> list[OutboxMessage]:
+    with Session(engine) as session:
+        query = select(OutboxMessage).order_by(col(OutboxMessage.id))
+        if topic:
+            query = query.where(OutboxMessage.topic == topic)
+        return list(session.exec(query))
+
+
+def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job: Any) -> JobRequestedEvent:
+    data = JobRequest.model_validate({
+        "tenant_id": tenant, "client_request_id": client_id or uuid.uuid4().hex, "name": "job",
+        "kind": JobKind.TRAINING, "gpu_count": 8, "expected_hours": 2,
+        "deadline": (datetime.now(UTC) + timedelta(days=60)).isoformat(), **job,
+    })
+    return JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+
+
+# --- shared plumbing --------------------------------------------------------------------------------
+
+
+def test_effect_outbox_and_inbox_commit_together_or_not_at_all(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "plumbing", [])
+    event = request_event()
+    with pytest.raises(RuntimeError), unit_of_work(engine) as session:
+        assert claim_event(session, "c", event)
+        add_to_outbox(session, event, "k")
+        raise RuntimeError("crash before commit")
+    assert outbox(engine) == []
+    with unit_of_work(engine) as session:
+        assert claim_event(session, "c", event)
+        add_to_outbox(session, event, "k")
+    with unit_of_work(engine) as session:
+        assert not claim_event(session, "c", event), "a redelivered event must be recognised"
+        assert claim_event(session, "another-consumer", event)
+    [row] = outbox(engine)
+    assert JobRequestedEvent.model_validate_json(row.payload) == event
+
+
+def test_reservations_never_exceed_capacity_under_concurrency(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    offer = CATALOGUE.site_offer("skt-pangyo")
+    assert offer is not None
+    small = CapacityOffered(site=offer.site, pools=[offer.pools[0].model_copy(update={"gpu_count": 40})])
+    with unit_of_work(engine) as session:
+        upsert_offer(session, small)
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(25):
+            gpus = rng.randint(1, 4)
+            with unit_of_work(engine) as session:
+                ok = try_reserve(session, "skt-pangyo-h100", gpus)
+            if ok:
+                with lock:
+                    granted.append(gpus)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with Session(engine) as session:
+        pool = session.get(PoolRow, "skt-pangyo-h100")
+        assert pool is not None
+        assert pool.reserved_gpus == sum(granted) <= 40
+        assert pool.reserved_gpus >= 37  # 150 attempts of 1-4 GPUs fill all but a sliver
+
+
+# --- placement --------------------------------------------------------------------------------------
+
+
+def placement_context(**overrides: Any) -> placement.PlacementContext:
+    return placement.PlacementContext(policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
+                                      tenants=CATALOGUE.tenants, **overrides)
+
+
+def offer_all(engine: Engine, ctx: placement.PlacementContext) -> None:
+    with unit_of_work(engine) as session:
+        for offer in CATALOGUE.offers:
+            placement.on_capacity_offered(ctx, session, CapacityOfferedEvent.create(
+                source="factory/x", subject=offer.site.site_id, data=offer))
+
+
+def test_placement_places_records_decision_and_ignores_duplicates(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    first = request_event("mois", client_id="same", csap_grade="medium", accelerator_model="B200")
+    resubmitted = request_event("mois", client_id="same", csap_grade="medium", accelerator_model="B200")
+    for event in (first, first, resubmitted):
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    [placed_row] = outbox(engine, "jobs.placed")
+    placed = JobPlacedEvent.model_validate_json(placed_row.payload).data
+    assert placed.site_id == "nacc-haenam"  # cheapest allowed B200 site with CSAP medium or better
+    [decision_row] = outbox(engine, "policy.decisions")
+    assert str(placed.explanation.decision_id) in decision_row.payload.decode()
+    with Session(engine) as session:
+        assert session.get(PoolRow, placed.pool_id).reserved_gpus == 8  # type: ignore[union-attr]
+
+
+def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    # The ministry's high-grade A100 jobs fit only Gwangju's 640-GPU pool.
+    big = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=600)
+    waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=100)
+    for event in (big, waiting):
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    with Session(engine) as session:
+        assert session.get(JobRow, str(waiting.data.job_id)).state == "queued"  # type: ignore[union-attr]
+    done = JobCompleted(job_id=big.data.job_id, tenant_id="mois", site_id="nadc-gwangju", pool_id="nadc-gwangju-a100",
+                        gpu_count=600, status="succeeded", usage_reports=1, gpu_seconds=1)
+    for _ in range(2):  # a redelivered completion releases nothing twice
+        with unit_of_work(engine) as session:
+            placement.on_job_completed(ctx, session, JobCompletedEvent.create(source="factory/x", subject="mois",
+                                                                              data=done, event_id=uuid.UUID(int=7)))
+    with Session(engine) as session:
+        assert session.get(JobRow, str(waiting.data.job_id)).state == "placed"  # type: ignore[union-attr]
+        assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 100  # type: ignore[union-attr]
+    assert len(outbox(engine, "jobs.queued")) == 1
+
+
+def test_unknown_tenant_and_policy_failure_are_rejected(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(ctx, session, request_event("nobody"))
+
+    class BrokenEngine:
+        name = "broken"
+        revision = "r"
+
+        def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
+            raise PolicyEngineError("engine crashed")
+
+    broken = placement_context()
+    broken.policy = BrokenEngine()
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(broken, session, request_event("hanbit-ai"))
+    codes = [row.payload for row in outbox(engine, "jobs.rejected")]
+    assert len(codes) == 2
+    assert b'"unknown_tenant"' in codes[0] and b'"policy_engine_error"' in codes[1]
+    assert outbox(engine, "jobs.placed") == []
+    with Session(engine) as session:
+        assert session.exec(select(func.sum(PoolRow.reserved_gpus))).one() == 0
+
+
+# --- billing ----------------------------------------------------------------------------------------
+
+
+def placed_event(job_id: uuid.UUID, price: int = 7600) -> JobPlacedEvent:
+    template = JobPlacedEvent.model_validate_json((REPO_ROOT / "contracts/examples/jobs.placed.json").read_text())
+    data = template.data.model_copy(update={"job_id": job_id, "tenant_id": "mois", "site_id": "nacc-haenam",
+                                           "price_krw_per_gpu_hour": price})
+    return JobPlacedEvent.create(source="service/placement", subject="mois", data=data)
+
+
+def usage_event(job_id: uuid.UUID, seq: int, gpu_seconds: int, event_id: uuid.UUID | None = None) -> UsageReportedEvent:
+    start = datetime(2027, 1, 1, tzinfo=UTC)
+    data = UsageReported(job_id=job_id, tenant_id="mois", site_id="nacc-haenam", pool_id="nacc-haenam-b200", seq=seq,
+                         gpu_seconds=gpu_seconds, energy_wh=1, interval_start=start, interval_end=start)
+    return UsageReportedEvent.create(source="factory/nacc-haenam", subject="mois", data=data,
+                                     event_id=event_id or uuid.uuid5(job_id, str(seq)))
+
+
+def completed_event(job_id: uuid.UUID, reports: int) -> JobCompletedEvent:
+    data = JobCompleted(job_id=job_id, tenant_id="mois", site_id="nacc-haenam", pool_id="nacc-haenam-b200",
+                        gpu_count=8, status="succeeded", usage_reports=reports, gpu_seconds=0)
+    return JobCompletedEvent.create(source="factory/nacc-haenam", subject="mois", data=data)
+
+
+def test_billing_rates_out_of_order_usage_once_and_balances(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "billing", BILLING_TABLES)
+    ctx = billing.BillingContext(fee_bps=500)
+    job_id = uuid.uuid4()
+    usages = [usage_event(job_id, seq, gs) for seq, gs in ((1, 1001), (2, 2003), (3, 999))]
+    # Completion first, then usage out of order and repeated, the placement (and its price) last.
+    deliveries: list[Any] = [completed_event(job_id, 3), usages[2], usages[0], usages[2],
+                             usage_event(job_id, 1, 1001, event_id=uuid.uuid4()), placed_event(job_id), usages[1],
+                             usages[1]]
+    handler = {"jobs.completed": billing.on_job_completed, "usage.reported": billing.on_usage_reported,
+               "jobs.placed": billing.on_job_placed}
+    for event in deliveries:
+        with unit_of_work(engine) as session:
+            handler[event.type](ctx, session, event)
+    [billed] = outbox(engine, "jobs.billed")
+    amount = charge_krw(1001 + 2003 + 999, 7600)
+    assert f'"amount_krw":{amount}'.encode() in billed.payload
+    rated = outbox(engine, "billing.usage")
+    assert [r.payload.count(b'"seq":') for r in rated] == [1, 1, 1]
+    with Session(engine) as session:
+        charge = session.get(ChargeRow, str(job_id))
+        assert charge is not None and charge.billed and charge.rated_amount_krw == amount
+        assert ledger_imbalance(session) == 0
+        receivable = session.exec(select(func.sum(PostingRow.amount_krw)).where(
+            PostingRow.account == "receivable:tenant:mois")).one()
+        assert receivable == amount
+
+
+def test_conflicting_usage_for_the_same_interval_is_poison(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "billing", BILLING_TABLES)
+    ctx = billing.BillingContext(fee_bps=500)
+    job_id = uuid.uuid4()
+    with unit_of_work(engine) as session:
+        billing.on_usage_reported(ctx, session, usage_event(job_id, 1, 100))
+    with pytest.raises(PoisonMessage, match="already reported"), unit_of_work(engine) as session:
+        billing.on_usage_reported(ctx, session, usage_event(job_id, 1, 999, event_id=uuid.uuid4()))
+
+
+# --- factory agent ----------------------------------------------------------------------------------
+
+
+def test_factory_reports_each_interval_once_and_completes(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
+    placed = placed_event(uuid.uuid4())
+    placed = placed.model_copy(update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200"})})
+    with unit_of_work(engine) as session:
+        factory.on_job_placed(ctx, session, placed)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for _ in range(2):
+        with unit_of_work(engine) as session:
+            factory.advance_run(ctx, session, str(placed.data.job_id), later)
+    usage = outbox(engine, "usage.reported")
+    assert len(usage) >= 1
+    assert len({row.headers["event_id"] for row in usage}) == len(usage)
+    [completed] = outbox(engine, "jobs.completed")
+    assert f'"usage_reports":{len(usage)}'.encode() in completed.payload
+    assert len(outbox(engine, "jobs.started")) == 1

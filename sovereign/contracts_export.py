@@ -1,0 +1,64 @@
+"""`sovereign contracts`: write the pinned JSON Schemas and the AsyncAPI document of every service."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from faststream.specification import AsyncAPI
+
+from contracts.pinning import ASYNCAPI_DIR, SCHEMA_DIR, current_schema, export_schemas, render, schema_path
+from contracts.events import EVENT_MODELS
+from services.shared.settings import Settings
+
+
+def asyncapi_documents() -> dict[str, dict[str, Any]]:
+    """The AsyncAPI 3.0 document FastStream generates from each service's declared subscribers and publishers."""
+    from sovereign.cli import SERVICES
+
+    documents: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = replace(Settings(), data_dir=Path(scratch), database_url=None)
+        for name, build in SERVICES.items():
+            service = build(settings)
+            spec = AsyncAPI(service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0")
+            documents[name] = json.loads(spec.to_specification().to_json())
+            service.engine.dispose()
+    return documents
+
+
+def asyncapi_path(service: str) -> Path:
+    return ASYNCAPI_DIR / f"{service}.json"
+
+
+def export_contracts(check: bool) -> int:
+    drift: list[str] = []
+    for event_type, model in EVENT_MODELS.items():
+        path = schema_path(model)
+        if not path.exists() or render(json.loads(path.read_text())) != render(current_schema(model)):
+            drift.append(f"schema of {event_type} differs from {path.relative_to(SCHEMA_DIR.parent.parent)}")
+    documents = asyncapi_documents()
+    for service, document in documents.items():
+        path = asyncapi_path(service)
+        if not path.exists() or json.loads(path.read_text()) != document:
+            drift.append(f"AsyncAPI of {service} differs from {path.relative_to(ASYNCAPI_DIR.parent.parent)}")
+    if check:
+        for line in drift:
+            print(line)
+        return 1 if drift else 0
+    result = export_schemas()
+    for event_type, problems in result.refused.items():
+        print(f"refused: {event_type} has breaking changes within major version; bump SCHEMA_VERSION's major "
+              f"to publish a new schema file:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+    for path in result.written:
+        print(f"wrote {path}")
+    ASYNCAPI_DIR.mkdir(parents=True, exist_ok=True)
+    for service, document in documents.items():
+        asyncapi_path(service).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return 1 if result.refused else 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -37,7 +39,7 @@ from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.kafka import PoisonMessage
-from services.shared.outbox import OutboxMessage, add_to_outbox
+from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT
 
@@ -285,3 +287,42 @@ def test_factory_reports_each_interval_once_and_completes(database_url: tuple[st
     [completed] = outbox(engine, "jobs.completed")
     assert f'"usage_reports":{len(usage)}'.encode() in completed.payload
     assert len(outbox(engine, "jobs.started")) == 1
+
+
+# --- outbox relay -----------------------------------------------------------------------------------
+
+
+async def test_two_relays_on_one_database_publish_each_row_once(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "relay", [])
+    with unit_of_work(engine) as session:
+        for _ in range(120):
+            add_to_outbox(session, request_event(), "k")
+    published: list[str] = []
+
+    async def publish(rows: Sequence[OutboxMessage]) -> None:
+        await asyncio.sleep(0.01)  # a broker round trip, during which the other relay runs
+        published.extend(row.headers["event_id"] for row in rows)
+
+    relays = [OutboxRelay(engine, publish, batch_size=7) for _ in range(2)]
+    await asyncio.gather(*(relay.drain() for relay in relays))
+    assert len(published) == len(set(published)) == 120
+    assert outbox(engine) == []
+
+
+async def test_a_batch_whose_publish_failed_is_published_again(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "relay", [])
+    with unit_of_work(engine) as session:
+        add_to_outbox(session, request_event(), "k")
+
+    async def broker_down(rows: Sequence[OutboxMessage]) -> None:
+        raise ConnectionError("broker unreachable")
+
+    with pytest.raises(ConnectionError):
+        await OutboxRelay(engine, broker_down, lease_seconds=0).drain()
+    delivered: list[OutboxMessage] = []
+
+    async def broker_up(rows: Sequence[OutboxMessage]) -> None:
+        delivered.extend(rows)
+
+    assert await OutboxRelay(engine, broker_up).drain() == 1
+    assert len(delivered) == 1 and outbox(engine) == []

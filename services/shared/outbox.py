@@ -1,17 +1,20 @@
 """Transactional outbox: events are written with the effect that caused them and published by a relay.
 
-The relay reads a batch in one short transaction, publishes it, then deletes it in another. A crash in
-between republishes the batch; consumers are idempotent on event id, so a repeat has no effect.
+The relay leases a batch in one short transaction, publishes it, then deletes it in another. The lease keeps
+a second relay on the same database (another worker of the service) off those rows; if the relay dies before
+deleting, the lease expires and the batch is published again. Consumers are idempotent on event id, so that
+repeat has no effect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, Column, Engine, LargeBinary, delete
+from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, delete, or_, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from contracts import Event
@@ -28,6 +31,8 @@ class OutboxMessage(SQLModel, table=True):
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utc_now)
+    leased_by: str | None = Field(default=None, max_length=32)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), index=True))
 
 
 def add_to_outbox(session: Session, event: Event[BaseModel], key: str) -> None:
@@ -45,8 +50,10 @@ Publish = Callable[[Sequence[OutboxMessage]], Awaitable[None]]
 
 
 class OutboxRelay:
-    def __init__(self, engine: Engine, publish: Publish, poll_seconds: float = 0.5, batch_size: int = 500):
+    def __init__(self, engine: Engine, publish: Publish, poll_seconds: float = 0.5, batch_size: int = 500,
+                 lease_seconds: float = 30.0):
         self._engine = engine
+        self._lease = timedelta(seconds=lease_seconds)
         self._publish = publish
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
@@ -74,17 +81,33 @@ class OutboxRelay:
     async def drain(self) -> int:
         published = 0
         while True:
+            token = uuid.uuid4().hex
             with unit_of_work(self._engine) as session:
-                batch = list(
-                    session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id)).limit(self._batch_size))
-                )
+                batch = self._lease_batch(session, token)
             if not batch:
                 return published
             await self._publish(batch)
             with unit_of_work(self._engine) as session:
-                ids = [row.id for row in batch]
-                session.execute(delete(OutboxMessage).where(col(OutboxMessage.id).in_(ids)))
+                session.execute(delete(OutboxMessage).where(col(OutboxMessage.leased_by) == token))
             published += len(batch)
             self._log.debug("outbox_published", count=len(batch))
             if len(batch) < self._batch_size:
                 return published
+
+    def _lease_batch(self, session: Session, token: str) -> list[OutboxMessage]:
+        now = utc_now()
+        free = or_(col(OutboxMessage.lease_expires_at).is_(None), col(OutboxMessage.lease_expires_at) < now)
+        ids = list(session.exec(
+            select(OutboxMessage.id).where(free).order_by(col(OutboxMessage.id)).limit(self._batch_size)
+        ))
+        if not ids:
+            return []
+        # Re-checked under the row lock: of two relays that saw the same rows, only one leases them.
+        session.execute(
+            update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).where(free)
+            .values(leased_by=token, lease_expires_at=now + self._lease)
+            .execution_options(synchronize_session=False)
+        )
+        return list(session.exec(
+            select(OutboxMessage).where(OutboxMessage.leased_by == token).order_by(col(OutboxMessage.id))
+        ))

@@ -1,0 +1,130 @@
+"""Folds the event streams into one trace per job, as a tenant or an auditor reading the topics would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from contracts import TOPICS, Event
+from contracts.events import (
+    JobBilled,
+    JobCompleted,
+    JobPlaced,
+    JobQueued,
+    JobRejected,
+    JobRequest,
+    JobStarted,
+    PolicyDecisionRecord,
+    UsageRated,
+    UsageReported,
+)
+from sovereign.watch import EventWatcher
+
+
+@dataclass
+class JobTrace:
+    requests: list[JobRequest] = field(default_factory=list)
+    placed: list[JobPlaced] = field(default_factory=list)
+    queued: list[JobQueued] = field(default_factory=list)
+    rejected: list[JobRejected] = field(default_factory=list)
+    started: list[JobStarted] = field(default_factory=list)
+    usage: list[UsageReported] = field(default_factory=list)
+    completed: list[JobCompleted] = field(default_factory=list)
+    rated: list[UsageRated] = field(default_factory=list)
+    billed: list[JobBilled] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> str | None:
+        """A job ends rejected, or billed once it ran; a placed job that is not yet billed has not ended."""
+        if self.rejected:
+            return "rejected"
+        if self.billed:
+            return "billed"
+        return None
+
+    @property
+    def state(self) -> str:
+        for name, events in (("rejected", self.rejected), ("billed", self.billed), ("completed", self.completed),
+                             ("running", self.started), ("placed", self.placed), ("queued", self.queued)):
+            if events:
+                return name
+        return "requested"
+
+
+@dataclass
+class Tracker:
+    jobs: dict[uuid.UUID, JobTrace] = field(default_factory=dict)
+    decisions: dict[uuid.UUID, PolicyDecisionRecord] = field(default_factory=dict)
+    subjects_mismatched: list[str] = field(default_factory=list)
+    # At-least-once delivery: a consumer recognises a repeat by its (source, id) and ignores it.
+    seen: set[tuple[str, uuid.UUID]] = field(default_factory=set)
+    duplicates: int = 0
+
+    def trace(self, job_id: uuid.UUID) -> JobTrace:
+        return self.jobs.setdefault(job_id, JobTrace())
+
+    def record(self, event: Event[BaseModel]) -> None:
+        if (event.source, event.id) in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add((event.source, event.id))
+        data = event.data
+        tenant = getattr(data, "tenant_id", None)
+        if tenant is not None and tenant != event.subject:
+            self.subjects_mismatched.append(f"{event.type} {event.id}: subject {event.subject}, tenant {tenant}")
+        if isinstance(data, PolicyDecisionRecord):
+            self.decisions[data.decision_id] = data
+            return
+        job_id = getattr(data, "job_id", None)
+        if job_id is None:
+            return
+        trace = self.trace(job_id)
+        target = {
+            JobRequest: trace.requests, JobPlaced: trace.placed, JobQueued: trace.queued,
+            JobRejected: trace.rejected, JobStarted: trace.started, UsageReported: trace.usage,
+            JobCompleted: trace.completed, UsageRated: trace.rated, JobBilled: trace.billed,
+        }.get(type(data))
+        if target is not None:
+            target.append(data)  # type: ignore[arg-type]
+
+    def states(self, job_ids: set[uuid.UUID]) -> Counter[str]:
+        return Counter(self.trace(job_id).state for job_id in job_ids)
+
+    def all_terminal(self, job_ids: set[uuid.UUID]) -> bool:
+        return all(self.trace(job_id).terminal for job_id in job_ids)
+
+
+@contextlib.asynccontextmanager
+async def following(bootstrap_servers: str, tracker: Tracker) -> AsyncIterator[Tracker]:
+    """Feed every event on the flow's topics, from the beginning, into the tracker until the block ends."""
+    async with EventWatcher(bootstrap_servers, list(TOPICS), from_beginning=True) as watcher:
+
+        async def pump() -> None:
+            async for batch in watcher.events(poll_ms=100):
+                for event in batch:
+                    tracker.record(event)
+
+        task = asyncio.create_task(pump())
+        try:
+            yield tracker
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def wait_until(condition: object, timeout: float, interval: float = 0.1) -> bool:
+    """Poll a no-argument callable until it is true or the timeout passes."""
+    assert callable(condition)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(interval)
+    return bool(condition())

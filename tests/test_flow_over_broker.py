@@ -1,0 +1,184 @@
+"""The whole lifecycle over a real Kafka-protocol broker (Tansu): request -> placement -> usage -> bill.
+
+Placement, the factory agent and billing run as separate services that share nothing but the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from contracts.events import JobKind, JobRequest, JobRequestedEvent, UsageReportedEvent
+from services.billing import app as billing_app
+from services.billing.rating import charge_krw
+from services.factory_agent import app as factory_app
+from services.factory_agent.simulation import usage_event_id
+from services.placement import app as placement_app
+from services.shared.settings import Settings
+from sovereign.tracker import Tracker, following, wait_until
+from sovereign.watch import produce
+from sovereign.workload import generate, request_events
+from tests.conftest import run_services, service_settings
+
+pytestmark = pytest.mark.broker
+
+# 100 simulated hours per real second: a long training run finishes in under a second.
+TIME_SCALE = 360_000.0
+
+
+@pytest.fixture(scope="module")
+async def marketplace(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Settings, Tracker]]:
+    settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=TIME_SCALE)
+    builders = [lambda: placement_app.build(settings), lambda: factory_app.build(settings),
+                lambda: billing_app.build(settings)]
+    async with run_services(builders), following(kafka, Tracker()) as tracker:
+        yield settings, tracker
+
+
+def job(tenant: str = "hanbit-ai", client_id: str | None = None, **fields: object) -> JobRequest:
+    base = generate(1, seed=1)[0].model_dump(mode="json")
+    return JobRequest.model_validate({**base, "tenant_id": tenant, "client_request_id": client_id or uuid.uuid4().hex,
+                                      "kind": JobKind.INFERENCE, "gpu_count": 4, "expected_hours": 3,
+                                      "accelerator_model": None, "csap_grade": "none", "datasets": [], **fields})
+
+
+async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
+    marketplace: tuple[Settings, Tracker],
+) -> None:
+    settings, tracker = marketplace
+    requests = generate(24, seed=11)
+    job_ids = {r.job_id for r in requests}
+    await produce(settings.bootstrap_servers, request_events(requests), idempotent=False)
+    assert await wait_until(lambda: tracker.all_terminal(job_ids), timeout=90), tracker.states(job_ids)
+
+    tenants = {r.tenant_id for r in requests}
+    assert len(tenants) >= 5
+    outcomes = {r.client_request_id: tracker.trace(r.job_id).terminal for r in requests}
+    assert "rejected" in outcomes.values() and "billed" in outcomes.values()
+    for request in requests:
+        trace = tracker.trace(request.job_id)
+        assert len(trace.placed) + len(trace.rejected) == 1, f"{request.name}: placed and rejected, or twice"
+        if trace.rejected:
+            assert not trace.started and not trace.billed
+            continue
+        [placed] = trace.placed
+        [billed] = trace.billed
+        [completed] = trace.completed
+        # No placement without a recorded decision that allowed that very site under a known revision.
+        decision = tracker.decisions[placed.explanation.decision_id]
+        assert decision.policy_revision == placed.explanation.policy_revision
+        assert next(v for v in decision.sites if v.site_id == placed.site_id).allowed
+        # Bills equal usage times the price locked at placement, and the usage stream adds up to the bill.
+        gpu_seconds = sum(u.gpu_seconds for u in trace.usage)
+        assert len(trace.usage) == completed.usage_reports == billed.usage_reports
+        assert billed.price_krw_per_gpu_hour == placed.price_krw_per_gpu_hour
+        assert billed.amount_krw == charge_krw(gpu_seconds, placed.price_krw_per_gpu_hour)
+        assert sum(r.amount_krw for r in trace.rated) == billed.amount_krw
+        assert billed.marketplace_fee_krw + billed.site_payable_krw == billed.amount_krw
+    assert tracker.subjects_mismatched == []
+
+    by_reason = {r.client_request_id: tracker.trace(r.job_id).rejected for r in requests}
+    codes = {rejections[0].code.value for rejections in by_reason.values() if rejections}
+    assert {"unknown_tenant", "never_fits"} <= codes
+
+
+async def test_duplicate_submission_is_placed_once(marketplace: tuple[Settings, Tracker]) -> None:
+    settings, tracker = marketplace
+    request = job(client_id="duplicate-check")
+    first = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
+    resubmitted = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
+    # The same envelope twice (a producer retry) and the same request in a new envelope (a user retry).
+    await produce(settings.bootstrap_servers, [(first, str(request.job_id)), (first, str(request.job_id)),
+                                               (resubmitted, str(request.job_id))], idempotent=False)
+    assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", timeout=60)
+    await asyncio.sleep(1.0)  # let any wrongly duplicated outcome surface
+    trace = tracker.trace(request.job_id)
+    assert len(trace.requests) == 3
+    assert len(trace.placed) == 1 and not trace.rejected and len(trace.billed) == 1
+
+
+async def committed_offset(bootstrap: str, group: str, partition: TopicPartition) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(partition) or 0
+    finally:
+        await consumer.stop()
+
+
+async def test_redelivered_usage_is_billed_once(marketplace: tuple[Settings, Tracker]) -> None:
+    settings, tracker = marketplace
+    request = job(client_id="redelivery-check")
+    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", timeout=60)
+    trace = tracker.trace(request.job_id)
+    usage = trace.usage[0]
+    source = f"factory/{usage.site_id}"
+    # Redelivered: the factory's event again under its own id, and the same interval under a new id.
+    same_id = UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage,
+                                        event_id=usage_event_id(request.job_id, usage.seq))
+    new_id = UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        sent = [await producer.send_and_wait("usage.reported", e.model_dump_json().encode(),
+                                             key=str(request.job_id).encode()) for e in (same_id, new_id)]
+    finally:
+        await producer.stop()
+    partition = TopicPartition("usage.reported", sent[-1].partition)
+    assert await wait_until_async(
+        lambda: committed_offset(settings.bootstrap_servers, "billing.usage.reported", partition),
+        lambda offset: offset > sent[-1].offset, timeout=30)
+    await asyncio.sleep(0.5)
+    trace = tracker.trace(request.job_id)
+    assert len(trace.billed) == 1
+    assert len(trace.rated) == len({r.seq for r in trace.rated}) == trace.billed[0].usage_reports
+
+
+async def wait_until_async(
+    probe: Callable[[], Awaitable[int]], accept: Callable[[int], bool], timeout: float
+) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if accept(await probe()):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
+    marketplace: tuple[Settings, Tracker],
+) -> None:
+    settings, tracker = marketplace
+    dlq = AIOKafkaConsumer("jobs.requested.dlq", bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                           auto_offset_reset="earliest")
+    await dlq.start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    poison = [b"not json at all", b'{"id": "x", "type": "jobs.requested", "data": {}}',
+              JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=job()).model_dump_json()
+              .replace('"gpu_count":4', '"gpu_count":-4').encode()]
+    try:
+        for payload in poison:
+            await producer.send_and_wait("jobs.requested", payload, key=b"poison")
+        good = job(client_id="after-poison")
+        await producer.send_and_wait("jobs.requested", JobRequestedEvent.create(
+            source="tenant/hanbit-ai", subject="hanbit-ai", data=good).model_dump_json().encode(), key=b"poison")
+        assert await wait_until(lambda: bool(tracker.trace(good.job_id).placed), timeout=30)
+        dead: list[tuple[bytes, dict[str, bytes]]] = []
+        while len(dead) < len(poison):
+            batch = await asyncio.wait_for(dlq.getmany(timeout_ms=1000), timeout=30)
+            dead += [(r.value, dict(r.headers)) for records in batch.values() for r in records]
+    finally:
+        await producer.stop()
+        await dlq.stop()
+    assert [value for value, _ in dead] == poison
+    for _, headers in dead:
+        assert headers["dlq-original-topic"] == b"jobs.requested"
+        assert headers["dlq-consumer"] == b"placement"
+        assert headers["dlq-error"]
+    assert b"ValidationError" in dead[0][1]["dlq-error-type"] or b"JSON" in dead[0][1]["dlq-error"]
+    assert b"gpu_count" in dead[2][1]["dlq-error"]

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole marketplace on embedded defaults and report")
     demo.add_argument("--jobs", type=int, default=48, help="how many job requests to submit")
     demo.add_argument("--seed", type=int, default=2027)
-    demo.add_argument("--time-scale", type=float, default=7200.0, help="simulated seconds per real second")
+    demo.add_argument("--time-scale", type=float, default=14400.0, help="simulated seconds per real second")
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every outcome")
     demo.add_argument("--placement-workers", type=int, default=2)
     demo.set_defaults(handler=_demo)

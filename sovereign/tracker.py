@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from contracts import TOPICS, Event
 from contracts.events import (
+    CapacityOffered,
     JobBilled,
     JobCompleted,
     JobPlaced,
@@ -65,6 +66,7 @@ class Tracker:
     # At-least-once delivery: a consumer recognises a repeat by its (source, id) and ignores it.
     seen: set[tuple[str, uuid.UUID]] = field(default_factory=set)
     duplicates: int = 0
+    sites_offered: set[str] = field(default_factory=set)
 
     def trace(self, job_id: uuid.UUID) -> JobTrace:
         return self.jobs.setdefault(job_id, JobTrace())
@@ -78,6 +80,9 @@ class Tracker:
         tenant = getattr(data, "tenant_id", None)
         if tenant is not None and tenant != event.subject:
             self.subjects_mismatched.append(f"{event.type} {event.id}: subject {event.subject}, tenant {tenant}")
+        if isinstance(data, CapacityOffered):
+            self.sites_offered.add(data.site.site_id)
+            return
         if isinstance(data, PolicyDecisionRecord):
             self.decisions[data.decision_id] = data
             return

@@ -74,3 +74,35 @@ async def produce(bootstrap_servers: str, events: Sequence[tuple[Event[BaseModel
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+
+
+async def read_partition_ends(bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500) -> dict[TopicPartition, int]:
+    """Each partition's end (last offset + 1), found by reading it through.
+
+    Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
+    """
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    ends: dict[TopicPartition, int] = {}
+    try:
+        while batches := await consumer.getmany(timeout_ms=quiet_ms):
+            for partition, records in batches.items():
+                ends[partition] = max(ends.get(partition, 0), records[-1].offset + 1)
+    finally:
+        await consumer.stop()
+    return ends
+
+
+async def consumer_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
+    """How many messages of `topic` the consumer group has not committed yet."""
+    ends = await read_partition_ends(bootstrap_servers, [topic])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        lag = 0
+        for partition, end in ends.items():
+            lag += max(0, end - (await consumer.committed(partition) or 0))
+        return lag
+    finally:
+        await consumer.stop()

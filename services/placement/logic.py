@@ -216,6 +216,8 @@ def plan_placement(
         reason = (f"waiting for capacity: {len(allowed_sites)} allowed sites, none with {job.gpu_count} free GPUs "
                   f"now; first choice when free: {pool.pool_id}")
         return Plan("queued", explain(reason, assessments), reason=reason)
-    reason = (f"none of the {len(allowed_sites)} sites the policy allows has a pool that could ever run this job "
-              f"(accelerator, generation, price or size)")
+    details = "; ".join(f"{s.site_id}: {', '.join(s.capacity_reasons)}" for s in allowed_sites[:3])
+    more = f"; and {len(allowed_sites) - 3} more" if len(allowed_sites) > 3 else ""
+    reason = (f"none of the {len(allowed_sites)} sites the policy allows could ever run this job "
+              f"({details}{more})")
     return Plan("rejected", explain(reason, assessments), code=RejectionCode.NEVER_FITS, reason=reason)

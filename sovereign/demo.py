@@ -1,0 +1,148 @@
+"""`sovereign demo`: the whole marketplace on embedded defaults, as separate processes, with a report.
+
+The broker is Tansu, each service runs as its own process with its own SQLite file, the policies are the
+Rego in policies/ on the in-process engine, and the tenants and sites come from the default catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlmodel import Session
+
+from contracts import TOPICS, dead_letter_topic
+from services.billing.storage import TABLES as BILLING_TABLES
+from services.billing.storage import ledger_imbalance
+from services.shared.catalogue import load_catalogue
+from services.shared.db import create_service_engine
+from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.kafka import all_topics, consumer_group, ensure_topics
+from services.shared.settings import REPO_ROOT, Settings
+from sovereign.report import render_report
+from sovereign.tracker import Tracker, following, wait_until
+from sovereign.watch import consumer_lag, produce, read_partition_ends
+from sovereign.workload import generate, request_events
+
+RUN_DIR = REPO_ROOT / "var" / "demo"
+STOP_SECONDS = 15
+
+
+def run_demo(jobs: int, seed: int, time_scale: float, timeout: float, placement_workers: int) -> int:
+    if RUN_DIR.exists():
+        shutil.rmtree(RUN_DIR)
+    logs = RUN_DIR / "logs"
+    logs.mkdir(parents=True)
+    print(f"Sovereign AI job marketplace demo: {jobs} jobs, seed {seed}, 1 real second = "
+          f"{time_scale / 3600:g} simulated hours. Logs in {logs.relative_to(REPO_ROOT)}/")
+    with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
+        print(f"  broker   Tansu on {broker.bootstrap_servers} (memory storage)")
+        asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(), Settings().topic_partitions))
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KAFKA_IDEMPOTENT_PRODUCER": "false",
+               "SOVEREIGN_DATA_DIR": str(RUN_DIR / "data"), "SOVEREIGN_TIME_SCALE": str(time_scale)}
+        env.pop("DATABASE_URL", None)
+        names = [*(["placement"] * placement_workers), "factory-agent", "billing"]
+        processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        try:
+            for index, name in enumerate(names):
+                log = (logs / f"{name}-{index}.log").open("wb")
+                process = subprocess.Popen([sys.executable, "-m", "sovereign", "run", name], env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+                processes.append((name, process))
+                print(f"  service  {name:<14} pid {process.pid}")
+            return asyncio.run(_drive(broker.bootstrap_servers, jobs, seed, timeout, processes))
+        finally:
+            _stop(processes)
+
+
+def _stop(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    for _, process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for _, process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def _drive(bootstrap: str, jobs: int, seed: int, timeout: float,
+                 processes: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
+    catalogue = load_catalogue(REPO_ROOT / "catalogue")
+    requests = generate(jobs, seed)
+    job_ids = {r.job_id for r in requests}
+    started = time.monotonic()
+    async with following(bootstrap, Tracker()) as tracker:
+        print("\nWaiting for the AI factories to offer capacity ...")
+        await wait_until(lambda: len(tracker.sites_offered) >= len(catalogue.offers) or _died(processes), 60)
+        if _died(processes):
+            return _report_crash(processes)
+        # Placement must have taken in every offer, or its first decisions would see only part of the market.
+        while await consumer_lag(bootstrap, consumer_group("placement", "capacity.offered"), "capacity.offered"):
+            if _died(processes):
+                return _report_crash(processes)
+            await asyncio.sleep(0.2)
+        print(f"  {len(tracker.sites_offered)} sites offered capacity "
+              f"({sum(len(o.pools) for o in catalogue.offers)} GPU pools), and placement has taken them in")
+        events = request_events(requests)
+        # Tenants retry: three requests are submitted twice; the marketplace must place each only once.
+        retries = [(type(e).create(source=e.source, subject=e.subject, data=e.data), key) for e, key in events[:3]]
+        await produce(bootstrap, events + retries, idempotent=False)
+        print(f"Submitted {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants "
+              f"(+{len(retries)} resubmissions) over Kafka.\n")
+        last = ""
+        while time.monotonic() - started < timeout and not tracker.all_terminal(job_ids):
+            if _died(processes):
+                return _report_crash(processes)
+            states = tracker.states(job_ids)
+            line = (f"  [{time.monotonic() - started:5.1f}s] queued {states['queued']:>3} | placed {states['placed']:>3}"
+                    f" | running {states['running']:>3} | completed {states['completed']:>3}"
+                    f" | billed {states['billed']:>3} | rejected {states['rejected']:>3}")
+            if line.split("]")[1] != last:
+                print(line, flush=True)
+                last = line.split("]")[1]
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)  # let the last events in flight arrive
+        dead_letters = await _count_dead_letters(bootstrap)
+        print()
+        print(render_report(tracker, requests, catalogue, _ledger_imbalance(), dead_letters))
+        finished = tracker.all_terminal(job_ids)
+        print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
+        return 0 if finished else 1
+
+
+def _died(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> bool:
+    return any(process.poll() is not None for _, process in processes)
+
+
+def _report_crash(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
+    for index, (name, process) in enumerate(processes):
+        if process.poll() is not None:
+            log = RUN_DIR / "logs" / f"{name}-{index}.log"
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"\nservice {name} exited with code {process.returncode}; last lines of {log}:", file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
+    return 2
+
+
+async def _count_dead_letters(bootstrap: str) -> int:
+    ends = await read_partition_ends(bootstrap, [dead_letter_topic(t) for t in TOPICS])
+    return sum(ends.values())
+
+
+def _ledger_imbalance() -> int | None:
+    path: Path = RUN_DIR / "data" / "billing.db"
+    if not path.exists():
+        return None
+    engine = create_service_engine(f"sqlite:///{path}", "billing", BILLING_TABLES)
+    try:
+        with Session(engine) as session:
+            return ledger_imbalance(session)
+    finally:
+        engine.dispose()

@@ -1,0 +1,113 @@
+"""compose.yaml, checked without a container engine: the Compose specification's schema, the images and
+settings of the production shape, and every service started here with the very command the file gives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from services.shared.settings import REPO_ROOT
+from sovereign.cli import SERVICES, build_parser
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
+
+
+def compose_schema() -> dict[str, Any]:
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    schema: dict[str, Any] = json.loads(vendored.read_text())
+    return schema
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(COMPOSE), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def test_the_validation_would_catch_a_mistake() -> None:
+    schema = compose_schema()
+    broken = {**COMPOSE, "services": {**COMPOSE["services"], "billing": {**APP_SERVICES["billing"], "replicas": "x"}}}
+    assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))
+
+
+def test_production_shape() -> None:
+    services = COMPOSE["services"]
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper
+    assert not any("zookeeper" in name for name in services)
+    assert services["opa"]["image"].startswith("openpolicyagent/opa:")
+    assert "./policies:/policies:ro" in services["opa"]["volumes"]
+    assert services["postgres"]["image"].startswith("postgres:")
+    for name, spec in APP_SERVICES.items():
+        env = spec["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"].split(":")[0] in services, name
+        assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"], name
+        assert env["KAFKA_IDEMPOTENT_PRODUCER"] == "true", name  # real Kafka accepts the idempotent producer
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for folder in ("contracts", "services", "sovereign", "policies", "catalogue"):
+        assert f"COPY {folder} ./{folder}" in dockerfile
+
+
+def test_every_service_has_a_container_and_every_container_a_real_command() -> None:
+    assert set(APP_SERVICES) == set(SERVICES)
+    for name, spec in APP_SERVICES.items():
+        program, *arguments = spec["command"]
+        assert program == "sovereign"
+        args = build_parser().parse_args(arguments)
+        assert args.command == "run" and args.service == name
+
+
+@pytest.mark.broker
+async def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
+    kafka: str, tmp_path: Path, database_url: tuple[str, str]
+) -> None:
+    url, prefix = database_url
+    processes = []
+    for name, spec in sorted(APP_SERVICES.items()):
+        env = {**os.environ, **{k: str(v) for k, v in spec["environment"].items()},
+               "KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_IDEMPOTENT_PRODUCER": "false",
+               "SOVEREIGN_DATA_DIR": str(tmp_path), "SOVEREIGN_DB_SCHEMA_PREFIX": prefix}
+        if url.startswith("sqlite"):
+            del env["DATABASE_URL"]  # the embedded default: a SQLite file per service
+        else:
+            env["DATABASE_URL"] = url
+        # The container's PATH has the project's `sovereign`; here it is the same entry point via -m.
+        command = [sys.executable, "-m", *spec["command"]]
+        processes.append((name, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, cwd=REPO_ROOT)))
+    try:
+        for name, process in processes:
+            assert process.stderr is not None
+            started = await asyncio.wait_for(_wait_for_line(process.stderr, b'"service_started"'), timeout=60)
+            assert started, f"{name} exited before it started"
+        for _, process in processes:
+            process.send_signal(signal.SIGTERM)
+        for name, process in processes:
+            assert process.wait(timeout=30) == 0, f"{name} did not stop cleanly on SIGTERM"
+    finally:
+        for _, process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+async def _wait_for_line(stream: Any, marker: bytes) -> bool:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, stream.readline)
+        if not line:
+            return False
+        if marker in line:
+            return True

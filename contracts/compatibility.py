@@ -55,7 +55,12 @@ def _accepts(new_kinds: set[str], old_kind: str) -> bool:
 
 
 def _compare(
-    old: Schema, new: Schema, old_defs: dict[str, Schema], new_defs: dict[str, Schema], path: str, out: list[str]
+    old: Schema,
+    new: Schema,
+    old_defs: dict[str, Schema],
+    new_defs: dict[str, Schema],
+    path: str,
+    out: list[str],
 ) -> None:
     old_variants = _variants(old, old_defs)
     new_variants = _variants(new, new_defs)
@@ -76,7 +81,12 @@ def _compare(
 
 
 def _compare_objects(
-    old: Schema, new: Schema, old_defs: dict[str, Schema], new_defs: dict[str, Schema], path: str, out: list[str]
+    old: Schema,
+    new: Schema,
+    old_defs: dict[str, Schema],
+    new_defs: dict[str, Schema],
+    path: str,
+    out: list[str],
 ) -> None:
     old_props: dict[str, Schema] = old.get("properties", {})
     new_props: dict[str, Schema] = new.get("properties", {})

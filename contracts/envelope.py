@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -49,3 +49,7 @@ class Event(Contract, Generic[DataT]):
     @classmethod
     def major_version(cls) -> int:
         return int(cls.SCHEMA_VERSION.split(".")[0])
+
+
+# Any event, whatever its payload: what transport code (outbox, inbox, watchers) handles.
+AnyEvent = Event[Any]

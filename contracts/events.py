@@ -67,9 +67,13 @@ class SiteAssessment(Contract):
 
     site_id: Slug
     policy_allowed: bool
-    violations: list[RuleViolation] = Field(default_factory=list, description="Rules in deny mode that failed.")
+    violations: list[RuleViolation] = Field(
+        default_factory=list, description="Rules in deny mode that failed."
+    )
     warnings: list[RuleViolation] = Field(default_factory=list, description="Warn and dryrun findings.")
-    capacity_reasons: list[str] = Field(default_factory=list, description="Why no pool here fits, if none does.")
+    capacity_reasons: list[str] = Field(
+        default_factory=list, description="Why no pool here fits, if none does."
+    )
     pool_id: Slug | None = Field(default=None, description="The pool that fits best here, if any.")
     price_krw_per_gpu_hour: int | None = None
     rank: int | None = Field(default=None, description="1 = chosen; sites that fit, ordered by the ranking.")
@@ -208,7 +212,9 @@ class Pool(Contract):
     pool_id: Slug = Field(pattern=SLUG_PATTERN)
     accelerator_model: str = Field(min_length=1, max_length=50)
     generation: int = Field(ge=1, description="Ordinal accelerator generation, e.g. Hopper 9, Blackwell 10.")
-    accelerator_origin: str = Field(min_length=2, max_length=2, description="ISO country of the chip's designer.")
+    accelerator_origin: str = Field(
+        min_length=2, max_length=2, description="ISO country of the chip's designer."
+    )
     gpu_count: int = Field(ge=0)
     price_krw_per_gpu_hour: int = Field(ge=1)
     power_kw_per_gpu: float = Field(gt=0, le=10)

@@ -59,8 +59,13 @@ def _submit(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sovereign.demo import run_demo
 
-    return run_demo(jobs=args.jobs, seed=args.seed, time_scale=args.time_scale, timeout=args.timeout,
-                    placement_workers=args.placement_workers)
+    return run_demo(
+        jobs=args.jobs,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        wait_seconds=args.timeout,
+        placement_workers=args.placement_workers,
+    )
 
 
 def _contracts(args: argparse.Namespace) -> int:
@@ -74,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def connection_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
-        command.add_argument("--database-url", help="SQLAlchemy URL (env DATABASE_URL); default: SQLite per service")
+        command.add_argument(
+            "--bootstrap-servers", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)"
+        )
+        command.add_argument(
+            "--database-url", help="SQLAlchemy URL (env DATABASE_URL); default: SQLite per service"
+        )
         command.add_argument("--data-dir", help="where SQLite files live (env SOVEREIGN_DATA_DIR)")
 
     run = commands.add_parser("run", help="run one service until SIGTERM or Ctrl-C")

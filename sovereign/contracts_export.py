@@ -11,13 +11,13 @@ from typing import Any
 
 from faststream.specification import AsyncAPI
 
-from contracts.pinning import ASYNCAPI_DIR, SCHEMA_DIR, current_schema, export_schemas, render, schema_path
 from contracts.events import EVENT_MODELS
+from contracts.pinning import ASYNCAPI_DIR, SCHEMA_DIR, current_schema, export_schemas, render, schema_path
 from services.shared.settings import Settings
 
 
 def asyncapi_documents() -> dict[str, dict[str, Any]]:
-    """The AsyncAPI 3.0 document FastStream generates from each service's declared subscribers and publishers."""
+    """The AsyncAPI 3.0 document FastStream generates from each service's subscribers and publishers."""
     from sovereign.cli import SERVICES
 
     documents: dict[str, dict[str, Any]] = {}
@@ -25,7 +25,9 @@ def asyncapi_documents() -> dict[str, dict[str, Any]]:
         settings = replace(Settings(), data_dir=Path(scratch), database_url=None)
         for name, build in SERVICES.items():
             service = build(settings)
-            spec = AsyncAPI(service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0")
+            spec = AsyncAPI(
+                service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0"
+            )
             documents[name] = json.loads(spec.to_specification().to_json())
             service.engine.dispose()
     return documents
@@ -52,8 +54,11 @@ def export_contracts(check: bool) -> int:
         return 1 if drift else 0
     result = export_schemas()
     for event_type, problems in result.refused.items():
-        print(f"refused: {event_type} has breaking changes within major version; bump SCHEMA_VERSION's major "
-              f"to publish a new schema file:", file=sys.stderr)
+        print(
+            f"refused: {event_type} has breaking changes within major version; bump SCHEMA_VERSION's major "
+            f"to publish a new schema file:",
+            file=sys.stderr,
+        )
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
     for path in result.written:

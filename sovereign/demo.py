@@ -33,29 +33,41 @@ RUN_DIR = REPO_ROOT / "var" / "demo"
 STOP_SECONDS = 15
 
 
-def run_demo(jobs: int, seed: int, time_scale: float, timeout: float, placement_workers: int) -> int:
+def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, placement_workers: int) -> int:
     if RUN_DIR.exists():
         shutil.rmtree(RUN_DIR)
     logs = RUN_DIR / "logs"
     logs.mkdir(parents=True)
-    print(f"Sovereign AI job marketplace demo: {jobs} jobs, seed {seed}, 1 real second = "
-          f"{time_scale / 3600:g} simulated hours. Logs in {logs.relative_to(REPO_ROOT)}/")
+    print(
+        f"Sovereign AI job marketplace demo: {jobs} jobs, seed {seed}, 1 real second = "
+        f"{time_scale / 3600:g} simulated hours. Logs in {logs.relative_to(REPO_ROOT)}/"
+    )
     with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
         print(f"  broker   Tansu on {broker.bootstrap_servers} (memory storage)")
         asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(), Settings().topic_partitions))
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KAFKA_IDEMPOTENT_PRODUCER": "false",
-               "SOVEREIGN_DATA_DIR": str(RUN_DIR / "data"), "SOVEREIGN_TIME_SCALE": str(time_scale)}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "SOVEREIGN_DATA_DIR": str(RUN_DIR / "data"),
+            "SOVEREIGN_TIME_SCALE": str(time_scale),
+        }
         env.pop("DATABASE_URL", None)
         names = [*(["placement"] * placement_workers), "factory-agent", "billing"]
         processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         try:
             for index, name in enumerate(names):
                 log = (logs / f"{name}-{index}.log").open("wb")
-                process = subprocess.Popen([sys.executable, "-m", "sovereign", "run", name], env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "sovereign", "run", name],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO_ROOT,
+                )
                 processes.append((name, process))
                 print(f"  service  {name:<14} pid {process.pid}")
-            return asyncio.run(_drive(broker.bootstrap_servers, jobs, seed, timeout, processes))
+            return asyncio.run(_drive(broker.bootstrap_servers, jobs, seed, wait_seconds, processes))
         finally:
             _stop(processes)
 
@@ -72,8 +84,13 @@ def _stop(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
             process.kill()
 
 
-async def _drive(bootstrap: str, jobs: int, seed: int, timeout: float,
-                 processes: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
+async def _drive(
+    bootstrap: str,
+    jobs: int,
+    seed: int,
+    wait_seconds: float,
+    processes: list[tuple[str, subprocess.Popen[bytes]]],
+) -> int:
     catalogue = load_catalogue(REPO_ROOT / "catalogue")
     requests = generate(jobs, seed)
     job_ids = {r.job_id for r in requests}
@@ -84,26 +101,37 @@ async def _drive(bootstrap: str, jobs: int, seed: int, timeout: float,
         if _died(processes):
             return _report_crash(processes)
         # Placement must have taken in every offer, or its first decisions would see only part of the market.
-        while await consumer_lag(bootstrap, consumer_group("placement", "capacity.offered"), "capacity.offered"):
+        while await consumer_lag(
+            bootstrap, consumer_group("placement", "capacity.offered"), "capacity.offered"
+        ):
             if _died(processes):
                 return _report_crash(processes)
             await asyncio.sleep(0.2)
-        print(f"  {len(tracker.sites_offered)} sites offered capacity "
-              f"({sum(len(o.pools) for o in catalogue.offers)} GPU pools), and placement has taken them in")
+        print(
+            f"  {len(tracker.sites_offered)} sites offered capacity "
+            f"({sum(len(o.pools) for o in catalogue.offers)} GPU pools), and placement has taken them in"
+        )
         events = request_events(requests)
         # Tenants retry: three requests are submitted twice; the marketplace must place each only once.
-        retries = [(type(e).create(source=e.source, subject=e.subject, data=e.data), key) for e, key in events[:3]]
+        retries = [
+            (type(e).create(source=e.source, subject=e.subject, data=e.data), key) for e, key in events[:3]
+        ]
         await produce(bootstrap, events + retries, idempotent=False)
-        print(f"Submitted {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants "
-              f"(+{len(retries)} resubmissions) over Kafka.\n")
+        print(
+            f"Submitted {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants "
+            f"(+{len(retries)} resubmissions) over Kafka.\n"
+        )
         last = ""
-        while time.monotonic() - started < timeout and not tracker.all_terminal(job_ids):
+        while time.monotonic() - started < wait_seconds and not tracker.all_terminal(job_ids):
             if _died(processes):
                 return _report_crash(processes)
             states = tracker.states(job_ids)
-            line = (f"  [{time.monotonic() - started:5.1f}s] queued {states['queued']:>3} | placed {states['placed']:>3}"
-                    f" | running {states['running']:>3} | completed {states['completed']:>3}"
-                    f" | billed {states['billed']:>3} | rejected {states['rejected']:>3}")
+            line = (
+                f"  [{time.monotonic() - started:5.1f}s] queued {states['queued']:>3}"
+                f" | placed {states['placed']:>3}"
+                f" | running {states['running']:>3} | completed {states['completed']:>3}"
+                f" | billed {states['billed']:>3} | rejected {states['rejected']:>3}"
+            )
             if line.split("]")[1] != last:
                 print(line, flush=True)
                 last = line.split("]")[1]
@@ -126,7 +154,10 @@ def _report_crash(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
         if process.poll() is not None:
             log = RUN_DIR / "logs" / f"{name}-{index}.log"
             tail = log.read_text(errors="replace").splitlines()[-15:]
-            print(f"\nservice {name} exited with code {process.returncode}; last lines of {log}:", file=sys.stderr)
+            print(
+                f"\nservice {name} exited with code {process.returncode}; last lines of {log}:",
+                file=sys.stderr,
+            )
             print("\n".join(tail), file=sys.stderr)
     return 2
 

@@ -17,7 +17,9 @@ def serve_embedded_broker(port: int | None, partitions: int) -> int:
     with EmbeddedBroker(port) as broker:
         asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(), partitions))
         print(broker.bootstrap_servers, flush=True)
-        print(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers} KAFKA_IDEMPOTENT_PRODUCER=false",
-              flush=True)
+        print(
+            f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers} KAFKA_IDEMPOTENT_PRODUCER=false",
+            flush=True,
+        )
         stop.wait()
     return 0

@@ -17,8 +17,12 @@ def site_line(site: SiteAssessment) -> str:
 
 
 def render_explanation(explanation: Explanation) -> str:
-    lines = [f"  {explanation.summary}",
-             f"  decision {explanation.decision_id}, policy revision {explanation.policy_revision[:12]}"]
-    ordered = sorted(explanation.sites, key=lambda s: (s.rank is None, s.rank or 0, not s.policy_allowed, s.site_id))
+    lines = [
+        f"  {explanation.summary}",
+        f"  decision {explanation.decision_id}, policy revision {explanation.policy_revision[:12]}",
+    ]
+    ordered = sorted(
+        explanation.sites, key=lambda s: (s.rank is None, s.rank or 0, not s.policy_allowed, s.site_id)
+    )
     lines += [site_line(site) for site in ordered]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The demo's closing report: placements per site, rejections and why, queueing, usage and bills per tenant."""
+"""The demo's closing report: placements per site, rejections and why, usage and bills per tenant."""
 
 from __future__ import annotations
 
@@ -18,18 +18,30 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[i
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
 
-    return "\n".join(["  " + line(cells[0]), "  " + "  ".join("-" * w for w in widths),
-                      *("  " + line(row) for row in cells[1:])])
+    return "\n".join(
+        [
+            "  " + line(cells[0]),
+            "  " + "  ".join("-" * w for w in widths),
+            *("  " + line(row) for row in cells[1:]),
+        ]
+    )
 
 
 def won(amount: int) -> str:
     return f"{amount:,}"
 
 
-def render_report(tracker: Tracker, requests: Sequence[JobRequest], catalogue: Catalogue,
-                  ledger_imbalance: int | None, dead_letters: int) -> str:
+def render_report(
+    tracker: Tracker,
+    requests: Sequence[JobRequest],
+    catalogue: Catalogue,
+    ledger_imbalance: int | None,
+    dead_letters: int,
+) -> str:
     traces = {r.job_id: tracker.trace(r.job_id) for r in requests}
     by_job = {r.job_id: r for r in requests}
     sites = {o.site.site_id: o.site for o in catalogue.offers}
@@ -40,14 +52,19 @@ def render_report(tracker: Tracker, requests: Sequence[JobRequest], catalogue: C
     unfinished = [by_job[j] for j, t in traces.items() if t.terminal is None]
 
     out.append("== Outcome")
-    out.append(f"  {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants: "
-               f"{len(placed)} placed, {len(rejected)} rejected, {len(billed)} billed, {len(unfinished)} unfinished")
+    out.append(
+        f"  {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants: "
+        f"{len(placed)} placed, {len(rejected)} rejected, {len(billed)} billed, {len(unfinished)} unfinished"
+    )
     waited = [j for j, t in traces.items() if t.queued and t.placed]
     resubmitted = [t for t in traces.values() if len(t.requests) > 1]
     placed_once = sum(1 for t in resubmitted if len(t.placed) + len(t.rejected) == 1)
-    out.append(f"  {len(waited)} waited in the queue for capacity before being placed; {len(resubmitted)} were "
-               f"submitted twice and decided {'once each' if placed_once == len(resubmitted) else 'MORE THAN ONCE'}; "
-               f"{tracker.duplicates} duplicate deliveries ignored; {dead_letters} dead letters")
+    out.append(
+        f"  {len(waited)} waited in the queue for capacity before being placed; {len(resubmitted)} were "
+        f"submitted twice and decided {'once each' if placed_once == len(resubmitted) else 'MORE THAN ONCE'}"
+        "; "
+        f"{tracker.duplicates} duplicate deliveries ignored; {dead_letters} dead letters"
+    )
 
     out.append("\n== Placements per site")
     per_site: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
@@ -59,12 +76,24 @@ def render_report(tracker: Tracker, requests: Sequence[JobRequest], catalogue: C
         if p.job_id in billed_by_job:
             row[2] += billed_by_job[p.job_id].gpu_seconds
             row[3] += billed_by_job[p.job_id].amount_krw
-    out.append(table(
-        ["site", "country", "operator", "jobs", "GPUs", "GPU-hours", "billed KRW"],
-        [[s, sites[s].country if s in sites else "?", sites[s].operator if s in sites else "?", v[0], v[1],
-          f"{v[2] / 3600:,.1f}", won(v[3])] for s, v in sorted(per_site.items(), key=lambda kv: -kv[1][3])],
-        right={3, 4, 5, 6},
-    ))
+    out.append(
+        table(
+            ["site", "country", "operator", "jobs", "GPUs", "GPU-hours", "billed KRW"],
+            [
+                [
+                    s,
+                    sites[s].country if s in sites else "?",
+                    sites[s].operator if s in sites else "?",
+                    v[0],
+                    v[1],
+                    f"{v[2] / 3600:,.1f}",
+                    won(v[3]),
+                ]
+                for s, v in sorted(per_site.items(), key=lambda kv: -kv[1][3])
+            ],
+            right={3, 4, 5, 6},
+        )
+    )
 
     out.append("\n== Rejections, with the reason the tenant receives")
     for request, rejection in sorted(rejected, key=lambda rr: (rr[1].code.value, rr[0].tenant_id)):
@@ -77,7 +106,7 @@ def render_report(tracker: Tracker, requests: Sequence[JobRequest], catalogue: C
 
     out.append("\n== Usage and bills per tenant")
     per_tenant: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    for j, t in traces.items():
+    for t in traces.values():
         for b in t.billed:
             row = per_tenant[b.tenant_id]
             row[0] += 1
@@ -85,25 +114,40 @@ def render_report(tracker: Tracker, requests: Sequence[JobRequest], catalogue: C
             row[2] += sum(u.energy_wh for u in t.usage)
             row[3] += b.amount_krw
             row[4] += b.marketplace_fee_krw
-    out.append(table(
-        ["tenant", "jobs billed", "GPU-hours", "energy kWh", "amount KRW", "marketplace fee KRW"],
-        [[k, v[0], f"{v[1] / 3600:,.1f}", f"{v[2] / 1000:,.1f}", won(v[3]), won(v[4])]
-         for k, v in sorted(per_tenant.items())],
-        right={1, 2, 3, 4, 5},
-    ))
+    out.append(
+        table(
+            ["tenant", "jobs billed", "GPU-hours", "energy kWh", "amount KRW", "marketplace fee KRW"],
+            [
+                [k, v[0], f"{v[1] / 3600:,.1f}", f"{v[2] / 1000:,.1f}", won(v[3]), won(v[4])]
+                for k, v in sorted(per_tenant.items())
+            ],
+            right={1, 2, 3, 4, 5},
+        )
+    )
 
-    example = next((t.placed[0] for j, t in traces.items() if t.placed and by_job[j].csap_grade != "none"), None)
+    example = next(
+        (t.placed[0] for j, t in traces.items() if t.placed and by_job[j].csap_grade != "none"), None
+    )
     if example:
         out.append(f"\n== Why one job went where it went: {example.job_name} ({example.tenant_id})")
         out.append(render_explanation(example.explanation))
 
     out.append("\n== Checks")
-    exact = all(b.amount_krw == charge_krw(sum(u.gpu_seconds for u in traces[b.job_id].usage), b.price_krw_per_gpu_hour)
-                for b in billed)
-    out.append(f"  {'ok ' if not unfinished else 'FAIL'} every job request reached exactly one final outcome"
-               + ("" if not unfinished else f" ({len(unfinished)} did not)"))
-    out.append(f"  {'ok ' if exact else 'FAIL'} every bill equals its usage times the price locked at placement")
+    exact = all(
+        b.amount_krw
+        == charge_krw(sum(u.gpu_seconds for u in traces[b.job_id].usage), b.price_krw_per_gpu_hour)
+        for b in billed
+    )
+    out.append(
+        f"  {'ok ' if not unfinished else 'FAIL'} every job request reached exactly one final outcome"
+        + ("" if not unfinished else f" ({len(unfinished)} did not)")
+    )
+    out.append(
+        f"  {'ok ' if exact else 'FAIL'} every bill equals its usage times the price locked at placement"
+    )
     if ledger_imbalance is not None:
-        out.append(f"  {'ok ' if ledger_imbalance == 0 else 'FAIL'} the double-entry ledger balances "
-                   f"(sum of postings: {ledger_imbalance} KRW)")
+        out.append(
+            f"  {'ok ' if ledger_imbalance == 0 else 'FAIL'} the double-entry ledger balances "
+            f"(sum of postings: {ledger_imbalance} KRW)"
+        )
     return "\n".join(out)

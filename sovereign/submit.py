@@ -24,8 +24,15 @@ from services.shared.settings import Settings
 from sovereign.explain import render_explanation
 from sovereign.watch import EventWatcher, produce
 
-FOLLOWED = ["jobs.placed", "jobs.queued", "jobs.rejected", "jobs.started", "jobs.completed", "jobs.billed",
-            "billing.usage"]
+FOLLOWED = [
+    "jobs.placed",
+    "jobs.queued",
+    "jobs.rejected",
+    "jobs.started",
+    "jobs.completed",
+    "jobs.billed",
+    "billing.usage",
+]
 
 
 def read_request(path: Path) -> JobRequest:
@@ -33,18 +40,20 @@ def read_request(path: Path) -> JobRequest:
     return JobRequest.model_validate_json(raw)
 
 
-async def submit(path: Path, settings: Settings, timeout: float) -> int:
+async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     try:
         request = read_request(path)
     except (OSError, ValidationError) as error:
         print(f"error: {path} is not a valid job request:\n{error}", file=sys.stderr)
         return 2
     job_id = request.job_id
-    event = JobRequestedEvent.create(source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=request)
+    event = JobRequestedEvent.create(
+        source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=request
+    )
     async with EventWatcher(settings.bootstrap_servers, FOLLOWED) as watcher:
         await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
         print(f"submitted job {job_id} ({request.name}) for tenant {request.tenant_id}")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_seconds
         async for batch in watcher.events():
             for seen in batch:
                 data = seen.data
@@ -62,15 +71,20 @@ async def submit(path: Path, settings: Settings, timeout: float) -> int:
                 elif isinstance(seen, JobStartedEvent):
                     print(f"started at {seen.data.site_id} on {seen.data.gpu_count} GPUs")
                 elif isinstance(seen, UsageRatedEvent):
-                    print(f"usage #{seen.data.seq}: {seen.data.gpu_seconds:,} GPU-s = {seen.data.amount_krw:,} KRW")
+                    print(
+                        f"usage #{seen.data.seq}: {seen.data.gpu_seconds:,} GPU-s"
+                        f" = {seen.data.amount_krw:,} KRW"
+                    )
                 elif isinstance(seen, JobCompletedEvent):
                     print(f"completed ({seen.data.status}) after {seen.data.usage_reports} usage reports")
                 elif isinstance(seen, JobBilledEvent):
-                    print(f"billed {seen.data.amount_krw:,} KRW for {seen.data.gpu_seconds:,} GPU-seconds at "
-                          f"{seen.data.price_krw_per_gpu_hour:,} KRW/GPU-h")
+                    print(
+                        f"billed {seen.data.amount_krw:,} KRW for {seen.data.gpu_seconds:,} GPU-seconds at "
+                        f"{seen.data.price_krw_per_gpu_hour:,} KRW/GPU-h"
+                    )
                     return 0
             if time.monotonic() > deadline:
-                print(f"no final outcome within {timeout:.0f}s", file=sys.stderr)
+                print(f"no final outcome within {wait_seconds:.0f}s", file=sys.stderr)
                 return 3
             await asyncio.sleep(0)
     return 3

@@ -9,9 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel
-
-from contracts import TOPICS, Event
+from contracts import TOPICS, AnyEvent
 from contracts.events import (
     CapacityOffered,
     JobBilled,
@@ -51,8 +49,14 @@ class JobTrace:
 
     @property
     def state(self) -> str:
-        for name, events in (("rejected", self.rejected), ("billed", self.billed), ("completed", self.completed),
-                             ("running", self.started), ("placed", self.placed), ("queued", self.queued)):
+        for name, events in (
+            ("rejected", self.rejected),
+            ("billed", self.billed),
+            ("completed", self.completed),
+            ("running", self.started),
+            ("placed", self.placed),
+            ("queued", self.queued),
+        ):
             if events:
                 return name
         return "requested"
@@ -71,7 +75,7 @@ class Tracker:
     def trace(self, job_id: uuid.UUID) -> JobTrace:
         return self.jobs.setdefault(job_id, JobTrace())
 
-    def record(self, event: Event[BaseModel]) -> None:
+    def record(self, event: AnyEvent) -> None:
         if (event.source, event.id) in self.seen:
             self.duplicates += 1
             return
@@ -79,24 +83,32 @@ class Tracker:
         data = event.data
         tenant = getattr(data, "tenant_id", None)
         if tenant is not None and tenant != event.subject:
-            self.subjects_mismatched.append(f"{event.type} {event.id}: subject {event.subject}, tenant {tenant}")
-        if isinstance(data, CapacityOffered):
-            self.sites_offered.add(data.site.site_id)
-            return
-        if isinstance(data, PolicyDecisionRecord):
-            self.decisions[data.decision_id] = data
-            return
-        job_id = getattr(data, "job_id", None)
-        if job_id is None:
-            return
-        trace = self.trace(job_id)
-        target = {
-            JobRequest: trace.requests, JobPlaced: trace.placed, JobQueued: trace.queued,
-            JobRejected: trace.rejected, JobStarted: trace.started, UsageReported: trace.usage,
-            JobCompleted: trace.completed, UsageRated: trace.rated, JobBilled: trace.billed,
-        }.get(type(data))
-        if target is not None:
-            target.append(data)  # type: ignore[arg-type]
+            self.subjects_mismatched.append(
+                f"{event.type} {event.id}: subject {event.subject}, tenant {tenant}"
+            )
+        match data:
+            case CapacityOffered():
+                self.sites_offered.add(data.site.site_id)
+            case PolicyDecisionRecord():
+                self.decisions[data.decision_id] = data
+            case JobRequest():
+                self.trace(data.job_id).requests.append(data)
+            case JobPlaced():
+                self.trace(data.job_id).placed.append(data)
+            case JobQueued():
+                self.trace(data.job_id).queued.append(data)
+            case JobRejected():
+                self.trace(data.job_id).rejected.append(data)
+            case JobStarted():
+                self.trace(data.job_id).started.append(data)
+            case UsageReported():
+                self.trace(data.job_id).usage.append(data)
+            case JobCompleted():
+                self.trace(data.job_id).completed.append(data)
+            case UsageRated():
+                self.trace(data.job_id).rated.append(data)
+            case JobBilled():
+                self.trace(data.job_id).billed.append(data)
 
     def states(self, job_ids: set[uuid.UUID]) -> Counter[str]:
         return Counter(self.trace(job_id).state for job_id in job_ids)
@@ -124,10 +136,10 @@ async def following(bootstrap_servers: str, tracker: Tracker) -> AsyncIterator[T
                 await task
 
 
-async def wait_until(condition: object, timeout: float, interval: float = 0.1) -> bool:
-    """Poll a no-argument callable until it is true or the timeout passes."""
+async def wait_until(condition: object, within: float, interval: float = 0.1) -> bool:
+    """Poll a no-argument callable until it is true or `within` seconds pass."""
     assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         if condition():
             return True

@@ -7,17 +7,18 @@ from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from contracts import EVENT_MODELS, Event
+from contracts import EVENT_MODELS, AnyEvent
 
 
 class EventWatcher:
     """Reads the given topics from their current end (or from the beginning), decoding each event."""
 
     def __init__(self, bootstrap_servers: str, topics: Sequence[str], from_beginning: bool = False):
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                          group_id=None)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+        )
         self._topics = list(topics)
         self._from_beginning = from_beginning
         self.undecodable = 0
@@ -42,14 +43,16 @@ class EventWatcher:
                 await self._consumer.position(partition)
         return self
 
-    async def __aexit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    async def __aexit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         await self._consumer.stop()
 
-    async def events(self, poll_ms: int = 200) -> AsyncIterator[list[Event[BaseModel]]]:
+    async def events(self, poll_ms: int = 200) -> AsyncIterator[list[AnyEvent]]:
         """Batches of decoded events; an empty batch when nothing arrived within poll_ms."""
         while True:
             batches = await self._consumer.getmany(timeout_ms=poll_ms)
-            decoded: list[Event[BaseModel]] = []
+            decoded: list[AnyEvent] = []
             for records in batches.values():
                 for record in records:
                     model = EVENT_MODELS.get(record.topic)
@@ -62,13 +65,19 @@ class EventWatcher:
             yield decoded
 
 
-async def produce(bootstrap_servers: str, events: Sequence[tuple[Event[BaseModel], str]], idempotent: bool) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, enable_idempotence=idempotent, acks="all")
+async def produce(bootstrap_servers: str, events: Sequence[tuple[AnyEvent, str]], idempotent: bool) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, enable_idempotence=idempotent, acks="all"
+    )
     await producer.start()
     try:
         pending = [
-            await producer.send(event.type, event.model_dump_json().encode(), key=key.encode(),
-                                headers=[("content-type", b"application/json"), ("event_id", str(event.id).encode())])
+            await producer.send(
+                event.type,
+                event.model_dump_json().encode(),
+                key=key.encode(),
+                headers=[("content-type", b"application/json"), ("event_id", str(event.id).encode())],
+            )
             for event, key in events
         ]
         await asyncio.gather(*pending)
@@ -76,13 +85,20 @@ async def produce(bootstrap_servers: str, events: Sequence[tuple[Event[BaseModel
         await producer.stop()
 
 
-async def read_partition_ends(bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500) -> dict[TopicPartition, int]:
+async def read_partition_ends(
+    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
+) -> dict[TopicPartition, int]:
     """Each partition's end (last offset + 1), found by reading it through.
 
     Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
     """
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     ends: dict[TopicPartition, int] = {}
     try:
@@ -97,7 +113,9 @@ async def read_partition_ends(bootstrap_servers: str, topics: Sequence[str], qui
 async def consumer_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
     """How many messages of `topic` the consumer group has not committed yet."""
     ends = await read_partition_ends(bootstrap_servers, [topic])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         lag = 0

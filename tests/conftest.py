@@ -66,8 +66,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
 
 
 def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object) -> Settings:
-    base = Settings(bootstrap_servers=bootstrap_servers, data_dir=data_dir, idempotent_producer=False,
-                    outbox_poll_seconds=0.2)
+    base = Settings(
+        bootstrap_servers=bootstrap_servers,
+        data_dir=data_dir,
+        idempotent_producer=False,
+        outbox_poll_seconds=0.2,
+    )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 

@@ -3,12 +3,13 @@ settings of the production shape, and every service started here with the very c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,10 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
 
 def test_the_validation_would_catch_a_mistake() -> None:
     schema = compose_schema()
-    broken = {**COMPOSE, "services": {**COMPOSE["services"], "billing": {**APP_SERVICES["billing"], "replicas": "x"}}}
+    broken = {
+        **COMPOSE,
+        "services": {**COMPOSE["services"], "billing": {**APP_SERVICES["billing"], "replicas": "x"}},
+    }
     assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))
 
 
@@ -72,15 +76,20 @@ def test_every_service_has_a_container_and_every_container_a_real_command() -> N
 
 
 @pytest.mark.broker
-async def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
+def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
     kafka: str, tmp_path: Path, database_url: tuple[str, str]
 ) -> None:
     url, prefix = database_url
     processes = []
     for name, spec in sorted(APP_SERVICES.items()):
-        env = {**os.environ, **{k: str(v) for k, v in spec["environment"].items()},
-               "KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_IDEMPOTENT_PRODUCER": "false",
-               "SOVEREIGN_DATA_DIR": str(tmp_path), "SOVEREIGN_DB_SCHEMA_PREFIX": prefix}
+        env = {
+            **os.environ,
+            **{k: str(v) for k, v in spec["environment"].items()},
+            "KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "SOVEREIGN_DATA_DIR": str(tmp_path),
+            "SOVEREIGN_DB_SCHEMA_PREFIX": prefix,
+        }
         if url.startswith("sqlite"):
             del env["DATABASE_URL"]  # the embedded default: a SQLite file per service
         else:
@@ -90,9 +99,7 @@ async def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
         processes.append((name, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, cwd=REPO_ROOT)))
     try:
         for name, process in processes:
-            assert process.stderr is not None
-            started = await asyncio.wait_for(_wait_for_line(process.stderr, b'"service_started"'), timeout=60)
-            assert started, f"{name} exited before it started"
+            assert _wait_for_line(process, b'"service_started"', within=60), f"{name} did not start"
         for _, process in processes:
             process.send_signal(signal.SIGTERM)
         for name, process in processes:
@@ -103,11 +110,16 @@ async def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
                 process.kill()
 
 
-async def _wait_for_line(stream: Any, marker: bytes) -> bool:
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, stream.readline)
-        if not line:
+def _wait_for_line(process: subprocess.Popen[bytes], marker: bytes, within: float) -> bool:
+    assert process.stderr is not None
+    deadline = time.monotonic() + within
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([process.stderr], [], [], remaining)
+        if not ready:
             return False
+        line = process.stderr.readline()
+        if not line:
+            return False  # the process exited
         if marker in line:
             return True
+    return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -30,19 +31,35 @@ TIME_SCALE = 360_000.0
 
 
 @pytest.fixture(scope="module")
-async def marketplace(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Settings, Tracker]]:
+async def marketplace(
+    kafka: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, Tracker]]:
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=TIME_SCALE)
-    builders = [lambda: placement_app.build(settings), lambda: factory_app.build(settings),
-                lambda: billing_app.build(settings)]
+    builders = [
+        lambda: placement_app.build(settings),
+        lambda: factory_app.build(settings),
+        lambda: billing_app.build(settings),
+    ]
     async with run_services(builders), following(kafka, Tracker()) as tracker:
         yield settings, tracker
 
 
 def job(tenant: str = "hanbit-ai", client_id: str | None = None, **fields: object) -> JobRequest:
     base = generate(1, seed=1)[0].model_dump(mode="json")
-    return JobRequest.model_validate({**base, "tenant_id": tenant, "client_request_id": client_id or uuid.uuid4().hex,
-                                      "kind": JobKind.INFERENCE, "gpu_count": 4, "expected_hours": 3,
-                                      "accelerator_model": None, "csap_grade": "none", "datasets": [], **fields})
+    return JobRequest.model_validate(
+        {
+            **base,
+            "tenant_id": tenant,
+            "client_request_id": client_id or uuid.uuid4().hex,
+            "kind": JobKind.INFERENCE,
+            "gpu_count": 4,
+            "expected_hours": 3,
+            "accelerator_model": None,
+            "csap_grade": "none",
+            "datasets": [],
+            **fields,
+        }
+    )
 
 
 async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
@@ -52,7 +69,7 @@ async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
     requests = generate(24, seed=11)
     job_ids = {r.job_id for r in requests}
     await produce(settings.bootstrap_servers, request_events(requests), idempotent=False)
-    assert await wait_until(lambda: tracker.all_terminal(job_ids), timeout=90), tracker.states(job_ids)
+    assert await wait_until(lambda: tracker.all_terminal(job_ids), within=90), tracker.states(job_ids)
 
     tenants = {r.tenant_id for r in requests}
     assert len(tenants) >= 5
@@ -91,9 +108,12 @@ async def test_duplicate_submission_is_placed_once(marketplace: tuple[Settings, 
     first = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
     resubmitted = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
     # The same envelope twice (a producer retry) and the same request in a new envelope (a user retry).
-    await produce(settings.bootstrap_servers, [(first, str(request.job_id)), (first, str(request.job_id)),
-                                               (resubmitted, str(request.job_id))], idempotent=False)
-    assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", timeout=60)
+    await produce(
+        settings.bootstrap_servers,
+        [(first, str(request.job_id)), (first, str(request.job_id)), (resubmitted, str(request.job_id))],
+        idempotent=False,
+    )
+    assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", within=60)
     await asyncio.sleep(1.0)  # let any wrongly duplicated outcome surface
     trace = tracker.trace(request.job_id)
     assert len(trace.requests) == 3
@@ -113,25 +133,32 @@ async def test_redelivered_usage_is_billed_once(marketplace: tuple[Settings, Tra
     settings, tracker = marketplace
     request = job(client_id="redelivery-check")
     await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
-    assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", timeout=60)
+    assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", within=60)
     trace = tracker.trace(request.job_id)
     usage = trace.usage[0]
     source = f"factory/{usage.site_id}"
     # Redelivered: the factory's event again under its own id, and the same interval under a new id.
-    same_id = UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage,
-                                        event_id=usage_event_id(request.job_id, usage.seq))
+    same_id = UsageReportedEvent.create(
+        source=source, subject=usage.tenant_id, data=usage, event_id=usage_event_id(request.job_id, usage.seq)
+    )
     new_id = UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     await producer.start()
     try:
-        sent = [await producer.send_and_wait("usage.reported", e.model_dump_json().encode(),
-                                             key=str(request.job_id).encode()) for e in (same_id, new_id)]
+        sent = [
+            await producer.send_and_wait(
+                "usage.reported", e.model_dump_json().encode(), key=str(request.job_id).encode()
+            )
+            for e in (same_id, new_id)
+        ]
     finally:
         await producer.stop()
     partition = TopicPartition("usage.reported", sent[-1].partition)
     assert await wait_until_async(
         lambda: committed_offset(settings.bootstrap_servers, "billing.usage.reported", partition),
-        lambda offset: offset > sent[-1].offset, timeout=30)
+        lambda offset: offset > sent[-1].offset,
+        within=30,
+    )
     await asyncio.sleep(0.5)
     trace = tracker.trace(request.job_id)
     assert len(trace.billed) == 1
@@ -139,9 +166,9 @@ async def test_redelivered_usage_is_billed_once(marketplace: tuple[Settings, Tra
 
 
 async def wait_until_async(
-    probe: Callable[[], Awaitable[int]], accept: Callable[[int], bool], timeout: float
+    probe: Callable[[], Awaitable[int]], accept: Callable[[int], bool], within: float
 ) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         if accept(await probe()):
             return True
@@ -153,21 +180,35 @@ async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
     marketplace: tuple[Settings, Tracker],
 ) -> None:
     settings, tracker = marketplace
-    dlq = AIOKafkaConsumer("jobs.requested.dlq", bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                           auto_offset_reset="earliest")
+    dlq = AIOKafkaConsumer(
+        "jobs.requested.dlq",
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await dlq.start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     await producer.start()
-    poison = [b"not json at all", b'{"id": "x", "type": "jobs.requested", "data": {}}',
-              JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=job()).model_dump_json()
-              .replace('"gpu_count":4', '"gpu_count":-4').encode()]
+    poison = [
+        b"not json at all",
+        b'{"id": "x", "type": "jobs.requested", "data": {}}',
+        JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=job())
+        .model_dump_json()
+        .replace('"gpu_count":4', '"gpu_count":-4')
+        .encode(),
+    ]
     try:
         for payload in poison:
             await producer.send_and_wait("jobs.requested", payload, key=b"poison")
         good = job(client_id="after-poison")
-        await producer.send_and_wait("jobs.requested", JobRequestedEvent.create(
-            source="tenant/hanbit-ai", subject="hanbit-ai", data=good).model_dump_json().encode(), key=b"poison")
-        assert await wait_until(lambda: bool(tracker.trace(good.job_id).placed), timeout=30)
+        await producer.send_and_wait(
+            "jobs.requested",
+            JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=good)
+            .model_dump_json()
+            .encode(),
+            key=b"poison",
+        )
+        assert await wait_until(lambda: bool(tracker.trace(good.job_id).placed), within=30)
         dead: list[tuple[bytes, dict[str, bytes]]] = []
         while len(dead) < len(poison):
             batch = await asyncio.wait_for(dlq.getmany(timeout_ms=1000), timeout=30)

@@ -14,16 +14,44 @@ DECISION = uuid.UUID(int=1)
 
 
 def job(**changes: object) -> JobRequest:
-    base = JobRequest(tenant_id="hanbit-ai", client_request_id="r1", name="t", kind=JobKind.TRAINING, gpu_count=8,
-                      expected_hours=2, deadline=NOW + timedelta(days=30))
+    base = JobRequest(
+        tenant_id="hanbit-ai",
+        client_request_id="r1",
+        name="t",
+        kind=JobKind.TRAINING,
+        gpu_count=8,
+        expected_hours=2,
+        deadline=NOW + timedelta(days=30),
+    )
     return base.model_copy(update=changes)
 
 
-def pool(pool_id: str, site_id: str, *, price: int = 5000, total: int = 64, reserved: int = 0, model: str = "B200",
-         generation: int = 10, power: float = 1.0, pue: float = 1.2, status: str = "available") -> PoolState:
-    return PoolState(pool_id=pool_id, site_id=site_id, accelerator_model=model, generation=generation,
-                     accelerator_origin="US", total_gpus=total, reserved_gpus=reserved, price_krw_per_gpu_hour=price,
-                     power_kw_per_gpu=power, pue=pue, status=status)
+def pool(
+    pool_id: str,
+    site_id: str,
+    *,
+    price: int = 5000,
+    total: int = 64,
+    reserved: int = 0,
+    model: str = "B200",
+    generation: int = 10,
+    power: float = 1.0,
+    pue: float = 1.2,
+    status: str = "available",
+) -> PoolState:
+    return PoolState(
+        pool_id=pool_id,
+        site_id=site_id,
+        accelerator_model=model,
+        generation=generation,
+        accelerator_origin="US",
+        total_gpus=total,
+        reserved_gpus=reserved,
+        price_krw_per_gpu_hour=price,
+        power_kw_per_gpu=power,
+        pue=pue,
+        status=status,
+    )
 
 
 def allow(*site_ids: str) -> dict[str, SiteVerdict]:
@@ -31,8 +59,11 @@ def allow(*site_ids: str) -> dict[str, SiteVerdict]:
 
 
 def deny(site_id: str, rule: str = "RES-01") -> SiteVerdict:
-    return SiteVerdict(site_id=site_id, allowed=False,
-                       violations=[RuleViolation(rule=rule, message=f"{site_id} denied", mode="deny")])
+    return SiteVerdict(
+        site_id=site_id,
+        allowed=False,
+        violations=[RuleViolation(rule=rule, message=f"{site_id} denied", mode="deny")],
+    )
 
 
 def plan(request: JobRequest, verdicts: dict[str, SiteVerdict], pools: list[PoolState]):  # type: ignore[no-untyped-def]
@@ -40,8 +71,11 @@ def plan(request: JobRequest, verdicts: dict[str, SiteVerdict], pools: list[Pool
 
 
 def test_cheapest_allowed_site_with_capacity_wins() -> None:
-    result = plan(job(), allow("a", "b", "c"), [pool("a1", "a", price=7000), pool("b1", "b", price=6000),
-                                              pool("c1", "c", price=6500)])
+    result = plan(
+        job(),
+        allow("a", "b", "c"),
+        [pool("a1", "a", price=7000), pool("b1", "b", price=6000), pool("c1", "c", price=6500)],
+    )
     assert result.outcome == "placed"
     assert result.chosen is not None and result.chosen.pool_id == "b1"
     ranks = {s.site_id: s.rank for s in result.explanation.sites}
@@ -59,18 +93,28 @@ def test_a_denied_site_is_never_chosen_however_cheap() -> None:
 
 
 def test_energy_breaks_a_price_tie_then_ids() -> None:
-    result = plan(job(), allow("a", "b", "c"), [pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1),
-                                              pool("c1", "c", pue=1.1)])
+    result = plan(
+        job(),
+        allow("a", "b", "c"),
+        [pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1), pool("c1", "c", pue=1.1)],
+    )
     assert result.chosen is not None and result.chosen.pool_id == "b1"
-    again = plan(job(), allow("c", "b", "a"), list(reversed([pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1),
-                                                             pool("c1", "c", pue=1.1)])))
+    again = plan(
+        job(),
+        allow("c", "b", "a"),
+        list(reversed([pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1), pool("c1", "c", pue=1.1)])),
+    )
     assert again.chosen == result.chosen
 
 
 def test_capacity_reasons_name_what_did_not_fit() -> None:
     request = job(accelerator_model="H100", max_price_krw_per_gpu_hour=6000, gpu_count=16)
-    pools = [pool("wrong-model", "a", model="B200"), pool("too-dear", "b", model="H100", price=9000),
-             pool("too-small", "c", model="H100", total=8), pool("busy", "d", model="H100", reserved=60)]
+    pools = [
+        pool("wrong-model", "a", model="B200"),
+        pool("too-dear", "b", model="H100", price=9000),
+        pool("too-small", "c", model="H100", total=8),
+        pool("busy", "d", model="H100", reserved=60),
+    ]
     result = plan(request, allow("a", "b", "c", "d"), pools)
     reasons = {s.site_id: " ".join(s.capacity_reasons) for s in result.explanation.sites}
     assert "offers B200, not H100" in reasons["a"]
@@ -114,8 +158,11 @@ def test_maintenance_and_withdrawn_pools() -> None:
 
 
 def test_minimum_generation() -> None:
-    result = plan(job(min_generation=10), allow("a", "b"), [pool("old", "a", generation=9, price=1),
-                                                            pool("new", "b", generation=10)])
+    result = plan(
+        job(min_generation=10),
+        allow("a", "b"),
+        [pool("old", "a", generation=9, price=1), pool("new", "b", generation=10)],
+    )
     assert result.chosen is not None and result.chosen.pool_id == "new"
 
 

@@ -39,29 +39,53 @@ async def test_two_workers_never_oversubscribe_a_pool(
 ) -> None:
     url, prefix = database_url
     offer = one_small_site_catalogue(tmp_path / "catalogue")
-    settings = service_settings(kafka, tmp_path / "data", catalogue_dir=tmp_path / "catalogue",
-                                database_url=None if url.startswith("sqlite") else url,
-                                database_schema_prefix=prefix)
+    settings = service_settings(
+        kafka,
+        tmp_path / "data",
+        catalogue_dir=tmp_path / "catalogue",
+        database_url=None if url.startswith("sqlite") else url,
+        database_schema_prefix=prefix,
+    )
     rng = random.Random(5)
     requests = [
-        JobRequest.model_validate({
-            "tenant_id": "hanbit-ai", "client_request_id": f"race-{uuid.uuid4().hex}", "name": f"burst {i}",
-            "kind": JobKind.INFERENCE, "gpu_count": rng.randint(1, 4), "expected_hours": 1,
-            "deadline": "2030-01-01T00:00:00Z",
-        })
+        JobRequest.model_validate(
+            {
+                "tenant_id": "hanbit-ai",
+                "client_request_id": f"race-{uuid.uuid4().hex}",
+                "name": f"burst {i}",
+                "kind": JobKind.INFERENCE,
+                "gpu_count": rng.randint(1, 4),
+                "expected_hours": 1,
+                "deadline": "2030-01-01T00:00:00Z",
+            }
+        )
         for i in range(60)
     ]
     job_ids = {r.job_id for r in requests}
     builders = [lambda: placement_app.build(settings), lambda: placement_app.build(settings)]
     async with run_services(builders) as workers, following(kafka, Tracker()) as tracker:
-        await produce(kafka, [(CapacityOfferedEvent.create(source="factory/skt-pangyo", subject="skt-pangyo",
-                                                           data=offer), "skt-pangyo")], idempotent=False)
+        await produce(
+            kafka,
+            [
+                (
+                    CapacityOfferedEvent.create(
+                        source="factory/skt-pangyo", subject="skt-pangyo", data=offer
+                    ),
+                    "skt-pangyo",
+                )
+            ],
+            idempotent=False,
+        )
         await produce(kafka, request_events(requests), idempotent=False)
         decided = lambda: all(tracker.trace(j).placed or tracker.trace(j).queued for j in job_ids)  # noqa: E731
-        assert await wait_until(decided, timeout=60), tracker.states(job_ids)
+        assert await wait_until(decided, within=60), tracker.states(job_ids)
         # Both workers took part: the group split the request topic's partitions between them.
         for worker in workers:
-            [consumer] = [s.consumer for s in worker.broker.subscribers if "jobs.requested" in str(s.topics)]
+            [consumer] = [
+                getattr(s, "consumer", None)
+                for s in worker.broker.subscribers
+                if "jobs.requested" in str(getattr(s, "topics", ""))
+            ]
             assert consumer is not None and consumer.assignment()
         engine = workers[0].engine
 
@@ -73,4 +97,4 @@ async def test_two_workers_never_oversubscribe_a_pool(
         assert pool is not None
         placed_in_db = session.exec(select(func.sum(JobRow.gpu_count)).where(JobRow.state == "placed")).one()
         assert pool.reserved_gpus == placed_in_db == sum(p.gpu_count for p in placed)
-    assert POOL_GPUS - 3 <= sum(p.gpu_count for p in placed)  # the pool was actually contended and filled
+    assert sum(p.gpu_count for p in placed) >= POOL_GPUS - 3  # the pool was actually contended and filled

@@ -59,13 +59,13 @@ def test_a_bundle_that_does_not_compile_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_empty_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(PolicyEngineError, match="no .rego files"):
+    with pytest.raises(PolicyEngineError, match=r"no \.rego files"):
         PolicyBundle.load(tmp_path)
 
 
 def test_evaluation_error_raises_policy_engine_error(tmp_path: Path) -> None:
     (tmp_path / "p.rego").write_text(
-        "package sovereign.placement\n\nimport rego.v1\n\ndecision := {\"x\": 1 / input.zero}\n"
+        'package sovereign.placement\n\nimport rego.v1\n\ndecision := {"x": 1 / input.zero}\n'
     )
     engine = EmbeddedRegoEngine(PolicyBundle.load(tmp_path))
     with pytest.raises(PolicyEngineError):
@@ -73,14 +73,36 @@ def test_evaluation_error_raises_policy_engine_error(tmp_path: Path) -> None:
 
 
 def decide(tenant_id: str, **job: object) -> dict[str, bool]:
-    request = JobRequest.model_validate({
-        "tenant_id": tenant_id, "client_request_id": "c", "name": "n", "kind": JobKind.TRAINING, "gpu_count": 8,
-        "expected_hours": 4, "deadline": (NOW + timedelta(days=60)).isoformat(), **job,
-    })
+    request = JobRequest.model_validate(
+        {
+            "tenant_id": tenant_id,
+            "client_request_id": "c",
+            "name": "n",
+            "kind": JobKind.TRAINING,
+            "gpu_count": 8,
+            "expected_hours": 4,
+            "deadline": (NOW + timedelta(days=60)).isoformat(),
+            **job,
+        }
+    )
     sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
-    pools = [PoolState(p.pool_id, o.site.site_id, p.accelerator_model, p.generation, p.accelerator_origin, p.gpu_count,
-                       0, p.price_krw_per_gpu_hour, p.power_kw_per_gpu, p.pue, "available")
-             for o in CATALOGUE.offers for p in o.pools]
+    pools = [
+        PoolState(
+            p.pool_id,
+            o.site.site_id,
+            p.accelerator_model,
+            p.generation,
+            p.accelerator_origin,
+            p.gpu_count,
+            0,
+            p.price_krw_per_gpu_hour,
+            p.power_kw_per_gpu,
+            p.pue,
+            "available",
+        )
+        for o in CATALOGUE.offers
+        for p in o.pools
+    ]
     tenant = CATALOGUE.tenants[tenant_id].model_dump(mode="json", exclude_none=True)
     engine = EmbeddedRegoEngine(PolicyBundle.load(POLICY_DIR))
     verdicts = parse_verdicts(engine.decide(policy_input(request, tenant, sites, pools, NOW)), set(sites))
@@ -89,7 +111,11 @@ def decide(tenant_id: str, **job: object) -> dict[str, bool]:
 
 def test_ministry_stays_in_korea() -> None:
     allowed = decide("mois")
-    assert not allowed["tokyo-hyperscale"] and not allowed["us-n-virginia"] and not allowed["singapore-gpu-cloud"]
+    assert (
+        not allowed["tokyo-hyperscale"]
+        and not allowed["us-n-virginia"]
+        and not allowed["singapore-gpu-cloud"]
+    )
     assert allowed["skt-gasan"] and allowed["nacc-haenam"]
 
 

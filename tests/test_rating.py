@@ -15,8 +15,10 @@ def test_round_half_up_to_whole_won() -> None:
     assert charge_krw(1_325_312, 7600) == 2_797_881  # 2,797,880.89
 
 
-@given(st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=20),
-       st.integers(min_value=1, max_value=50_000))
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=20),
+    st.integers(min_value=1, max_value=50_000),
+)
 def test_interval_shares_sum_to_the_job_charge(intervals: list[int], price: int) -> None:
     before = 0
     total = 0

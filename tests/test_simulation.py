@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from itertools import pairwise
 
 from contracts.events import JobKind
 from services.factory_agent.simulation import MAX_INTERVALS, runtime_factor, usage_event_id, usage_intervals
@@ -14,7 +15,7 @@ def test_intervals_cover_the_run_without_gaps() -> None:
     intervals = usage_intervals(JOB, JobKind.TRAINING, 64, 6, 1.0, 1.2)
     assert [i.seq for i in intervals] == list(range(1, len(intervals) + 1))
     assert intervals[0].start_offset_s == 0
-    for earlier, later in zip(intervals, intervals[1:], strict=False):
+    for earlier, later in pairwise(intervals):
         assert earlier.end_offset_s == later.start_offset_s
     total_seconds = intervals[-1].end_offset_s
     assert sum(i.gpu_seconds for i in intervals) == total_seconds * 64
@@ -22,8 +23,9 @@ def test_intervals_cover_the_run_without_gaps() -> None:
 
 
 def test_same_job_same_usage() -> None:
-    assert usage_intervals(JOB, JobKind.INFERENCE, 8, 30, 0.7, 1.3) == usage_intervals(JOB, JobKind.INFERENCE, 8, 30,
-                                                                                          0.7, 1.3)
+    assert usage_intervals(JOB, JobKind.INFERENCE, 8, 30, 0.7, 1.3) == usage_intervals(
+        JOB, JobKind.INFERENCE, 8, 30, 0.7, 1.3
+    )
     assert usage_event_id(JOB, 1) == usage_event_id(JOB, 1) != usage_event_id(JOB, 2)
 
 

@@ -1,4 +1,4 @@
-"""Services' transaction scripts on a real database, SQLite and PostgreSQL: atomicity, idempotency, capacity."""
+"""Transaction scripts on a real database, SQLite and PostgreSQL: atomicity, idempotency, capacity."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import random
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -36,7 +36,7 @@ from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow, PoolRow, try_reserve, upsert_offer
 from services.shared.catalogue import load_catalogue
-from services.shared.db import create_service_engine, unit_of_work
+from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.kafka import PoisonMessage
 from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
@@ -44,7 +44,7 @@ from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngin
 from services.shared.settings import REPO_ROOT
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
-SHARED = [OutboxMessage.__table__, ProcessedEvent.__table__]
+SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
 
 
 def make_engine(database_url: tuple[str, str], service: str, tables: list[Any]) -> Engine:
@@ -61,11 +61,18 @@ def outbox(engine: Engine, topic: str | None = None) -> list[OutboxMessage]:
 
 
 def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job: Any) -> JobRequestedEvent:
-    data = JobRequest.model_validate({
-        "tenant_id": tenant, "client_request_id": client_id or uuid.uuid4().hex, "name": "job",
-        "kind": JobKind.TRAINING, "gpu_count": 8, "expected_hours": 2,
-        "deadline": (datetime.now(UTC) + timedelta(days=60)).isoformat(), **job,
-    })
+    data = JobRequest.model_validate(
+        {
+            "tenant_id": tenant,
+            "client_request_id": client_id or uuid.uuid4().hex,
+            "name": "job",
+            "kind": JobKind.TRAINING,
+            "gpu_count": 8,
+            "expected_hours": 2,
+            "deadline": (datetime.now(UTC) + timedelta(days=60)).isoformat(),
+            **job,
+        }
+    )
     return JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
 
 
@@ -126,15 +133,21 @@ def test_reservations_never_exceed_capacity_under_concurrency(database_url: tupl
 
 
 def placement_context(**overrides: Any) -> placement.PlacementContext:
-    return placement.PlacementContext(policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
-                                      tenants=CATALOGUE.tenants, **overrides)
+    return placement.PlacementContext(
+        policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
+        tenants=CATALOGUE.tenants,
+        **overrides,
+    )
 
 
 def offer_all(engine: Engine, ctx: placement.PlacementContext) -> None:
     with unit_of_work(engine) as session:
         for offer in CATALOGUE.offers:
-            placement.on_capacity_offered(ctx, session, CapacityOfferedEvent.create(
-                source="factory/x", subject=offer.site.site_id, data=offer))
+            placement.on_capacity_offered(
+                ctx,
+                session,
+                CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer),
+            )
 
 
 def test_placement_places_records_decision_and_ignores_duplicates(database_url: tuple[str, str]) -> None:
@@ -167,12 +180,25 @@ def test_completion_releases_capacity_and_places_the_queued_job(database_url: tu
             placement.on_job_requested(ctx, session, event)
     with Session(engine) as session:
         assert session.get(JobRow, str(waiting.data.job_id)).state == "queued"  # type: ignore[union-attr]
-    done = JobCompleted(job_id=big.data.job_id, tenant_id="mois", site_id="nadc-gwangju", pool_id="nadc-gwangju-a100",
-                        gpu_count=600, status="succeeded", usage_reports=1, gpu_seconds=1)
+    done = JobCompleted(
+        job_id=big.data.job_id,
+        tenant_id="mois",
+        site_id="nadc-gwangju",
+        pool_id="nadc-gwangju-a100",
+        gpu_count=600,
+        status="succeeded",
+        usage_reports=1,
+        gpu_seconds=1,
+    )
     for _ in range(2):  # a redelivered completion releases nothing twice
         with unit_of_work(engine) as session:
-            placement.on_job_completed(ctx, session, JobCompletedEvent.create(source="factory/x", subject="mois",
-                                                                              data=done, event_id=uuid.UUID(int=7)))
+            placement.on_job_completed(
+                ctx,
+                session,
+                JobCompletedEvent.create(
+                    source="factory/x", subject="mois", data=done, event_id=uuid.UUID(int=7)
+                ),
+            )
     with Session(engine) as session:
         assert session.get(JobRow, str(waiting.data.job_id)).state == "placed"  # type: ignore[union-attr]
         assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 100  # type: ignore[union-attr]
@@ -209,23 +235,54 @@ def test_unknown_tenant_and_policy_failure_are_rejected(database_url: tuple[str,
 
 
 def placed_event(job_id: uuid.UUID, price: int = 7600) -> JobPlacedEvent:
-    template = JobPlacedEvent.model_validate_json((REPO_ROOT / "contracts/examples/jobs.placed.json").read_text())
-    data = template.data.model_copy(update={"job_id": job_id, "tenant_id": "mois", "site_id": "nacc-haenam",
-                                           "price_krw_per_gpu_hour": price})
+    template = JobPlacedEvent.model_validate_json(
+        (REPO_ROOT / "contracts/examples/jobs.placed.json").read_text()
+    )
+    data = template.data.model_copy(
+        update={
+            "job_id": job_id,
+            "tenant_id": "mois",
+            "site_id": "nacc-haenam",
+            "price_krw_per_gpu_hour": price,
+        }
+    )
     return JobPlacedEvent.create(source="service/placement", subject="mois", data=data)
 
 
-def usage_event(job_id: uuid.UUID, seq: int, gpu_seconds: int, event_id: uuid.UUID | None = None) -> UsageReportedEvent:
+def usage_event(
+    job_id: uuid.UUID, seq: int, gpu_seconds: int, event_id: uuid.UUID | None = None
+) -> UsageReportedEvent:
     start = datetime(2027, 1, 1, tzinfo=UTC)
-    data = UsageReported(job_id=job_id, tenant_id="mois", site_id="nacc-haenam", pool_id="nacc-haenam-b200", seq=seq,
-                         gpu_seconds=gpu_seconds, energy_wh=1, interval_start=start, interval_end=start)
-    return UsageReportedEvent.create(source="factory/nacc-haenam", subject="mois", data=data,
-                                     event_id=event_id or uuid.uuid5(job_id, str(seq)))
+    data = UsageReported(
+        job_id=job_id,
+        tenant_id="mois",
+        site_id="nacc-haenam",
+        pool_id="nacc-haenam-b200",
+        seq=seq,
+        gpu_seconds=gpu_seconds,
+        energy_wh=1,
+        interval_start=start,
+        interval_end=start,
+    )
+    return UsageReportedEvent.create(
+        source="factory/nacc-haenam",
+        subject="mois",
+        data=data,
+        event_id=event_id or uuid.uuid5(job_id, str(seq)),
+    )
 
 
 def completed_event(job_id: uuid.UUID, reports: int) -> JobCompletedEvent:
-    data = JobCompleted(job_id=job_id, tenant_id="mois", site_id="nacc-haenam", pool_id="nacc-haenam-b200",
-                        gpu_count=8, status="succeeded", usage_reports=reports, gpu_seconds=0)
+    data = JobCompleted(
+        job_id=job_id,
+        tenant_id="mois",
+        site_id="nacc-haenam",
+        pool_id="nacc-haenam-b200",
+        gpu_count=8,
+        status="succeeded",
+        usage_reports=reports,
+        gpu_seconds=0,
+    )
     return JobCompletedEvent.create(source="factory/nacc-haenam", subject="mois", data=data)
 
 
@@ -235,11 +292,21 @@ def test_billing_rates_out_of_order_usage_once_and_balances(database_url: tuple[
     job_id = uuid.uuid4()
     usages = [usage_event(job_id, seq, gs) for seq, gs in ((1, 1001), (2, 2003), (3, 999))]
     # Completion first, then usage out of order and repeated, the placement (and its price) last.
-    deliveries: list[Any] = [completed_event(job_id, 3), usages[2], usages[0], usages[2],
-                             usage_event(job_id, 1, 1001, event_id=uuid.uuid4()), placed_event(job_id), usages[1],
-                             usages[1]]
-    handler = {"jobs.completed": billing.on_job_completed, "usage.reported": billing.on_usage_reported,
-               "jobs.placed": billing.on_job_placed}
+    deliveries: list[Any] = [
+        completed_event(job_id, 3),
+        usages[2],
+        usages[0],
+        usages[2],
+        usage_event(job_id, 1, 1001, event_id=uuid.uuid4()),
+        placed_event(job_id),
+        usages[1],
+        usages[1],
+    ]
+    handler: dict[str, Callable[[billing.BillingContext, Session, Any], None]] = {
+        "jobs.completed": billing.on_job_completed,
+        "usage.reported": billing.on_usage_reported,
+        "jobs.placed": billing.on_job_placed,
+    }
     for event in deliveries:
         with unit_of_work(engine) as session:
             handler[event.type](ctx, session, event)
@@ -252,8 +319,9 @@ def test_billing_rates_out_of_order_usage_once_and_balances(database_url: tuple[
         charge = session.get(ChargeRow, str(job_id))
         assert charge is not None and charge.billed and charge.rated_amount_krw == amount
         assert ledger_imbalance(session) == 0
-        receivable = session.exec(select(func.sum(PostingRow.amount_krw)).where(
-            PostingRow.account == "receivable:tenant:mois")).one()
+        receivable = session.exec(
+            select(func.sum(PostingRow.amount_krw)).where(PostingRow.account == "receivable:tenant:mois")
+        ).one()
         assert receivable == amount
 
 
@@ -274,7 +342,9 @@ def test_factory_reports_each_interval_once_and_completes(database_url: tuple[st
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
     placed = placed_event(uuid.uuid4())
-    placed = placed.model_copy(update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200"})})
+    placed = placed.model_copy(
+        update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200"})}
+    )
     with unit_of_work(engine) as session:
         factory.on_job_placed(ctx, session, placed)
     later = datetime.now(UTC) + timedelta(hours=1)

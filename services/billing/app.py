@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from functools import partial
 
-from contracts.events import JobBilledEvent, JobCompletedEvent, JobPlacedEvent, UsageRatedEvent, UsageReportedEvent
+from contracts.events import (
+    JobBilledEvent,
+    JobCompletedEvent,
+    JobPlacedEvent,
+    UsageRatedEvent,
+    UsageReportedEvent,
+)
 from services.billing import handlers
 from services.billing.storage import TABLES
 from services.shared.runtime import Service, consume, document_publishers, new_service

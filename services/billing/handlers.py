@@ -76,15 +76,25 @@ def on_usage_reported(ctx: BillingContext, session: Session, event: UsageReporte
     ).first()
     if existing is not None:
         if existing.gpu_seconds != usage.gpu_seconds:
-            raise PoisonMessage(f"usage seq {usage.seq} of job {job_id} was already reported with "
-                                f"{existing.gpu_seconds} GPU-seconds, now {usage.gpu_seconds}")
+            raise PoisonMessage(
+                f"usage seq {usage.seq} of job {job_id} was already reported with "
+                f"{existing.gpu_seconds} GPU-seconds, now {usage.gpu_seconds}"
+            )
         return  # the same interval under another event id: counted once
     charge = _charge_for(session, job_id, usage.tenant_id, usage.site_id)
-    session.add(UsageLineRow(
-        source=event.source, event_id=str(event.id), job_id=job_id, tenant_id=usage.tenant_id, seq=usage.seq,
-        gpu_seconds=usage.gpu_seconds, energy_wh=usage.energy_wh, input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-    ))
+    session.add(
+        UsageLineRow(
+            source=event.source,
+            event_id=str(event.id),
+            job_id=job_id,
+            tenant_id=usage.tenant_id,
+            seq=usage.seq,
+            gpu_seconds=usage.gpu_seconds,
+            energy_wh=usage.energy_wh,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+        )
+    )
     session.flush()
     settle(ctx, session, charge)
 
@@ -101,28 +111,54 @@ def settle(ctx: BillingContext, session: Session, charge: ChargeRow) -> None:
         amount = interval_charge_krw(charge.rated_gpu_seconds, line.gpu_seconds, price)
         line.amount_krw = amount
         for posting in postings_for(amount, ctx.fee_bps, charge.tenant_id, charge.site_id):
-            session.add(PostingRow(transaction_id=line.event_id, job_id=charge.job_id, account=posting.account,
-                                   amount_krw=posting.amount_krw))
+            session.add(
+                PostingRow(
+                    transaction_id=line.event_id,
+                    job_id=charge.job_id,
+                    account=posting.account,
+                    amount_krw=posting.amount_krw,
+                )
+            )
         charge.rated_seq = line.seq
         charge.rated_gpu_seconds += line.gpu_seconds
         charge.rated_amount_krw += amount
         charge.rated_fee_krw += fee_krw(amount, ctx.fee_bps)
         rated = UsageRated(
-            usage_event_id=uuid.UUID(line.event_id), usage_source=line.source, job_id=uuid.UUID(charge.job_id),
-            tenant_id=charge.tenant_id, site_id=charge.site_id, accelerator_model=charge.accelerator_model,
-            seq=line.seq, gpu_seconds=line.gpu_seconds, energy_wh=line.energy_wh, input_tokens=line.input_tokens,
-            output_tokens=line.output_tokens, price_krw_per_gpu_hour=price, amount_krw=amount,
+            usage_event_id=uuid.UUID(line.event_id),
+            usage_source=line.source,
+            job_id=uuid.UUID(charge.job_id),
+            tenant_id=charge.tenant_id,
+            site_id=charge.site_id,
+            accelerator_model=charge.accelerator_model,
+            seq=line.seq,
+            gpu_seconds=line.gpu_seconds,
+            energy_wh=line.energy_wh,
+            input_tokens=line.input_tokens,
+            output_tokens=line.output_tokens,
+            price_krw_per_gpu_hour=price,
+            amount_krw=amount,
         )
-        add_to_outbox(session, UsageRatedEvent.create(source=SOURCE, subject=charge.tenant_id, data=rated),
-                      charge.tenant_id)
+        add_to_outbox(
+            session,
+            UsageRatedEvent.create(source=SOURCE, subject=charge.tenant_id, data=rated),
+            charge.tenant_id,
+        )
     if charge.billed or charge.expected_reports is None or charge.rated_seq < charge.expected_reports:
         return
     charge.billed = True
     billed = JobBilled(
-        job_id=uuid.UUID(charge.job_id), tenant_id=charge.tenant_id, site_id=charge.site_id,
-        accelerator_model=charge.accelerator_model, gpu_seconds=charge.rated_gpu_seconds,
-        price_krw_per_gpu_hour=price, amount_krw=charge.rated_amount_krw, marketplace_fee_krw=charge.rated_fee_krw,
-        site_payable_krw=charge.rated_amount_krw - charge.rated_fee_krw, usage_reports=charge.rated_seq,
+        job_id=uuid.UUID(charge.job_id),
+        tenant_id=charge.tenant_id,
+        site_id=charge.site_id,
+        accelerator_model=charge.accelerator_model,
+        gpu_seconds=charge.rated_gpu_seconds,
+        price_krw_per_gpu_hour=price,
+        amount_krw=charge.rated_amount_krw,
+        marketplace_fee_krw=charge.rated_fee_krw,
+        site_payable_krw=charge.rated_amount_krw - charge.rated_fee_krw,
+        usage_reports=charge.rated_seq,
     )
-    add_to_outbox(session, JobBilledEvent.create(source=SOURCE, subject=charge.tenant_id, data=billed), charge.job_id)
+    add_to_outbox(
+        session, JobBilledEvent.create(source=SOURCE, subject=charge.tenant_id, data=billed), charge.job_id
+    )
     log.info("job_billed", amount_krw=charge.rated_amount_krw, usage_reports=charge.rated_seq)

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Table, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
-from services.shared.db import utc_now
+from services.shared.db import table_of, utc_now
 
 
 class ChargeRow(SQLModel, table=True):
@@ -59,7 +59,7 @@ class PostingRow(SQLModel, table=True):
     posted_at: datetime = Field(default_factory=utc_now)
 
 
-TABLES: list[Table] = [ChargeRow.__table__, UsageLineRow.__table__, PostingRow.__table__]  # type: ignore[list-item]
+TABLES: list[Table] = [table_of(ChargeRow), table_of(UsageLineRow), table_of(PostingRow)]
 
 
 def lock_charge(session: Session, job_id: str) -> ChargeRow | None:
@@ -68,10 +68,14 @@ def lock_charge(session: Session, job_id: str) -> ChargeRow | None:
 
 
 def unrated_lines(session: Session, job_id: str, after_seq: int) -> list[UsageLineRow]:
-    return list(session.exec(
-        select(UsageLineRow).where(UsageLineRow.job_id == job_id).where(col(UsageLineRow.seq) > after_seq)
-        .order_by(col(UsageLineRow.seq))
-    ))
+    return list(
+        session.exec(
+            select(UsageLineRow)
+            .where(UsageLineRow.job_id == job_id)
+            .where(col(UsageLineRow.seq) > after_seq)
+            .order_by(col(UsageLineRow.seq))
+        )
+    )
 
 
 def ledger_imbalance(session: Session) -> int:

@@ -42,8 +42,11 @@ class FactoryContext:
 
 def offer_capacity(ctx: FactoryContext, session: Session) -> None:
     for site_id, offer in sorted(ctx.offers.items()):
-        add_to_outbox(session, CapacityOfferedEvent.create(source=ctx.source(site_id), subject=site_id, data=offer),
-                      site_id)
+        add_to_outbox(
+            session,
+            CapacityOfferedEvent.create(source=ctx.source(site_id), subject=site_id, data=offer),
+            site_id,
+        )
 
 
 def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) -> None:
@@ -58,20 +61,38 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
         raise ValueError(f"placed on pool {placed.pool_id!r}, which site {placed.site_id!r} does not offer")
     if session.get(RunRow, str(placed.job_id)) is not None:
         return
-    session.add(RunRow(
-        job_id=str(placed.job_id), tenant_id=placed.tenant_id, site_id=placed.site_id, pool_id=placed.pool_id,
-        kind=placed.kind.value, gpu_count=placed.gpu_count, expected_hours=placed.expected_hours,
-        power_kw_per_gpu=pool.power_kw_per_gpu, pue=pool.pue,
-    ))
-    started = JobStarted(job_id=placed.job_id, tenant_id=placed.tenant_id, site_id=placed.site_id,
-                         pool_id=placed.pool_id, gpu_count=placed.gpu_count)
-    add_to_outbox(session, JobStartedEvent.create(source=ctx.source(placed.site_id), subject=placed.tenant_id,
-                                                  data=started), str(placed.job_id))
+    session.add(
+        RunRow(
+            job_id=str(placed.job_id),
+            tenant_id=placed.tenant_id,
+            site_id=placed.site_id,
+            pool_id=placed.pool_id,
+            kind=placed.kind.value,
+            gpu_count=placed.gpu_count,
+            expected_hours=placed.expected_hours,
+            power_kw_per_gpu=pool.power_kw_per_gpu,
+            pue=pool.pue,
+        )
+    )
+    started = JobStarted(
+        job_id=placed.job_id,
+        tenant_id=placed.tenant_id,
+        site_id=placed.site_id,
+        pool_id=placed.pool_id,
+        gpu_count=placed.gpu_count,
+    )
+    add_to_outbox(
+        session,
+        JobStartedEvent.create(source=ctx.source(placed.site_id), subject=placed.tenant_id, data=started),
+        str(placed.job_id),
+    )
     get_logger(job_id=str(placed.job_id), site_id=placed.site_id).info("job_started")
 
 
 def running_job_ids(session: Session) -> list[str]:
-    return list(session.exec(select(RunRow.job_id).where(RunRow.state == "running").order_by(col(RunRow.job_id))))
+    return list(
+        session.exec(select(RunRow.job_id).where(RunRow.state == "running").order_by(col(RunRow.job_id)))
+    )
 
 
 def advance_run(ctx: FactoryContext, session: Session, job_id: str, now: datetime) -> int:
@@ -82,31 +103,53 @@ def advance_run(ctx: FactoryContext, session: Session, job_id: str, now: datetim
     job_uuid = uuid.UUID(job_id)
     started = as_utc(run.started_at)
     simulated_elapsed = (now - started).total_seconds() * ctx.time_scale
-    intervals = usage_intervals(job_uuid, JobKind(run.kind), run.gpu_count, run.expected_hours,
-                                run.power_kw_per_gpu, run.pue)
+    intervals = usage_intervals(
+        job_uuid, JobKind(run.kind), run.gpu_count, run.expected_hours, run.power_kw_per_gpu, run.pue
+    )
     emitted = 0
     source = ctx.source(run.site_id)
-    for interval in intervals[run.next_seq - 1:]:
+    for interval in intervals[run.next_seq - 1 :]:
         if interval.end_offset_s > simulated_elapsed or not claim_interval(session, job_id, interval.seq):
             break
         usage = UsageReported(
-            job_id=job_uuid, tenant_id=run.tenant_id, site_id=run.site_id, pool_id=run.pool_id, seq=interval.seq,
-            gpu_seconds=interval.gpu_seconds, energy_wh=interval.energy_wh, input_tokens=interval.input_tokens,
+            job_id=job_uuid,
+            tenant_id=run.tenant_id,
+            site_id=run.site_id,
+            pool_id=run.pool_id,
+            seq=interval.seq,
+            gpu_seconds=interval.gpu_seconds,
+            energy_wh=interval.energy_wh,
+            input_tokens=interval.input_tokens,
             output_tokens=interval.output_tokens,
             # Simulated clock: the run's start plus simulated seconds.
             interval_start=started + timedelta(seconds=interval.start_offset_s),
             interval_end=started + timedelta(seconds=interval.end_offset_s),
         )
-        add_to_outbox(session, UsageReportedEvent.create(source=source, subject=run.tenant_id, data=usage,
-                                                         event_id=usage_event_id(job_uuid, interval.seq)), job_id)
+        add_to_outbox(
+            session,
+            UsageReportedEvent.create(
+                source=source,
+                subject=run.tenant_id,
+                data=usage,
+                event_id=usage_event_id(job_uuid, interval.seq),
+            ),
+            job_id,
+        )
         emitted += 1
     if intervals[-1].end_offset_s <= simulated_elapsed and finish_run(session, job_id):
         completed = JobCompleted(
-            job_id=job_uuid, tenant_id=run.tenant_id, site_id=run.site_id, pool_id=run.pool_id,
-            gpu_count=run.gpu_count, status="succeeded", usage_reports=len(intervals),
+            job_id=job_uuid,
+            tenant_id=run.tenant_id,
+            site_id=run.site_id,
+            pool_id=run.pool_id,
+            gpu_count=run.gpu_count,
+            status="succeeded",
+            usage_reports=len(intervals),
             gpu_seconds=sum(i.gpu_seconds for i in intervals),
         )
-        add_to_outbox(session, JobCompletedEvent.create(source=source, subject=run.tenant_id, data=completed), job_id)
+        add_to_outbox(
+            session, JobCompletedEvent.create(source=source, subject=run.tenant_id, data=completed), job_id
+        )
         get_logger(job_id=job_id, site_id=run.site_id).info("job_completed", usage_reports=len(intervals))
         emitted += 1
     return emitted

@@ -32,8 +32,14 @@ def runtime_factor(job_id: uuid.UUID) -> float:
     return 0.80 + (int(job_id.hex[:8], 16) % 2001) / 10_000
 
 
-def usage_intervals(job_id: uuid.UUID, kind: JobKind, gpu_count: int, expected_hours: float,
-                    power_kw_per_gpu: float, pue: float) -> list[UsageInterval]:
+def usage_intervals(
+    job_id: uuid.UUID,
+    kind: JobKind,
+    gpu_count: int,
+    expected_hours: float,
+    power_kw_per_gpu: float,
+    pue: float,
+) -> list[UsageInterval]:
     total_seconds = max(60, round(expected_hours * 3600 * runtime_factor(job_id)))
     count = min(MAX_INTERVALS, max(1, math.ceil(total_seconds / 3600)))
     bounds = [total_seconds * i // count for i in range(count + 1)]
@@ -41,15 +47,17 @@ def usage_intervals(job_id: uuid.UUID, kind: JobKind, gpu_count: int, expected_h
     for index in range(count):
         gpu_seconds = (bounds[index + 1] - bounds[index]) * gpu_count
         inference = kind is JobKind.INFERENCE
-        intervals.append(UsageInterval(
-            seq=index + 1,
-            start_offset_s=bounds[index],
-            end_offset_s=bounds[index + 1],
-            gpu_seconds=gpu_seconds,
-            energy_wh=round(gpu_seconds * power_kw_per_gpu * pue * 1000 / 3600),
-            input_tokens=gpu_seconds * INPUT_TOKENS_PER_GPU_SECOND if inference else 0,
-            output_tokens=gpu_seconds * OUTPUT_TOKENS_PER_GPU_SECOND if inference else 0,
-        ))
+        intervals.append(
+            UsageInterval(
+                seq=index + 1,
+                start_offset_s=bounds[index],
+                end_offset_s=bounds[index + 1],
+                gpu_seconds=gpu_seconds,
+                energy_wh=round(gpu_seconds * power_kw_per_gpu * pue * 1000 / 3600),
+                input_tokens=gpu_seconds * INPUT_TOKENS_PER_GPU_SECOND if inference else 0,
+                output_tokens=gpu_seconds * OUTPUT_TOKENS_PER_GPU_SECOND if inference else 0,
+            )
+        )
     return intervals
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Table, update
 from sqlmodel import Field, Session, SQLModel, col
 
-from services.shared.db import utc_now
+from services.shared.db import table_of, utc_now
 
 
 class RunRow(SQLModel, table=True):
@@ -27,7 +27,7 @@ class RunRow(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utc_now)
 
 
-TABLES: list[Table] = [RunRow.__table__]  # type: ignore[list-item]
+TABLES: list[Table] = [table_of(RunRow)]
 
 
 def claim_interval(session: Session, job_id: str, seq: int) -> bool:

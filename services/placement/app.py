@@ -38,7 +38,9 @@ def build(settings: Settings) -> Service:
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
     consume(service, CapacityUpdatedEvent, partial(handlers.on_capacity_updated, context))
     consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
-    document_publishers(service.broker, [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, PolicyDecisionEvent], NAME)
+    document_publishers(
+        service.broker, [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, PolicyDecisionEvent], NAME
+    )
 
     async def sweep_queue() -> None:
         while True:

@@ -1,4 +1,5 @@
-"""Placement's transaction scripts: each takes a session and one event, loads, decides, writes effect + outbox.
+"""Placement's transaction scripts: each takes a session and one event, loads, decides, writes effect
+and outbox.
 
 No Kafka here and no awaits: the caller commits the transaction and wakes the outbox relay.
 """
@@ -77,18 +78,34 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
     if session.get(JobRow, job_id) is not None:
         log.info("duplicate_request_ignored", client_request_id=request.client_request_id)
         return
-    job = JobRow(job_id=job_id, tenant_id=request.tenant_id, client_request_id=request.client_request_id,
-                 request=request.model_dump(mode="json"), state="requested", gpu_count=request.gpu_count)
+    job = JobRow(
+        job_id=job_id,
+        tenant_id=request.tenant_id,
+        client_request_id=request.client_request_id,
+        request=request.model_dump(mode="json"),
+        state="requested",
+        gpu_count=request.gpu_count,
+    )
     session.add(job)
     session.flush()
     if event.subject != request.tenant_id:
-        _reject(session, job, request, RejectionCode.INVALID_REQUEST,
-                f"the envelope's subject {event.subject!r} is not the job's tenant {request.tenant_id!r}")
+        _reject(
+            session,
+            job,
+            request,
+            RejectionCode.INVALID_REQUEST,
+            f"the envelope's subject {event.subject!r} is not the job's tenant {request.tenant_id!r}",
+        )
         return
     tenant = ctx.tenants.get(request.tenant_id)
     if tenant is None:
-        _reject(session, job, request, RejectionCode.UNKNOWN_TENANT,
-                f"tenant {request.tenant_id!r} is not in the tenant registry")
+        _reject(
+            session,
+            job,
+            request,
+            RejectionCode.UNKNOWN_TENANT,
+            f"tenant {request.tenant_id!r} is not in the tenant registry",
+        )
         return
     _decide(session, ctx, job, request, tenant)
 
@@ -137,7 +154,13 @@ def retry_queued(ctx: PlacementContext, session: Session) -> int:
         request = JobRequest.model_validate(job.request)
         tenant = ctx.tenants.get(job.tenant_id)
         if tenant is None:
-            _reject(session, job, request, RejectionCode.UNKNOWN_TENANT, f"tenant {job.tenant_id!r} left the registry")
+            _reject(
+                session,
+                job,
+                request,
+                RejectionCode.UNKNOWN_TENANT,
+                f"tenant {job.tenant_id!r} left the registry",
+            )
             moved += 1
             continue
         if _decide(session, ctx, job, request, tenant) != "queued":
@@ -158,7 +181,9 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     except PolicyEngineError as error:
         # Fail closed: without an allowing decision nothing is placed.
         log.error("policy_engine_failed", error=str(error))
-        _reject(session, job, request, RejectionCode.POLICY_ENGINE_ERROR, f"the policy engine failed: {error}")
+        _reject(
+            session, job, request, RejectionCode.POLICY_ENGINE_ERROR, f"the policy engine failed: {error}"
+        )
         return "rejected"
     duration_us = int((time.perf_counter() - started) * 1_000_000)
     verdicts = parse_verdicts(decision, set(sites))
@@ -170,8 +195,12 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
             break
         if try_reserve(session, plan.chosen.pool_id, request.gpu_count):
             _place(session, job, request, plan)
-            log.info("job_placed", site_id=plan.chosen.site_id, pool_id=plan.chosen.pool_id,
-                     decision_id=str(decision_id))
+            log.info(
+                "job_placed",
+                site_id=plan.chosen.site_id,
+                pool_id=plan.chosen.pool_id,
+                decision_id=str(decision_id),
+            )
             return "placed"
         log.info("reservation_lost_race", pool_id=plan.chosen.pool_id)
         plan = plan_placement(request, verdicts, load_pools(session), decision_id, ctx.policy.revision, now)
@@ -185,54 +214,113 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     return "rejected"
 
 
-def _record_decision(session: Session, ctx: PlacementContext, job: JobRow, decision_id: uuid.UUID,
-                     document: dict[str, object], verdicts: dict[str, SiteVerdict], duration_us: int) -> None:
+def _record_decision(
+    session: Session,
+    ctx: PlacementContext,
+    job: JobRow,
+    decision_id: uuid.UUID,
+    document: dict[str, object],
+    verdicts: dict[str, SiteVerdict],
+    duration_us: int,
+) -> None:
     input_sha256 = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
     record = PolicyDecisionRecord(
-        decision_id=decision_id, job_id=uuid.UUID(job.job_id), tenant_id=job.tenant_id,
-        policy_revision=ctx.policy.revision, engine=ctx.policy.name, input_sha256=input_sha256,
-        duration_us=duration_us, sites=sorted(verdicts.values(), key=lambda v: v.site_id),
+        decision_id=decision_id,
+        job_id=uuid.UUID(job.job_id),
+        tenant_id=job.tenant_id,
+        policy_revision=ctx.policy.revision,
+        engine=ctx.policy.name,
+        input_sha256=input_sha256,
+        duration_us=duration_us,
+        sites=sorted(verdicts.values(), key=lambda v: v.site_id),
     )
-    session.add(DecisionRow(
-        decision_id=str(decision_id), job_id=job.job_id, tenant_id=job.tenant_id,
-        policy_revision=ctx.policy.revision, engine=ctx.policy.name, input_sha256=input_sha256,
-        duration_us=duration_us, result=record.model_dump(mode="json"),
-    ))
-    add_to_outbox(session, PolicyDecisionEvent.create(source=SOURCE, subject=job.tenant_id, data=record), job.job_id)
+    session.add(
+        DecisionRow(
+            decision_id=str(decision_id),
+            job_id=job.job_id,
+            tenant_id=job.tenant_id,
+            policy_revision=ctx.policy.revision,
+            engine=ctx.policy.name,
+            input_sha256=input_sha256,
+            duration_us=duration_us,
+            result=record.model_dump(mode="json"),
+        )
+    )
+    add_to_outbox(
+        session, PolicyDecisionEvent.create(source=SOURCE, subject=job.tenant_id, data=record), job.job_id
+    )
 
 
 def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
     chosen = plan.chosen
     assert chosen is not None
-    transition(session, job.job_id, {"requested", "queued"}, "placed", site_id=chosen.site_id,
-               pool_id=chosen.pool_id, price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
-               decision_id=str(plan.explanation.decision_id), policy_revision=plan.explanation.policy_revision,
-               reason=plan.explanation.summary)
+    transition(
+        session,
+        job.job_id,
+        {"requested", "queued"},
+        "placed",
+        site_id=chosen.site_id,
+        pool_id=chosen.pool_id,
+        price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
+        decision_id=str(plan.explanation.decision_id),
+        policy_revision=plan.explanation.policy_revision,
+        reason=plan.explanation.summary,
+    )
     placed = JobPlaced(
-        job_id=request.job_id, tenant_id=request.tenant_id, client_request_id=request.client_request_id,
-        job_name=request.name, kind=request.kind, site_id=chosen.site_id, pool_id=chosen.pool_id,
-        accelerator_model=chosen.accelerator_model, gpu_count=request.gpu_count,
-        expected_hours=request.expected_hours, price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
+        job_id=request.job_id,
+        tenant_id=request.tenant_id,
+        client_request_id=request.client_request_id,
+        job_name=request.name,
+        kind=request.kind,
+        site_id=chosen.site_id,
+        pool_id=chosen.pool_id,
+        accelerator_model=chosen.accelerator_model,
+        gpu_count=request.gpu_count,
+        expected_hours=request.expected_hours,
+        price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
         explanation=plan.explanation,
     )
-    add_to_outbox(session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id)
+    add_to_outbox(
+        session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id
+    )
 
 
 def _queue(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
     if job.state == "queued":
         return  # still waiting: the tenant already knows, and why
     transition(session, job.job_id, {"requested"}, "queued", reason=plan.reason)
-    queued = JobQueued(job_id=request.job_id, tenant_id=request.tenant_id,
-                       client_request_id=request.client_request_id, reason=plan.reason, explanation=plan.explanation)
-    add_to_outbox(session, JobQueuedEvent.create(source=SOURCE, subject=request.tenant_id, data=queued), job.job_id)
+    queued = JobQueued(
+        job_id=request.job_id,
+        tenant_id=request.tenant_id,
+        client_request_id=request.client_request_id,
+        reason=plan.reason,
+        explanation=plan.explanation,
+    )
+    add_to_outbox(
+        session, JobQueuedEvent.create(source=SOURCE, subject=request.tenant_id, data=queued), job.job_id
+    )
 
 
-def _reject(session: Session, job: JobRow, request: JobRequest, code: RejectionCode, reason: str,
-            explanation: Explanation | None = None) -> None:
+def _reject(
+    session: Session,
+    job: JobRow,
+    request: JobRequest,
+    code: RejectionCode,
+    reason: str,
+    explanation: Explanation | None = None,
+) -> None:
     transition(session, job.job_id, {"requested", "queued"}, "rejected", reason=reason)
-    get_logger(job_id=job.job_id, tenant_id=job.tenant_id).info("job_rejected", code=code.value, reason=reason)
-    rejected = JobRejected(job_id=request.job_id, tenant_id=request.tenant_id,
-                           client_request_id=request.client_request_id, code=code, reason=reason,
-                           explanation=explanation)
-    add_to_outbox(session, JobRejectedEvent.create(source=SOURCE, subject=request.tenant_id, data=rejected),
-                  job.job_id)
+    get_logger(job_id=job.job_id, tenant_id=job.tenant_id).info(
+        "job_rejected", code=code.value, reason=reason
+    )
+    rejected = JobRejected(
+        job_id=request.job_id,
+        tenant_id=request.tenant_id,
+        client_request_id=request.client_request_id,
+        code=code,
+        reason=reason,
+        explanation=explanation,
+    )
+    add_to_outbox(
+        session, JobRejectedEvent.create(source=SOURCE, subject=request.tenant_id, data=rejected), job.job_id
+    )

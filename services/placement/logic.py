@@ -56,15 +56,23 @@ class Plan:
 
 
 def policy_input(
-    job: JobRequest, tenant: dict[str, Any], sites: dict[str, SiteAttributes], pools: list[PoolState], now: datetime
+    job: JobRequest,
+    tenant: dict[str, Any],
+    sites: dict[str, SiteAttributes],
+    pools: list[PoolState],
+    now: datetime,
 ) -> dict[str, Any]:
     """The one input document that lets the policy judge every candidate site at once."""
     site_pools: dict[str, list[dict[str, Any]]] = {site_id: [] for site_id in sites}
     for pool in pools:
         if pool.site_id in site_pools:
             site_pools[pool.site_id].append(
-                {"pool_id": pool.pool_id, "accelerator_model": pool.accelerator_model,
-                 "generation": pool.generation, "accelerator_origin": pool.accelerator_origin}
+                {
+                    "pool_id": pool.pool_id,
+                    "accelerator_model": pool.accelerator_model,
+                    "generation": pool.generation,
+                    "accelerator_origin": pool.accelerator_origin,
+                }
             )
     return {
         "job": job.model_dump(mode="json", exclude_none=True),
@@ -78,15 +86,19 @@ def policy_input(
 
 
 def parse_verdicts(decision: dict[str, Any], site_ids: set[str]) -> dict[str, SiteVerdict]:
-    """Turn the policy's answer into verdicts; a site the policy said nothing about is denied (fail closed)."""
+    """The policy's answer as verdicts; a site the policy said nothing about is denied (fail closed)."""
     verdicts: dict[str, SiteVerdict] = {}
     for site_id in site_ids:
         raw = decision.get(site_id)
         if raw is None:
             verdicts[site_id] = SiteVerdict(
-                site_id=site_id, allowed=False,
-                violations=[RuleViolation(rule="ENGINE", message="the policy returned no verdict for this site",
-                                          mode="deny")],
+                site_id=site_id,
+                allowed=False,
+                violations=[
+                    RuleViolation(
+                        rule="ENGINE", message="the policy returned no verdict for this site", mode="deny"
+                    )
+                ],
             )
             continue
         verdicts[site_id] = SiteVerdict(
@@ -111,8 +123,10 @@ def _static_misfit(job: JobRequest, pool: PoolState) -> str | None:
     if job.min_generation and pool.generation < job.min_generation:
         return f"{pool.pool_id} is generation {pool.generation}, below the minimum {job.min_generation}"
     if job.max_price_krw_per_gpu_hour and pool.price_krw_per_gpu_hour > job.max_price_krw_per_gpu_hour:
-        return (f"{pool.pool_id} costs {pool.price_krw_per_gpu_hour:,} KRW/GPU-h, "
-                f"above the maximum {job.max_price_krw_per_gpu_hour:,}")
+        return (
+            f"{pool.pool_id} costs {pool.price_krw_per_gpu_hour:,} KRW/GPU-h, "
+            f"above the maximum {job.max_price_krw_per_gpu_hour:,}"
+        )
     if pool.total_gpus < job.gpu_count:
         return f"{pool.pool_id} has {pool.total_gpus} GPUs in all, the job needs {job.gpu_count}"
     return None
@@ -123,7 +137,10 @@ def _current_misfit(job: JobRequest, pool: PoolState) -> str | None:
     if pool.status == "maintenance":
         return f"{pool.pool_id} is in maintenance"
     if pool.free_gpus < job.gpu_count:
-        return f"{pool.pool_id} has {pool.free_gpus} of {pool.total_gpus} GPUs free, the job needs {job.gpu_count}"
+        return (
+            f"{pool.pool_id} has {pool.free_gpus} of {pool.total_gpus} GPUs free, "
+            f"the job needs {job.gpu_count}"
+        )
     return None
 
 
@@ -141,8 +158,9 @@ def plan_placement(
     now: datetime,
 ) -> Plan:
     def explain(summary: str, assessments: list[SiteAssessment]) -> Explanation:
-        return Explanation(decision_id=decision_id, policy_revision=policy_revision, summary=summary,
-                           sites=assessments)
+        return Explanation(
+            decision_id=decision_id, policy_revision=policy_revision, summary=summary, sites=assessments
+        )
 
     pools_by_site: dict[str, list[PoolState]] = {site_id: [] for site_id in verdicts}
     for pool in pools:
@@ -185,7 +203,9 @@ def plan_placement(
             warnings=verdict.warnings,
             capacity_reasons=capacity_reasons.get(site_id, ["no pool offered"]),
             pool_id=best_by_site[site_id].pool_id if site_id in best_by_site else None,
-            price_krw_per_gpu_hour=best_by_site[site_id].price_krw_per_gpu_hour if site_id in best_by_site else None,
+            price_krw_per_gpu_hour=best_by_site[site_id].price_krw_per_gpu_hour
+            if site_id in best_by_site
+            else None,
             rank=rank_of.get(site_id),
         )
         for site_id, verdict in sorted(verdicts.items())
@@ -193,31 +213,41 @@ def plan_placement(
     allowed_sites = [s for s in assessments if s.policy_allowed]
 
     if job.deadline <= now:
-        return Plan("rejected", explain("the deadline has passed", assessments),
-                    code=RejectionCode.DEADLINE_PASSED,
-                    reason=f"the job's deadline {job.deadline.isoformat()} has passed")
+        return Plan(
+            "rejected",
+            explain("the deadline has passed", assessments),
+            code=RejectionCode.DEADLINE_PASSED,
+            reason=f"the job's deadline {job.deadline.isoformat()} has passed",
+        )
     if not assessments:
         reason = "waiting for capacity: no AI factory has offered capacity yet"
         return Plan("queued", explain(reason, assessments), reason=reason)
     if ranked:
         chosen = ranked[0]
-        summary = (f"placed on {chosen.site_id} ({chosen.pool_id}, {chosen.accelerator_model}) at "
-                   f"{chosen.price_krw_per_gpu_hour:,} KRW/GPU-h: the cheapest of {len(ranked)} allowed sites "
-                   f"with capacity, out of {len(assessments)} considered")
+        summary = (
+            f"placed on {chosen.site_id} ({chosen.pool_id}, {chosen.accelerator_model}) at "
+            f"{chosen.price_krw_per_gpu_hour:,} KRW/GPU-h: the cheapest of {len(ranked)} allowed sites "
+            f"with capacity, out of {len(assessments)} considered"
+        )
         return Plan("placed", explain(summary, assessments), chosen=chosen)
     if not allowed_sites:
         rules = sorted({v.rule for s in assessments for v in s.violations})
         reason = f"no site is allowed by policy ({len(assessments)} considered; rules: {', '.join(rules)})"
-        return Plan("rejected", explain(reason, assessments), code=RejectionCode.NO_ALLOWED_SITE, reason=reason)
+        return Plan(
+            "rejected", explain(reason, assessments), code=RejectionCode.NO_ALLOWED_SITE, reason=reason
+        )
     allowed_ids = {s.site_id for s in allowed_sites}
     waiting_for = [p for p in could_fit_later if p.site_id in allowed_ids]
     if waiting_for:
         pool = sorted(waiting_for, key=ranking_key)[0]
-        reason = (f"waiting for capacity: {len(allowed_sites)} allowed sites, none with {job.gpu_count} free GPUs "
-                  f"now; first choice when free: {pool.pool_id}")
+        reason = (
+            f"waiting for capacity: {len(allowed_sites)} allowed sites, none with {job.gpu_count} free GPUs "
+            f"now; first choice when free: {pool.pool_id}"
+        )
         return Plan("queued", explain(reason, assessments), reason=reason)
     details = "; ".join(f"{s.site_id}: {', '.join(s.capacity_reasons)}" for s in allowed_sites[:3])
     more = f"; and {len(allowed_sites) - 3} more" if len(allowed_sites) > 3 else ""
-    reason = (f"none of the {len(allowed_sites)} sites the policy allows could ever run this job "
-              f"({details}{more})")
+    reason = (
+        f"none of the {len(allowed_sites)} sites the policy allows could ever run this job ({details}{more})"
+    )
     return Plan("rejected", explain(reason, assessments), code=RejectionCode.NEVER_FITS, reason=reason)

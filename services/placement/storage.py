@@ -10,7 +10,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState
-from services.shared.db import utc_now
+from services.shared.db import table_of, utc_now
 
 
 class SiteRow(SQLModel, table=True):
@@ -73,7 +73,7 @@ class DecisionRow(SQLModel, table=True):
     decided_at: datetime = Field(default_factory=utc_now)
 
 
-TABLES: list[Table] = [SiteRow.__table__, PoolRow.__table__, JobRow.__table__, DecisionRow.__table__]  # type: ignore[list-item]
+TABLES: list[Table] = [table_of(SiteRow), table_of(PoolRow), table_of(JobRow), table_of(DecisionRow)]
 
 
 def upsert_offer(session: Session, offer: CapacityOffered) -> None:
@@ -88,8 +88,17 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
     for pool in offer.pools:
         row = session.get(PoolRow, pool.pool_id)
         if row is None:
-            row = PoolRow(pool_id=pool.pool_id, site_id=offer.site.site_id, accelerator_model="", generation=0,
-                          accelerator_origin="", total_gpus=0, price_krw_per_gpu_hour=0, power_kw_per_gpu=0, pue=1)
+            row = PoolRow(
+                pool_id=pool.pool_id,
+                site_id=offer.site.site_id,
+                accelerator_model="",
+                generation=0,
+                accelerator_origin="",
+                total_gpus=0,
+                price_krw_per_gpu_hour=0,
+                power_kw_per_gpu=0,
+                pue=1,
+            )
             session.add(row)
         row.site_id = offer.site.site_id
         row.accelerator_model = pool.accelerator_model
@@ -103,23 +112,32 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
 
 
 def load_sites(session: Session) -> dict[str, SiteAttributes]:
-    return {row.site_id: SiteAttributes.model_validate(row.attributes) for row in session.exec(select(SiteRow))}
+    return {
+        row.site_id: SiteAttributes.model_validate(row.attributes) for row in session.exec(select(SiteRow))
+    }
 
 
 def load_pools(session: Session) -> list[PoolState]:
     return [
         PoolState(
-            pool_id=row.pool_id, site_id=row.site_id, accelerator_model=row.accelerator_model,
-            generation=row.generation, accelerator_origin=row.accelerator_origin, total_gpus=row.total_gpus,
-            reserved_gpus=row.reserved_gpus, price_krw_per_gpu_hour=row.price_krw_per_gpu_hour,
-            power_kw_per_gpu=row.power_kw_per_gpu, pue=row.pue, status=row.status,
+            pool_id=row.pool_id,
+            site_id=row.site_id,
+            accelerator_model=row.accelerator_model,
+            generation=row.generation,
+            accelerator_origin=row.accelerator_origin,
+            total_gpus=row.total_gpus,
+            reserved_gpus=row.reserved_gpus,
+            price_krw_per_gpu_hour=row.price_krw_per_gpu_hour,
+            power_kw_per_gpu=row.power_kw_per_gpu,
+            pue=row.pue,
+            status=row.status,
         )
         for row in session.exec(select(PoolRow).order_by(col(PoolRow.pool_id)))
     ]
 
 
 def try_reserve(session: Session, pool_id: str, gpus: int) -> bool:
-    """Reserve GPUs only if they are free at this instant; one conditional UPDATE, atomic on every database."""
+    """Reserve GPUs only if they are free at this instant: one conditional UPDATE, atomic on any database."""
     result = session.execute(
         update(PoolRow)
         .where(col(PoolRow.pool_id) == pool_id)

@@ -20,6 +20,12 @@ from sqlmodel import Session, SQLModel, create_engine
 from services.shared.settings import Settings
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """The SQLAlchemy table behind a SQLModel table class."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

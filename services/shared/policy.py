@@ -79,9 +79,6 @@ class PolicyBundle:
             target.update(json.loads(text))
         return merged
 
-    def file_digests(self) -> dict[str, str]:
-        return {path: hashlib.sha256(text.encode()).hexdigest() for path, text in self.files.items()}
-
 
 class PolicyEngine(Protocol):
     name: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
@@ -33,8 +33,13 @@ class JobKind(StrEnum):
 class Dataset(Contract):
     name: str = Field(min_length=1, max_length=200)
     n2sf_grade: Literal["C", "S", "O"] = Field(default="O", description="N2SF data grade.")
-    categories: list[str] = Field(default_factory=list, description="e.g. credit, emr, genomic, map.")
+    categories: list[str] = Field(
+        default_factory=list,
+        description="Known to the policies: credit, unique_id, emr, genomic, map, core_technology.",
+    )
     personal_info: bool = False
+    pseudonymised: bool = Field(default=False, description="Pseudonymised personal information (PIPA 28-2).")
+    contains_rrn: bool = Field(default=False, description="Holds resident registration numbers (PIPA 24-2).")
 
 
 class JobRequest(Contract):
@@ -50,6 +55,14 @@ class JobRequest(Contract):
     deadline: AwareDatetime
     csap_grade: CsapGrade = Field(default="none", description="CSAP grade the job's system requires.")
     datasets: list[Dataset] = Field(default_factory=list)
+    purpose: Literal["service", "statistics", "research", "public_archiving", "commercial"] = "service"
+    consent_obtained: bool = Field(default=False, description="Data subjects consented to this use.")
+    generative_ai: bool = False
+    internet_egress: bool = Field(default=False, description="The job reaches the internet.")
+    external_ai_apis: bool = Field(default=False, description="The job calls external AI services.")
+    importance: Literal["normal", "important"] = Field(default="normal", description="FSS 'important' work.")
+    training_ops: float | None = Field(default=None, ge=0, description="Total training operations, if known.")
+    open_weights: bool = False
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -71,6 +84,7 @@ class SiteAssessment(Contract):
         default_factory=list, description="Rules in deny mode that failed."
     )
     warnings: list[RuleViolation] = Field(default_factory=list, description="Warn and dryrun findings.")
+    exempted: list[ExemptedFinding] = Field(default_factory=list, description="Findings waived by exemption.")
     capacity_reasons: list[str] = Field(
         default_factory=list, description="Why no pool here fits, if none does."
     )
@@ -256,11 +270,22 @@ class CapacityUpdated(Contract):
     gpu_count: int | None = Field(default=None, ge=0, description="New total, if it changed.")
 
 
+class ExemptedFinding(Contract):
+    """A rule the site failed, waived by an explicit, approved, time-boxed exemption (EXC-01)."""
+
+    rule: str
+    message: str
+    approver: str
+    expires: date
+    reason: str
+
+
 class SiteVerdict(Contract):
     site_id: Slug
     allowed: bool
     violations: list[RuleViolation] = Field(default_factory=list)
     warnings: list[RuleViolation] = Field(default_factory=list)
+    exempted: list[ExemptedFinding] = Field(default_factory=list)
 
 
 class PolicyDecisionRecord(Contract):
@@ -284,18 +309,22 @@ class PolicyRevisionPublished(Contract):
 
 # Envelopes, one per event type. The literal type doubles as the topic name.
 class JobRequestedEvent(Event[JobRequest]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.requested"] = "jobs.requested"
 
 
 class JobPlacedEvent(Event[JobPlaced]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.placed"] = "jobs.placed"
 
 
 class JobQueuedEvent(Event[JobQueued]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.queued"] = "jobs.queued"
 
 
 class JobRejectedEvent(Event[JobRejected]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 
@@ -328,6 +357,7 @@ class CapacityUpdatedEvent(Event[CapacityUpdated]):
 
 
 class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["policy.decisions"] = "policy.decisions"
 
 

@@ -1,13 +1,27 @@
-# One decision for every candidate site: which rules each site violates, in which mode.
+# One decision for every candidate site: which rules each site violates, in which mode, and which
+# findings an exemption waived.
 package sovereign.placement
 
 import rego.v1
 
-findings contains finding if some finding in data.sovereign.residency.violations
+import data.sovereign.exemptions
 
-findings contains finding if some finding in data.sovereign.csap.violations
+rule_families := [
+	data.sovereign.residency.violations,
+	data.sovereign.csap.violations,
+	data.sovereign.n2sf.violations,
+	data.sovereign.pipa.violations,
+	data.sovereign.finance.violations,
+	data.sovereign.health.violations,
+	data.sovereign.locality.violations,
+	data.sovereign.export.violations,
+	data.sovereign.sovereignty.violations,
+]
 
-findings contains finding if some finding in data.sovereign.export.violations
+findings contains finding if {
+	some family in rule_families
+	some finding in family
+}
 
 # A rule without a catalogue entry denies: an unknown rule must never be silently ignored.
 catalogue_mode(rule_id) := data.rules[rule_id].mode if {
@@ -23,12 +37,23 @@ mode_of(finding) := "warn" if {
 site_findings(site_id) := [{"rule": f.rule, "message": f.message, "mode": mode_of(f)} |
 	some f in findings
 	f.site == site_id
+	not exemptions.for_finding(f)
+]
+
+site_exempted(site_id) := [{
+	"rule": f.rule, "message": f.message, "approver": exemption.approver,
+	"expires": exemption.expires, "reason": exemption.reason,
+} |
+	some f in findings
+	f.site == site_id
+	exemption := exemptions.for_finding(f)
 ]
 
 verdict(site_id) := {
 	"allowed": count(denials) == 0,
 	"violations": denials,
 	"warnings": [f | some f in site_findings(site_id); f.mode != "deny"],
+	"exempted": site_exempted(site_id),
 } if {
 	denials := [f | some f in site_findings(site_id); f.mode == "deny"]
 }

@@ -3,29 +3,21 @@ package sovereign.placement_test
 import rego.v1
 
 import data.sovereign.placement
+import data.sovereign.test_fixtures as fx
 
-sites := {
-	"seoul": {"country": "KR", "pools": [{"accelerator_model": "B200", "accelerator_origin": "US"}]},
-	"tokyo": {"country": "JP", "pools": [{"accelerator_model": "H100", "accelerator_origin": "US"}]},
-}
-
-public_job := {
-	"job": {"csap_grade": "none", "deadline": "2027-01-01T00:00:00Z"},
-	"tenant": {"tenant_id": "mois", "sector": "government"},
-	"sites": sites,
-	"now": "2026-11-22T00:00:00Z",
-}
+public_job := fx.request(fx.job, fx.tenant("government"), fx.sites)
 
 test_decision_covers_every_site if {
 	decision := placement.decision with input as public_job
 	count(decision) == 2
 	decision.seoul.allowed
 	not decision.tokyo.allowed
-	decision.tokyo.violations[0].rule == "RES-01"
+	"RES-01" in {v.rule | some v in decision.tokyo.violations}
 }
 
 test_warn_mode_reports_without_denying if {
-	decision := placement.decision with input as public_job with data.rules as {"RES-01": {"mode": "warn"}}
+	modes := {"RES-01": {"mode": "warn"}, "PIPA-01": {"mode": "deny"}}
+	decision := placement.decision with input as public_job with data.rules as modes
 	decision.tokyo.allowed
 	decision.tokyo.warnings[0].mode == "warn"
 }
@@ -39,4 +31,15 @@ test_dryrun_mode_records_only if {
 test_rule_without_catalogue_entry_denies if {
 	decision := placement.decision with input as public_job with data.rules as {}
 	not decision.tokyo.allowed
+}
+
+test_exemption_waives_and_records if {
+	exemption := {
+		"tenant": "t1", "rule": "RES-01", "site": "tokyo", "expires": "2027-01-31",
+		"approver": "cpo@example.go.kr", "reason": "pilot",
+	}
+	decision := placement.decision with input as public_job with data.exemptions as [exemption]
+	decision.tokyo.allowed
+	decision.tokyo.exempted[0].rule == "RES-01"
+	decision.tokyo.exempted[0].approver == "cpo@example.go.kr"
 }

@@ -74,6 +74,12 @@ def _contracts(args: argparse.Namespace) -> int:
     return export_contracts(check=args.check)
 
 
+def _policy_test(args: argparse.Namespace) -> int:
+    from sovereign.policy_commands import policy_test
+
+    return policy_test(Path(args.dir) if args.dir else Settings.from_env().policy_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     contracts = commands.add_parser("contracts", help="export pinned JSON Schemas and AsyncAPI documents")
     contracts.add_argument("--check", action="store_true", help="only report drift; write nothing")
     contracts.set_defaults(handler=_contracts)
+    policy = commands.add_parser("policy", help="compliance officer's commands").add_subparsers(
+        dest="policy_command", required=True
+    )
+    policy_test = policy.add_parser("test", help="run every Rego test and report the rules exercised")
+    policy_test.add_argument("--dir", help="policy directory (default: policies/, env SOVEREIGN_POLICY_DIR)")
+    policy_test.set_defaults(handler=_policy_test)
     return parser
 
 

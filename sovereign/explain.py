@@ -13,7 +13,11 @@ def site_line(site: SiteAssessment) -> str:
     else:
         verdict = "no fit: " + "; ".join(site.capacity_reasons)
     warnings = "".join(f"\n      warning {w.rule} ({w.mode}): {w.message}" for w in site.warnings)
-    return f"    {site.site_id:<22} {verdict}{warnings}"
+    exempted = "".join(
+        f"\n      exempted {e.rule} until {e.expires} by {e.approver} ({e.reason}): {e.message}"
+        for e in site.exempted
+    )
+    return f"    {site.site_id:<22} {verdict}{warnings}{exempted}"
 
 
 def render_explanation(explanation: Explanation) -> str:

@@ -101,7 +101,63 @@ TEMPLATES = [
         (8, 24),
         {"accelerator_model": "H100"},
     ),
+    Template(
+        "hanil-bank",
+        "Customer-service assistant with web search",
+        JobKind.INFERENCE,
+        (8, 32),
+        (2, 8),
+        {
+            "generative_ai": True,
+            "internet_egress": True,
+            "importance": "important",
+            "datasets": [{"name": "faq", "categories": ["general"]}],
+        },
+    ),
+    Template(
+        "seoul-univ-hospital",
+        "Genomic variant calling",
+        JobKind.BATCH,
+        (16, 64),
+        (4, 12),
+        {
+            "datasets": [
+                {
+                    "name": "wgs-cohort",
+                    "categories": ["genomic"],
+                    "personal_info": True,
+                    "pseudonymised": True,
+                }
+            ],
+            "purpose": "research",
+        },
+    ),
+    Template(
+        "hanbit-ai",
+        "Navigation model on national map data",
+        JobKind.TRAINING,
+        (32, 128),
+        (6, 18),
+        {"datasets": [{"name": "ngii-maps", "categories": ["map"]}]},
+    ),
+    Template(
+        "globex-sg",
+        "Korean customer analytics",
+        JobKind.BATCH,
+        (8, 32),
+        (2, 6),
+        {"datasets": [{"name": "kr-customers", "personal_info": True}]},
+    ),
     # Requests the marketplace must refuse, each for a different reason.
+    Template(
+        "pacific-robotics",
+        "Robot-control model training (parent in a D:5 country)",
+        JobKind.TRAINING,
+        (64, 128),
+        (8, 16),
+        {},
+        weight=1,
+    ),
     Template(
         "mois",
         "Nation-wide census model (too large for any allowed site)",

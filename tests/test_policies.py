@@ -14,33 +14,100 @@ from services.placement.logic import PoolState, parse_verdicts, policy_input
 from services.shared.catalogue import load_catalogue
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.settings import REPO_ROOT
+from sovereign.policy_commands import policy_test
 
 POLICY_DIR = REPO_ROOT / "policies"
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
 
-def test_every_rego_test_passes() -> None:
-    results = run_rego_tests(PolicyBundle.load(POLICY_DIR))
-    failures = [f"{r.name}: {r.error}" for r in results if not r.passed]
+def test_every_rego_test_passes_and_every_rule_fires_in_some_test() -> None:
+    run = run_rego_tests(PolicyBundle.load(POLICY_DIR))
+    failures = [f"{r.name}: {r.error}" for r in run.results if not r.passed]
     assert not failures
-    assert len(results) >= 20
+    assert run.not_exercised == set()
+    assert len(run.results) >= 60 and run.ok
+
+
+def catalogue(kind: str) -> set[str]:
+    rules = PolicyBundle.load(POLICY_DIR).data["rules"]
+    return {rule_id for rule_id, entry in rules.items() if entry["kind"] == kind}
 
 
 def test_rule_ids_in_rego_match_the_catalogue_entries() -> None:
     bundle = PolicyBundle.load(POLICY_DIR)
     emitted = set(re.findall(r'"rule":\s*"([A-Z0-9]+-[0-9]+)"', "\n".join(bundle.policies.values())))
-    assert emitted == set(bundle.data["rules"])
+    assert emitted == catalogue("rule")
+    for entry in bundle.data["rules"].values():
+        assert entry["mode"] in {"deny", "warn", "dryrun"}
+        assert entry["title"] and entry["modelled_on"] and isinstance(entry["source_uncertain"], bool)
+
+
+def test_every_catalogue_entry_has_an_allowing_and_a_denying_test() -> None:
+    names = [
+        name
+        for text in PolicyBundle.load(POLICY_DIR).tests.values()
+        for name in re.findall(r"^(test_\w+)", text, re.M)
+    ]
+    for rule_id in catalogue("rule") | catalogue("derived") | catalogue("exemption"):
+        prefix = "test_" + rule_id.lower().replace("-", "") + "_"
+        own = [name for name in names if name.startswith(prefix)]
+        assert any(n.endswith("_allowed") for n in own), f"{rule_id} has no allowing test"
+        assert any(n.endswith(("_denied", "_warns")) for n in own), f"{rule_id} has no denying test"
+
+
+# Built-ins regorus lacks or that make a decision depend on more than its input: kept out of policies so
+# the same Rego gives the same answer on the embedded engine and on an OPA server.
+FORBIDDEN_BUILTINS = [
+    "rego.metadata",
+    "http.send",
+    "opa.runtime",
+    "net.lookup_ip_addr",
+    "time.now_ns",
+    "print(",
+]
+
+
+def test_policies_use_no_builtin_the_embedded_engine_lacks() -> None:
+    for path, text in PolicyBundle.load(POLICY_DIR).files.items():
+        for builtin in FORBIDDEN_BUILTINS:
+            assert builtin not in text, f"{path} uses {builtin}"
+
+
+def test_a_rule_without_a_denying_test_is_reported_unexercised(tmp_path: Path) -> None:
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    tests = copy / "locality" / "locality_test.rego"
+    tests.write_text(
+        tests.read_text().replace('test_loc01_map_data_abroad_denied if "LOC-01"', 'x_disabled if "LOC-01"')
+    )
+    run = run_rego_tests(PolicyBundle.load(copy))
+    assert run.not_exercised == {"LOC-01"} and not run.ok
 
 
 def test_a_broken_policy_fails_its_tests(tmp_path: Path) -> None:
     copy = tmp_path / "policies"
     shutil.copytree(POLICY_DIR, copy)
     residency = copy / "residency" / "residency.rego"
-    residency.write_text(residency.read_text().replace('site.country != "KR"', 'site.country == "KR"'))
-    results = run_rego_tests(PolicyBundle.load(copy))
-    failed = {r.name.rsplit(".", 1)[-1] for r in results if not r.passed}
-    assert "test_public_sector_job_denied_abroad" in failed
+    residency.write_text(
+        residency.read_text().replace("not facts.site_in_korea(site)", "facts.site_in_korea(site)")
+    )
+    run = run_rego_tests(PolicyBundle.load(copy))
+    failed = {r.name.rsplit(".", 1)[-1] for r in run.results if not r.passed}
+    assert "test_res01_public_sector_abroad_denied" in failed and not run.ok
+
+
+def test_policy_test_command_reports_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert policy_test(POLICY_DIR) == 0
+    printed = capsys.readouterr().out
+    assert "rules exercised: 21 of 21" in printed and " 0 failed" in printed
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    (copy / "csap" / "csap.rego").write_text(
+        (copy / "csap" / "csap.rego").read_text().replace("< grade_rank[required", "> grade_rank[required")
+    )
+    assert policy_test(copy) == 1
+    assert "FAIL  data.sovereign.csap_test.test_csap01_grade_too_low_denied" in capsys.readouterr().out
 
 
 def test_revision_is_a_content_hash(tmp_path: Path) -> None:

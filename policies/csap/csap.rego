@@ -3,6 +3,8 @@ package sovereign.csap
 
 import rego.v1
 
+import data.sovereign.facts
+
 grade_rank := {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 required_grade := object.get(input.job, "csap_grade", "none")
@@ -19,9 +21,6 @@ effective_grade(site) := "none" if {
 } else := site.csap.grade if {
 	site.csap.service_model == "IaaS"
 } else := lower_grade(site.csap.grade, object.get(site.csap, "iaas_grade", "none"))
-
-# Certificates are valid through the whole of their expiry date.
-expiry_ns(site) := time.parse_rfc3339_ns(sprintf("%sT23:59:59Z", [site.csap.expires]))
 
 thirty_days_ns := ((30 * 24) * 3600) * 1000000000
 
@@ -46,11 +45,14 @@ violations contains finding if {
 	finding := {
 		"rule": "CSAP-02",
 		"site": site_id,
-		"message": sprintf("%s separates customers %sly; a %s-grade job needs physical separation", [site_id, site.separation, required_grade]),
+		"message": sprintf(
+			"%s separates customers %sly; a %s-grade job needs physical separation",
+			[site_id, site.separation, required_grade],
+		),
 	}
 }
 
-# CSAP-03: high-grade jobs need external networks blocked and one integrated security audit log (2024 amendment).
+# CSAP-03: high-grade jobs need external networks blocked and one integrated security audit log (2024).
 violations contains finding if {
 	required_grade == "high"
 	some site_id, site in input.sites
@@ -71,11 +73,14 @@ violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
 	site.csap
-	expiry_ns(site) < time.parse_rfc3339_ns(input.job.deadline)
+	facts.end_of_day_ns(site.csap.expires) < time.parse_rfc3339_ns(input.job.deadline)
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,
-		"message": sprintf("%s's CSAP certificate expires on %s, before the job's deadline %s", [site_id, site.csap.expires, input.job.deadline]),
+		"message": sprintf(
+			"%s's CSAP certificate expires on %s, before the job's deadline %s",
+			[site_id, site.csap.expires, input.job.deadline],
+		),
 	}
 }
 
@@ -84,8 +89,8 @@ violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
 	site.csap
-	expiry_ns(site) >= time.parse_rfc3339_ns(input.job.deadline)
-	expiry_ns(site) - time.parse_rfc3339_ns(input.now) < thirty_days_ns
+	facts.end_of_day_ns(site.csap.expires) >= time.parse_rfc3339_ns(input.job.deadline)
+	facts.end_of_day_ns(site.csap.expires) - time.parse_rfc3339_ns(input.now) < thirty_days_ns
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,

@@ -3,67 +3,66 @@ package sovereign.csap_test
 import rego.v1
 
 import data.sovereign.csap
+import data.sovereign.test_fixtures as fx
 
-medium_physical := {
-	"country": "KR", "separation": "physical", "external_network_blocked": false, "integrated_audit_log": true,
+medium_physical := object.union(fx.korean_site, {
+	"external_network_blocked": false,
 	"csap": {"grade": "medium", "service_model": "IaaS", "expires": "2029-01-01"},
-}
+})
 
-high_site := {
-	"country": "KR", "separation": "physical", "external_network_blocked": true, "integrated_audit_log": true,
-	"csap": {"grade": "high", "service_model": "IaaS", "expires": "2029-01-01"},
-}
+high_site := fx.korean_site
 
-low_logical := {
-	"country": "KR", "separation": "logical", "external_network_blocked": false, "integrated_audit_log": false,
+low_logical := object.union(fx.korean_site, {
+	"separation": "logical", "external_network_blocked": false, "integrated_audit_log": false,
 	"csap": {"grade": "low", "service_model": "IaaS", "expires": "2029-01-01"},
+})
+
+uncertified := object.remove(low_logical, ["csap"])
+
+job(grade) := object.union(fx.job, {"csap_grade": grade})
+
+rules_for(grade, site) := found if {
+	findings := csap.violations with input as fx.request(job(grade), fx.tenant("government"), {"s": site})
+	found := fx.rules_at(findings, "s")
 }
-
-uncertified := {"country": "KR", "separation": "logical", "external_network_blocked": false, "integrated_audit_log": false}
-
-job(grade) := {"csap_grade": grade, "deadline": "2027-06-01T00:00:00Z"}
-
-now := "2026-11-22T00:00:00Z"
-
-rules_for(grade, site) := {f.rule |
-	some f in csap.violations with input as {"job": job(grade), "sites": {"s": site}, "now": now}
-}
-
 test_csap01_grade_too_low_denied if "CSAP-01" in rules_for("medium", low_logical)
 
-test_csap01_uncertified_denied if "CSAP-01" in rules_for("low", uncertified)
+test_csap01_uncertified_site_denied if "CSAP-01" in rules_for("low", uncertified)
 
 test_csap01_sufficient_grade_allowed if not "CSAP-01" in rules_for("medium", medium_physical)
 
-test_no_grade_required_means_no_csap_findings if count(rules_for("none", uncertified)) == 0
+test_csap01_no_grade_required_allowed if count(rules_for("none", uncertified)) == 0
 
-test_csap02_logical_separation_denied_for_medium if "CSAP-02" in rules_for("medium", low_logical)
+test_csap02_logical_separation_for_medium_denied if "CSAP-02" in rules_for("medium", low_logical)
 
-test_csap02_logical_separation_allowed_for_low if not "CSAP-02" in rules_for("low", low_logical)
+test_csap02_logical_separation_for_low_allowed if not "CSAP-02" in rules_for("low", low_logical)
 
-test_csap03_open_network_denied_for_high if "CSAP-03" in rules_for("high", medium_physical)
+test_csap03_open_network_for_high_denied if "CSAP-03" in rules_for("high", medium_physical)
 
 test_csap03_blocked_network_and_audit_log_allowed if not "CSAP-03" in rules_for("high", high_site)
 
-test_csap04_saas_capped_by_its_iaas if {
-	saas := object.union(high_site, {"csap": {"grade": "high", "service_model": "SaaS", "iaas_grade": "low", "expires": "2029-01-01"}})
+test_csap04_saas_capped_by_its_iaas_denied if {
+	saas := object.union(high_site, {"csap": {
+		"grade": "high", "service_model": "SaaS", "iaas_grade": "low",
+		"expires": "2029-01-01",
+	}})
 	csap.effective_grade(saas) == "low"
 	"CSAP-01" in rules_for("high", saas)
 }
 
-test_csap04_iaas_keeps_its_grade if csap.effective_grade(high_site) == "high"
+test_csap04_iaas_keeps_its_grade_allowed if csap.effective_grade(high_site) == "high"
 
 test_csap05_expiry_before_deadline_denied if {
 	expiring := object.union(medium_physical, {"csap": {"grade": "medium", "service_model": "IaaS", "expires": "2027-03-01"}})
-	some f in csap.violations with input as {"job": job("medium"), "sites": {"s": expiring}, "now": now}
+	some f in csap.violations with input as fx.request(job("medium"), fx.tenant("government"), {"s": expiring})
 	f.rule == "CSAP-05"
 	not f.warn_only
 }
 
 test_csap05_expiry_within_30_days_warns if {
 	expiring := object.union(medium_physical, {"csap": {"grade": "medium", "service_model": "IaaS", "expires": "2026-12-10"}})
-	short_job := {"csap_grade": "medium", "deadline": "2026-12-01T00:00:00Z"}
-	some f in csap.violations with input as {"job": short_job, "sites": {"s": expiring}, "now": now}
+	short_job := object.union(job("medium"), {"deadline": "2026-12-01T00:00:00Z"})
+	some f in csap.violations with input as fx.request(short_job, fx.tenant("government"), {"s": expiring})
 	f.rule == "CSAP-05"
 	f.warn_only
 }

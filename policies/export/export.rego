@@ -1,10 +1,18 @@
-# Export-control rules on accelerators. A model of the guidance, not legal advice.
+# Export-control rules on accelerators and training. A model of US BIS guidance, not legal advice.
 package sovereign.export
 
 import rego.v1
 
+import data.sovereign.facts
+
+d5_countries := {country | some country in object.get(data, "country_lists", {}).d5}
+
+training_kinds := {"training", "fine_tuning"}
+
+ten_to_the_26 := 100000000000000000000000000
+
 # EXP-01: no site whose accelerators are Chinese-designed advanced-computing chips
-# (modelled on US BIS May 2025 guidance, General Prohibition 10).
+# (US BIS May 2025 guidance, General Prohibition 10).
 violations contains finding if {
 	some site_id, site in input.sites
 	some pool in site.pools
@@ -13,5 +21,39 @@ violations contains finding if {
 		"rule": "EXP-01",
 		"site": site_id,
 		"message": sprintf("%s offers %s, an advanced-computing chip of Chinese design", [site_id, pool.accelerator_model]),
+	}
+}
+
+# EXP-02: training for a tenant headquartered (or whose parent is) in a Country Group D:5 country goes to
+# manual review (BIS red-flag guidance).
+tenant_d5_links contains country if {
+	some field in ["hq_country", "parent_hq_country"]
+	country := object.get(input.tenant, field, "")
+	country in d5_countries
+}
+
+violations contains finding if {
+	input.job.kind in training_kinds
+	count(tenant_d5_links) > 0
+	some site_id, _ in input.sites
+	finding := {
+		"rule": "EXP-02",
+		"site": site_id,
+		"message": sprintf("%s is linked to %s (Country Group D:5): training goes to manual export review", [input.tenant.tenant_id, concat(", ", sort(tenant_d5_links))]),
+	}
+}
+
+# EXP-03: closed model weights trained above 10^26 operations, leaving Korea, raise a warning
+# (modelled on the former ECCN 4E091, a rescinded rule: status uncertain).
+violations contains finding if {
+	object.get(input.job, "training_ops", 0) > ten_to_the_26
+	not input.job.open_weights
+	some site_id, site in input.sites
+	not facts.site_in_korea(site)
+	finding := {
+		"rule": "EXP-03",
+		"site": site_id,
+		"warn_only": true,
+		"message": sprintf("%s is in %s: closed weights trained above 1e26 operations would leave Korea", [site_id, site.country]),
 	}
 }

@@ -3,12 +3,40 @@ package sovereign.export_test
 import rego.v1
 
 import data.sovereign.export
+import data.sovereign.test_fixtures as fx
 
-test_chinese_designed_accelerator_denied if {
-	some f in export.violations with input as {"sites": {"x": {"pools": [{"accelerator_model": "Ascend 910C", "accelerator_origin": "CN"}]}}}
-	f.rule == "EXP-01"
+with_pool(origin) := object.union(fx.korean_site, {"pools": [{"accelerator_model": "X", "accelerator_origin": origin}]})
+
+rules(job_doc, tenant_doc, site) := found if {
+	findings := export.violations with input as fx.request(job_doc, tenant_doc, {"s": site})
+	found := fx.rules_at(findings, "s")
+}
+test_exp01_chinese_designed_accelerator_denied if "EXP-01" in rules(fx.job, fx.tenant("startup"), with_pool("CN"))
+
+test_exp01_us_designed_accelerator_allowed if not "EXP-01" in rules(fx.job, fx.tenant("startup"), with_pool("US"))
+
+d5_parent := object.union(fx.tenant("enterprise"), {"hq_country": "SG", "parent_hq_country": "CN"})
+
+test_exp02_training_for_d5_linked_tenant_denied if {
+	found := rules(fx.job, d5_parent, fx.korean_site) with data.country_lists.d5 as ["CN"]
+	"EXP-02" in found
 }
 
-test_us_designed_accelerator_allowed if {
-	count(export.violations) == 0 with input as {"sites": {"x": {"pools": [{"accelerator_model": "B200", "accelerator_origin": "US"}]}}}
+test_exp02_inference_for_d5_linked_tenant_allowed if {
+	inference := object.union(fx.job, {"kind": "inference"})
+	found := rules(inference, d5_parent, fx.korean_site) with data.country_lists.d5 as ["CN"]
+	not "EXP-02" in found
+}
+
+frontier := object.union(fx.job, {"training_ops": 3e26, "open_weights": false})
+
+test_exp03_closed_frontier_weights_abroad_warns if {
+	some f in export.violations with input as fx.request(frontier, fx.tenant("startup"), {"s": fx.foreign_site})
+	f.rule == "EXP-03"
+	f.warn_only
+}
+
+test_exp03_open_weights_allowed if {
+	open := object.union(frontier, {"open_weights": true})
+	not "EXP-03" in rules(open, fx.tenant("startup"), fx.foreign_site)
 }

@@ -1,17 +1,17 @@
-# Data residency for public-sector tenants.
+# Data residency for public-sector tenants. A model of the rules, not legal advice.
 package sovereign.residency
 
 import rego.v1
 
+import data.sovereign.facts
+
 public_sectors := {"government", "public"}
 
-tenant_is_public_sector if input.tenant.sector in public_sectors
-
-# RES-01: public-sector jobs run only at sites in Korea (CSAP requires Korean location).
+# RES-01: public-sector jobs run only at sites in Korea (CSAP requires a Korean location).
 violations contains finding if {
-	tenant_is_public_sector
+	input.tenant.sector in public_sectors
 	some site_id, site in input.sites
-	site.country != "KR"
+	not facts.site_in_korea(site)
 	finding := {
 		"rule": "RES-01",
 		"site": site_id,

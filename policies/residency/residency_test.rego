@@ -3,22 +3,14 @@ package sovereign.residency_test
 import rego.v1
 
 import data.sovereign.residency
+import data.sovereign.test_fixtures as fx
 
-sites := {"seoul": {"country": "KR"}, "tokyo": {"country": "JP"}}
-
-test_public_sector_job_denied_abroad if {
-	some finding in residency.violations with input as {"tenant": {"tenant_id": "mois", "sector": "government"}, "sites": sites}
-	finding.rule == "RES-01"
-	finding.site == "tokyo"
+findings(sector) := found if {
+	found := residency.violations with input as fx.request(fx.job, fx.tenant(sector), fx.sites)
 }
 
-test_public_sector_job_allowed_in_korea if {
-	findings := residency.violations with input as {"tenant": {"tenant_id": "nia", "sector": "public"}, "sites": sites}
-	every finding in findings {
-		finding.site != "seoul"
-	}
-}
+test_res01_public_sector_abroad_denied if "RES-01" in fx.rules_at(findings("government"), "tokyo")
 
-test_private_tenant_may_go_abroad if {
-	count(residency.violations) == 0 with input as {"tenant": {"tenant_id": "hanbit-ai", "sector": "startup"}, "sites": sites}
-}
+test_res01_public_sector_in_korea_allowed if not "RES-01" in fx.rules_at(findings("public"), "seoul")
+
+test_res01_private_tenant_abroad_allowed if count(findings("startup")) == 0

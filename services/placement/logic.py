@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from contracts.events import (
+    ExemptedFinding,
     Explanation,
     JobRequest,
     RejectionCode,
@@ -106,6 +107,7 @@ def parse_verdicts(decision: dict[str, Any], site_ids: set[str]) -> dict[str, Si
             allowed=bool(raw.get("allowed")),
             violations=sorted((RuleViolation(**v) for v in raw.get("violations", [])), key=_by_rule),
             warnings=sorted((RuleViolation(**w) for w in raw.get("warnings", [])), key=_by_rule),
+            exempted=[ExemptedFinding(**e) for e in raw.get("exempted", [])],
         )
     return verdicts
 
@@ -201,6 +203,7 @@ def plan_placement(
             policy_allowed=verdict.allowed,
             violations=verdict.violations,
             warnings=verdict.warnings,
+            exempted=verdict.exempted,
             capacity_reasons=capacity_reasons.get(site_id, ["no pool offered"]),
             pool_id=best_by_site[site_id].pool_id if site_id in best_by_site else None,
             price_krw_per_gpu_hour=best_by_site[site_id].price_krw_per_gpu_hour

@@ -20,7 +20,14 @@ class Tenant(Contract):
     hq_country: str = Field(min_length=2, max_length=2)
     parent_hq_country: str | None = Field(default=None, min_length=2, max_length=2)
     sovereignty_level: Literal["L1", "L2", "L3"] = "L1"
-    transfer_basis: list[str] = Field(default_factory=list)
+    # PIPA Art. 28-8 grounds on file for transfers abroad.
+    transfer_basis: list[Literal["consent", "law_or_treaty", "contract", "certification", "adequacy"]] = (
+        Field(default_factory=list)
+    )
+    rrn_legal_basis: bool = Field(default=False, description="A law permits it to process RRNs (PIPA 24-2).")
+    sandbox_approval: str | None = Field(default=None, description="FSC regulatory-sandbox approval id.")
+    review_board_approval: str | None = Field(default=None, description="Data review board approval id.")
+    export_licences: list[Literal["map", "core_technology"]] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)

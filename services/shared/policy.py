@@ -25,9 +25,11 @@ class PolicyEngineError(RuntimeError):
     """The engine could not decide; callers fail closed."""
 
 
-def _first_line(error: BaseException) -> str:
-    # regorus appends a Rust backtrace when RUST_BACKTRACE is set; the first line is the message.
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _engine_message(error: BaseException) -> str:
+    # regorus appends a Rust backtrace when RUST_BACKTRACE is set; keep the message before it, on one line.
+    text = str(error).split("Stack backtrace:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[:500] or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class EmbeddedRegoEngine:
             self._engine.set_input_json(json.dumps(policy_input))
             result: dict[str, Any] = json.loads(self._engine.eval_rule_as_json(DECISION_RULE))
         except Exception as error:
-            raise PolicyEngineError(f"policy evaluation failed: {_first_line(error)}") from error
+            raise PolicyEngineError(f"policy evaluation failed: {_engine_message(error)}") from error
         if not isinstance(result, dict):
             raise PolicyEngineError(f"{DECISION_RULE} is undefined or not an object")
         return result
@@ -116,7 +118,7 @@ def _compile(bundle: PolicyBundle, include_tests: bool) -> Any:
                 engine.add_policy(path, text)
         engine.add_data(bundle.data)
     except Exception as error:
-        raise PolicyEngineError(f"policy bundle does not compile: {_first_line(error)}") from error
+        raise PolicyEngineError(f"policy bundle does not compile: {_engine_message(error)}") from error
     return engine
 
 
@@ -128,9 +130,25 @@ class RegoTestResult:
     duration_ms: float
 
 
-def run_rego_tests(bundle: PolicyBundle) -> list[RegoTestResult]:
-    """Evaluate every `test_*` rule of every *_test.rego package, as `opa test` would."""
+@dataclass(frozen=True)
+class RegoTestRun:
+    results: list[RegoTestResult]
+    # Catalogue rules that produced a finding in at least one test, and those that never did.
+    exercised: set[str]
+    not_exercised: set[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.passed for r in self.results) and not self.not_exercised and bool(self.results)
+
+
+_RULE_ID = re.compile(r'"rule":\s*"([A-Z0-9]+-[0-9]+)"')
+
+
+def run_rego_tests(bundle: PolicyBundle) -> RegoTestRun:
+    """Evaluate every `test_*` rule of every *_test.rego package, as `opa test` would, with coverage on."""
     engine = _compile(bundle, include_tests=True)
+    engine.set_enable_coverage(True)
     results: list[RegoTestResult] = []
     for text in bundle.tests.values():
         package = _PACKAGE.search(text)
@@ -140,9 +158,34 @@ def run_rego_tests(bundle: PolicyBundle) -> list[RegoTestResult]:
             name = f"data.{package.group(1)}.{rule}"
             started = time.perf_counter()
             try:
-                passed = engine.clone().eval_rule(name) is True
+                passed = engine.eval_rule(name) is True
                 error = None if passed else "rule is false or undefined"
             except Exception as failure:
-                passed, error = False, _first_line(failure)
+                passed, error = False, _engine_message(failure)
             results.append(RegoTestResult(name, passed, error, (time.perf_counter() - started) * 1000))
-    return results
+    covered = {
+        entry["path"]: set(entry["covered"])
+        for entry in json.loads(engine.get_coverage_report_as_json())["files"]
+    }
+    rule_lines = finding_lines(bundle)
+    exercised = {
+        rule for rule, lines in rule_lines.items() if any(line in covered.get(p, set()) for p, line in lines)
+    }
+    return RegoTestRun(results, exercised, set(rule_lines) - exercised)
+
+
+def finding_lines(bundle: PolicyBundle) -> dict[str, list[tuple[str, int]]]:
+    """Where each rule id builds its finding: the `finding := {` line above each `"rule": "ID"`.
+
+    That line runs only when every condition before it held, so covering it means the rule fired.
+    """
+    found: dict[str, list[tuple[str, int]]] = {}
+    for path, text in bundle.policies.items():
+        lines = text.splitlines()
+        for index, line in enumerate(lines):
+            match = _RULE_ID.search(line)
+            if not match:
+                continue
+            start = next((i for i in range(index, -1, -1) if "finding := {" in lines[i]), index)
+            found.setdefault(match.group(1), []).append((path, start + 1))
+    return found

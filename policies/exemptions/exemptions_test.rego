@@ -1,0 +1,29 @@
+package sovereign.exemptions_test
+
+import rego.v1
+
+import data.sovereign.exemptions
+import data.sovereign.test_fixtures as fx
+
+exemption(fields) := object.union({
+	"tenant": "t1", "rule": "RES-01", "expires": "2027-01-31", "approver": "cpo@example.go.kr",
+	"reason": "pilot approved by ministry order 2026-114",
+}, fields)
+
+finding := {"rule": "RES-01", "site": "tokyo", "message": "m"}
+
+request := fx.request(fx.job, fx.tenant("government"), fx.sites)
+
+exempted(list) := found if {
+	found := exemptions.for_finding(finding) with input as request with data.exemptions as list
+}
+
+test_exc01_valid_exemption_applies_allowed if exempted([exemption({})]).approver == "cpo@example.go.kr"
+
+test_exc01_expired_exemption_denied if not exempted([exemption({"expires": "2026-11-01"})])
+
+test_exc01_unapproved_exemption_denied if not exempted([exemption({"approver": ""})])
+
+test_exc01_other_tenant_denied if not exempted([exemption({"tenant": "someone-else"})])
+
+test_exc01_other_site_denied if not exempted([exemption({"site": "seoul"})])

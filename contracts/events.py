@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
@@ -297,6 +297,10 @@ class PolicyDecisionRecord(Contract):
     input_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     duration_us: int = Field(ge=0)
     sites: list[SiteVerdict]
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="The policy input as evaluated (job, tenant, every site, time), for audit and replay.",
+    )
 
 
 class PolicyRevisionPublished(Contract):

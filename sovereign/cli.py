@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.billing import app as billing
 from services.factory_agent import app as factory_agent
+from services.governance import app as governance
 from services.placement import app as placement
 from services.shared.runtime import Service
 from services.shared.settings import Settings
@@ -20,6 +21,7 @@ SERVICES: dict[str, Callable[[Settings], Service]] = {
     placement.NAME: placement.build,
     factory_agent.NAME: factory_agent.build,
     billing.NAME: billing.build,
+    governance.NAME: governance.build,
 }
 
 
@@ -80,6 +82,26 @@ def _policy_test(args: argparse.Namespace) -> int:
     return policy_test(Path(args.dir) if args.dir else Settings.from_env().policy_dir)
 
 
+def _decisions_list(args: argparse.Namespace) -> int:
+    from services.governance.handlers import DecisionQuery
+    from sovereign.decision_commands import list_decisions
+
+    query = DecisionQuery(
+        job_id=args.job,
+        tenant_id=args.tenant,
+        site_id=args.site,
+        rule=args.rule,
+        policy_revision=args.revision,
+    )
+    return list_decisions(_settings(args), query, args.limit)
+
+
+def _decisions_verify(args: argparse.Namespace) -> int:
+    from sovereign.decision_commands import verify_decisions
+
+    return verify_decisions(_settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     policy_test = policy.add_parser("test", help="run every Rego test and report the rules exercised")
     policy_test.add_argument("--dir", help="policy directory (default: policies/, env SOVEREIGN_POLICY_DIR)")
     policy_test.set_defaults(handler=_policy_test)
+
+    decisions = commands.add_parser(
+        "decisions", help="the auditor's view of the decision log"
+    ).add_subparsers(dest="decisions_command", required=True)
+    listing = decisions.add_parser("list", help="list logged decisions, filtered")
+    for name in ("job", "tenant", "site", "rule", "revision"):
+        listing.add_argument(f"--{name}", help=f"only decisions for this {name} (revision: a prefix)")
+    listing.add_argument("--limit", type=int, default=200)
+    connection_options(listing)
+    listing.set_defaults(handler=_decisions_list)
+    verify = decisions.add_parser(
+        "verify", help="check the log's hash chain; non-zero if any entry was altered"
+    )
+    connection_options(verify)
+    verify.set_defaults(handler=_decisions_verify)
     return parser
 
 

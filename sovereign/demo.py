@@ -19,6 +19,8 @@ from sqlmodel import Session
 from contracts import TOPICS, dead_letter_topic
 from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ledger_imbalance
+from services.governance.handlers import verify_log
+from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine
 from services.shared.embedded_broker import EmbeddedBroker
@@ -30,6 +32,7 @@ from sovereign.watch import consumer_lag, produce, read_partition_ends
 from sovereign.workload import generate, request_events
 
 RUN_DIR = REPO_ROOT / "var" / "demo"
+Processes = list[tuple[str, subprocess.Popen[bytes]]]
 STOP_SECONDS = 15
 
 
@@ -53,8 +56,8 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
             "SOVEREIGN_TIME_SCALE": str(time_scale),
         }
         env.pop("DATABASE_URL", None)
-        names = [*(["placement"] * placement_workers), "factory-agent", "billing"]
-        processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        names = [*(["placement"] * placement_workers), "factory-agent", "billing", "governance"]
+        processes: Processes = []
         try:
             for index, name in enumerate(names):
                 log = (logs / f"{name}-{index}.log").open("wb")
@@ -72,7 +75,7 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
             _stop(processes)
 
 
-def _stop(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+def _stop(processes: Processes) -> None:
     for _, process in processes:
         if process.poll() is None:
             process.terminate()
@@ -89,7 +92,7 @@ async def _drive(
     jobs: int,
     seed: int,
     wait_seconds: float,
-    processes: list[tuple[str, subprocess.Popen[bytes]]],
+    processes: Processes,
 ) -> int:
     catalogue = load_catalogue(REPO_ROOT / "catalogue")
     requests = generate(jobs, seed)
@@ -101,12 +104,8 @@ async def _drive(
         if _died(processes):
             return _report_crash(processes)
         # Placement must have taken in every offer, or its first decisions would see only part of the market.
-        while await consumer_lag(
-            bootstrap, consumer_group("placement", "capacity.offered"), "capacity.offered"
-        ):
-            if _died(processes):
-                return _report_crash(processes)
-            await asyncio.sleep(0.2)
+        if not await _caught_up(bootstrap, "placement", "capacity.offered", processes):
+            return _report_crash(processes)
         print(
             f"  {len(tracker.sites_offered)} sites offered capacity "
             f"({sum(len(o.pools) for o in catalogue.offers)} GPU pools), and placement has taken them in"
@@ -139,17 +138,19 @@ async def _drive(
         await asyncio.sleep(0.5)  # let the last events in flight arrive
         dead_letters = await _count_dead_letters(bootstrap)
         print()
-        print(render_report(tracker, requests, catalogue, _ledger_imbalance(), dead_letters))
+        # Governance logs decisions asynchronously: let it take in every decision before checking its chain.
+        await _caught_up(bootstrap, "governance", "policy.decisions", processes, within=30)
+        print(render_report(tracker, requests, catalogue, _ledger_imbalance(), dead_letters, _decision_log()))
         finished = tracker.all_terminal(job_ids)
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
         return 0 if finished else 1
 
 
-def _died(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> bool:
+def _died(processes: Processes) -> bool:
     return any(process.poll() is not None for _, process in processes)
 
 
-def _report_crash(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
+def _report_crash(processes: Processes) -> int:
     for index, (name, process) in enumerate(processes):
         if process.poll() is not None:
             log = RUN_DIR / "logs" / f"{name}-{index}.log"
@@ -165,6 +166,32 @@ def _report_crash(processes: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
 async def _count_dead_letters(bootstrap: str) -> int:
     ends = await read_partition_ends(bootstrap, [dead_letter_topic(t) for t in TOPICS])
     return sum(ends.values())
+
+
+async def _caught_up(
+    bootstrap: str, service: str, topic: str, processes: Processes, within: float = 60
+) -> bool:
+    """Wait until the service's consumer group has committed every message on the topic."""
+    for _ in range(int(within / 0.2)):
+        if _died(processes):
+            return False
+        if not await consumer_lag(bootstrap, consumer_group(service, topic), topic):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _decision_log() -> tuple[int, str | None] | None:
+    path: Path = RUN_DIR / "data" / "governance.db"
+    if not path.exists():
+        return None
+    engine = create_service_engine(f"sqlite:///{path}", "governance", GOVERNANCE_TABLES)
+    try:
+        with Session(engine) as session:
+            count, broken = verify_log(session)
+            return count, None if broken is None else f"entry {broken.seq}: {broken.reason}"
+    finally:
+        engine.dispose()
 
 
 def _ledger_imbalance() -> int | None:

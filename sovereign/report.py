@@ -41,6 +41,7 @@ def render_report(
     catalogue: Catalogue,
     ledger_imbalance: int | None,
     dead_letters: int,
+    decision_log: tuple[int, str | None] | None = None,
 ) -> str:
     traces = {r.job_id: tracker.trace(r.job_id) for r in requests}
     by_job = {r.job_id: r for r in requests}
@@ -149,5 +150,13 @@ def render_report(
         out.append(
             f"  {'ok ' if ledger_imbalance == 0 else 'FAIL'} the double-entry ledger balances "
             f"(sum of postings: {ledger_imbalance} KRW)"
+        )
+    if decision_log is not None:
+        count, broken = decision_log
+        complete = count >= len(tracker.decisions)
+        out.append(
+            f"  {'ok ' if broken is None and complete else 'FAIL'} the decision log holds {count} of "
+            f"{len(tracker.decisions)} decisions and its hash chain verifies"
+            + ("" if broken is None else f" (broken at {broken})")
         )
     return "\n".join(out)

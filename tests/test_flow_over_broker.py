@@ -12,13 +12,17 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlmodel import Session
 
 from contracts.events import JobKind, JobRequest, JobRequestedEvent, UsageReportedEvent
 from services.billing import app as billing_app
 from services.billing.rating import charge_krw
 from services.factory_agent import app as factory_app
 from services.factory_agent.simulation import usage_event_id
+from services.governance import app as governance_app
+from services.governance.handlers import DecisionQuery, find_decisions, verify_log
 from services.placement import app as placement_app
+from services.shared.runtime import Service
 from services.shared.settings import Settings
 from sovereign.submit import submit
 from sovereign.tracker import Tracker, following, wait_until
@@ -31,19 +35,20 @@ pytestmark = pytest.mark.broker
 # 100 simulated hours per real second: a long training run finishes in under a second.
 TIME_SCALE = 360_000.0
 
+Marketplace = tuple[Settings, Tracker, Service]
+
 
 @pytest.fixture(scope="module")
-async def marketplace(
-    kafka: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[tuple[Settings, Tracker]]:
+async def marketplace(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Marketplace]:
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=TIME_SCALE)
     builders = [
         lambda: placement_app.build(settings),
         lambda: factory_app.build(settings),
         lambda: billing_app.build(settings),
+        lambda: governance_app.build(settings),
     ]
-    async with run_services(builders), following(kafka, Tracker()) as tracker:
-        yield settings, tracker
+    async with run_services(builders) as services, following(kafka, Tracker()) as tracker:
+        yield settings, tracker, services[-1]
 
 
 def job(tenant: str = "hanbit-ai", client_id: str | None = None, **fields: object) -> JobRequest:
@@ -65,9 +70,9 @@ def job(tenant: str = "hanbit-ai", client_id: str | None = None, **fields: objec
 
 
 async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
-    marketplace: tuple[Settings, Tracker],
+    marketplace: Marketplace,
 ) -> None:
-    settings, tracker = marketplace
+    settings, tracker, _ = marketplace
     requests = generate(24, seed=11)
     job_ids = {r.job_id for r in requests}
     await produce(settings.bootstrap_servers, request_events(requests), idempotent=False)
@@ -104,8 +109,8 @@ async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
     assert {"unknown_tenant", "never_fits"} <= codes
 
 
-async def test_duplicate_submission_is_placed_once(marketplace: tuple[Settings, Tracker]) -> None:
-    settings, tracker = marketplace
+async def test_duplicate_submission_is_placed_once(marketplace: Marketplace) -> None:
+    settings, tracker, _ = marketplace
     request = job(client_id="duplicate-check")
     first = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
     resubmitted = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
@@ -132,8 +137,8 @@ async def committed_offset(bootstrap: str, group: str, partition: TopicPartition
         await consumer.stop()
 
 
-async def test_redelivered_usage_is_billed_once(marketplace: tuple[Settings, Tracker]) -> None:
-    settings, tracker = marketplace
+async def test_redelivered_usage_is_billed_once(marketplace: Marketplace) -> None:
+    settings, tracker, _ = marketplace
     request = job(client_id="redelivery-check")
     await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
     assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", within=60)
@@ -180,9 +185,9 @@ async def wait_until_async(
 
 
 async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
-    marketplace: tuple[Settings, Tracker],
+    marketplace: Marketplace,
 ) -> None:
-    settings, tracker = marketplace
+    settings, tracker, _ = marketplace
     dlq = AIOKafkaConsumer(
         "jobs.requested.dlq",
         bootstrap_servers=settings.bootstrap_servers,
@@ -229,9 +234,9 @@ async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
 
 
 async def test_submit_command_follows_a_job_to_its_bill(
-    marketplace: tuple[Settings, Tracker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    marketplace: Marketplace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings, _ = marketplace
+    settings, _, _ = marketplace
     job_file = tmp_path / "job.json"
     job_file.write_text(job(client_id="submitted-by-cli").model_dump_json())
     assert await submit(job_file, settings, wait_seconds=60) == 0
@@ -240,11 +245,38 @@ async def test_submit_command_follows_a_job_to_its_bill(
 
 
 async def test_submit_command_refuses_an_invalid_file_clearly(
-    marketplace: tuple[Settings, Tracker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    marketplace: Marketplace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings, _ = marketplace
+    settings, _, _ = marketplace
     job_file = tmp_path / "job.json"
     job_file.write_text('{"tenant_id": "mois", "gpu_count": 0}')
     assert await submit(job_file, settings, wait_seconds=5) == 2
     error = capsys.readouterr().err
     assert "is not a valid job request" in error and "gpu_count" in error and "client_request_id" in error
+
+
+async def test_governance_logs_every_decision_in_an_intact_chain(marketplace: Marketplace) -> None:
+    settings, tracker, governance = marketplace
+    request = job(client_id="governance-check", csap_grade="low")
+    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    assert await wait_until(lambda: bool(tracker.trace(request.job_id).placed), within=60)
+    decision_id = str(tracker.trace(request.job_id).placed[0].explanation.decision_id)
+
+    def logged() -> bool:
+        with Session(governance.engine) as session:
+            return [
+                e.decision_id for e in find_decisions(session, DecisionQuery(job_id=str(request.job_id)))
+            ] == [decision_id]
+
+    assert await wait_until(logged, within=30)
+    assert await wait_until(lambda: _log_size(governance) == len(tracker.decisions), within=30)
+    with Session(governance.engine) as session:
+        count, broken = verify_log(session)
+        assert broken is None and count == len(tracker.decisions)
+        by_rule = find_decisions(session, DecisionQuery(rule="EXP-01", tenant_id="hanbit-ai"))
+        assert by_rule and all(e.tenant_id == "hanbit-ai" for e in by_rule)
+
+
+def _log_size(governance: Service) -> int:
+    with Session(governance.engine) as session:
+        return verify_log(session)[0]

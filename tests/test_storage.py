@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import uuid
@@ -23,6 +24,9 @@ from contracts.events import (
     JobPlacedEvent,
     JobRequest,
     JobRequestedEvent,
+    PolicyDecisionEvent,
+    RuleViolation,
+    SiteVerdict,
     UsageReported,
     UsageReportedEvent,
 )
@@ -32,6 +36,9 @@ from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ChargeRow, PostingRow, ledger_imbalance
 from services.factory_agent import handlers as factory
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
+from services.governance import handlers as governance
+from services.governance.storage import TABLES as GOVERNANCE_TABLES
+from services.governance.storage import DecisionLogEntry
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow, PoolRow, try_reserve, upsert_offer
@@ -396,3 +403,69 @@ async def test_a_batch_whose_publish_failed_is_published_again(database_url: tup
 
     assert await OutboxRelay(engine, broker_up).drain() == 1
     assert len(delivered) == 1 and outbox(engine) == []
+
+
+# --- governance: the decision log ------------------------------------------------------------------
+
+
+def decision_event(job_id: uuid.UUID, tenant: str = "mois", rule: str = "RES-01") -> PolicyDecisionEvent:
+    template = PolicyDecisionEvent.model_validate_json(
+        (REPO_ROOT / "contracts/examples/policy.decisions.json").read_text()
+    )
+    verdicts = [
+        SiteVerdict(site_id="seoul", allowed=True),
+        SiteVerdict(
+            site_id="tokyo",
+            allowed=False,
+            violations=[RuleViolation(rule=rule, message="tokyo is in JP", mode="deny")],
+        ),
+    ]
+    data = template.data.model_copy(
+        update={"decision_id": uuid.uuid4(), "job_id": job_id, "tenant_id": tenant, "sites": verdicts}
+    )
+    return PolicyDecisionEvent.create(source="service/placement", subject=tenant, data=data)
+
+
+def test_decision_log_chains_entries_and_detects_tampering(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
+    jobs = [uuid.uuid4() for _ in range(5)]
+    events = [decision_event(job, tenant="mois" if i % 2 else "nia") for i, job in enumerate(jobs)]
+    for event in [*events, events[2]]:  # a redelivery is logged once
+        with unit_of_work(engine) as session:
+            governance.on_policy_decision(session, event)
+    with Session(engine) as session:
+        assert governance.verify_log(session) == (5, None)
+        by_job = governance.find_decisions(session, governance.DecisionQuery(job_id=str(jobs[3])))
+        assert [e.decision_id for e in by_job] == [str(events[3].data.decision_id)]
+        assert len(governance.find_decisions(session, governance.DecisionQuery(tenant_id="nia"))) == 3
+        assert (
+            len(governance.find_decisions(session, governance.DecisionQuery(site_id="tokyo", rule="RES-01")))
+            == 5
+        )
+        assert governance.find_decisions(session, governance.DecisionQuery(rule="CSAP-01")) == []
+        revision = events[0].data.policy_revision[:12]
+        assert (
+            len(governance.find_decisions(session, governance.DecisionQuery(policy_revision=revision))) == 5
+        )
+    # An auditor-defeating edit: one stored entry's content changed in place.
+    with unit_of_work(engine) as session:
+        entry = session.get(DecisionLogEntry, 3)
+        assert entry is not None
+        altered = json.loads(json.dumps(entry.content))
+        altered["decision"]["sites"][1]["allowed"] = True
+        entry.content = altered
+    with Session(engine) as session:
+        count, broken = governance.verify_log(session)
+        assert count == 5 and broken is not None and broken.seq == 3 and "altered" in broken.reason
+
+
+def test_decision_log_detects_a_removed_entry(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
+    for _ in range(3):
+        with unit_of_work(engine) as session:
+            governance.on_policy_decision(session, decision_event(uuid.uuid4()))
+    with unit_of_work(engine) as session:
+        session.delete(session.get(DecisionLogEntry, 2))
+    with Session(engine) as session:
+        _, broken = governance.verify_log(session)
+        assert broken is not None and broken.seq == 3 and "missing" in broken.reason

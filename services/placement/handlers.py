@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -219,7 +220,7 @@ def _record_decision(
     ctx: PlacementContext,
     job: JobRow,
     decision_id: uuid.UUID,
-    document: dict[str, object],
+    document: dict[str, Any],
     verdicts: dict[str, SiteVerdict],
     duration_us: int,
 ) -> None:
@@ -233,6 +234,7 @@ def _record_decision(
         input_sha256=input_sha256,
         duration_us=duration_us,
         sites=sorted(verdicts.values(), key=lambda v: v.site_id),
+        input=document,
     )
     session.add(
         DecisionRow(

@@ -1,0 +1,92 @@
+"""Governance's transaction scripts: append each policy decision to the hash-chained log, and query it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from contracts.events import PolicyDecisionEvent
+from services.governance.decision_log import GENESIS_HASH, ChainBreak, chain_hash, verify
+from services.governance.storage import DecisionFinding, DecisionLogEntry, entries_in_order, lock_head
+from services.shared.inbox import claim_event
+from services.shared.logging import get_logger
+
+CONSUMER = "governance"
+
+
+def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    record = event.data
+    decision_id = str(record.decision_id)
+    if session.exec(select(DecisionLogEntry.seq).where(DecisionLogEntry.decision_id == decision_id)).first():
+        return
+    head = lock_head(session, GENESIS_HASH)
+    content = {
+        "event_id": str(event.id),
+        "source": event.source,
+        "time": event.time.isoformat(),
+        "decision": record.model_dump(mode="json"),
+    }
+    entry = DecisionLogEntry(
+        seq=head.seq + 1,
+        decision_id=decision_id,
+        job_id=str(record.job_id),
+        tenant_id=record.tenant_id,
+        policy_revision=record.policy_revision,
+        decided_at=event.time,
+        content=content,
+        previous_hash=head.entry_hash,
+        entry_hash=chain_hash(head.entry_hash, content),
+    )
+    session.add(entry)
+    for verdict in record.sites:
+        outcomes: list[tuple[str, str]] = [(v.rule, v.mode) for v in [*verdict.violations, *verdict.warnings]]
+        outcomes += [(e.rule, "exempted") for e in verdict.exempted]
+        for rule, outcome in sorted(set(outcomes)):
+            session.add(
+                DecisionFinding(
+                    decision_id=decision_id,
+                    site_id=verdict.site_id,
+                    rule=rule,
+                    outcome=outcome,
+                    site_allowed=verdict.allowed,
+                )
+            )
+    head.seq = entry.seq
+    head.entry_hash = entry.entry_hash
+    get_logger(decision_id=decision_id, job_id=entry.job_id).info("decision_logged", seq=entry.seq)
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    job_id: str | None = None
+    tenant_id: str | None = None
+    site_id: str | None = None
+    rule: str | None = None
+    policy_revision: str | None = None
+
+
+def find_decisions(session: Session, query: DecisionQuery, limit: int = 200) -> list[DecisionLogEntry]:
+    statement = select(DecisionLogEntry)
+    if query.job_id:
+        statement = statement.where(DecisionLogEntry.job_id == query.job_id)
+    if query.tenant_id:
+        statement = statement.where(DecisionLogEntry.tenant_id == query.tenant_id)
+    if query.policy_revision:
+        statement = statement.where(col(DecisionLogEntry.policy_revision).startswith(query.policy_revision))
+    if query.site_id or query.rule:
+        matching = select(DecisionFinding.decision_id)
+        if query.site_id:
+            matching = matching.where(DecisionFinding.site_id == query.site_id)
+        if query.rule:
+            matching = matching.where(DecisionFinding.rule == query.rule)
+        statement = statement.where(col(DecisionLogEntry.decision_id).in_(matching))
+    return list(session.exec(statement.order_by(col(DecisionLogEntry.seq)).limit(limit)))
+
+
+def verify_log(session: Session) -> tuple[int, ChainBreak | None]:
+    entries = entries_in_order(session)
+    rows = ((e.seq, e.content, e.previous_hash, e.entry_hash) for e in entries)
+    return len(entries), verify(rows)

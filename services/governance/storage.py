@@ -1,0 +1,64 @@
+"""Governance's tables: the hash-chained decision log, an index of rule findings, and the chain head."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Table
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from services.shared.db import table_of
+
+
+class DecisionLogEntry(SQLModel, table=True):
+    __tablename__ = "decision_log"
+
+    seq: int = Field(primary_key=True)
+    decision_id: str = Field(index=True, unique=True, max_length=36)
+    job_id: str = Field(index=True, max_length=36)
+    tenant_id: str = Field(index=True, max_length=64)
+    policy_revision: str = Field(index=True, max_length=64)
+    decided_at: datetime
+    content: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    previous_hash: str = Field(max_length=64)
+    entry_hash: str = Field(max_length=64)
+
+
+class DecisionFinding(SQLModel, table=True):
+    """One row per (decision, site, rule) found, so an auditor can search by site or rule."""
+
+    __tablename__ = "decision_findings"
+
+    id: int | None = Field(default=None, primary_key=True)
+    decision_id: str = Field(index=True, max_length=36)
+    site_id: str = Field(index=True, max_length=64)
+    rule: str = Field(index=True, max_length=20)
+    outcome: str = Field(max_length=10)  # deny, warn, dryrun or exempted
+    site_allowed: bool
+
+
+class ChainHead(SQLModel, table=True):
+    """A single row locked by every append, so concurrent workers extend the chain one at a time."""
+
+    __tablename__ = "decision_chain_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    entry_hash: str = Field(max_length=64)
+
+
+TABLES: list[Table] = [table_of(DecisionLogEntry), table_of(DecisionFinding), table_of(ChainHead)]
+
+
+def lock_head(session: Session, genesis_hash: str) -> ChainHead:
+    head = session.exec(select(ChainHead).where(ChainHead.id == 1).with_for_update()).first()
+    if head is None:
+        head = ChainHead(id=1, seq=0, entry_hash=genesis_hash)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def entries_in_order(session: Session) -> list[DecisionLogEntry]:
+    return list(session.exec(select(DecisionLogEntry).order_by(col(DecisionLogEntry.seq))))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -212,7 +213,7 @@ def test_completion_releases_capacity_and_places_the_queued_job(database_url: tu
     assert len(outbox(engine, "jobs.queued")) == 1
 
 
-def test_unknown_tenant_and_policy_failure_are_rejected(database_url: tuple[str, str]) -> None:
+def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()
     offer_all(engine, ctx)
@@ -230,6 +231,24 @@ def test_unknown_tenant_and_policy_failure_are_rejected(database_url: tuple[str,
     broken.policy = BrokenEngine()
     with unit_of_work(engine) as session:
         placement.on_job_requested(broken, session, request_event("hanbit-ai"))
+
+    class SlowEngine:
+        name = "slow"
+        revision = "r"
+
+        def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
+            time.sleep(0.05)
+            return {site_id: {"allowed": True} for site_id in policy_input["sites"]}
+
+    slow = placement_context(policy_budget_ms=10)
+    slow.policy = SlowEngine()
+    waiting = request_event("hanbit-ai")
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(slow, session, waiting)
+    [queued] = outbox(engine, "jobs.queued")
+    assert b"over its 10 ms budget" in queued.payload
+    with Session(engine) as session:
+        assert session.get(JobRow, str(waiting.data.job_id)).state == "queued"  # type: ignore[union-attr]
     codes = [row.payload for row in outbox(engine, "jobs.rejected")]
     assert len(codes) == 2
     assert b'"unknown_tenant"' in codes[0] and b'"policy_engine_error"' in codes[1]

@@ -33,6 +33,7 @@ def build(settings: Settings) -> Service:
     context = handlers.PlacementContext(
         policy=EmbeddedRegoEngine(PolicyBundle.load(settings.policy_dir)),
         tenants=load_catalogue(settings.catalogue_dir).tenants,
+        policy_budget_ms=settings.policy_budget_ms,
     )
     consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))

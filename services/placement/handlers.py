@@ -68,6 +68,8 @@ class PlacementContext:
     policy: PolicyEngine
     tenants: dict[str, Tenant]
     clock: Callable[[], datetime] = field(default=utc_now)
+    # A decision slower than this is not used: the job waits and is decided again (fail closed).
+    policy_budget_ms: float = 250.0
 
 
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
@@ -187,6 +189,17 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
         )
         return "rejected"
     duration_us = int((time.perf_counter() - started) * 1_000_000)
+    if duration_us > ctx.policy_budget_ms * 1000:
+        reason = (
+            f"the policy evaluation took {duration_us / 1000:.0f} ms, over its {ctx.policy_budget_ms:.0f} ms "
+            f"budget; nothing was placed and the job will be decided again"
+        )
+        log.error("policy_evaluation_over_budget", duration_us=duration_us)
+        explanation = Explanation(
+            decision_id=decision_id, policy_revision=ctx.policy.revision, summary=reason, sites=[]
+        )
+        _queue(session, job, request, Plan("queued", explanation, reason=reason))
+        return "queued"
     verdicts = parse_verdicts(decision, set(sites))
     _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us)
 

@@ -34,6 +34,7 @@ class Settings:
     factory_sites: tuple[str, ...] = field(default_factory=tuple)
     marketplace_fee_bps: int = 500
     outbox_poll_seconds: float = 0.5
+    policy_budget_ms: float = 250.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,4 +53,5 @@ class Settings:
             time_scale=float(env.get("SOVEREIGN_TIME_SCALE", base.time_scale)),
             factory_sites=tuple(s for s in env.get("SOVEREIGN_FACTORY_SITES", "").split(",") if s),
             marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
+            policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
         )

@@ -309,6 +309,10 @@ class PolicyRevisionPublished(Contract):
     published_by: str
     tests_passed: int = Field(ge=0)
     files: dict[str, str] = Field(description="Path -> sha256 of every file in the bundle.")
+    bundle: dict[str, str] | None = Field(
+        default=None,
+        description="Path -> content of every file; its content hash must equal policy_revision.",
+    )
 
 
 # Envelopes, one per event type. The literal type doubles as the topic name.
@@ -366,6 +370,7 @@ class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
 
 
 class PolicyPublishedEvent(Event[PolicyRevisionPublished]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["policy.published"] = "policy.published"
 
 

@@ -102,6 +102,13 @@ def _decisions_verify(args: argparse.Namespace) -> int:
     return verify_decisions(_settings(args))
 
 
+def _policy_publish(args: argparse.Namespace) -> int:
+    from sovereign.policy_commands import policy_publish
+
+    directory = Path(args.dir) if args.dir else Settings.from_env().policy_dir
+    return asyncio.run(policy_publish(directory, _settings(args), args.by))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     policy_test = policy.add_parser("test", help="run every Rego test and report the rules exercised")
     policy_test.add_argument("--dir", help="policy directory (default: policies/, env SOVEREIGN_POLICY_DIR)")
     policy_test.set_defaults(handler=_policy_test)
+    publish = policy.add_parser("publish", help="test a revision in a child process, then publish it")
+    publish.add_argument("--dir", help="policy directory (default: policies/)")
+    publish.add_argument("--by", required=True, help="who publishes (recorded with the revision)")
+    connection_options(publish)
+    publish.set_defaults(handler=_policy_publish)
 
     decisions = commands.add_parser(
         "decisions", help="the auditor's view of the decision log"

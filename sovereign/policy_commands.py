@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
 from services.shared.policy import PolicyBundle, PolicyEngineError, run_rego_tests
+from services.shared.policy_check import check_in_child_process
+from services.shared.settings import Settings
+from sovereign.watch import produce
+
+# Every revision goes to one partition, so all consumers see them in publication order.
+PUBLICATION_KEY = "policies"
 
 
 def policy_test(directory: Path) -> int:
@@ -26,3 +33,27 @@ def policy_test(directory: Path) -> int:
         print(f"  never fired in any test: {rule}")
     print(f"policy revision {bundle.revision}")
     return 0 if run.ok else 1
+
+
+async def policy_publish(directory: Path, settings: Settings, published_by: str) -> int:
+    """Publish a revision only if it compiles and passes all its tests in a child process."""
+    try:
+        bundle = PolicyBundle.load(directory)
+    except PolicyEngineError as error:
+        print(f"refused: {error}")
+        return 1
+    result = await check_in_child_process(bundle)
+    if not result.ok:
+        print(f"refused: revision {bundle.revision[:12]} does not pass its tests: {result.detail}")
+        return 1
+    published = PolicyRevisionPublished(
+        policy_revision=bundle.revision,
+        published_by=published_by,
+        tests_passed=result.tests_passed,
+        files=bundle.file_digests(),
+        bundle=bundle.files,
+    )
+    event = PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published)
+    await produce(settings.bootstrap_servers, [(event, PUBLICATION_KEY)], settings.idempotent_producer)
+    print(f"published revision {bundle.revision} ({result.tests_passed} tests passed), by {published_by}")
+    return 0

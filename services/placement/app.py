@@ -14,12 +14,15 @@ from contracts.events import (
     JobRejectedEvent,
     JobRequestedEvent,
     PolicyDecisionEvent,
+    PolicyPublishedEvent,
 )
 from services.placement import handlers
 from services.placement.storage import TABLES
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work
+from services.shared.kafka import subscriber_options
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.policy_check import activate_published
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
 
@@ -42,6 +45,16 @@ def build(settings: Settings) -> Service:
     document_publishers(
         service.broker, [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, PolicyDecisionEvent], NAME
     )
+
+    # Every worker must switch, so each reads every published revision (from the start: the newest wins).
+    async def policy_published(event: PolicyPublishedEvent) -> None:
+        engine = await activate_published(context.policy, event.data)
+        if engine is not None:
+            context.policy = engine
+
+    service.broker.subscriber(
+        "policy.published", **subscriber_options(NAME, "policy.published", broadcast=True)
+    )(policy_published)
 
     async def sweep_queue() -> None:
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -117,9 +118,11 @@ def consumer_group(service: str, topic: str) -> str:
     return f"{service}.{topic}"
 
 
-def subscriber_options(service: str, topic: str) -> dict[str, Any]:
+def subscriber_options(service: str, topic: str, broadcast: bool = False) -> dict[str, Any]:
+    """Consumer settings; a broadcast subscriber has a group of its own, so every worker reads everything."""
+    group = consumer_group(service, topic) + (f".{uuid.uuid4().hex[:12]}" if broadcast else "")
     return {
-        "group_id": consumer_group(service, topic),
+        "group_id": group,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
         "title": f"{service}:{topic}",

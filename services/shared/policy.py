@@ -68,6 +68,9 @@ class PolicyBundle:
     def tests(self) -> dict[str, str]:
         return {p: text for p, text in self.files.items() if p.endswith("_test.rego")}
 
+    def file_digests(self) -> dict[str, str]:
+        return {path: hashlib.sha256(text.encode()).hexdigest() for path, text in self.files.items()}
+
     @property
     def data(self) -> dict[str, Any]:
         """data.json files merged at the path of their directory, as OPA loads a bundle."""

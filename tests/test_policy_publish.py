@@ -1,0 +1,142 @@
+"""Publishing a policy revision: tested in a child process first, then switched to by running placement
+workers without a restart; a revision that fails its tests or does not match its hash is never activated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from contracts.events import (
+    CapacityOfferedEvent,
+    JobKind,
+    JobRequest,
+    PolicyRevisionPublished,
+)
+from services.placement import app as placement_app
+from services.shared.catalogue import load_catalogue
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.policy_check import activate_published
+from services.shared.runtime import Service
+from services.shared.settings import REPO_ROOT, Settings
+from sovereign.policy_commands import policy_publish
+from sovereign.tracker import Tracker, following, wait_until
+from sovereign.watch import produce
+from sovereign.workload import request_events
+from tests.conftest import run_services, service_settings
+
+pytestmark = pytest.mark.broker
+
+Placement = tuple[Settings, Tracker, list[Service]]
+
+
+@pytest.fixture(scope="module")
+async def placement(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Placement]:
+    settings = service_settings(kafka, tmp_path_factory.mktemp("data"))
+    offers = [
+        (
+            CapacityOfferedEvent.create(source=f"factory/{o.site.site_id}", subject=o.site.site_id, data=o),
+            o.site.site_id,
+        )
+        for o in load_catalogue(REPO_ROOT / "catalogue").offers
+    ]
+    async with (
+        run_services(
+            [lambda: placement_app.build(settings), lambda: placement_app.build(settings)]
+        ) as workers,
+        following(kafka, Tracker()) as tracker,
+    ):
+        await produce(kafka, offers, idempotent=False)
+        yield settings, tracker, workers
+
+
+def cheap_job() -> JobRequest:
+    """Only the Chinese-designed accelerators are under 2,000 KRW/GPU-h: EXP-01 decides this job."""
+    return JobRequest.model_validate(
+        {
+            "tenant_id": "hanbit-ai",
+            "client_request_id": uuid.uuid4().hex,
+            "name": "cheap batch",
+            "kind": JobKind.BATCH,
+            "gpu_count": 8,
+            "expected_hours": 1,
+            "max_price_krw_per_gpu_hour": 2000,
+            "deadline": "2030-01-01T00:00:00Z",
+        }
+    )
+
+
+async def decide(settings: Settings, tracker: Tracker) -> tuple[str, str]:
+    request = cheap_job()
+    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    trace = tracker.trace(request.job_id)
+    assert await wait_until(lambda: bool(trace.placed or trace.rejected), within=30)
+    explanation = trace.placed[0].explanation if trace.placed else trace.rejected[0].explanation
+    assert explanation is not None
+    return ("placed" if trace.placed else "rejected"), explanation.policy_revision
+
+
+def policy_copy(tmp_path: Path, exp01_mode: str) -> Path:
+    copy = tmp_path / f"policies-{exp01_mode}"
+    shutil.copytree(REPO_ROOT / "policies", copy)
+    data = json.loads((copy / "data.json").read_text())
+    data["rules"]["EXP-01"]["mode"] = exp01_mode
+    (copy / "data.json").write_text(json.dumps(data, indent=2))
+    return copy
+
+
+async def test_publish_switches_every_worker_without_restart(placement: Placement, tmp_path: Path) -> None:
+    settings, tracker, workers = placement
+    shipped = PolicyBundle.load(REPO_ROOT / "policies").revision
+    assert await decide(settings, tracker) == ("rejected", shipped)
+
+    relaxed = policy_copy(tmp_path, "dryrun")
+    assert await policy_publish(relaxed, settings, "compliance@example.go.kr") == 0
+    revision = PolicyBundle.load(relaxed).revision
+    for _ in range(30):  # each worker verifies the revision in a child process before switching
+        if (await decide(settings, tracker))[1] == revision:
+            break
+    # From now on every worker decides under the new revision: jobs spread over all partitions.
+    outcomes = [await decide(settings, tracker) for _ in range(8)]
+    assert outcomes == [("placed", revision)] * 8
+    assert all(any(s.consumer and s.consumer.assignment() for s in w.broker.subscribers) for w in workers)  # type: ignore[attr-defined]
+
+
+async def test_a_revision_failing_its_tests_is_not_published(placement: Placement, tmp_path: Path) -> None:
+    settings, _, _ = placement
+    assert await policy_publish(broken_copy(tmp_path), settings, "someone") == 1
+
+
+def broken_copy(tmp_path: Path) -> Path:
+    broken = policy_copy(tmp_path, "deny")
+    residency = broken / "residency" / "residency.rego"
+    residency.write_text(
+        residency.read_text().replace("not facts.site_in_korea(site)", "facts.site_in_korea(site)")
+    )
+    return broken
+
+
+def published(bundle: PolicyBundle, files: dict[str, str] | None = None) -> PolicyRevisionPublished:
+    return PolicyRevisionPublished(
+        policy_revision=bundle.revision,
+        published_by="someone",
+        tests_passed=1,
+        files=bundle.file_digests(),
+        bundle=files if files is not None else bundle.files,
+    )
+
+
+async def test_a_worker_activates_only_a_tested_bundle_that_matches_its_revision(tmp_path: Path) -> None:
+    current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
+    good = PolicyBundle.load(policy_copy(tmp_path, "warn"))
+    tampered = {**good.files, "data.json": good.files["data.json"].replace('"warn"', '"dryrun"')}
+    assert await activate_published(current, published(good, tampered)) is None
+    assert await activate_published(current, published(PolicyBundle.load(broken_copy(tmp_path)))) is None
+    no_bundle = published(good).model_copy(update={"bundle": None})
+    assert await activate_published(current, no_bundle) is None
+    activated = await activate_published(current, published(good))
+    assert activated is not None and activated.revision == good.revision

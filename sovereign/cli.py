@@ -109,6 +109,18 @@ def _policy_publish(args: argparse.Namespace) -> int:
     return asyncio.run(policy_publish(directory, _settings(args), args.by))
 
 
+def _policy_diff(args: argparse.Namespace) -> int:
+    from sovereign.policy_commands import policy_diff
+
+    return policy_diff(args.old, args.new, _settings(args))
+
+
+def _policy_what_if(args: argparse.Namespace) -> int:
+    from sovereign.policy_commands import policy_what_if
+
+    return policy_what_if(args.against, _settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--by", required=True, help="who publishes (recorded with the revision)")
     connection_options(publish)
     publish.set_defaults(handler=_policy_publish)
+    diff = policy.add_parser("diff", help="which rules changed between two revisions (directories or ids)")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    connection_options(diff)
+    diff.set_defaults(handler=_policy_diff)
+    what_if = policy.add_parser("what-if", help="replay recorded decisions against candidate policies")
+    what_if.add_argument("--against", required=True, help="a policy directory or a published revision id")
+    connection_options(what_if)
+    what_if.set_defaults(handler=_policy_what_if)
 
     decisions = commands.add_parser(
         "decisions", help="the auditor's view of the decision log"

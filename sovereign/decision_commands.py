@@ -10,7 +10,7 @@ from services.shared.db import create_service_engine, database_url_for
 from services.shared.settings import Settings
 
 
-def _session(settings: Settings) -> Session:
+def governance_session(settings: Settings) -> Session:
     engine = create_service_engine(
         database_url_for(settings, "governance"), "governance", TABLES, settings.database_schema_prefix
     )
@@ -18,7 +18,7 @@ def _session(settings: Settings) -> Session:
 
 
 def list_decisions(settings: Settings, query: DecisionQuery, limit: int) -> int:
-    with _session(settings) as session:
+    with governance_session(settings) as session:
         entries = find_decisions(session, query, limit)
     for entry in entries:
         sites = entry.content["decision"]["sites"]
@@ -35,7 +35,7 @@ def list_decisions(settings: Settings, query: DecisionQuery, limit: int) -> int:
 
 
 def verify_decisions(settings: Settings) -> int:
-    with _session(settings) as session:
+    with governance_session(settings) as session:
         count, broken = verify_log(session)
     if broken is None:
         print(f"decision log intact: {count} entries, every hash links to the one before it")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
-from services.shared.policy import PolicyBundle, PolicyEngineError, run_rego_tests
+from services.governance.handlers import find_revision, what_if
+from services.governance.policy_diff import diff_bundles
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.policy_check import check_in_child_process
 from services.shared.settings import Settings
+from sovereign.decision_commands import governance_session
 from sovereign.watch import produce
 
 # Every revision goes to one partition, so all consumers see them in publication order.
@@ -56,4 +59,48 @@ async def policy_publish(directory: Path, settings: Settings, published_by: str)
     event = PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published)
     await produce(settings.bootstrap_servers, [(event, PUBLICATION_KEY)], settings.idempotent_producer)
     print(f"published revision {bundle.revision} ({result.tests_passed} tests passed), by {published_by}")
+    return 0
+
+
+def load_bundle(reference: str, settings: Settings) -> PolicyBundle:
+    """A policy directory, or a published revision (a unique prefix of its id) from governance's store."""
+    if Path(reference).is_dir():
+        return PolicyBundle.load(Path(reference))
+    with governance_session(settings) as session:
+        row = find_revision(session, reference)
+    if row is None:
+        raise PolicyEngineError(
+            f"{reference!r} is neither a policy directory nor one published revision's id"
+        )
+    return PolicyBundle(dict(row.bundle))
+
+
+def policy_diff(old_reference: str, new_reference: str, settings: Settings) -> int:
+    try:
+        old, new = load_bundle(old_reference, settings), load_bundle(new_reference, settings)
+    except PolicyEngineError as error:
+        print(f"error: {error}")
+        return 2
+    lines = diff_bundles(old, new)
+    print(f"{old.revision[:12]} -> {new.revision[:12]}: {len(lines) or 'no'} differences")
+    for line in lines:
+        print(f"  {line}")
+    return 0
+
+
+def policy_what_if(against: str, settings: Settings) -> int:
+    try:
+        candidate = EmbeddedRegoEngine(load_bundle(against, settings))
+    except PolicyEngineError as error:
+        print(f"error: {error}")
+        return 2
+    with governance_session(settings) as session:
+        report = what_if(session, candidate)
+    kinds = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(report.by_kind().items()))
+    print(f"Replayed the latest decision of {report.replayed} jobs under revision {candidate.revision[:12]}:")
+    print(f"  {len(report.changes)} would change" + (f" ({kinds})" if kinds else ""))
+    for rule, changes in report.by_rule().items():
+        print(f"\n  {rule}: {len(changes)} jobs")
+        for change in changes:
+            print(f"    job {change.job_id} ({change.tenant_id}): {change.before} -> {change.after}")
     return 0

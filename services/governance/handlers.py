@@ -6,13 +6,70 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from contracts.events import PolicyDecisionEvent
+from contracts.events import (
+    JobPlaced,
+    JobPlacedEvent,
+    JobQueuedEvent,
+    JobRejectedEvent,
+    PolicyDecisionEvent,
+    PolicyPublishedEvent,
+)
 from services.governance.decision_log import GENESIS_HASH, ChainBreak, chain_hash, verify
-from services.governance.storage import DecisionFinding, DecisionLogEntry, entries_in_order, lock_head
+from services.governance.storage import (
+    DecisionFinding,
+    DecisionLogEntry,
+    DecisionOutcome,
+    PolicyRevisionRow,
+    entries_in_order,
+    lock_head,
+)
+from services.governance.what_if import WhatIfReport, replay, summarise
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
+from services.shared.policy import PolicyEngine
 
 CONSUMER = "governance"
+
+
+def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | JobRejectedEvent) -> None:
+    """Remember what placement did with each decision, for what-if replays."""
+    if not claim_event(session, CONSUMER, event):
+        return
+    data = event.data
+    explanation = data.explanation
+    if explanation is None:
+        return  # rejected before any policy decision (unknown tenant, engine failure)
+    decision_id = str(explanation.decision_id)
+    if session.get(DecisionOutcome, decision_id) is not None:
+        return
+    session.add(
+        DecisionOutcome(
+            decision_id=decision_id,
+            job_id=str(data.job_id),
+            outcome={"jobs.placed": "placed", "jobs.queued": "queued", "jobs.rejected": "rejected"}[
+                event.type
+            ],
+            site_id=data.site_id if isinstance(data, JobPlaced) else None,
+            explanation=explanation.model_dump(mode="json"),
+        )
+    )
+
+
+def on_policy_published(session: Session, event: PolicyPublishedEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    published = event.data
+    if published.bundle is None or session.get(PolicyRevisionRow, published.policy_revision) is not None:
+        return
+    session.add(
+        PolicyRevisionRow(
+            revision=published.policy_revision,
+            published_by=published.published_by,
+            published_at=event.time,
+            tests_passed=published.tests_passed,
+            bundle=published.bundle,
+        )
+    )
 
 
 def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:
@@ -90,3 +147,42 @@ def verify_log(session: Session) -> tuple[int, ChainBreak | None]:
     entries = entries_in_order(session)
     rows = ((e.seq, e.content, e.previous_hash, e.entry_hash) for e in entries)
     return len(entries), verify(rows)
+
+
+def latest_decided(session: Session) -> list[tuple[DecisionLogEntry, DecisionOutcome]]:
+    """Each job's most recent decision whose outcome is known."""
+    rows = session.exec(
+        select(DecisionLogEntry, DecisionOutcome)
+        .where(DecisionLogEntry.decision_id == DecisionOutcome.decision_id)
+        .order_by(col(DecisionLogEntry.seq))
+    )
+    latest: dict[str, tuple[DecisionLogEntry, DecisionOutcome]] = {}
+    for entry, outcome in rows:
+        latest[entry.job_id] = (entry, outcome)
+    return list(latest.values())
+
+
+def what_if(session: Session, candidate: PolicyEngine) -> WhatIfReport:
+    """Replay every job's latest recorded decision against candidate policies."""
+    changes = []
+    replayed = 0
+    for entry, outcome in latest_decided(session):
+        decision = entry.content["decision"]
+        if decision.get("input") is None:
+            continue
+        replayed += 1
+        old = {verdict["site_id"]: verdict for verdict in decision["sites"]}
+        new = candidate.decide(decision["input"])
+        changes.append(
+            replay(
+                entry.job_id, entry.tenant_id, old, new, outcome.explanation, outcome.outcome, outcome.site_id
+            )
+        )
+    return summarise(replayed, changes)
+
+
+def find_revision(session: Session, prefix: str) -> PolicyRevisionRow | None:
+    matches = list(
+        session.exec(select(PolicyRevisionRow).where(col(PolicyRevisionRow.revision).startswith(prefix)))
+    )
+    return matches[0] if len(matches) == 1 else None

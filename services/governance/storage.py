@@ -48,7 +48,35 @@ class ChainHead(SQLModel, table=True):
     entry_hash: str = Field(max_length=64)
 
 
-TABLES: list[Table] = [table_of(DecisionLogEntry), table_of(DecisionFinding), table_of(ChainHead)]
+class DecisionOutcome(SQLModel, table=True):
+    """What placement did with a decision: the site chosen (if any) and every site's capacity facts."""
+
+    __tablename__ = "decision_outcomes"
+
+    decision_id: str = Field(primary_key=True, max_length=36)
+    job_id: str = Field(index=True, max_length=36)
+    outcome: str = Field(max_length=10)  # placed, queued or rejected
+    site_id: str | None = Field(default=None, max_length=64)
+    explanation: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class PolicyRevisionRow(SQLModel, table=True):
+    __tablename__ = "policy_revisions"
+
+    revision: str = Field(primary_key=True, max_length=64)
+    published_by: str
+    published_at: datetime
+    tests_passed: int
+    bundle: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+
+
+TABLES: list[Table] = [
+    table_of(DecisionLogEntry),
+    table_of(DecisionFinding),
+    table_of(ChainHead),
+    table_of(DecisionOutcome),
+    table_of(PolicyRevisionRow),
+]
 
 
 def lock_head(session: Session, genesis_hash: str) -> ChainHead:

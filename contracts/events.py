@@ -315,6 +315,20 @@ class PolicyRevisionPublished(Contract):
     )
 
 
+class PolicyNonCompliance(Contract):
+    """A job placed under an earlier revision that the newly published one would not allow where it runs."""
+
+    job_id: uuid.UUID
+    tenant_id: Slug
+    site_id: Slug
+    placed_under_revision: str
+    new_revision: str
+    violations: list[RuleViolation]
+    enforcement: Literal["action_required", "report_only"] = Field(
+        description="action_required when a violated rule is in deny mode; report_only for warn or dryrun."
+    )
+
+
 # Envelopes, one per event type. The literal type doubles as the topic name.
 class JobRequestedEvent(Event[JobRequest]):
     SCHEMA_VERSION: ClassVar[str] = "1.1"
@@ -374,6 +388,10 @@ class PolicyPublishedEvent(Event[PolicyRevisionPublished]):
     type: Literal["policy.published"] = "policy.published"
 
 
+class PolicyNonComplianceEvent(Event[PolicyNonCompliance]):
+    type: Literal["policy.noncompliance"] = "policy.noncompliance"
+
+
 EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
     model.model_fields["type"].default: model
     for model in (
@@ -390,6 +408,7 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
         CapacityUpdatedEvent,
         PolicyDecisionEvent,
         PolicyPublishedEvent,
+        PolicyNonComplianceEvent,
     )
 }
 

@@ -18,9 +18,13 @@ from sqlmodel import Session, col, select
 from contracts import EVENT_MODELS
 from contracts.events import (
     CapacityOfferedEvent,
+    JobCompleted,
+    JobCompletedEvent,
     JobKind,
     JobRequest,
     JobRequestedEvent,
+    PolicyNonCompliance,
+    PolicyNonComplianceEvent,
     PolicyPublishedEvent,
     PolicyRevisionPublished,
 )
@@ -202,3 +206,72 @@ def test_diff_names_logic_and_shared_helper_changes(tmp_path: Path) -> None:
         "SOV-01: logic changed",
         "shared logic changed: csap/csap.rego: thirty_days_ns",
     ]
+
+
+def publish_to_governance(settings: Settings, policies: Path) -> list[PolicyNonCompliance]:
+    bundle = PolicyBundle.load(policies)
+    published = PolicyRevisionPublished(
+        policy_revision=bundle.revision,
+        published_by="cpo",
+        tests_passed=73,
+        files=bundle.file_digests(),
+        bundle=bundle.files,
+    )
+    engine = create_service_engine(
+        database_url_for(settings, "governance"),
+        "governance",
+        [table_of(OutboxMessage), table_of(ProcessedEvent), *GOVERNANCE_TABLES],
+    )
+    with Session(engine) as session:
+        before = len(list(session.exec(select(OutboxMessage))))
+    with unit_of_work(engine) as session:
+        governance.on_policy_published(
+            session,
+            PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published),
+        )
+    with Session(engine) as session:
+        rows = list(session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))))[before:]
+    return [PolicyNonComplianceEvent.model_validate_json(r.payload).data for r in rows]
+
+
+def test_a_new_revision_rechecks_running_jobs(settings: Settings, tmp_path: Path) -> None:
+    stricter = candidate(tmp_path, lambda data: data["country_lists"]["d5"].append("KR"))
+    [finding] = publish_to_governance(settings, stricter)
+    assert finding.job_id == JOBS["ministry"].data.job_id and finding.site_id == "nacc-haenam"
+    assert finding.enforcement == "action_required"
+    assert [v.rule for v in finding.violations] == ["EXP-02"]
+    assert finding.placed_under_revision == PolicyBundle.load(SHIPPED).revision
+
+
+def test_a_warn_mode_finding_is_only_reported(settings: Settings, tmp_path: Path) -> None:
+    def stricter_but_warn(data: dict[str, Any]) -> None:
+        data["country_lists"]["d5"].append("KR")
+        data["rules"]["EXP-02"]["mode"] = "warn"
+
+    [finding] = publish_to_governance(settings, candidate(tmp_path, stricter_but_warn))
+    assert finding.enforcement == "report_only" and finding.violations[0].mode == "warn"
+
+
+def test_a_finished_job_is_not_rechecked(settings: Settings, tmp_path: Path) -> None:
+    engine = create_service_engine(
+        database_url_for(settings, "governance"), "governance", [table_of(ProcessedEvent), *GOVERNANCE_TABLES]
+    )
+    done = JobCompleted(
+        job_id=JOBS["ministry"].data.job_id,
+        tenant_id="mois",
+        site_id="nacc-haenam",
+        pool_id="nacc-haenam-b200",
+        gpu_count=8,
+        status="succeeded",
+        usage_reports=1,
+        gpu_seconds=1,
+    )
+    with unit_of_work(engine) as session:
+        governance.on_job_completed(
+            session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
+        )
+
+    def stricter_again(data: dict[str, Any]) -> None:
+        data["country_lists"]["d5"] += ["KR", "ZZ"]
+
+    assert publish_to_governance(settings, candidate(tmp_path, stricter_again)) == []

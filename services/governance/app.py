@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from contracts.events import (
+    JobCompletedEvent,
     JobPlacedEvent,
     JobQueuedEvent,
     JobRejectedEvent,
     PolicyDecisionEvent,
+    PolicyNonComplianceEvent,
     PolicyPublishedEvent,
 )
 from services.governance import handlers
 from services.governance.storage import TABLES
-from services.shared.runtime import Service, consume, new_service
+from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
 
 NAME = "governance"
@@ -24,4 +26,6 @@ def build(settings: Settings) -> Service:
     consume(service, JobPlacedEvent, handlers.on_job_outcome)
     consume(service, JobQueuedEvent, handlers.on_job_outcome)
     consume(service, JobRejectedEvent, handlers.on_job_outcome)
+    consume(service, JobCompletedEvent, handlers.on_job_completed)
+    document_publishers(service.broker, [PolicyNonComplianceEvent], NAME)
     return service

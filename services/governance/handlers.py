@@ -1,18 +1,25 @@
-"""Governance's transaction scripts: append each policy decision to the hash-chained log, and query it."""
+"""Governance's transaction scripts: the hash-chained decision log and its queries, published revisions,
+what-if replays, and the re-check of running jobs when a new revision is published."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from contracts.events import (
+    JobCompletedEvent,
     JobPlaced,
     JobPlacedEvent,
     JobQueuedEvent,
     JobRejectedEvent,
     PolicyDecisionEvent,
+    PolicyNonCompliance,
+    PolicyNonComplianceEvent,
     PolicyPublishedEvent,
+    RuleViolation,
 )
 from services.governance.decision_log import GENESIS_HASH, ChainBreak, chain_hash, verify
 from services.governance.storage import (
@@ -26,9 +33,11 @@ from services.governance.storage import (
 from services.governance.what_if import WhatIfReport, replay, summarise
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
-from services.shared.policy import PolicyEngine
+from services.shared.outbox import add_to_outbox
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
 
 CONSUMER = "governance"
+SOURCE = "service/governance"
 
 
 def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | JobRejectedEvent) -> None:
@@ -55,11 +64,28 @@ def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | Jo
     )
 
 
+def on_job_completed(session: Session, event: JobCompletedEvent) -> None:
+    if not claim_event(session, CONSUMER, event):
+        return
+    session.execute(
+        update(DecisionOutcome)
+        .where(col(DecisionOutcome.job_id) == str(event.data.job_id))
+        .values(finished=True)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def on_policy_published(session: Session, event: PolicyPublishedEvent) -> None:
+    """Keep the revision, then re-check every job still running under an earlier one."""
     if not claim_event(session, CONSUMER, event):
         return
     published = event.data
+    log = get_logger(policy_revision=published.policy_revision)
     if published.bundle is None or session.get(PolicyRevisionRow, published.policy_revision) is not None:
+        return
+    bundle = PolicyBundle(dict(published.bundle))
+    if bundle.revision != published.policy_revision:
+        log.error("published_revision_ignored", reason="the bundle does not hash to the published revision")
         return
     session.add(
         PolicyRevisionRow(
@@ -70,6 +96,37 @@ def on_policy_published(session: Session, event: PolicyPublishedEvent) -> None:
             bundle=published.bundle,
         )
     )
+    engine = EmbeddedRegoEngine(bundle)
+    for entry, outcome in latest_decided(session):
+        if outcome.outcome != "placed" or outcome.finished or outcome.site_id is None:
+            continue
+        decision = entry.content["decision"]
+        if entry.policy_revision == published.policy_revision or decision.get("input") is None:
+            continue
+        # Judged as of the publication: certificates and exemptions may have expired since placement.
+        verdict = engine.decide({**decision["input"], "now": event.time.isoformat()}).get(outcome.site_id, {})
+        findings = [RuleViolation(**f) for f in verdict.get("violations", []) + verdict.get("warnings", [])]
+        if not findings:
+            continue
+        noncompliance = PolicyNonCompliance(
+            job_id=uuid.UUID(entry.job_id),
+            tenant_id=entry.tenant_id,
+            site_id=outcome.site_id,
+            placed_under_revision=entry.policy_revision,
+            new_revision=published.policy_revision,
+            violations=findings,
+            enforcement="action_required" if any(f.mode == "deny" for f in findings) else "report_only",
+        )
+        event_out = PolicyNonComplianceEvent.create(
+            source=SOURCE, subject=entry.tenant_id, data=noncompliance
+        )
+        add_to_outbox(session, event_out, entry.job_id)
+        log.warning(
+            "placed_job_noncompliant",
+            job_id=entry.job_id,
+            site_id=outcome.site_id,
+            enforcement=noncompliance.enforcement,
+        )
 
 
 def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:

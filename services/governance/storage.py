@@ -58,6 +58,8 @@ class DecisionOutcome(SQLModel, table=True):
     outcome: str = Field(max_length=10)  # placed, queued or rejected
     site_id: str | None = Field(default=None, max_length=64)
     explanation: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    # Set when the job completed: a finished job is not re-checked against later revisions.
+    finished: bool = False
 
 
 class PolicyRevisionRow(SQLModel, table=True):

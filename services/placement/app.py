@@ -21,7 +21,7 @@ from services.placement.storage import TABLES
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work
 from services.shared.kafka import subscriber_options
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngine
 from services.shared.policy_check import activate_published
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
@@ -33,8 +33,12 @@ QUEUE_SWEEP_SECONDS = 5.0
 
 def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
+    bundle = PolicyBundle.load(settings.policy_dir)
+    engine: PolicyEngine = (
+        OpaServerEngine(settings.opa_url, bundle) if settings.opa_url else EmbeddedRegoEngine(bundle)
+    )
     context = handlers.PlacementContext(
-        policy=EmbeddedRegoEngine(PolicyBundle.load(settings.policy_dir)),
+        policy=engine,
         tenants=load_catalogue(settings.catalogue_dir).tenants,
         policy_budget_ms=settings.policy_budget_ms,
     )

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import regorus
+from opa_client.opa import OpaClient
 
 DECISION_RULE = "data.sovereign.placement.decision"
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]+)\b", re.MULTILINE)
@@ -109,6 +111,39 @@ class EmbeddedRegoEngine:
             raise PolicyEngineError(f"policy evaluation failed: {_engine_message(error)}") from error
         if not isinstance(result, dict):
             raise PolicyEngineError(f"{DECISION_RULE} is undefined or not an object")
+        return result
+
+
+class OpaServerEngine:
+    """An OPA server, through opa-python-client. The server must run this bundle (compose mounts policies/),
+    so decisions are recorded under the local bundle's revision."""
+
+    name = "opa"
+
+    def __init__(self, url: str, bundle: PolicyBundle, timeout_seconds: float = 1.0):
+        parsed = urlparse(url)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise PolicyEngineError(f"OPA_URL {url!r} is not an http(s) URL")
+        self.revision = bundle.revision
+        # No retries: a slow or failing server must fail the decision closed, not stall placement.
+        self._client = OpaClient(
+            host=parsed.hostname,
+            port=parsed.port or 8181,
+            ssl=parsed.scheme == "https",
+            timeout=timeout_seconds,
+            retries=0,
+        )
+
+    def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._client.query_rule(
+                input_data=policy_input, package_path="sovereign/placement", rule_name="decision"
+            )
+        except Exception as error:
+            raise PolicyEngineError(f"the OPA server did not decide: {error}") from error
+        result = response.get("result") if isinstance(response, dict) else None
+        if not isinstance(result, dict):
+            raise PolicyEngineError(f"{DECISION_RULE} is undefined or not an object on the OPA server")
         return result
 
 

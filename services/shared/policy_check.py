@@ -83,6 +83,11 @@ async def activate_published(
     log = get_logger(policy_revision=published.policy_revision, current_revision=current.revision)
     if published.policy_revision == current.revision:
         return None
+    if current.name != EmbeddedRegoEngine.name:
+        log.error(
+            "policy_revision_refused", reason="switching revisions is done by redeploying the OPA server"
+        )
+        return None
     if published.bundle is None:
         log.error("policy_revision_refused", reason="the event carries no bundle")
         return None

@@ -35,6 +35,8 @@ class Settings:
     marketplace_fee_bps: int = 500
     outbox_poll_seconds: float = 0.5
     policy_budget_ms: float = 250.0
+    # When set, placement asks this OPA server instead of the in-process engine.
+    opa_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,4 +56,5 @@ class Settings:
             factory_sites=tuple(s for s in env.get("SOVEREIGN_FACTORY_SITES", "").split(",") if s),
             marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
             policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
+            opa_url=env.get("OPA_URL") or None,
         )

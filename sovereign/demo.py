@@ -12,8 +12,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+from sqlalchemy import Table
 from sqlmodel import Session
 
 from contracts import TOPICS, dead_letter_topic
@@ -33,6 +36,7 @@ from sovereign.workload import generate, request_events
 
 RUN_DIR = REPO_ROOT / "var" / "demo"
 Processes = list[tuple[str, subprocess.Popen[bytes]]]
+T = TypeVar("T")
 STOP_SECONDS = 15
 
 
@@ -181,26 +185,26 @@ async def _caught_up(
     return False
 
 
-def _decision_log() -> tuple[int, str | None] | None:
-    path: Path = RUN_DIR / "data" / "governance.db"
+def _read_service_database(service: str, tables: list[Table], read: Callable[[Session], T]) -> T | None:
+    """Read one service's SQLite file after the run; None if the service never wrote one."""
+    path: Path = RUN_DIR / "data" / f"{service}.db"
     if not path.exists():
         return None
-    engine = create_service_engine(f"sqlite:///{path}", "governance", GOVERNANCE_TABLES)
+    engine = create_service_engine(f"sqlite:///{path}", service, tables)
     try:
         with Session(engine) as session:
-            count, broken = verify_log(session)
-            return count, None if broken is None else f"entry {broken.seq}: {broken.reason}"
+            return read(session)
     finally:
         engine.dispose()
+
+
+def _decision_log() -> tuple[int, str | None] | None:
+    def check(session: Session) -> tuple[int, str | None]:
+        count, broken = verify_log(session)
+        return count, None if broken is None else f"entry {broken.seq}: {broken.reason}"
+
+    return _read_service_database("governance", GOVERNANCE_TABLES, check)
 
 
 def _ledger_imbalance() -> int | None:
-    path: Path = RUN_DIR / "data" / "billing.db"
-    if not path.exists():
-        return None
-    engine = create_service_engine(f"sqlite:///{path}", "billing", BILLING_TABLES)
-    try:
-        with Session(engine) as session:
-            return ledger_imbalance(session)
-    finally:
-        engine.dispose()
+    return _read_service_database("billing", BILLING_TABLES, ledger_imbalance)

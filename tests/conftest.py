@@ -13,10 +13,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from contracts.events import PolicyRevisionPublished
+from services.placement.logic import PoolState
+from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
+from services.shared.policy import PolicyBundle
 from services.shared.runtime import Service, running
-from services.shared.settings import Settings
+from services.shared.settings import REPO_ROOT, Settings
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -82,3 +86,35 @@ async def run_services(builders: Sequence[Callable[[], Service]]) -> AsyncIterat
     async with contextlib.AsyncExitStack() as stack:
         await asyncio.gather(*(stack.enter_async_context(running(service)) for service in services))
         yield services
+
+
+def catalogue_pools() -> list[PoolState]:
+    """Every pool of the default catalogue, all GPUs free."""
+    return [
+        PoolState(
+            pool.pool_id,
+            offer.site.site_id,
+            pool.accelerator_model,
+            pool.generation,
+            pool.accelerator_origin,
+            pool.gpu_count,
+            0,
+            pool.price_krw_per_gpu_hour,
+            pool.power_kw_per_gpu,
+            pool.pue,
+            "available",
+        )
+        for offer in load_catalogue(REPO_ROOT / "catalogue").offers
+        for pool in offer.pools
+    ]
+
+
+def published_revision(bundle: PolicyBundle, files: dict[str, str] | None = None) -> PolicyRevisionPublished:
+    """A policy.published payload for a bundle (its own files unless others are given)."""
+    return PolicyRevisionPublished(
+        policy_revision=bundle.revision,
+        published_by="cpo@example.go.kr",
+        tests_passed=73,
+        files=bundle.file_digests(),
+        bundle=bundle.files if files is None else files,
+    )

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from contracts.events import JobKind, JobRequest
-from services.placement.logic import PoolState, policy_input
+from services.placement.logic import policy_input
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT
+from tests.conftest import catalogue_pools
 
 BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
@@ -26,23 +27,7 @@ NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
 def cases() -> list[dict[str, Any]]:
     sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
-    pools = [
-        PoolState(
-            p.pool_id,
-            o.site.site_id,
-            p.accelerator_model,
-            p.generation,
-            p.accelerator_origin,
-            p.gpu_count,
-            0,
-            p.price_krw_per_gpu_hour,
-            p.power_kw_per_gpu,
-            p.pue,
-            "available",
-        )
-        for o in CATALOGUE.offers
-        for p in o.pools
-    ]
+    pools = catalogue_pools()
     jobs: list[dict[str, Any]] = [
         {"csap_grade": "high", "datasets": [{"name": "d", "n2sf_grade": "C"}]},
         {"datasets": [{"name": "d", "categories": ["credit"], "personal_info": True, "contains_rrn": True}]},

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from contracts.events import JobKind, JobRequest
-from services.placement.logic import PoolState, parse_verdicts, policy_input
+from services.placement.logic import parse_verdicts, policy_input
 from services.shared.catalogue import load_catalogue
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.settings import REPO_ROOT
 from sovereign.policy_commands import policy_test
+from tests.conftest import catalogue_pools
 
 POLICY_DIR = REPO_ROOT / "policies"
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
@@ -153,23 +154,7 @@ def decide(tenant_id: str, **job: object) -> dict[str, bool]:
         }
     )
     sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
-    pools = [
-        PoolState(
-            p.pool_id,
-            o.site.site_id,
-            p.accelerator_model,
-            p.generation,
-            p.accelerator_origin,
-            p.gpu_count,
-            0,
-            p.price_krw_per_gpu_hour,
-            p.power_kw_per_gpu,
-            p.pue,
-            "available",
-        )
-        for o in CATALOGUE.offers
-        for p in o.pools
-    ]
+    pools = catalogue_pools()
     tenant = CATALOGUE.tenants[tenant_id].model_dump(mode="json", exclude_none=True)
     engine = EmbeddedRegoEngine(PolicyBundle.load(POLICY_DIR))
     verdicts = parse_verdicts(engine.decide(policy_input(request, tenant, sites, pools, NOW)), set(sites))

@@ -15,7 +15,6 @@ from contracts.events import (
     CapacityOfferedEvent,
     JobKind,
     JobRequest,
-    PolicyRevisionPublished,
 )
 from services.placement import app as placement_app
 from services.shared.catalogue import load_catalogue
@@ -27,7 +26,7 @@ from sovereign.policy_commands import policy_publish
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import produce
 from sovereign.workload import request_events
-from tests.conftest import run_services, service_settings
+from tests.conftest import published_revision, run_services, service_settings
 
 pytestmark = pytest.mark.broker
 
@@ -120,23 +119,16 @@ def broken_copy(tmp_path: Path) -> Path:
     return broken
 
 
-def published(bundle: PolicyBundle, files: dict[str, str] | None = None) -> PolicyRevisionPublished:
-    return PolicyRevisionPublished(
-        policy_revision=bundle.revision,
-        published_by="someone",
-        tests_passed=1,
-        files=bundle.file_digests(),
-        bundle=files if files is not None else bundle.files,
-    )
-
-
 async def test_a_worker_activates_only_a_tested_bundle_that_matches_its_revision(tmp_path: Path) -> None:
     current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
     good = PolicyBundle.load(policy_copy(tmp_path, "warn"))
     tampered = {**good.files, "data.json": good.files["data.json"].replace('"warn"', '"dryrun"')}
-    assert await activate_published(current, published(good, tampered)) is None
-    assert await activate_published(current, published(PolicyBundle.load(broken_copy(tmp_path)))) is None
-    no_bundle = published(good).model_copy(update={"bundle": None})
+    assert await activate_published(current, published_revision(good, tampered)) is None
+    assert (
+        await activate_published(current, published_revision(PolicyBundle.load(broken_copy(tmp_path))))
+        is None
+    )
+    no_bundle = published_revision(good).model_copy(update={"bundle": None})
     assert await activate_published(current, no_bundle) is None
-    activated = await activate_published(current, published(good))
+    activated = await activate_published(current, published_revision(good))
     assert activated is not None and activated.revision == good.revision

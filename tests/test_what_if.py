@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from contracts import EVENT_MODELS
@@ -26,7 +27,6 @@ from contracts.events import (
     PolicyNonCompliance,
     PolicyNonComplianceEvent,
     PolicyPublishedEvent,
-    PolicyRevisionPublished,
 )
 from services.governance import handlers as governance
 from services.governance.policy_diff import diff_bundles
@@ -41,6 +41,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
+from tests.conftest import published_revision
 
 SHIPPED = REPO_ROOT / "policies"
 
@@ -113,6 +114,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
+def governance_engine(settings: Settings) -> Engine:
+    tables = [table_of(OutboxMessage), table_of(ProcessedEvent), *GOVERNANCE_TABLES]
+    return create_service_engine(database_url_for(settings, "governance"), "governance", tables)
+
+
 def candidate(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
     copy = tmp_path / "candidate"
     shutil.copytree(SHIPPED, copy)
@@ -123,7 +129,7 @@ def candidate(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
 
 
 def replay(settings: Settings, policies: Path) -> WhatIfReport:
-    engine = create_service_engine(database_url_for(settings, "governance"), "governance", GOVERNANCE_TABLES)
+    engine = governance_engine(settings)
     with Session(engine) as session:
         return governance.what_if(session, EmbeddedRegoEngine(PolicyBundle.load(policies)))
 
@@ -174,16 +180,8 @@ def test_a_published_revision_can_be_named_by_its_id(settings: Settings, tmp_pat
     bundle = PolicyBundle.load(
         candidate(tmp_path, lambda data: data["rules"]["FIN-03"].update(mode="dryrun"))
     )
-    published = PolicyRevisionPublished(
-        policy_revision=bundle.revision,
-        published_by="cpo",
-        tests_passed=73,
-        files=bundle.file_digests(),
-        bundle=bundle.files,
-    )
-    engine = create_service_engine(
-        database_url_for(settings, "governance"), "governance", [table_of(ProcessedEvent), *GOVERNANCE_TABLES]
-    )
+    published = published_revision(bundle)
+    engine = governance_engine(settings)
     with unit_of_work(engine) as session:
         governance.on_policy_published(
             session,
@@ -210,18 +208,8 @@ def test_diff_names_logic_and_shared_helper_changes(tmp_path: Path) -> None:
 
 def publish_to_governance(settings: Settings, policies: Path) -> list[PolicyNonCompliance]:
     bundle = PolicyBundle.load(policies)
-    published = PolicyRevisionPublished(
-        policy_revision=bundle.revision,
-        published_by="cpo",
-        tests_passed=73,
-        files=bundle.file_digests(),
-        bundle=bundle.files,
-    )
-    engine = create_service_engine(
-        database_url_for(settings, "governance"),
-        "governance",
-        [table_of(OutboxMessage), table_of(ProcessedEvent), *GOVERNANCE_TABLES],
-    )
+    published = published_revision(bundle)
+    engine = governance_engine(settings)
     with Session(engine) as session:
         before = len(list(session.exec(select(OutboxMessage))))
     with unit_of_work(engine) as session:
@@ -253,9 +241,7 @@ def test_a_warn_mode_finding_is_only_reported(settings: Settings, tmp_path: Path
 
 
 def test_a_finished_job_is_not_rechecked(settings: Settings, tmp_path: Path) -> None:
-    engine = create_service_engine(
-        database_url_for(settings, "governance"), "governance", [table_of(ProcessedEvent), *GOVERNANCE_TABLES]
-    )
+    engine = governance_engine(settings)
     done = JobCompleted(
         job_id=JOBS["ministry"].data.job_id,
         tenant_id="mois",

@@ -213,6 +213,28 @@ def test_completion_releases_capacity_and_places_the_queued_job(database_url: tu
     assert len(outbox(engine, "jobs.queued")) == 1
 
 
+def test_the_sweep_expires_deadlines_without_deciding_again(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    blocker = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=640)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=8, deadline=soon)
+    for event in (blocker, waiting):
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    decisions = len(outbox(engine, "policy.decisions"))
+    with unit_of_work(engine) as session:  # recently planned, deadline ahead: nothing to do
+        assert placement.sweep_queue(ctx, session) == 0
+    assert len(outbox(engine, "policy.decisions")) == decisions
+    later = placement_context(clock=lambda: datetime.now(UTC) + timedelta(hours=2))
+    with unit_of_work(engine) as session:
+        assert placement.sweep_queue(later, session) == 1
+    [rejected] = outbox(engine, "jobs.rejected")
+    assert b'"deadline_passed"' in rejected.payload and b"while it waited" in rejected.payload
+    assert len(outbox(engine, "policy.decisions")) == decisions
+
+
 def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()

@@ -64,7 +64,7 @@ def build(settings: Settings) -> Service:
         while True:
             await asyncio.sleep(QUEUE_SWEEP_SECONDS)
             with unit_of_work(service.engine) as session:
-                moved = handlers.retry_queued(context, session)
+                moved = handlers.sweep_queue(context, session)
             if moved:
                 service.relay.wake()
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -59,6 +59,8 @@ CONSUMER = "placement"
 SOURCE = "service/placement"
 # A freed pool re-plans at most this many queued jobs in one transaction; the sweep picks up the rest.
 QUEUE_BATCH = 50
+# The sweep re-plans a queued job only if nothing re-planned it for this long.
+STALE_QUEUE_AFTER = timedelta(seconds=60)
 # Attempts to reserve when a concurrent worker takes the chosen GPUs first.
 RESERVE_ATTEMPTS = 3
 
@@ -150,10 +152,24 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     retry_queued(ctx, session)
 
 
-def retry_queued(ctx: PlacementContext, session: Session) -> int:
-    """Re-plan queued jobs in arrival order; returns how many left the queue."""
+def sweep_queue(ctx: PlacementContext, session: Session) -> int:
+    """The periodic pass: reject queued jobs whose deadline passed (no policy evaluation needed), and
+    re-plan only those no capacity event re-planned lately (e.g. after an over-budget decision)."""
+    now = ctx.clock()
     moved = 0
     for job in queued_jobs(session, QUEUE_BATCH):
+        request = JobRequest.model_validate(job.request)
+        if request.deadline <= now:
+            reason = f"the job's deadline {request.deadline.isoformat()} passed while it waited for capacity"
+            _reject(session, job, request, RejectionCode.DEADLINE_PASSED, reason)
+            moved += 1
+    return moved + retry_queued(ctx, session, untouched_since=now - STALE_QUEUE_AFTER)
+
+
+def retry_queued(ctx: PlacementContext, session: Session, untouched_since: datetime | None = None) -> int:
+    """Re-plan queued jobs in arrival order; returns how many left the queue."""
+    moved = 0
+    for job in queued_jobs(session, QUEUE_BATCH, untouched_since):
         request = JobRequest.model_validate(job.request)
         tenant = ctx.tenants.get(job.tenant_id)
         if tenant is None:
@@ -302,6 +318,7 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
 
 def _queue(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
     if job.state == "queued":
+        job.updated_at = utc_now()  # re-planned just now: the sweep leaves it alone for a while
         return  # still waiting: the tenant already knows, and why
     transition(session, job.job_id, {"requested"}, "queued", reason=plan.reason)
     queued = JobQueued(

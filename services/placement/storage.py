@@ -170,12 +170,9 @@ def transition(session: Session, job_id: str, from_states: set[str], to_state: s
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def queued_jobs(session: Session, limit: int) -> list[JobRow]:
-    return list(
-        session.exec(
-            select(JobRow)
-            .where(JobRow.state == "queued")
-            .order_by(col(JobRow.requested_at), col(JobRow.job_id))
-            .limit(limit)
-        )
-    )
+def queued_jobs(session: Session, limit: int, untouched_since: datetime | None = None) -> list[JobRow]:
+    """Queued jobs in arrival order; with untouched_since, only those not re-planned since then."""
+    query = select(JobRow).where(JobRow.state == "queued")
+    if untouched_since is not None:
+        query = query.where(col(JobRow.updated_at) < untouched_since)
+    return list(session.exec(query.order_by(col(JobRow.requested_at), col(JobRow.job_id)).limit(limit)))

@@ -63,6 +63,11 @@ class JobRequest(Contract):
     importance: Literal["normal", "important"] = Field(default="normal", description="FSS 'important' work.")
     training_ops: float | None = Field(default=None, ge=0, description="Total training operations, if known.")
     open_weights: bool = False
+    preferred_regions: list[str] = Field(default_factory=list, description="Ranked after price and energy.")
+    excluded_regions: list[str] = Field(default_factory=list, description="Never placed in these regions.")
+    priority: Literal["low", "normal", "high", "urgent"] = Field(
+        default="normal", description="Queue order: priority class first, then arrival."
+    )
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -331,7 +336,7 @@ class PolicyNonCompliance(Contract):
 
 # Envelopes, one per event type. The literal type doubles as the topic name.
 class JobRequestedEvent(Event[JobRequest]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.requested"] = "jobs.requested"
 
 

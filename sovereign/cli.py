@@ -121,6 +121,12 @@ def _policy_what_if(args: argparse.Namespace) -> int:
     return policy_what_if(args.against, _settings(args))
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from sovereign.job_commands import list_jobs
+
+    return list_jobs(_settings(args), args.state, args.tenant)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)

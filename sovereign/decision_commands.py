@@ -6,15 +6,12 @@ from sqlmodel import Session
 
 from services.governance.handlers import DecisionQuery, find_decisions, verify_log
 from services.governance.storage import TABLES
-from services.shared.db import create_service_engine, database_url_for
 from services.shared.settings import Settings
+from sovereign.databases import service_session
 
 
 def governance_session(settings: Settings) -> Session:
-    engine = create_service_engine(
-        database_url_for(settings, "governance"), "governance", TABLES, settings.database_schema_prefix
-    )
-    return Session(engine)
+    return service_session(settings, "governance", TABLES)
 
 
 def list_decisions(settings: Settings, query: DecisionQuery, limit: int) -> int:

@@ -40,7 +40,11 @@ TEMPLATES = [
         JobKind.INFERENCE,
         (8, 32),
         (2, 6),
-        {"csap_grade": "high", "datasets": [{"name": "incident-reports", "n2sf_grade": "S"}]},
+        {
+            "csap_grade": "high",
+            "priority": "urgent",
+            "datasets": [{"name": "incident-reports", "n2sf_grade": "S"}],
+        },
     ),
     Template(
         "nia",
@@ -82,7 +86,7 @@ TEMPLATES = [
         JobKind.INFERENCE,
         (8, 64),
         (1, 8),
-        {"max_price_krw_per_gpu_hour": 4500},
+        {"max_price_krw_per_gpu_hour": 4500, "preferred_regions": ["seoul", "gyeonggi"]},
     ),
     Template(
         "hanbit-ai",
@@ -99,7 +103,7 @@ TEMPLATES = [
         JobKind.TRAINING,
         (64, 256),
         (8, 24),
-        {"accelerator_model": "H100"},
+        {"accelerator_model": "H100", "excluded_regions": ["virginia"]},
     ),
     Template(
         "hanil-bank",

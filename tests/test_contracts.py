@@ -40,7 +40,7 @@ def test_golden_example_validates_against_model_and_pinned_schema(event_type: st
 
 def test_the_drift_check_notices_a_changed_model() -> None:
     class Changed(JobRequest):
-        priority: int = 0
+        cost_centre: str = ""
 
     class ChangedEvent(Event[Changed]):
         type: Literal["jobs.requested"] = "jobs.requested"

@@ -174,3 +174,26 @@ def test_a_site_missing_from_the_policy_answer_is_denied() -> None:
 
 def test_free_gpus_property() -> None:
     assert replace(pool("p", "s", total=10), reserved_gpus=7).free_gpus == 3
+
+
+def test_an_excluded_region_is_a_capacity_reason_not_a_policy_verdict() -> None:
+    seoul = replace(pool("s1", "seoul-site", price=1000), region="seoul")
+    busan = replace(pool("b1", "busan-site", price=2000), region="busan")
+    result = plan(job(excluded_regions=["seoul"]), allow("seoul-site", "busan-site"), [seoul, busan])
+    assert result.chosen is not None and result.chosen.pool_id == "b1"
+    excluded = next(s for s in result.explanation.sites if s.site_id == "seoul-site")
+    assert excluded.policy_allowed and "a region the job excludes" in excluded.capacity_reasons[0]
+
+
+def test_region_preference_ranks_after_price_and_energy() -> None:
+    gwangju = replace(pool("g1", "a-gwangju", price=5000), region="gwangju")
+    sejong = replace(pool("s1", "b-sejong", price=5000), region="sejong")
+    cheaper = replace(pool("c1", "c-cheap", price=4000), region="ulsan")
+    preferring = job(preferred_regions=["sejong"])
+    assert plan(preferring, allow("a-gwangju", "b-sejong"), [gwangju, sejong]).chosen == sejong
+    assert plan(job(), allow("a-gwangju", "b-sejong"), [gwangju, sejong]).chosen == gwangju
+    # Preference never beats price.
+    assert (
+        plan(preferring, allow("a-gwangju", "b-sejong", "c-cheap"), [gwangju, sejong, cheaper]).chosen
+        == cheaper
+    )

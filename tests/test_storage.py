@@ -49,7 +49,8 @@ from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.kafka import PoisonMessage
 from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
-from services.shared.settings import REPO_ROOT
+from services.shared.settings import REPO_ROOT, Settings
+from sovereign.job_commands import list_jobs
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
@@ -233,6 +234,64 @@ def test_the_sweep_expires_deadlines_without_deciding_again(database_url: tuple[
     [rejected] = outbox(engine, "jobs.rejected")
     assert b'"deadline_passed"' in rejected.payload and b"while it waited" in rejected.payload
     assert len(outbox(engine, "policy.decisions")) == decisions
+
+
+def test_a_higher_priority_job_takes_freed_capacity_first(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    high_grade = {"csap_grade": "high", "accelerator_model": "A100"}
+    blocker = request_event("mois", gpu_count=640, **high_grade)
+    normal = request_event("mois", gpu_count=600, **high_grade)
+    urgent = request_event("mois", gpu_count=600, priority="urgent", **high_grade)
+    for event in (blocker, normal, urgent):  # the urgent job arrives last
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    done = JobCompleted(
+        job_id=blocker.data.job_id,
+        tenant_id="mois",
+        site_id="nadc-gwangju",
+        pool_id="nadc-gwangju-a100",
+        gpu_count=640,
+        status="succeeded",
+        usage_reports=1,
+        gpu_seconds=1,
+    )
+    with unit_of_work(engine) as session:
+        placement.on_job_completed(
+            ctx, session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
+        )
+    with Session(engine) as session:
+        assert session.get(JobRow, str(urgent.data.job_id)).state == "placed"  # type: ignore[union-attr]
+        assert session.get(JobRow, str(normal.data.job_id)).state == "queued"  # type: ignore[union-attr]
+
+
+def test_jobs_command_shows_queue_positions_by_priority(
+    database_url: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    high_grade = {"csap_grade": "high", "accelerator_model": "A100"}
+    events = [
+        request_event("mois", gpu_count=640, **high_grade),
+        request_event("mois", gpu_count=64, **high_grade),
+        request_event("mois", gpu_count=32, priority="high", **high_grade),
+        request_event("nobody"),
+    ]
+    for event in events:
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    url, prefix = database_url
+    assert list_jobs(Settings(database_url=url, database_schema_prefix=prefix), None, None) == 0
+    lines = capsys.readouterr().out.splitlines()
+    queued = [line for line in lines if "in queue" in line]
+    assert str(events[2].data.job_id) in queued[0] and "#1 in queue" in queued[0]
+    assert str(events[1].data.job_id) in queued[1] and "#2 in queue" in queued[1]
+    assert any("nadc-gwangju (nadc-gwangju-a100) at 2,100 KRW/GPU-h" in line for line in lines)
+    assert any("not in the tenant registry" in line for line in lines)
+    list_jobs(Settings(database_url=url, database_schema_prefix=prefix), "queued", "nobody")
+    assert "0 jobs" in capsys.readouterr().out
 
 
 def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url: tuple[str, str]) -> None:

@@ -59,6 +59,7 @@ CONSUMER = "placement"
 SOURCE = "service/placement"
 # A freed pool re-plans at most this many queued jobs in one transaction; the sweep picks up the rest.
 QUEUE_BATCH = 50
+PRIORITY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
 # The sweep re-plans a queued job only if nothing re-planned it for this long.
 STALE_QUEUE_AFTER = timedelta(seconds=60)
 # Attempts to reserve when a concurrent worker takes the chosen GPUs first.
@@ -90,6 +91,7 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
         request=request.model_dump(mode="json"),
         state="requested",
         gpu_count=request.gpu_count,
+        priority_rank=PRIORITY_RANK[request.priority],
     )
     session.add(job)
     session.flush()

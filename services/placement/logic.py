@@ -7,6 +7,7 @@ explain every site: its policy verdict beside its capacity facts, so a tenant ca
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -36,6 +37,7 @@ class PoolState:
     power_kw_per_gpu: float
     pue: float
     status: str
+    region: str = ""
 
     @property
     def free_gpus(self) -> int:
@@ -120,6 +122,8 @@ def _static_misfit(job: JobRequest, pool: PoolState) -> str | None:
     """Why this pool could never run the job, however much capacity frees up; None if it could."""
     if pool.status == "withdrawn":
         return f"{pool.pool_id} is withdrawn"
+    if pool.region in job.excluded_regions:
+        return f"{pool.pool_id} is in {pool.region}, a region the job excludes"
     if job.accelerator_model and pool.accelerator_model.lower() != job.accelerator_model.lower():
         return f"{pool.pool_id} offers {pool.accelerator_model}, not {job.accelerator_model}"
     if job.min_generation and pool.generation < job.min_generation:
@@ -146,9 +150,17 @@ def _current_misfit(job: JobRequest, pool: PoolState) -> str | None:
     return None
 
 
-def ranking_key(pool: PoolState) -> tuple[int, float, str, str]:
-    # Price, then energy per GPU-hour, then ids: the same inputs always give the same order.
-    return pool.price_krw_per_gpu_hour, round(pool.facility_kw_per_gpu, 6), pool.site_id, pool.pool_id
+def ranking_key(pool: PoolState, preferred_regions: Sequence[str] = ()) -> tuple[int, float, int, str, str]:
+    # Price, then energy per GPU-hour, then the tenant's region preference, then ids: the same inputs
+    # always give the same order.
+    preference = 0 if pool.region in preferred_regions else 1
+    return (
+        pool.price_krw_per_gpu_hour,
+        round(pool.facility_kw_per_gpu, 6),
+        preference,
+        pool.site_id,
+        pool.pool_id,
+    )
 
 
 def plan_placement(
@@ -164,6 +176,9 @@ def plan_placement(
             decision_id=decision_id, policy_revision=policy_revision, summary=summary, sites=assessments
         )
 
+    def rank(pool: PoolState) -> tuple[int, float, int, str, str]:
+        return ranking_key(pool, job.preferred_regions)
+
     pools_by_site: dict[str, list[PoolState]] = {site_id: [] for site_id in verdicts}
     for pool in pools:
         pools_by_site.setdefault(pool.site_id, []).append(pool)
@@ -175,7 +190,7 @@ def plan_placement(
     for site_id in sorted(pools_by_site):
         reasons: list[str] = []
         site_fits: list[PoolState] = []
-        for pool in sorted(pools_by_site[site_id], key=ranking_key):
+        for pool in sorted(pools_by_site[site_id], key=rank):
             static = _static_misfit(job, pool)
             if static:
                 reasons.append(static)
@@ -195,7 +210,7 @@ def plan_placement(
         if verdicts.get(site_id, SiteVerdict(site_id=site_id, allowed=False)).allowed:
             fitting_now.extend(site_fits[:1])
 
-    ranked = sorted(fitting_now, key=ranking_key)
+    ranked = sorted(fitting_now, key=rank)
     rank_of = {pool.site_id: position for position, pool in enumerate(ranked, start=1)}
     assessments = [
         SiteAssessment(
@@ -242,7 +257,7 @@ def plan_placement(
     allowed_ids = {s.site_id for s in allowed_sites}
     waiting_for = [p for p in could_fit_later if p.site_id in allowed_ids]
     if waiting_for:
-        pool = sorted(waiting_for, key=ranking_key)[0]
+        pool = sorted(waiting_for, key=rank)[0]
         reason = (
             f"waiting for capacity: {len(allowed_sites)} allowed sites, none with {job.gpu_count} free GPUs "
             f"now; first choice when free: {pool.pool_id}"

@@ -35,6 +35,7 @@ class PoolRow(SQLModel, table=True):
     power_kw_per_gpu: float
     pue: float
     status: str = "available"
+    region: str = ""
 
 
 class JobRow(SQLModel, table=True):
@@ -48,6 +49,8 @@ class JobRow(SQLModel, table=True):
     site_id: str | None = None
     pool_id: str | None = None
     gpu_count: int
+    # Queue order: priority class (0 = urgent ... 3 = low) first, then arrival.
+    priority_rank: int = 2
     price_krw_per_gpu_hour: int | None = None
     decision_id: str | None = None
     policy_revision: str | None = None
@@ -109,6 +112,7 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
         row.power_kw_per_gpu = pool.power_kw_per_gpu
         row.pue = pool.pue
         row.status = "available"
+        row.region = offer.site.region
 
 
 def load_sites(session: Session) -> dict[str, SiteAttributes]:
@@ -131,6 +135,7 @@ def load_pools(session: Session) -> list[PoolState]:
             power_kw_per_gpu=row.power_kw_per_gpu,
             pue=row.pue,
             status=row.status,
+            region=row.region,
         )
         for row in session.exec(select(PoolRow).order_by(col(PoolRow.pool_id)))
     ]
@@ -170,9 +175,19 @@ def transition(session: Session, job_id: str, from_states: set[str], to_state: s
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[JobRow]:
+    query = select(JobRow)
+    if state:
+        query = query.where(JobRow.state == state)
+    if tenant_id:
+        query = query.where(JobRow.tenant_id == tenant_id)
+    return list(session.exec(query.order_by(col(JobRow.state), col(JobRow.requested_at), col(JobRow.job_id))))
+
+
 def queued_jobs(session: Session, limit: int, untouched_since: datetime | None = None) -> list[JobRow]:
     """Queued jobs in arrival order; with untouched_since, only those not re-planned since then."""
     query = select(JobRow).where(JobRow.state == "queued")
     if untouched_since is not None:
         query = query.where(col(JobRow.updated_at) < untouched_since)
-    return list(session.exec(query.order_by(col(JobRow.requested_at), col(JobRow.job_id)).limit(limit)))
+    order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))
+    return list(session.exec(query.order_by(*order).limit(limit)))

@@ -146,6 +146,25 @@ class JobRejected(Contract):
     explanation: Explanation | None = None
 
 
+class JobCancelRequested(Contract):
+    """A tenant asks to cancel one of its jobs, at whatever stage it is."""
+
+    job_id: uuid.UUID
+    tenant_id: Slug
+    reason: str = Field(default="", max_length=500)
+
+
+class JobCancelled(Contract):
+    """Placement honoured a cancel. A placed job's capacity is released once its factory confirms it stopped
+    (jobs.completed with status cancelled); its usage until then is billed."""
+
+    job_id: uuid.UUID
+    tenant_id: Slug
+    stage: Literal["before_request", "requested", "queued", "placed"]
+    site_id: Slug | None = None
+    reason: str = ""
+
+
 class JobStarted(Contract):
     job_id: uuid.UUID
     tenant_id: Slug
@@ -182,7 +201,7 @@ class JobCompleted(Contract):
     site_id: Slug
     pool_id: Slug
     gpu_count: int = Field(ge=1)
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled"]
     usage_reports: int = Field(ge=0, description="How many usage.reported events this job emitted.")
     gpu_seconds: int = Field(ge=0)
 
@@ -355,6 +374,14 @@ class JobRejectedEvent(Event[JobRejected]):
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 
+class JobCancelEvent(Event[JobCancelRequested]):
+    type: Literal["jobs.cancel"] = "jobs.cancel"
+
+
+class JobCancelledEvent(Event[JobCancelled]):
+    type: Literal["jobs.cancelled"] = "jobs.cancelled"
+
+
 class JobStartedEvent(Event[JobStarted]):
     type: Literal["jobs.started"] = "jobs.started"
 
@@ -364,6 +391,7 @@ class UsageReportedEvent(Event[UsageReported]):
 
 
 class JobCompletedEvent(Event[JobCompleted]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.completed"] = "jobs.completed"
 
 
@@ -404,6 +432,8 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
         JobPlacedEvent,
         JobQueuedEvent,
         JobRejectedEvent,
+        JobCancelEvent,
+        JobCancelledEvent,
         JobStartedEvent,
         UsageReportedEvent,
         JobCompletedEvent,

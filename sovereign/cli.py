@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -127,6 +128,14 @@ def _jobs(args: argparse.Namespace) -> int:
     return list_jobs(_settings(args), args.state, args.tenant)
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    from contracts import job_id_for
+    from sovereign.submit import cancel
+
+    job_id = uuid.UUID(args.job_id) if args.job_id else job_id_for(args.tenant, args.client_request_id)
+    return asyncio.run(cancel(_settings(args), args.tenant, job_id, args.reason))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the outcome")
     connection_options(submit)
     submit.set_defaults(handler=_submit)
+
+    cancel = commands.add_parser("cancel", help="cancel a job at whatever stage it is")
+    cancel.add_argument("--tenant", required=True)
+    target = cancel.add_mutually_exclusive_group(required=True)
+    target.add_argument("--job-id")
+    target.add_argument("--client-request-id")
+    cancel.add_argument("--reason", default="")
+    connection_options(cancel)
+    cancel.set_defaults(handler=_cancel)
 
     demo = commands.add_parser("demo", help="run the whole marketplace on embedded defaults and report")
     demo.add_argument("--jobs", type=int, default=48, help="how many job requests to submit")

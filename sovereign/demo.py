@@ -20,6 +20,7 @@ from sqlalchemy import Table
 from sqlmodel import Session
 
 from contracts import TOPICS, dead_letter_topic
+from contracts.events import JobCancelEvent, JobCancelRequested, JobRequest
 from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ledger_imbalance
 from services.governance.handlers import verify_log
@@ -125,15 +126,23 @@ async def _drive(
             f"(+{len(retries)} resubmissions) over Kafka.\n"
         )
         last = ""
+        # The public agency changes its mind about one pretraining run once it is running.
+        to_cancel = next(r for r in requests if r.tenant_id == "nia")
+        cancel_sent = False
         while time.monotonic() - started < wait_seconds and not tracker.all_terminal(job_ids):
             if _died(processes):
                 return _report_crash(processes)
+            if not cancel_sent and tracker.trace(to_cancel.job_id).started:
+                await cancel(bootstrap, to_cancel, "budget reallocated")
+                print(f"  cancelling {to_cancel.name!r} ({to_cancel.tenant_id}) while it runs", flush=True)
+                cancel_sent = True
             states = tracker.states(job_ids)
             line = (
                 f"  [{time.monotonic() - started:5.1f}s] queued {states['queued']:>3}"
                 f" | placed {states['placed']:>3}"
                 f" | running {states['running']:>3} | completed {states['completed']:>3}"
                 f" | billed {states['billed']:>3} | rejected {states['rejected']:>3}"
+                f" | cancelled {states['cancelled']:>3}"
             )
             if line.split("]")[1] != last:
                 print(line, flush=True)
@@ -148,6 +157,12 @@ async def _drive(
         finished = tracker.all_terminal(job_ids)
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
         return 0 if finished else 1
+
+
+async def cancel(bootstrap: str, request: JobRequest, reason: str) -> None:
+    data = JobCancelRequested(job_id=request.job_id, tenant_id=request.tenant_id, reason=reason)
+    event = JobCancelEvent.create(source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=data)
+    await produce(bootstrap, [(event, str(request.job_id))], idempotent=False)
 
 
 def _died(processes: Processes) -> bool:

@@ -58,6 +58,13 @@ def render_report(
         f"{len(placed)} placed, {len(rejected)} rejected, {len(billed)} billed, {len(unfinished)} unfinished"
     )
     waited = [j for j, t in traces.items() if t.queued and t.placed]
+    cancelled = [t for t in traces.values() if t.cancelled]
+    if cancelled:
+        running = sum(1 for t in cancelled if t.placed)
+        out.append(
+            f"  {len(cancelled)} cancelled by their tenant ({running} while running, billed for the usage "
+            f"reported until then)"
+        )
     resubmitted = [t for t in traces.values() if len(t.requests) > 1]
     placed_once = sum(1 for t in resubmitted if len(t.placed) + len(t.rejected) == 1)
     out.append(

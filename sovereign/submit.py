@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from contracts.events import (
     JobBilledEvent,
+    JobCancelEvent,
+    JobCancelRequested,
     JobCompletedEvent,
     JobPlacedEvent,
     JobQueuedEvent,
@@ -88,3 +91,15 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
                 return 3
             await asyncio.sleep(0)
     return 3
+
+
+async def cancel(settings: Settings, tenant_id: str, job_id: uuid.UUID, reason: str) -> int:
+    """Produce a tenant's cancel; placement honours it at any stage and answers with jobs.cancelled."""
+    event = JobCancelEvent.create(
+        source=f"tenant/{tenant_id}",
+        subject=tenant_id,
+        data=JobCancelRequested(job_id=job_id, tenant_id=tenant_id, reason=reason),
+    )
+    await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
+    print(f"asked to cancel job {job_id} for tenant {tenant_id}")
+    return 0

@@ -13,6 +13,7 @@ from contracts import TOPICS, AnyEvent
 from contracts.events import (
     CapacityOffered,
     JobBilled,
+    JobCancelled,
     JobCompleted,
     JobPlaced,
     JobQueued,
@@ -37,18 +38,25 @@ class JobTrace:
     completed: list[JobCompleted] = field(default_factory=list)
     rated: list[UsageRated] = field(default_factory=list)
     billed: list[JobBilled] = field(default_factory=list)
+    cancelled: list[JobCancelled] = field(default_factory=list)
 
     @property
     def terminal(self) -> str | None:
-        """A job ends rejected, or billed once it ran; a placed job that is not yet billed has not ended."""
+        """A job ends rejected, cancelled before it was placed, or billed once it ran (even if cancelled
+        while running); a placed job that is not yet billed has not ended."""
         if self.rejected:
             return "rejected"
         if self.billed:
             return "billed"
+        if self.cancelled and not self.placed:
+            return "cancelled"
         return None
 
     @property
     def state(self) -> str:
+        # A job cancelled while running is "cancelled" only once its usage until then is billed.
+        if self.cancelled and (not self.placed or self.billed):
+            return "cancelled"
         for name, events in (
             ("rejected", self.rejected),
             ("billed", self.billed),
@@ -109,6 +117,8 @@ class Tracker:
                 self.trace(data.job_id).rated.append(data)
             case JobBilled():
                 self.trace(data.job_id).billed.append(data)
+            case JobCancelled():
+                self.trace(data.job_id).cancelled.append(data)
 
     def states(self, job_ids: set[uuid.UUID]) -> Counter[str]:
         return Counter(self.trace(job_id).state for job_id in job_ids)

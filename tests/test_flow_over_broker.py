@@ -22,11 +22,12 @@ from services.factory_agent.simulation import usage_event_id
 from services.governance import app as governance_app
 from services.governance.handlers import DecisionQuery, find_decisions, verify_log
 from services.placement import app as placement_app
+from services.shared.kafka import consumer_group
 from services.shared.runtime import Service
 from services.shared.settings import Settings
-from sovereign.submit import submit
+from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import produce
+from sovereign.watch import consumer_lag, produce
 from sovereign.workload import generate, request_events
 from tests.conftest import run_services, service_settings
 
@@ -280,3 +281,44 @@ async def test_governance_logs_every_decision_in_an_intact_chain(marketplace: Ma
 def _log_size(governance: Service) -> int:
     with Session(governance.engine) as session:
         return verify_log(session)[0]
+
+
+async def test_cancelling_a_running_job_bills_its_usage_so_far_and_frees_capacity(
+    marketplace: Marketplace,
+) -> None:
+    settings, tracker, _ = marketplace
+    # 600 simulated hours (six hourly-or-longer intervals) take about six real seconds here.
+    request = job(client_id="cancel-check", expected_hours=600)
+    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    trace = tracker.trace(request.job_id)
+    assert await wait_until(lambda: bool(trace.started), within=60)
+    assert await cancel(settings, request.tenant_id, request.job_id, "test") == 0
+    assert await wait_until(lambda: trace.terminal == "billed", within=60), trace.state
+    [cancelled] = trace.cancelled
+    [completed] = trace.completed
+    [billed] = trace.billed
+    assert cancelled.stage == "placed" and completed.status == "cancelled"
+    assert completed.usage_reports < 6 and billed.usage_reports == completed.usage_reports == len(trace.usage)
+    assert billed.amount_krw == charge_krw(
+        sum(u.gpu_seconds for u in trace.usage), billed.price_krw_per_gpu_hour
+    )
+    assert trace.state == "cancelled"
+
+
+async def test_a_cancel_that_overtakes_its_request_stops_it(marketplace: Marketplace) -> None:
+    settings, tracker, _ = marketplace
+    request = job(client_id="cancel-early")
+    trace = tracker.trace(request.job_id)
+    await cancel(settings, request.tenant_id, request.job_id, "changed our mind")
+    assert await wait_until(lambda: bool(trace.cancelled), within=30)
+    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    group = consumer_group("placement", "jobs.requested")
+    assert await wait_until_async(
+        lambda: consumer_lag(settings.bootstrap_servers, group, "jobs.requested"),
+        lambda lag: lag == 0,
+        within=30,
+    )
+    assert trace.terminal == "cancelled"
+    assert (
+        [c.stage for c in trace.cancelled] == ["before_request"] and not trace.placed and not trace.rejected
+    )

@@ -19,6 +19,10 @@ from sqlmodel import Session, col, func, select
 from contracts.events import (
     CapacityOffered,
     CapacityOfferedEvent,
+    JobCancelEvent,
+    JobCancelled,
+    JobCancelledEvent,
+    JobCancelRequested,
     JobCompleted,
     JobCompletedEvent,
     JobKind,
@@ -294,6 +298,74 @@ def test_jobs_command_shows_queue_positions_by_priority(
     assert "0 jobs" in capsys.readouterr().out
 
 
+def cancel_event(job_id: uuid.UUID, tenant: str = "mois") -> JobCancelEvent:
+    data = JobCancelRequested(job_id=job_id, tenant_id=tenant, reason="no longer needed")
+    return JobCancelEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+
+
+def test_cancel_at_every_stage(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    high_grade = {"csap_grade": "high", "accelerator_model": "A100"}
+    running = request_event("mois", gpu_count=640, **high_grade)
+    waiting = request_event("mois", gpu_count=8, **high_grade)
+    early = request_event("mois", gpu_count=8, **high_grade)
+    for event in (running, waiting):
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    for job_id in (waiting.data.job_id, running.data.job_id, early.data.job_id):
+        with unit_of_work(engine) as session:
+            placement.on_job_cancel(ctx, session, cancel_event(job_id))
+    with unit_of_work(engine) as session:  # the request that its cancel overtook
+        placement.on_job_requested(ctx, session, early)
+    stages = {
+        JobCancelledEvent.model_validate_json(r.payload).data.stage for r in outbox(engine, "jobs.cancelled")
+    }
+    assert stages == {"queued", "placed", "before_request"}
+    with Session(engine) as session:
+        states = [session.get(JobRow, str(e.data.job_id)).state for e in (running, waiting, early)]  # type: ignore[union-attr]
+        assert states == ["cancelling", "cancelled", "cancelled"]
+        # The running job keeps its GPUs until its factory confirms it stopped.
+        assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 640  # type: ignore[union-attr]
+    done = JobCompleted(
+        job_id=running.data.job_id,
+        tenant_id="mois",
+        site_id="nadc-gwangju",
+        pool_id="nadc-gwangju-a100",
+        gpu_count=640,
+        status="cancelled",
+        usage_reports=0,
+        gpu_seconds=0,
+    )
+    with unit_of_work(engine) as session:
+        placement.on_job_completed(
+            ctx, session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
+        )
+    with Session(engine) as session:
+        assert session.get(JobRow, str(running.data.job_id)).state == "cancelled"  # type: ignore[union-attr]
+        assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 0  # type: ignore[union-attr]
+    assert (
+        len(outbox(engine, "jobs.placed")) == 1
+    )  # neither the cancelled waiter nor the early one was placed
+    with unit_of_work(engine) as session:  # too late: nothing happens
+        placement.on_job_cancel(ctx, session, cancel_event(running.data.job_id))
+    assert len(outbox(engine, "jobs.cancelled")) == 3
+
+
+def test_a_tenant_cannot_cancel_another_tenants_job(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    job = request_event("mois", csap_grade="medium")
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(ctx, session, job)
+    with pytest.raises(PoisonMessage, match="may not cancel"), unit_of_work(engine) as session:
+        placement.on_job_cancel(ctx, session, cancel_event(job.data.job_id, tenant="hanbit-ai"))
+    with Session(engine) as session:
+        assert session.get(JobRow, str(job.data.job_id)).state == "placed"  # type: ignore[union-attr]
+
+
 def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()
@@ -443,6 +515,45 @@ def test_conflicting_usage_for_the_same_interval_is_poison(database_url: tuple[s
 
 
 # --- factory agent ----------------------------------------------------------------------------------
+
+
+def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
+    running = placed_event(uuid.uuid4())
+    running = running.model_copy(
+        update={"data": running.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 6})}
+    )
+    with unit_of_work(engine) as session:
+        factory.on_job_placed(ctx, session, running)
+    with unit_of_work(engine) as session:  # two simulated hours pass: two intervals reported
+        factory.advance_run(
+            ctx, session, str(running.data.job_id), datetime.now(UTC) + timedelta(seconds=2.2)
+        )
+
+    def cancelled(job_id: uuid.UUID) -> JobCancelledEvent:
+        data = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam")
+        return JobCancelledEvent.create(source="service/placement", subject="mois", data=data)
+
+    with unit_of_work(engine) as session:
+        factory.on_job_cancelled(ctx, session, cancelled(running.data.job_id))
+    with unit_of_work(engine) as session:  # later ticks report nothing more
+        factory.advance_run(ctx, session, str(running.data.job_id), datetime.now(UTC) + timedelta(hours=1))
+    [completed] = [
+        JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
+    ]
+    assert completed.status == "cancelled"
+    assert completed.usage_reports == len(outbox(engine, "usage.reported")) == 2
+    # A cancel that arrives before the placement: the run never starts.
+    early = placed_event(uuid.uuid4())
+    early = early.model_copy(update={"data": early.data.model_copy(update={"pool_id": "nacc-haenam-b200"})})
+    with unit_of_work(engine) as session:
+        factory.on_job_cancelled(ctx, session, cancelled(early.data.job_id))
+    with unit_of_work(engine) as session:
+        factory.on_job_placed(ctx, session, early)
+    assert len(outbox(engine, "jobs.started")) == 1
+    last = JobCompletedEvent.model_validate_json(outbox(engine, "jobs.completed")[-1].payload).data
+    assert last.job_id == early.data.job_id and last.status == "cancelled" and last.usage_reports == 0
 
 
 def test_factory_reports_each_interval_once_and_completes(database_url: tuple[str, str]) -> None:

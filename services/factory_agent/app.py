@@ -7,6 +7,7 @@ from functools import partial
 
 from contracts.events import (
     CapacityOfferedEvent,
+    JobCancelledEvent,
     JobCompletedEvent,
     JobPlacedEvent,
     JobStartedEvent,
@@ -37,6 +38,7 @@ def build(settings: Settings) -> Service:
     # Offers go through the outbox like every other event: published as soon as the relay runs.
     service.on_start.append(partial(handlers.offer_capacity, context))
     consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
+    consume(service, JobCancelledEvent, partial(handlers.on_job_cancelled, context))
     document_publishers(
         service.broker, [CapacityOfferedEvent, JobStartedEvent, UsageReportedEvent, JobCompletedEvent], NAME
     )

@@ -6,12 +6,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlmodel import Session, col, select
 
 from contracts.events import (
     CapacityOffered,
     CapacityOfferedEvent,
+    JobCancelledEvent,
     JobCompleted,
     JobCompletedEvent,
     JobKind,
@@ -21,8 +23,8 @@ from contracts.events import (
     UsageReported,
     UsageReportedEvent,
 )
-from services.factory_agent.simulation import usage_event_id, usage_intervals
-from services.factory_agent.storage import RunRow, claim_interval, finish_run
+from services.factory_agent.simulation import UsageInterval, usage_event_id, usage_intervals
+from services.factory_agent.storage import CancelledJob, RunRow, claim_interval, finish_run
 from services.shared.db import as_utc
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
@@ -56,6 +58,20 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
     offer = ctx.offers.get(placed.site_id)
     if offer is None:
         return  # another agent simulates that site
+    if session.get(CancelledJob, str(placed.job_id)) is not None:
+        # Cancelled before it reached us: it never starts, and placement gets its capacity back.
+        _report_completion(
+            ctx,
+            session,
+            placed.job_id,
+            placed.tenant_id,
+            placed.site_id,
+            placed.pool_id,
+            placed.gpu_count,
+            "cancelled",
+            [],
+        )
+        return
     pool = next((p for p in offer.pools if p.pool_id == placed.pool_id), None)
     if pool is None:
         raise ValueError(f"placed on pool {placed.pool_id!r}, which site {placed.site_id!r} does not offer")
@@ -89,6 +105,34 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
     get_logger(job_id=str(placed.job_id), site_id=placed.site_id).info("job_started")
 
 
+def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledEvent) -> None:
+    """Stop a cancelled run after its last reported interval; usage until then stands and is billed."""
+    if not claim_event(session, CONSUMER, event):
+        return
+    cancelled = event.data
+    if cancelled.stage != "placed" or cancelled.site_id not in ctx.offers:
+        return
+    job_id = str(cancelled.job_id)
+    run = session.get(RunRow, job_id)
+    if run is None:
+        session.add(CancelledJob(job_id=job_id))
+        return
+    if not finish_run(session, job_id, "cancelled"):
+        return  # it had already finished
+    reported = _intervals(run)[: run.next_seq - 1]
+    _report_completion(
+        ctx,
+        session,
+        cancelled.job_id,
+        run.tenant_id,
+        run.site_id,
+        run.pool_id,
+        run.gpu_count,
+        "cancelled",
+        reported,
+    )
+
+
 def running_job_ids(session: Session) -> list[str]:
     return list(
         session.exec(select(RunRow.job_id).where(RunRow.state == "running").order_by(col(RunRow.job_id)))
@@ -103,9 +147,7 @@ def advance_run(ctx: FactoryContext, session: Session, job_id: str, now: datetim
     job_uuid = uuid.UUID(job_id)
     started = as_utc(run.started_at)
     simulated_elapsed = (now - started).total_seconds() * ctx.time_scale
-    intervals = usage_intervals(
-        job_uuid, JobKind(run.kind), run.gpu_count, run.expected_hours, run.power_kw_per_gpu, run.pue
-    )
+    intervals = _intervals(run)
     emitted = 0
     source = ctx.source(run.site_id)
     for interval in intervals[run.next_seq - 1 :]:
@@ -137,19 +179,56 @@ def advance_run(ctx: FactoryContext, session: Session, job_id: str, now: datetim
         )
         emitted += 1
     if intervals[-1].end_offset_s <= simulated_elapsed and finish_run(session, job_id):
-        completed = JobCompleted(
-            job_id=job_uuid,
-            tenant_id=run.tenant_id,
-            site_id=run.site_id,
-            pool_id=run.pool_id,
-            gpu_count=run.gpu_count,
-            status="succeeded",
-            usage_reports=len(intervals),
-            gpu_seconds=sum(i.gpu_seconds for i in intervals),
+        _report_completion(
+            ctx,
+            session,
+            job_uuid,
+            run.tenant_id,
+            run.site_id,
+            run.pool_id,
+            run.gpu_count,
+            "succeeded",
+            intervals,
         )
-        add_to_outbox(
-            session, JobCompletedEvent.create(source=source, subject=run.tenant_id, data=completed), job_id
-        )
-        get_logger(job_id=job_id, site_id=run.site_id).info("job_completed", usage_reports=len(intervals))
         emitted += 1
     return emitted
+
+
+def _intervals(run: RunRow) -> list[UsageInterval]:
+    return usage_intervals(
+        uuid.UUID(run.job_id),
+        JobKind(run.kind),
+        run.gpu_count,
+        run.expected_hours,
+        run.power_kw_per_gpu,
+        run.pue,
+    )
+
+
+def _report_completion(
+    ctx: FactoryContext,
+    session: Session,
+    job_id: uuid.UUID,
+    tenant_id: str,
+    site_id: str,
+    pool_id: str,
+    gpu_count: int,
+    status: Literal["succeeded", "cancelled"],
+    reported: list[UsageInterval],
+) -> None:
+    """jobs.completed, with how many usage intervals were reported, so billing knows when it has them all."""
+    completed = JobCompleted(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        site_id=site_id,
+        pool_id=pool_id,
+        gpu_count=gpu_count,
+        status=status,
+        usage_reports=len(reported),
+        gpu_seconds=sum(i.gpu_seconds for i in reported),
+    )
+    event = JobCompletedEvent.create(source=ctx.source(site_id), subject=tenant_id, data=completed)
+    add_to_outbox(session, event, str(job_id))
+    get_logger(job_id=str(job_id), site_id=site_id).info(
+        "job_completed", status=status, usage_reports=len(reported)
+    )

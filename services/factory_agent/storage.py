@@ -27,7 +27,15 @@ class RunRow(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utc_now)
 
 
-TABLES: list[Table] = [table_of(RunRow)]
+class CancelledJob(SQLModel, table=True):
+    """A cancel that reached the factory before the placement did: the run must never start."""
+
+    __tablename__ = "cancelled_jobs"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+
+
+TABLES: list[Table] = [table_of(RunRow), table_of(CancelledJob)]
 
 
 def claim_interval(session: Session, job_id: str, seq: int) -> bool:
@@ -36,18 +44,20 @@ def claim_interval(session: Session, job_id: str, seq: int) -> bool:
         update(RunRow)
         .where(col(RunRow.job_id) == job_id)
         .where(col(RunRow.next_seq) == seq)
+        .where(col(RunRow.state) == "running")
         .values(next_seq=seq + 1)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def finish_run(session: Session, job_id: str) -> bool:
+def finish_run(session: Session, job_id: str, state: str = "completed") -> bool:
+    """End a running run (completed, or cancelled); False if it already ended."""
     result = session.execute(
         update(RunRow)
         .where(col(RunRow.job_id) == job_id)
         .where(col(RunRow.state) == "running")
-        .values(state="completed")
+        .values(state=state)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

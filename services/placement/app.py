@@ -8,6 +8,8 @@ from functools import partial
 from contracts.events import (
     CapacityOfferedEvent,
     CapacityUpdatedEvent,
+    JobCancelEvent,
+    JobCancelledEvent,
     JobCompletedEvent,
     JobPlacedEvent,
     JobQueuedEvent,
@@ -46,8 +48,11 @@ def build(settings: Settings) -> Service:
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
     consume(service, CapacityUpdatedEvent, partial(handlers.on_capacity_updated, context))
     consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
+    consume(service, JobCancelEvent, partial(handlers.on_job_cancel, context))
     document_publishers(
-        service.broker, [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, PolicyDecisionEvent], NAME
+        service.broker,
+        [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, JobCancelledEvent, PolicyDecisionEvent],
+        NAME,
     )
 
     # Every worker must switch, so each reads every published revision (from the start: the newest wins).

@@ -21,6 +21,9 @@ from contracts.events import (
     CapacityOfferedEvent,
     CapacityUpdatedEvent,
     Explanation,
+    JobCancelEvent,
+    JobCancelled,
+    JobCancelledEvent,
     JobCompletedEvent,
     JobPlaced,
     JobPlacedEvent,
@@ -51,6 +54,7 @@ from services.placement.storage import (
 from services.shared.catalogue import Tenant
 from services.shared.db import utc_now
 from services.shared.inbox import claim_event
+from services.shared.kafka import PoisonMessage
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
 from services.shared.policy import PolicyEngine, PolicyEngineError
@@ -81,8 +85,13 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
     request = event.data
     job_id = str(request.job_id)
     log = get_logger(job_id=job_id, event_id=str(event.id), tenant_id=request.tenant_id)
-    if session.get(JobRow, job_id) is not None:
-        log.info("duplicate_request_ignored", client_request_id=request.client_request_id)
+    existing = session.get(JobRow, job_id)
+    if existing is not None:
+        cancelled_first = existing.state == "cancelled" and not existing.request
+        log.info(
+            "request_after_cancel_ignored" if cancelled_first else "duplicate_request_ignored",
+            client_request_id=request.client_request_id,
+        )
         return
     job = JobRow(
         job_id=job_id,
@@ -117,6 +126,54 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
     _decide(session, ctx, job, request, tenant)
 
 
+def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent) -> None:
+    """Honour a tenant's cancel at any stage. A placed job keeps its GPUs until its factory confirms it
+    stopped (jobs.completed with status cancelled), so capacity is never handed out twice."""
+    if not claim_event(session, CONSUMER, event):
+        return
+    cancel = event.data
+    job_id = str(cancel.job_id)
+    log = get_logger(job_id=job_id, tenant_id=cancel.tenant_id)
+    if cancel.tenant_id != event.subject:
+        raise PoisonMessage(f"a cancel for tenant {cancel.tenant_id} sent with subject {event.subject}")
+    job = session.get(JobRow, job_id)
+    if job is not None and job.tenant_id != cancel.tenant_id:
+        raise PoisonMessage(f"tenant {cancel.tenant_id} may not cancel job {job_id} of another tenant")
+    stage: str
+    if job is None:
+        # The cancel overtook its request (they travel on different topics): the request will find this row.
+        session.add(
+            JobRow(
+                job_id=job_id,
+                tenant_id=cancel.tenant_id,
+                client_request_id="",
+                request={},
+                state="cancelled",
+                gpu_count=0,
+                reason=cancel.reason,
+            )
+        )
+        stage = "before_request"
+    elif transition(session, job_id, {"requested", "queued"}, "cancelled", reason=cancel.reason):
+        stage = job.state
+    elif transition(session, job_id, {"placed"}, "cancelling", reason=cancel.reason):
+        stage = "placed"
+    else:
+        log.info("cancel_ignored", state=job.state)
+        return
+    cancelled = JobCancelled(
+        job_id=cancel.job_id,
+        tenant_id=cancel.tenant_id,
+        stage=stage,
+        site_id=job.site_id if job is not None else None,
+        reason=cancel.reason,
+    )
+    add_to_outbox(
+        session, JobCancelledEvent.create(source=SOURCE, subject=cancel.tenant_id, data=cancelled), job_id
+    )
+    log.info("job_cancelled", stage=stage)
+
+
 def on_capacity_offered(ctx: PlacementContext, session: Session, event: CapacityOfferedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
@@ -147,8 +204,8 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     if job is None or job.pool_id is None:
         get_logger(job_id=str(done.job_id)).warning("completion_for_unknown_job")
         return
-    final_state = "completed" if done.status == "succeeded" else "failed"
-    if transition(session, job.job_id, {"placed"}, final_state):
+    final_state = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}[done.status]
+    if transition(session, job.job_id, {"placed", "cancelling"}, final_state):
         release(session, job.pool_id, job.gpu_count)
         get_logger(job_id=job.job_id, pool_id=job.pool_id).info("capacity_released", gpus=job.gpu_count)
     retry_queued(ctx, session)

@@ -282,9 +282,26 @@ class SiteAttributes(Contract):
     )
 
 
+class SiteAttestation(Contract):
+    """An auditor's Ed25519 signature (base64) over the site's attributes, canonically encoded."""
+
+    auditor_key_id: str = Field(min_length=1, max_length=100)
+    signature: str = Field(min_length=1, max_length=200)
+
+
 class CapacityOffered(Contract):
     site: SiteAttributes
     pools: list[Pool] = Field(min_length=1)
+    attestation: SiteAttestation | None = Field(
+        default=None, description="Absent: attributes not vouched for."
+    )
+
+
+class CapacityRejected(Contract):
+    """An offer placement refused, e.g. because its auditor signature does not verify."""
+
+    site_id: Slug
+    reason: str
 
 
 class CapacityUpdated(Contract):
@@ -404,7 +421,12 @@ class UsageRatedEvent(Event[UsageRated]):
 
 
 class CapacityOfferedEvent(Event[CapacityOffered]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["capacity.offered"] = "capacity.offered"
+
+
+class CapacityRejectedEvent(Event[CapacityRejected]):
+    type: Literal["capacity.rejected"] = "capacity.rejected"
 
 
 class CapacityUpdatedEvent(Event[CapacityUpdated]):
@@ -440,6 +462,7 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
         JobBilledEvent,
         UsageRatedEvent,
         CapacityOfferedEvent,
+        CapacityRejectedEvent,
         CapacityUpdatedEvent,
         PolicyDecisionEvent,
         PolicyPublishedEvent,

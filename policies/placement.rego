@@ -16,6 +16,7 @@ rule_families := [
 	data.sovereign.locality.violations,
 	data.sovereign.export.violations,
 	data.sovereign.sovereignty.violations,
+	data.sovereign.verification.violations,
 ]
 
 findings contains finding if {

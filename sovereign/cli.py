@@ -136,6 +136,19 @@ def _cancel(args: argparse.Namespace) -> int:
     return asyncio.run(cancel(_settings(args), args.tenant, job_id, args.reason))
 
 
+def _auditor_keygen(args: argparse.Namespace) -> int:
+    from sovereign.auditor_commands import auditor_keygen
+
+    return auditor_keygen(Path(args.dir), args.key_id)
+
+
+def _auditor_sign(args: argparse.Namespace) -> int:
+    from sovereign.auditor_commands import auditor_sign
+
+    catalogue = Path(args.catalogue) if args.catalogue else Settings.from_env().catalogue_dir
+    return auditor_sign(Path(args.key), args.key_id, catalogue, Path(args.out), args.skip)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description="Sovereign AI job marketplace")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
     what_if.add_argument("--against", required=True, help="a policy directory or a published revision id")
     connection_options(what_if)
     what_if.set_defaults(handler=_policy_what_if)
+
+    jobs = commands.add_parser("jobs", help="jobs by state; queued jobs with their position and reason")
+    jobs.add_argument(
+        "--state",
+        choices=[
+            "requested",
+            "queued",
+            "placed",
+            "cancelling",
+            "completed",
+            "failed",
+            "cancelled",
+            "rejected",
+        ],
+    )
+    jobs.add_argument("--tenant", help="only this tenant's jobs")
+    connection_options(jobs)
+    jobs.set_defaults(handler=_jobs)
+
+    auditor = commands.add_parser("auditor", help="an auditor's keys and signatures").add_subparsers(
+        dest="auditor_command", required=True
+    )
+    keygen = auditor.add_parser("keygen", help="make an Ed25519 key pair and list its public key")
+    keygen.add_argument("--dir", required=True, help="where to write KEY_ID.key and auditors.json")
+    keygen.add_argument("--key-id", required=True)
+    keygen.set_defaults(handler=_auditor_keygen)
+    sign = auditor.add_parser("sign", help="sign the catalogue sites' attributes")
+    sign.add_argument("--key", required=True, help="the auditor's private key (PEM)")
+    sign.add_argument("--key-id", required=True)
+    sign.add_argument("--catalogue", help="catalogue directory (default: catalogue/)")
+    sign.add_argument("--out", required=True, help="attestations JSON for the factory agent")
+    sign.add_argument("--skip", action="append", default=[], help="a site not to vouch for (repeatable)")
+    sign.set_defaults(handler=_auditor_sign)
 
     decisions = commands.add_parser(
         "decisions", help="the auditor's view of the decision log"

@@ -30,6 +30,7 @@ from services.shared.db import create_service_engine
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
+from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.report import render_report
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, produce, read_partition_ends
@@ -53,8 +54,20 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
     with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
         print(f"  broker   Tansu on {broker.bootstrap_servers} (memory storage)")
         asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(), Settings().topic_partitions))
+        keys = RUN_DIR / "keys"
+        # Throwaway auditor keys for this run; sk-aws-ulsan's attributes are left unvouched.
+        auditor_keygen(keys, "kisa-demo-auditor")
+        auditor_sign(
+            keys / "kisa-demo-auditor.key",
+            "kisa-demo-auditor",
+            REPO_ROOT / "catalogue",
+            keys / "attestations.json",
+            ["sk-aws-ulsan"],
+        )
         env = {
             **os.environ,
+            "SOVEREIGN_AUDITOR_KEYS": str(keys / "auditors.json"),
+            "SOVEREIGN_SITE_ATTESTATIONS": str(keys / "attestations.json"),
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "KAFKA_IDEMPOTENT_PRODUCER": "false",
             "SOVEREIGN_DATA_DIR": str(RUN_DIR / "data"),

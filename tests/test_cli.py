@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import TOPICS, dead_letter_topic
 from services.shared.settings import REPO_ROOT
+from sovereign import cli
 from sovereign.cli import build_parser
 
 pytestmark = pytest.mark.broker
@@ -44,9 +45,34 @@ async def _list_topics(address: str) -> set[str]:
         await admin.close()
 
 
-def test_every_subcommand_has_help() -> None:
+def test_every_handler_is_reachable_from_the_command_line() -> None:
     parser = build_parser()
-    for command in ("demo", "run placement", "submit job.json", "broker", "contracts"):
-        assert parser.parse_args(command.split()).handler is not None
+    commands = [
+        "demo",
+        "run placement",
+        "submit job.json",
+        "cancel --tenant t --job-id 1",
+        "broker",
+        "contracts",
+        "jobs",
+        "policy test",
+        "policy publish --by someone",
+        "policy diff a b",
+        "policy what-if --against a",
+        "decisions list",
+        "decisions verify",
+        "auditor keygen --dir d --key-id k",
+        "auditor sign --key k --key-id k --out o",
+    ]
+    reached = {parser.parse_args(command.split()).handler.__name__ for command in commands}
+    defined = {
+        name
+        for name in dir(cli)
+        if name.startswith("_")
+        and not name.startswith("__")
+        and callable(getattr(cli, name))
+        and name not in {"_settings"}
+    }
+    assert reached == defined, f"handlers no command reaches: {defined - reached}"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "no-such-service"])

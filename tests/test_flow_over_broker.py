@@ -12,9 +12,17 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
-from contracts.events import JobKind, JobRequest, JobRequestedEvent, UsageReportedEvent
+from contracts.events import (
+    CapacityOfferedEvent,
+    CapacityRejectedEvent,
+    JobKind,
+    JobRequest,
+    JobRequestedEvent,
+    UsageReportedEvent,
+)
 from services.billing import app as billing_app
 from services.billing.rating import charge_krw
 from services.factory_agent import app as factory_app
@@ -22,12 +30,14 @@ from services.factory_agent.simulation import usage_event_id
 from services.governance import app as governance_app
 from services.governance.handlers import DecisionQuery, find_decisions, verify_log
 from services.placement import app as placement_app
+from services.shared.attestation import sign_site
+from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
 from services.shared.runtime import Service
-from services.shared.settings import Settings
+from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import consumer_lag, produce
+from sovereign.watch import EventWatcher, consumer_lag, produce
 from sovereign.workload import generate, request_events
 from tests.conftest import run_services, service_settings
 
@@ -322,3 +332,21 @@ async def test_a_cancel_that_overtakes_its_request_stops_it(marketplace: Marketp
     assert (
         [c.stage for c in trace.cancelled] == ["before_request"] and not trace.placed and not trace.rejected
     )
+
+
+async def test_an_offer_signed_by_an_unlisted_auditor_is_refused_with_an_event(
+    marketplace: Marketplace,
+) -> None:
+    settings, _, _ = marketplace
+    offer = load_catalogue(REPO_ROOT / "catalogue").offers[0]
+    impostor = Ed25519PrivateKey.generate()
+    signed = offer.model_copy(update={"attestation": sign_site(impostor, "self-declared", offer.site)})
+    event = CapacityOfferedEvent.create(source="factory/impostor", subject=offer.site.site_id, data=signed)
+    async with EventWatcher(settings.bootstrap_servers, ["capacity.rejected"]) as watcher:
+        await produce(settings.bootstrap_servers, [(event, offer.site.site_id)], idempotent=False)
+        async for batch in watcher.events():
+            refusals = [e for e in batch if isinstance(e, CapacityRejectedEvent)]
+            if refusals:
+                break
+    assert refusals[0].data.site_id == offer.site.site_id
+    assert "not a listed auditor" in refusals[0].data.reason

@@ -15,6 +15,7 @@ from contracts.events import (
 )
 from services.factory_agent import handlers
 from services.factory_agent.storage import TABLES
+from services.shared.attestation import load_attestations
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work, utc_now
 from services.shared.runtime import Service, consume, document_publishers, new_service
@@ -31,8 +32,13 @@ def build(settings: Settings) -> Service:
     unknown = wanted - {offer.site.site_id for offer in catalogue.offers}
     if unknown:
         raise ValueError(f"unknown sites for the factory agent: {', '.join(sorted(unknown))}")
+    attestations = load_attestations(settings.site_attestations_path)
     context = handlers.FactoryContext(
-        offers={o.site.site_id: o for o in catalogue.offers if not wanted or o.site.site_id in wanted},
+        offers={
+            o.site.site_id: o.model_copy(update={"attestation": attestations.get(o.site.site_id)})
+            for o in catalogue.offers
+            if not wanted or o.site.site_id in wanted
+        },
         time_scale=settings.time_scale,
     )
     # Offers go through the outbox like every other event: published as soon as the relay runs.

@@ -7,6 +7,7 @@ from functools import partial
 
 from contracts.events import (
     CapacityOfferedEvent,
+    CapacityRejectedEvent,
     CapacityUpdatedEvent,
     JobCancelEvent,
     JobCancelledEvent,
@@ -20,6 +21,7 @@ from contracts.events import (
 )
 from services.placement import handlers
 from services.placement.storage import TABLES
+from services.shared.attestation import load_auditor_keys
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work
 from services.shared.kafka import subscriber_options
@@ -43,6 +45,7 @@ def build(settings: Settings) -> Service:
         policy=engine,
         tenants=load_catalogue(settings.catalogue_dir).tenants,
         policy_budget_ms=settings.policy_budget_ms,
+        auditor_keys=load_auditor_keys(settings.auditor_keys_path),
     )
     consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
@@ -51,7 +54,14 @@ def build(settings: Settings) -> Service:
     consume(service, JobCancelEvent, partial(handlers.on_job_cancel, context))
     document_publishers(
         service.broker,
-        [JobPlacedEvent, JobQueuedEvent, JobRejectedEvent, JobCancelledEvent, PolicyDecisionEvent],
+        [
+            JobPlacedEvent,
+            JobQueuedEvent,
+            JobRejectedEvent,
+            JobCancelledEvent,
+            PolicyDecisionEvent,
+            CapacityRejectedEvent,
+        ],
         NAME,
     )
 

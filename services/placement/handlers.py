@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlmodel import Session
 
 from contracts.events import (
     CapacityOfferedEvent,
+    CapacityRejected,
+    CapacityRejectedEvent,
     CapacityUpdatedEvent,
     Explanation,
     JobCancelEvent,
@@ -47,10 +50,12 @@ from services.placement.storage import (
     load_sites,
     queued_jobs,
     release,
+    site_verifiers,
     transition,
     try_reserve,
     upsert_offer,
 )
+from services.shared.attestation import verification_failure
 from services.shared.catalogue import Tenant
 from services.shared.db import utc_now
 from services.shared.inbox import claim_event
@@ -75,6 +80,8 @@ class PlacementContext:
     policy: PolicyEngine
     tenants: dict[str, Tenant]
     clock: Callable[[], datetime] = field(default=utc_now)
+    # Listed auditors: a signed offer must verify against one of these or it is refused.
+    auditor_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     # A decision slower than this is not used: the job waits and is decided again (fail closed).
     policy_budget_ms: float = 250.0
 
@@ -177,7 +184,19 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
 def on_capacity_offered(ctx: PlacementContext, session: Session, event: CapacityOfferedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
-    upsert_offer(session, event.data)
+    offer = event.data
+    attestation = offer.attestation
+    failure = verification_failure(offer.site, attestation, ctx.auditor_keys) if attestation else None
+    if failure is not None:
+        rejected = CapacityRejected(site_id=offer.site.site_id, reason=failure)
+        add_to_outbox(
+            session,
+            CapacityRejectedEvent.create(source=SOURCE, subject=offer.site.site_id, data=rejected),
+            offer.site.site_id,
+        )
+        get_logger(site_id=offer.site.site_id).warning("capacity_offer_refused", reason=failure)
+        return
+    upsert_offer(session, offer)
     get_logger(site_id=event.data.site.site_id).info("capacity_offered", pools=len(event.data.pools))
     retry_queued(ctx, session)
 
@@ -252,7 +271,8 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     pools = load_pools(session)
     now = ctx.clock()
     decision_id = uuid.uuid4()
-    document = policy_input(request, tenant.model_dump(mode="json", exclude_none=True), sites, pools, now)
+    tenant_document = tenant.model_dump(mode="json", exclude_none=True)
+    document = policy_input(request, tenant_document, sites, pools, now, site_verifiers(session))
     started = time.perf_counter()
     try:
         decision = ctx.policy.decide(document)

@@ -64,8 +64,11 @@ def policy_input(
     sites: dict[str, SiteAttributes],
     pools: list[PoolState],
     now: datetime,
+    verified_by: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """The one input document that lets the policy judge every candidate site at once."""
+    """The one input document that lets the policy judge every candidate site at once. A site's
+    `verified` says whether a listed auditor's signature covers its attributes."""
+    verifiers = verified_by or {}
     site_pools: dict[str, list[dict[str, Any]]] = {site_id: [] for site_id in sites}
     for pool in pools:
         if pool.site_id in site_pools:
@@ -81,7 +84,11 @@ def policy_input(
         "job": job.model_dump(mode="json", exclude_none=True),
         "tenant": tenant,
         "sites": {
-            site_id: {**site.model_dump(mode="json", exclude_none=True), "pools": site_pools[site_id]}
+            site_id: {
+                **site.model_dump(mode="json", exclude_none=True),
+                "pools": site_pools[site_id],
+                "verified": verifiers.get(site_id) is not None,
+            }
             for site_id, site in sites.items()
         },
         "now": now.isoformat(),

@@ -19,6 +19,8 @@ class SiteRow(SQLModel, table=True):
     site_id: str = Field(primary_key=True, max_length=64)
     attributes: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     offered_at: datetime = Field(default_factory=utc_now)
+    # The listed auditor whose signature over these attributes verified; None if nobody vouched for them.
+    verified_by: str | None = None
 
 
 class PoolRow(SQLModel, table=True):
@@ -83,10 +85,12 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
     """Record a site's attributes and pools; reservations already held are kept."""
     site = session.get(SiteRow, offer.site.site_id)
     attributes = offer.site.model_dump(mode="json")
+    verified_by = offer.attestation.auditor_key_id if offer.attestation else None
     if site is None:
-        session.add(SiteRow(site_id=offer.site.site_id, attributes=attributes))
+        session.add(SiteRow(site_id=offer.site.site_id, attributes=attributes, verified_by=verified_by))
     else:
         site.attributes = attributes
+        site.verified_by = verified_by
         site.offered_at = utc_now()
     for pool in offer.pools:
         row = session.get(PoolRow, pool.pool_id)
@@ -119,6 +123,11 @@ def load_sites(session: Session) -> dict[str, SiteAttributes]:
     return {
         row.site_id: SiteAttributes.model_validate(row.attributes) for row in session.exec(select(SiteRow))
     }
+
+
+def site_verifiers(session: Session) -> dict[str, str | None]:
+    """Which listed auditor vouched for each site's attributes (None: nobody)."""
+    return {row.site_id: row.verified_by for row in session.exec(select(SiteRow))}
 
 
 def load_pools(session: Session) -> list[PoolState]:

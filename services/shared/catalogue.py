@@ -28,6 +28,9 @@ class Tenant(Contract):
     sandbox_approval: str | None = Field(default=None, description="FSC regulatory-sandbox approval id.")
     review_board_approval: str | None = Field(default=None, description="Data review board approval id.")
     export_licences: list[Literal["map", "core_technology"]] = Field(default_factory=list)
+    requires_verified_sites: bool = Field(
+        default=False, description="Place only at sites whose attributes a listed auditor signed (VER-01)."
+    )
 
 
 @dataclass(frozen=True)

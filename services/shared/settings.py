@@ -37,6 +37,9 @@ class Settings:
     policy_budget_ms: float = 250.0
     # When set, placement asks this OPA server instead of the in-process engine.
     opa_url: str | None = None
+    # JSON of auditor key id -> public key (placement), and of site id -> attestation (factory agent).
+    auditor_keys_path: Path | None = None
+    site_attestations_path: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,4 +60,10 @@ class Settings:
             marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
             policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
             opa_url=env.get("OPA_URL") or None,
+            auditor_keys_path=Path(env["SOVEREIGN_AUDITOR_KEYS"])
+            if env.get("SOVEREIGN_AUDITOR_KEYS")
+            else None,
+            site_attestations_path=(
+                Path(env["SOVEREIGN_SITE_ATTESTATIONS"]) if env.get("SOVEREIGN_SITE_ATTESTATIONS") else None
+            ),
         )

@@ -1,0 +1,60 @@
+"""Auditor attestations: an auditor's Ed25519 signature over a site's attributes, so a placement can cite
+attributes someone vouched for. Keys never live in the repository; `sovereign auditor` makes them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from contracts.events import SiteAttestation, SiteAttributes
+
+
+def signed_bytes(site: SiteAttributes) -> bytes:
+    """What the auditor signs: every attribute of the site, canonically encoded."""
+    return json.dumps(site.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_site(private_key: Ed25519PrivateKey, key_id: str, site: SiteAttributes) -> SiteAttestation:
+    signature = private_key.sign(signed_bytes(site))
+    return SiteAttestation(auditor_key_id=key_id, signature=base64.b64encode(signature).decode())
+
+
+def verification_failure(
+    site: SiteAttributes, attestation: SiteAttestation, auditor_keys: dict[str, Ed25519PublicKey]
+) -> str | None:
+    """None if a listed auditor signed exactly these attributes; otherwise why not."""
+    key = auditor_keys.get(attestation.auditor_key_id)
+    if key is None:
+        return f"auditor key {attestation.auditor_key_id!r} is not a listed auditor"
+    try:
+        key.verify(base64.b64decode(attestation.signature, validate=True), signed_bytes(site))
+    except (InvalidSignature, ValueError):
+        return f"the signature by {attestation.auditor_key_id!r} does not match the offered attributes"
+    return None
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def load_auditor_keys(path: Path | None) -> dict[str, Ed25519PublicKey]:
+    """The listed auditors: a JSON object of key id -> base64 raw Ed25519 public key."""
+    if path is None:
+        return {}
+    listed = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        key_id: Ed25519PublicKey.from_public_bytes(base64.b64decode(text)) for key_id, text in listed.items()
+    }
+
+
+def load_attestations(path: Path | None) -> dict[str, SiteAttestation]:
+    """Site id -> the auditor attestation the factory presents with its offer."""
+    if path is None:
+        return {}
+    listed = json.loads(path.read_text(encoding="utf-8"))
+    return {site_id: SiteAttestation.model_validate(entry) for site_id, entry in listed.items()}

@@ -1,0 +1,48 @@
+"""`sovereign auditor ...`: make an auditor's key pair and sign the catalogue's site attributes.
+
+Private keys are written where you say (never into the repository) with owner-only permissions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from services.shared.attestation import public_key_text, sign_site
+from services.shared.catalogue import load_catalogue
+
+
+def auditor_keygen(directory: Path, key_id: str) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    private_path = directory / f"{key_id}.key"
+    private_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    private_path.chmod(0o600)
+    listed_path = directory / "auditors.json"
+    listed = json.loads(listed_path.read_text()) if listed_path.exists() else {}
+    listed[key_id] = public_key_text(key.public_key())
+    listed_path.write_text(json.dumps(listed, indent=2) + "\n")
+    print(f"private key {private_path} (keep it secret); public keys listed in {listed_path}")
+    return 0
+
+
+def auditor_sign(key_path: Path, key_id: str, catalogue_dir: Path, out: Path, skip: list[str]) -> int:
+    key = load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        print(f"error: {key_path} is not an Ed25519 private key")
+        return 2
+    signed = {
+        offer.site.site_id: sign_site(key, key_id, offer.site).model_dump()
+        for offer in load_catalogue(catalogue_dir).offers
+        if offer.site.site_id not in skip
+    }
+    out.write_text(json.dumps(signed, indent=2) + "\n")
+    print(f"signed the attributes of {len(signed)} sites as {key_id} into {out}")
+    return 0

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import Engine
@@ -181,6 +181,30 @@ def test_placement_places_records_decision_and_ignores_duplicates(database_url: 
         assert session.get(PoolRow, placed.pool_id).reserved_gpus == 8  # type: ignore[union-attr]
 
 
+def complete_at_gwangju(
+    engine: Engine,
+    ctx: placement.PlacementContext,
+    job_id: uuid.UUID,
+    gpus: int,
+    status: Literal["succeeded", "failed", "cancelled"] = "succeeded",
+    event_id: uuid.UUID | None = None,
+) -> None:
+    """The factory's jobs.completed for a mois job on the National AI Data Center's A100 pool."""
+    done = JobCompleted(
+        job_id=job_id,
+        tenant_id="mois",
+        site_id="nadc-gwangju",
+        pool_id="nadc-gwangju-a100",
+        gpu_count=gpus,
+        status=status,
+        usage_reports=0,
+        gpu_seconds=0,
+    )
+    event = JobCompletedEvent.create(source="factory/x", subject="mois", data=done, event_id=event_id)
+    with unit_of_work(engine) as session:
+        placement.on_job_completed(ctx, session, event)
+
+
 def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()
@@ -193,25 +217,8 @@ def test_completion_releases_capacity_and_places_the_queued_job(database_url: tu
             placement.on_job_requested(ctx, session, event)
     with Session(engine) as session:
         assert session.get(JobRow, str(waiting.data.job_id)).state == "queued"  # type: ignore[union-attr]
-    done = JobCompleted(
-        job_id=big.data.job_id,
-        tenant_id="mois",
-        site_id="nadc-gwangju",
-        pool_id="nadc-gwangju-a100",
-        gpu_count=600,
-        status="succeeded",
-        usage_reports=1,
-        gpu_seconds=1,
-    )
     for _ in range(2):  # a redelivered completion releases nothing twice
-        with unit_of_work(engine) as session:
-            placement.on_job_completed(
-                ctx,
-                session,
-                JobCompletedEvent.create(
-                    source="factory/x", subject="mois", data=done, event_id=uuid.UUID(int=7)
-                ),
-            )
+        complete_at_gwangju(engine, ctx, big.data.job_id, 600, event_id=uuid.UUID(int=7))
     with Session(engine) as session:
         assert session.get(JobRow, str(waiting.data.job_id)).state == "placed"  # type: ignore[union-attr]
         assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 100  # type: ignore[union-attr]
@@ -251,20 +258,7 @@ def test_a_higher_priority_job_takes_freed_capacity_first(database_url: tuple[st
     for event in (blocker, normal, urgent):  # the urgent job arrives last
         with unit_of_work(engine) as session:
             placement.on_job_requested(ctx, session, event)
-    done = JobCompleted(
-        job_id=blocker.data.job_id,
-        tenant_id="mois",
-        site_id="nadc-gwangju",
-        pool_id="nadc-gwangju-a100",
-        gpu_count=640,
-        status="succeeded",
-        usage_reports=1,
-        gpu_seconds=1,
-    )
-    with unit_of_work(engine) as session:
-        placement.on_job_completed(
-            ctx, session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
-        )
+    complete_at_gwangju(engine, ctx, blocker.data.job_id, 640)
     with Session(engine) as session:
         assert session.get(JobRow, str(urgent.data.job_id)).state == "placed"  # type: ignore[union-attr]
         assert session.get(JobRow, str(normal.data.job_id)).state == "queued"  # type: ignore[union-attr]
@@ -328,20 +322,7 @@ def test_cancel_at_every_stage(database_url: tuple[str, str]) -> None:
         assert states == ["cancelling", "cancelled", "cancelled"]
         # The running job keeps its GPUs until its factory confirms it stopped.
         assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 640  # type: ignore[union-attr]
-    done = JobCompleted(
-        job_id=running.data.job_id,
-        tenant_id="mois",
-        site_id="nadc-gwangju",
-        pool_id="nadc-gwangju-a100",
-        gpu_count=640,
-        status="cancelled",
-        usage_reports=0,
-        gpu_seconds=0,
-    )
-    with unit_of_work(engine) as session:
-        placement.on_job_completed(
-            ctx, session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
-        )
+    complete_at_gwangju(engine, ctx, running.data.job_id, 640, status="cancelled")
     with Session(engine) as session:
         assert session.get(JobRow, str(running.data.job_id)).state == "cancelled"  # type: ignore[union-attr]
         assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 0  # type: ignore[union-attr]

@@ -68,6 +68,12 @@ class JobRequest(Contract):
     priority: Literal["low", "normal", "high", "urgent"] = Field(
         default="normal", description="Queue order: priority class first, then arrival."
     )
+    max_attempts: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Runs allowed: a failed run is retried on another allowed site until this many ran.",
+    )
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -118,6 +124,10 @@ class JobPlaced(Contract):
     expected_hours: float = Field(gt=0)
     price_krw_per_gpu_hour: int = Field(ge=0, description="Locked at placement; billing rates with it.")
     explanation: Explanation
+    attempt: int = Field(default=1, ge=1, description="Which run of the job this is; >1 after failed runs.")
+    failed_sites: list[Slug] = Field(
+        default_factory=list, description="Sites where earlier runs of this job failed, in order."
+    )
 
 
 class JobQueued(Contract):
@@ -171,15 +181,17 @@ class JobStarted(Contract):
     site_id: Slug
     pool_id: Slug
     gpu_count: int = Field(ge=1)
+    attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
 
 
 class UsageReported(Contract):
-    """One interval of a running job's usage. `seq` runs 1..n per job; jobs.completed states n."""
+    """One interval of a running job's usage. `seq` runs 1..n per run; jobs.completed states n."""
 
     job_id: uuid.UUID
     tenant_id: Slug
     site_id: Slug
     pool_id: Slug
+    attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
     seq: int = Field(ge=1)
     gpu_seconds: int = Field(ge=0)
     energy_wh: int = Field(ge=0)
@@ -202,7 +214,8 @@ class JobCompleted(Contract):
     pool_id: Slug
     gpu_count: int = Field(ge=1)
     status: Literal["succeeded", "failed", "cancelled"]
-    usage_reports: int = Field(ge=0, description="How many usage.reported events this job emitted.")
+    usage_reports: int = Field(ge=0, description="How many usage.reported events this run emitted.")
+    attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
     gpu_seconds: int = Field(ge=0)
 
 
@@ -217,6 +230,7 @@ class JobBilled(Contract):
     marketplace_fee_krw: int = Field(ge=0)
     site_payable_krw: int = Field(ge=0)
     usage_reports: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
 
 
 class UsageRated(Contract):
@@ -228,6 +242,7 @@ class UsageRated(Contract):
     tenant_id: Slug
     site_id: Slug
     accelerator_model: str
+    attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
     seq: int = Field(ge=1)
     gpu_seconds: int = Field(ge=0)
     energy_wh: int = Field(ge=0)
@@ -308,7 +323,14 @@ class CapacityUpdated(Contract):
     site_id: Slug
     pool_id: Slug
     status: Literal["available", "maintenance", "withdrawn"]
-    gpu_count: int | None = Field(default=None, ge=0, description="New total, if it changed.")
+    gpu_count: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The pool's new size, if it changed. Free GPUs are derived by placement (size less its "
+            "reservations), the only party that knows placements still in flight."
+        ),
+    )
 
 
 class ExemptedFinding(Contract):
@@ -372,12 +394,12 @@ class PolicyNonCompliance(Contract):
 
 # Envelopes, one per event type. The literal type doubles as the topic name.
 class JobRequestedEvent(Event[JobRequest]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["jobs.requested"] = "jobs.requested"
 
 
 class JobPlacedEvent(Event[JobPlaced]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.placed"] = "jobs.placed"
 
 
@@ -400,23 +422,27 @@ class JobCancelledEvent(Event[JobCancelled]):
 
 
 class JobStartedEvent(Event[JobStarted]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.started"] = "jobs.started"
 
 
 class UsageReportedEvent(Event[UsageReported]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["usage.reported"] = "usage.reported"
 
 
 class JobCompletedEvent(Event[JobCompleted]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.completed"] = "jobs.completed"
 
 
 class JobBilledEvent(Event[JobBilled]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["jobs.billed"] = "jobs.billed"
 
 
 class UsageRatedEvent(Event[UsageRated]):
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
     type: Literal["billing.usage"] = "billing.usage"
 
 

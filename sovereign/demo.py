@@ -72,6 +72,8 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
             "KAFKA_IDEMPOTENT_PRODUCER": "false",
             "SOVEREIGN_DATA_DIR": str(RUN_DIR / "data"),
             "SOVEREIGN_TIME_SCALE": str(time_scale),
+            # A simulated hardware fault: a quarter of the runs at Haenam fail half-way and are retried.
+            "SOVEREIGN_SITE_FAILURE_RATES": "nacc-haenam=0.25",
         }
         env.pop("DATABASE_URL", None)
         names = [*(["placement"] * placement_workers), "factory-agent", "billing", "governance"]
@@ -155,7 +157,8 @@ async def _drive(
                 f" | placed {states['placed']:>3}"
                 f" | running {states['running']:>3} | completed {states['completed']:>3}"
                 f" | billed {states['billed']:>3} | rejected {states['rejected']:>3}"
-                f" | cancelled {states['cancelled']:>3}"
+                f" | cancelled {states['cancelled']:>3} | retrying {states['retrying']:>3}"
+                f" | failed {states['failed']:>3}"
             )
             if line.split("]")[1] != last:
                 print(line, flush=True)

@@ -24,6 +24,8 @@ def list_jobs(settings: Settings, state: str | None, tenant_id: str | None) -> i
             print(f"\n{current}")
         priority = job.request.get("priority", "normal")
         head = f"  {job.job_id}  {job.tenant_id:<20} {job.gpu_count:>6} GPUs  {priority:<7}"
+        if job.failed_sites:
+            head += f" run {job.attempt} (failed before at {', '.join(job.failed_sites)})"
         if job.state == "queued":
             waited = (now - as_utc(job.requested_at)).total_seconds()
             print(f"{head} #{position.get(job.job_id, '?')} in queue, waiting {waited:,.0f}s: {job.reason}")

@@ -47,16 +47,26 @@ def render_report(
     by_job = {r.job_id: r for r in requests}
     sites = {o.site.site_id: o.site for o in catalogue.offers}
     out: list[str] = []
-    placed = [t.placed[0] for t in traces.values() if t.placed]
+    # A job runs once, or again elsewhere after a failed run: placements and bills are per run.
+    placed = [p for t in traces.values() for p in t.placed]
     rejected = [(by_job[j], t.rejected[0]) for j, t in traces.items() if t.rejected]
-    billed = [t.billed[0] for t in traces.values() if t.billed]
+    billed = [b for t in traces.values() for b in t.billed]
     unfinished = [by_job[j] for j, t in traces.items() if t.terminal is None]
 
     out.append("== Outcome")
     out.append(
         f"  {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants: "
-        f"{len(placed)} placed, {len(rejected)} rejected, {len(billed)} billed, {len(unfinished)} unfinished"
+        f"{sum(1 for t in traces.values() if t.placed)} placed, {len(rejected)} rejected, "
+        f"{sum(1 for t in traces.values() if t.terminal == 'billed')} billed, {len(unfinished)} unfinished"
     )
+    failed_runs = [c for t in traces.values() for c in t.completed if c.status == "failed"]
+    if failed_runs:
+        retried = sum(1 for t in traces.values() if len(t.placed) > 1)
+        ended_failed = sum(1 for t in traces.values() if t.state == "failed")
+        out.append(
+            f"  {len(failed_runs)} runs failed at their site; {retried} jobs were retried on another allowed "
+            f"site, {ended_failed} ended failed (no attempts left), each run billed for what it completed"
+        )
     waited = [j for j, t in traces.items() if t.queued and t.placed]
     cancelled = [t for t in traces.values() if t.cancelled]
     if cancelled:
@@ -66,7 +76,7 @@ def render_report(
             f"reported until then)"
         )
     resubmitted = [t for t in traces.values() if len(t.requests) > 1]
-    placed_once = sum(1 for t in resubmitted if len(t.placed) + len(t.rejected) == 1)
+    placed_once = sum(1 for t in resubmitted if len({p.attempt for p in t.placed}) == len(t.placed))
     out.append(
         f"  {len(waited)} waited in the queue for capacity before being placed; {len(resubmitted)} were "
         f"submitted twice and decided {'once each' if placed_once == len(resubmitted) else 'MORE THAN ONCE'}"
@@ -76,17 +86,17 @@ def render_report(
 
     out.append("\n== Placements per site")
     per_site: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    billed_by_job = {b.job_id: b for b in billed}
+    billed_by_run = {(b.job_id, b.attempt): b for b in billed}
     for p in placed:
         row = per_site[p.site_id]
         row[0] += 1
         row[1] += p.gpu_count
-        if p.job_id in billed_by_job:
-            row[2] += billed_by_job[p.job_id].gpu_seconds
-            row[3] += billed_by_job[p.job_id].amount_krw
+        if (p.job_id, p.attempt) in billed_by_run:
+            row[2] += billed_by_run[p.job_id, p.attempt].gpu_seconds
+            row[3] += billed_by_run[p.job_id, p.attempt].amount_krw
     out.append(
         table(
-            ["site", "country", "operator", "jobs", "GPUs", "GPU-hours", "billed KRW"],
+            ["site", "country", "operator", "runs", "GPUs", "GPU-hours", "billed KRW"],
             [
                 [
                     s,
@@ -119,12 +129,12 @@ def render_report(
             row = per_tenant[b.tenant_id]
             row[0] += 1
             row[1] += b.gpu_seconds
-            row[2] += sum(u.energy_wh for u in t.usage)
+            row[2] += sum(u.energy_wh for u in t.usage if u.attempt == b.attempt)
             row[3] += b.amount_krw
             row[4] += b.marketplace_fee_krw
     out.append(
         table(
-            ["tenant", "jobs billed", "GPU-hours", "energy kWh", "amount KRW", "marketplace fee KRW"],
+            ["tenant", "runs billed", "GPU-hours", "energy kWh", "amount KRW", "marketplace fee KRW"],
             [
                 [k, v[0], f"{v[1] / 3600:,.1f}", f"{v[2] / 1000:,.1f}", won(v[3]), won(v[4])]
                 for k, v in sorted(per_tenant.items())
@@ -143,7 +153,10 @@ def render_report(
     out.append("\n== Checks")
     exact = all(
         b.amount_krw
-        == charge_krw(sum(u.gpu_seconds for u in traces[b.job_id].usage), b.price_krw_per_gpu_hour)
+        == charge_krw(
+            sum(u.gpu_seconds for u in traces[b.job_id].usage if u.attempt == b.attempt),
+            b.price_krw_per_gpu_hour,
+        )
         for b in billed
     )
     out.append(

@@ -41,12 +41,27 @@ class JobTrace:
     cancelled: list[JobCancelled] = field(default_factory=list)
 
     @property
+    def attempt(self) -> int:
+        """The latest run placed (0 before any placement)."""
+        return max((p.attempt for p in self.placed), default=0)
+
+    def _latest(self, events: list[JobStarted] | list[JobCompleted] | list[JobBilled]) -> bool:
+        return any(e.attempt == self.attempt for e in events)
+
+    @property
+    def retry_pending(self) -> bool:
+        """The latest run failed and the job allows another: placement will place, queue or reject it."""
+        failed = any(c.attempt == self.attempt and c.status == "failed" for c in self.completed)
+        allowed = self.requests[0].max_attempts if self.requests else 1
+        return failed and self.attempt < allowed and not self.rejected
+
+    @property
     def terminal(self) -> str | None:
-        """A job ends rejected, cancelled before it was placed, or billed once it ran (even if cancelled
-        while running); a placed job that is not yet billed has not ended."""
+        """A job ends rejected, cancelled before it was placed, or billed once its last run ended (even if
+        cancelled while running); a placed job that is not yet billed, or awaits a retry, has not ended."""
         if self.rejected:
             return "rejected"
-        if self.billed:
+        if self._latest(self.billed) and not self.retry_pending:
             return "billed"
         if self.cancelled and not self.placed:
             return "cancelled"
@@ -55,17 +70,21 @@ class JobTrace:
     @property
     def state(self) -> str:
         # A job cancelled while running is "cancelled" only once its usage until then is billed.
-        if self.cancelled and (not self.placed or self.billed):
+        if self.cancelled and (not self.placed or self._latest(self.billed)):
             return "cancelled"
-        for name, events in (
-            ("rejected", self.rejected),
-            ("billed", self.billed),
-            ("completed", self.completed),
-            ("running", self.started),
-            ("placed", self.placed),
-            ("queued", self.queued),
+        if self.rejected:
+            return "rejected"
+        if self.retry_pending:
+            return "retrying"
+        failed = any(c.attempt == self.attempt and c.status == "failed" for c in self.completed)
+        for name, reached in (
+            ("failed" if failed else "billed", self._latest(self.billed)),
+            ("completed", self._latest(self.completed)),
+            ("running", self._latest(self.started)),
+            ("placed", bool(self.placed)),
+            ("queued", bool(self.queued)),
         ):
-            if events:
+            if reached:
                 return name
         return "requested"
 

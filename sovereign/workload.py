@@ -31,6 +31,7 @@ TEMPLATES = [
         {
             "accelerator_model": "B200",
             "csap_grade": "medium",
+            "max_attempts": 2,
             "datasets": [{"name": "complaints-2025", "n2sf_grade": "S", "personal_info": True}],
         },
     ),
@@ -55,6 +56,7 @@ TEMPLATES = [
         {
             "min_generation": 10,
             "csap_grade": "low",
+            "max_attempts": 3,
             "datasets": [{"name": "public-data-portal", "n2sf_grade": "O"}],
         },
     ),
@@ -77,6 +79,7 @@ TEMPLATES = [
         (6, 18),
         {
             "min_generation": 9,
+            "max_attempts": 2,
             "datasets": [{"name": "pacs-reports", "categories": ["emr"], "personal_info": True}],
         },
     ),

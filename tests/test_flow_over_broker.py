@@ -158,7 +158,10 @@ async def test_redelivered_usage_is_billed_once(marketplace: Marketplace) -> Non
     source = f"factory/{usage.site_id}"
     # Redelivered: the factory's event again under its own id, and the same interval under a new id.
     same_id = UsageReportedEvent.create(
-        source=source, subject=usage.tenant_id, data=usage, event_id=usage_event_id(request.job_id, usage.seq)
+        source=source,
+        subject=usage.tenant_id,
+        data=usage,
+        event_id=usage_event_id(request.job_id, 1, usage.seq),
     )
     new_id = UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)

@@ -6,7 +6,13 @@ import uuid
 from itertools import pairwise
 
 from contracts.events import JobKind
-from services.factory_agent.simulation import MAX_INTERVALS, runtime_factor, usage_event_id, usage_intervals
+from services.factory_agent.simulation import (
+    MAX_INTERVALS,
+    failure_point,
+    runtime_factor,
+    usage_event_id,
+    usage_intervals,
+)
 
 JOB = uuid.UUID("a88082c9-5863-54fc-94cc-9de3e44c284b")
 
@@ -26,7 +32,9 @@ def test_same_job_same_usage() -> None:
     assert usage_intervals(JOB, JobKind.INFERENCE, 8, 30, 0.7, 1.3) == usage_intervals(
         JOB, JobKind.INFERENCE, 8, 30, 0.7, 1.3
     )
-    assert usage_event_id(JOB, 1) == usage_event_id(JOB, 1) != usage_event_id(JOB, 2)
+    assert usage_event_id(JOB, 1, 1) == usage_event_id(JOB, 1, 1) != usage_event_id(JOB, 1, 2)
+    # A retried run reports its own intervals: never mistaken for the failed run's.
+    assert usage_event_id(JOB, 2, 1) != usage_event_id(JOB, 1, 1)
 
 
 def test_long_jobs_report_at_most_max_intervals() -> None:
@@ -44,3 +52,15 @@ def test_energy_and_tokens() -> None:
 def test_runtime_factor_range() -> None:
     factors = [runtime_factor(uuid.uuid4()) for _ in range(200)]
     assert all(0.8 <= f <= 1.0 for f in factors)
+
+
+def test_failures_follow_the_rate_deterministically_and_stop_halfway() -> None:
+    jobs = [uuid.uuid5(JOB, str(i)) for i in range(2000)]
+    assert all(failure_point(j, 1, 0.0, 6) is None for j in jobs)
+    assert all(failure_point(j, 1, 1.0, 6) == 3 for j in jobs)
+    failing = [j for j in jobs if failure_point(j, 1, 0.25, 6) is not None]
+    assert 400 < len(failing) < 600
+    assert [failure_point(j, 1, 0.25, 6) for j in jobs] == [failure_point(j, 1, 0.25, 6) for j in jobs]
+    # Each attempt draws anew: a retry of a failed run does not simply fail again.
+    assert any(failure_point(j, 2, 0.25, 6) is None for j in failing)
+    assert failure_point(JOB, 1, 1.0, 1) == 0  # a one-interval run fails before reporting anything

@@ -19,6 +19,8 @@ from sqlmodel import Session, col, func, select
 from contracts.events import (
     CapacityOffered,
     CapacityOfferedEvent,
+    CapacityUpdated,
+    CapacityUpdatedEvent,
     JobCancelEvent,
     JobCancelled,
     JobCancelledEvent,
@@ -26,7 +28,9 @@ from contracts.events import (
     JobCompleted,
     JobCompletedEvent,
     JobKind,
+    JobPlaced,
     JobPlacedEvent,
+    JobQueuedEvent,
     JobRequest,
     JobRequestedEvent,
     PolicyDecisionEvent,
@@ -41,6 +45,7 @@ from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ChargeRow, PostingRow, ledger_imbalance
 from services.factory_agent import handlers as factory
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
+from services.factory_agent.storage import run_key
 from services.governance import handlers as governance
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry
@@ -189,18 +194,27 @@ def complete_at_gwangju(
     status: Literal["succeeded", "failed", "cancelled"] = "succeeded",
     event_id: uuid.UUID | None = None,
 ) -> None:
-    """The factory's jobs.completed for a mois job on the National AI Data Center's A100 pool."""
+    """The factory's jobs.completed for a mois job's first run on the National AI Data Center's A100 pool."""
+    at_gwangju = {"site_id": "nadc-gwangju", "pool_id": "nadc-gwangju-a100", "gpu_count": gpus, "attempt": 1}
+    complete_run(engine, ctx, job_id, "mois", at_gwangju, status, event_id)
+
+
+def complete_run(
+    engine: Engine,
+    ctx: placement.PlacementContext,
+    job_id: uuid.UUID,
+    tenant_id: str,
+    run: dict[str, Any],
+    status: Literal["succeeded", "failed", "cancelled"],
+    event_id: uuid.UUID | None = None,
+) -> None:
+    """The factory's jobs.completed for one run (site_id, pool_id, gpu_count, attempt), without usage."""
     done = JobCompleted(
-        job_id=job_id,
-        tenant_id="mois",
-        site_id="nadc-gwangju",
-        pool_id="nadc-gwangju-a100",
-        gpu_count=gpus,
-        status=status,
-        usage_reports=0,
-        gpu_seconds=0,
+        job_id=job_id, tenant_id=tenant_id, status=status, usage_reports=0, gpu_seconds=0, **run
     )
-    event = JobCompletedEvent.create(source="factory/x", subject="mois", data=done, event_id=event_id)
+    event = JobCompletedEvent.create(
+        source=f"factory/{run['site_id']}", subject=tenant_id, data=done, event_id=event_id
+    )
     with unit_of_work(engine) as session:
         placement.on_job_completed(ctx, session, event)
 
@@ -223,6 +237,92 @@ def test_completion_releases_capacity_and_places_the_queued_job(database_url: tu
         assert session.get(JobRow, str(waiting.data.job_id)).state == "placed"  # type: ignore[union-attr]
         assert session.get(PoolRow, "nadc-gwangju-a100").reserved_gpus == 100  # type: ignore[union-attr]
     assert len(outbox(engine, "jobs.queued")) == 1
+
+
+def fail_run(engine: Engine, ctx: placement.PlacementContext, placed: JobPlaced) -> None:
+    run = placed.model_dump(include={"site_id", "pool_id", "gpu_count", "attempt"})
+    complete_run(engine, ctx, placed.job_id, placed.tenant_id, run, "failed")
+
+
+def placements(engine: Engine) -> list[JobPlaced]:
+    return [JobPlacedEvent.model_validate_json(row.payload).data for row in outbox(engine, "jobs.placed")]
+
+
+def test_a_failed_run_is_retried_on_another_site_up_to_the_jobs_limit(
+    database_url: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    request = request_event("hanbit-ai", gpu_count=8, max_attempts=2)
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(ctx, session, request)
+    [first] = placements(engine)
+    fail_run(engine, ctx, first)
+    fail_run(engine, ctx, first)  # a stale repeat of the first run's end changes nothing
+    [_, second] = placements(engine)
+    assert (second.attempt, second.failed_sites) == (2, [first.site_id])
+    assert second.site_id != first.site_id
+    failed_there = next(s for s in second.explanation.sites if s.site_id == first.site_id)
+    assert any("an earlier run of this job failed" in r for r in failed_there.capacity_reasons)
+    with Session(engine) as session:
+        assert session.get(PoolRow, first.pool_id).reserved_gpus == 0  # type: ignore[union-attr]
+        assert session.get(PoolRow, second.pool_id).reserved_gpus == 8  # type: ignore[union-attr]
+    url, prefix = database_url
+    assert list_jobs(Settings(database_url=url, database_schema_prefix=prefix), "placed", None) == 0
+    assert f"run 2 (failed before at {first.site_id})" in capsys.readouterr().out
+    fail_run(engine, ctx, second)  # the job allowed two runs: it has failed
+    assert len(placements(engine)) == 2
+    with Session(engine) as session:
+        job = session.get(JobRow, str(request.data.job_id))
+        assert job is not None and (job.state, job.attempt) == ("failed", 2)
+        assert session.get(PoolRow, second.pool_id).reserved_gpus == 0  # type: ignore[union-attr]
+
+
+def test_capacity_updates_resize_pause_and_withdraw_a_pool(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+
+    def update(**fields: Any) -> None:
+        data = CapacityUpdated(site_id="nadc-gwangju", pool_id="nadc-gwangju-a100", **fields)
+        event = CapacityUpdatedEvent.create(source="factory/nadc-gwangju", subject="nadc-gwangju", data=data)
+        with unit_of_work(engine) as session:
+            placement.on_capacity_updated(ctx, session, event)
+
+    def request(gpus: int) -> JobRequestedEvent:
+        # High-grade A100 work fits only Gwangju's pool.
+        event = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=gpus)
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+        return event
+
+    def state(event: JobRequestedEvent) -> str:
+        with Session(engine) as session:
+            job = session.get(JobRow, str(event.data.job_id))
+            assert job is not None
+            return f"{job.state}: {job.reason}"
+
+    def why_gwangju_waits(event: JobRequestedEvent) -> list[str]:
+        queued = [JobQueuedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.queued")]
+        [mine] = [q for q in queued if q.job_id == event.data.job_id]
+        return next(s.capacity_reasons for s in mine.explanation.sites if s.site_id == "nadc-gwangju")
+
+    big = request(600)
+    update(status="available", gpu_count=500)  # shrunk below what is reserved: nothing is free
+    small = request(50)
+    assert state(big).startswith("placed") and state(small).startswith("queued")
+    assert why_gwangju_waits(small) == ["nadc-gwangju-a100 has 0 of 500 GPUs free, the job needs 50"]
+    update(status="available", gpu_count=700)  # grown again: the waiting job takes the new room
+    assert state(small).startswith("placed")
+    update(status="maintenance")
+    paused = request(10)
+    assert why_gwangju_waits(paused) == ["nadc-gwangju-a100 is in maintenance"]
+    update(status="withdrawn")  # gone for good: the waiting job can never run, and is told so
+    assert state(paused).startswith("rejected") and "nadc-gwangju-a100 is withdrawn" in state(paused)
+    with Session(engine) as session:
+        pool = session.get(PoolRow, "nadc-gwangju-a100")
+        assert pool is not None and (pool.total_gpus, pool.reserved_gpus) == (700, 650)
 
 
 def test_the_sweep_expires_deadlines_without_deciding_again(database_url: tuple[str, str]) -> None:
@@ -476,7 +576,7 @@ def test_billing_rates_out_of_order_usage_once_and_balances(database_url: tuple[
     rated = outbox(engine, "billing.usage")
     assert [r.payload.count(b'"seq":') for r in rated] == [1, 1, 1]
     with Session(engine) as session:
-        charge = session.get(ChargeRow, str(job_id))
+        charge = session.get(ChargeRow, (str(job_id), 1))
         assert charge is not None and charge.billed and charge.rated_amount_krw == amount
         assert ledger_imbalance(session) == 0
         receivable = session.exec(
@@ -509,7 +609,7 @@ def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tu
         factory.on_job_placed(ctx, session, running)
     with unit_of_work(engine) as session:  # two simulated hours pass: two intervals reported
         factory.advance_run(
-            ctx, session, str(running.data.job_id), datetime.now(UTC) + timedelta(seconds=2.2)
+            ctx, session, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(seconds=2.2)
         )
 
     def cancelled(job_id: uuid.UUID) -> JobCancelledEvent:
@@ -519,7 +619,9 @@ def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tu
     with unit_of_work(engine) as session:
         factory.on_job_cancelled(ctx, session, cancelled(running.data.job_id))
     with unit_of_work(engine) as session:  # later ticks report nothing more
-        factory.advance_run(ctx, session, str(running.data.job_id), datetime.now(UTC) + timedelta(hours=1))
+        factory.advance_run(
+            ctx, session, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
+        )
     [completed] = [
         JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
     ]
@@ -537,6 +639,31 @@ def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tu
     assert last.job_id == early.data.job_id and last.status == "cancelled" and last.usage_reports == 0
 
 
+def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    offers = {o.site.site_id: o for o in CATALOGUE.offers}
+    ctx = factory.FactoryContext(offers=offers, time_scale=3600, failure_rates={"nacc-haenam": 1.0})
+    placed = placed_event(uuid.uuid4())
+    placed = placed.model_copy(
+        update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 6})}
+    )
+    with unit_of_work(engine) as session:
+        factory.on_job_placed(ctx, session, placed)
+    with unit_of_work(engine) as session:
+        factory.advance_run(
+            ctx, session, run_key(str(placed.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
+        )
+    [completed] = [
+        JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
+    ]
+    usage = [UsageReportedEvent.model_validate_json(r.payload).data for r in outbox(engine, "usage.reported")]
+    assert completed.status == "failed" and completed.attempt == 1
+    assert completed.usage_reports == len(usage) == 3  # six intervals planned, failed in the fourth
+    assert completed.gpu_seconds == sum(u.gpu_seconds for u in usage)
+
+
 def test_factory_reports_each_interval_once_and_completes(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
@@ -549,7 +676,7 @@ def test_factory_reports_each_interval_once_and_completes(database_url: tuple[st
     later = datetime.now(UTC) + timedelta(hours=1)
     for _ in range(2):
         with unit_of_work(engine) as session:
-            factory.advance_run(ctx, session, str(placed.data.job_id), later)
+            factory.advance_run(ctx, session, run_key(str(placed.data.job_id), 1), later)
     usage = outbox(engine, "usage.reported")
     assert len(usage) >= 1
     assert len({row.headers["event_id"] for row in usage}) == len(usage)

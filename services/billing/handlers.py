@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from contracts.events import (
     JobBilled,
@@ -18,7 +18,14 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.billing.rating import fee_krw, interval_charge_krw, postings_for
-from services.billing.storage import ChargeRow, PostingRow, UsageLineRow, lock_charge, unrated_lines
+from services.billing.storage import (
+    ChargeRow,
+    PostingRow,
+    UsageLineRow,
+    lock_charge,
+    unrated_lines,
+    usage_line,
+)
 from services.shared.inbox import claim_event
 from services.shared.kafka import PoisonMessage
 from services.shared.logging import get_logger
@@ -33,10 +40,10 @@ class BillingContext:
     fee_bps: int
 
 
-def _charge_for(session: Session, job_id: str, tenant_id: str, site_id: str) -> ChargeRow:
-    charge = lock_charge(session, job_id)
+def _charge_for(session: Session, job_id: str, attempt: int, tenant_id: str, site_id: str) -> ChargeRow:
+    charge = lock_charge(session, job_id, attempt)
     if charge is None:
-        charge = ChargeRow(job_id=job_id, tenant_id=tenant_id, site_id=site_id)
+        charge = ChargeRow(job_id=job_id, attempt=attempt, tenant_id=tenant_id, site_id=site_id)
         session.add(charge)
         session.flush()
     elif charge.tenant_id != tenant_id:
@@ -48,7 +55,7 @@ def on_job_placed(ctx: BillingContext, session: Session, event: JobPlacedEvent) 
     if not claim_event(session, CONSUMER, event):
         return
     placed = event.data
-    charge = _charge_for(session, str(placed.job_id), placed.tenant_id, placed.site_id)
+    charge = _charge_for(session, str(placed.job_id), placed.attempt, placed.tenant_id, placed.site_id)
     charge.site_id = placed.site_id
     charge.accelerator_model = placed.accelerator_model
     charge.price_krw_per_gpu_hour = placed.price_krw_per_gpu_hour
@@ -59,7 +66,7 @@ def on_job_completed(ctx: BillingContext, session: Session, event: JobCompletedE
     if not claim_event(session, CONSUMER, event):
         return
     done = event.data
-    charge = _charge_for(session, str(done.job_id), done.tenant_id, done.site_id)
+    charge = _charge_for(session, str(done.job_id), done.attempt, done.tenant_id, done.site_id)
     charge.expected_reports = done.usage_reports
     settle(ctx, session, charge)
 
@@ -71,22 +78,21 @@ def on_usage_reported(ctx: BillingContext, session: Session, event: UsageReporte
     job_id = str(usage.job_id)
     if usage.tenant_id != event.subject:
         raise PoisonMessage(f"usage for tenant {usage.tenant_id} sent with subject {event.subject}")
-    existing = session.exec(
-        select(UsageLineRow).where(UsageLineRow.job_id == job_id).where(UsageLineRow.seq == usage.seq)
-    ).first()
+    existing = usage_line(session, job_id, usage.attempt, usage.seq)
     if existing is not None:
         if existing.gpu_seconds != usage.gpu_seconds:
             raise PoisonMessage(
-                f"usage seq {usage.seq} of job {job_id} was already reported with "
+                f"usage seq {usage.seq} of job {job_id} run {usage.attempt} was already reported with "
                 f"{existing.gpu_seconds} GPU-seconds, now {usage.gpu_seconds}"
             )
         return  # the same interval under another event id: counted once
-    charge = _charge_for(session, job_id, usage.tenant_id, usage.site_id)
+    charge = _charge_for(session, job_id, usage.attempt, usage.tenant_id, usage.site_id)
     session.add(
         UsageLineRow(
             source=event.source,
             event_id=str(event.id),
             job_id=job_id,
+            attempt=usage.attempt,
             tenant_id=usage.tenant_id,
             seq=usage.seq,
             gpu_seconds=usage.gpu_seconds,
@@ -104,8 +110,8 @@ def settle(ctx: BillingContext, session: Session, charge: ChargeRow) -> None:
     price = charge.price_krw_per_gpu_hour
     if price is None or charge.accelerator_model is None:
         return  # the placement (and its locked price) has not arrived yet
-    log = get_logger(job_id=charge.job_id, tenant_id=charge.tenant_id)
-    for line in unrated_lines(session, charge.job_id, charge.rated_seq):
+    log = get_logger(job_id=charge.job_id, attempt=charge.attempt, tenant_id=charge.tenant_id)
+    for line in unrated_lines(session, charge.job_id, charge.attempt, charge.rated_seq):
         if line.seq != charge.rated_seq + 1:
             break  # a gap: an earlier interval is still on its way
         amount = interval_charge_krw(charge.rated_gpu_seconds, line.gpu_seconds, price)
@@ -130,6 +136,7 @@ def settle(ctx: BillingContext, session: Session, charge: ChargeRow) -> None:
             tenant_id=charge.tenant_id,
             site_id=charge.site_id,
             accelerator_model=charge.accelerator_model,
+            attempt=charge.attempt,
             seq=line.seq,
             gpu_seconds=line.gpu_seconds,
             energy_wh=line.energy_wh,
@@ -157,6 +164,7 @@ def settle(ctx: BillingContext, session: Session, charge: ChargeRow) -> None:
         marketplace_fee_krw=charge.rated_fee_krw,
         site_payable_krw=charge.rated_amount_krw - charge.rated_fee_krw,
         usage_reports=charge.rated_seq,
+        attempt=charge.attempt,
     )
     add_to_outbox(
         session, JobBilledEvent.create(source=SOURCE, subject=charge.tenant_id, data=billed), charge.job_id

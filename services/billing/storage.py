@@ -11,11 +11,13 @@ from services.shared.db import table_of, utc_now
 
 
 class ChargeRow(SQLModel, table=True):
-    """One per job. Created by whichever of placed / completed arrives first; rated once both are known."""
+    """One per run of a job (a failed run and its retry are billed apart, each at its own locked price).
+    Created by whichever of placed / completed / usage arrives first; rated once the placement is known."""
 
     __tablename__ = "charges"
 
     job_id: str = Field(primary_key=True, max_length=36)
+    attempt: int = Field(default=1, primary_key=True)
     tenant_id: str = Field(index=True, max_length=64)
     site_id: str = Field(max_length=64)
     accelerator_model: str | None = None
@@ -30,12 +32,13 @@ class ChargeRow(SQLModel, table=True):
 
 class UsageLineRow(SQLModel, table=True):
     __tablename__ = "usage_lines"
-    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "seq"),)
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=200)
     event_id: str = Field(max_length=36)
     job_id: str = Field(index=True, max_length=36)
+    attempt: int = 1
     tenant_id: str = Field(max_length=64)
     seq: int
     gpu_seconds: int
@@ -62,16 +65,23 @@ class PostingRow(SQLModel, table=True):
 TABLES: list[Table] = [table_of(ChargeRow), table_of(UsageLineRow), table_of(PostingRow)]
 
 
-def lock_charge(session: Session, job_id: str) -> ChargeRow | None:
-    """The job's charge, locked for this transaction (PostgreSQL; SQLite already serialises writers)."""
-    return session.exec(select(ChargeRow).where(ChargeRow.job_id == job_id).with_for_update()).first()
+def lock_charge(session: Session, job_id: str, attempt: int) -> ChargeRow | None:
+    """The run's charge, locked for this transaction (PostgreSQL; SQLite already serialises writers)."""
+    query = select(ChargeRow).where(ChargeRow.job_id == job_id).where(ChargeRow.attempt == attempt)
+    return session.exec(query.with_for_update()).first()
 
 
-def unrated_lines(session: Session, job_id: str, after_seq: int) -> list[UsageLineRow]:
+def usage_line(session: Session, job_id: str, attempt: int, seq: int) -> UsageLineRow | None:
+    query = select(UsageLineRow).where(UsageLineRow.job_id == job_id).where(UsageLineRow.attempt == attempt)
+    return session.exec(query.where(UsageLineRow.seq == seq)).first()
+
+
+def unrated_lines(session: Session, job_id: str, attempt: int, after_seq: int) -> list[UsageLineRow]:
     return list(
         session.exec(
             select(UsageLineRow)
             .where(UsageLineRow.job_id == job_id)
+            .where(UsageLineRow.attempt == attempt)
             .where(col(UsageLineRow.seq) > after_seq)
             .order_by(col(UsageLineRow.seq))
         )

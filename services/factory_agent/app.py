@@ -29,7 +29,7 @@ def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
     catalogue = load_catalogue(settings.catalogue_dir)
     wanted = set(settings.factory_sites)
-    unknown = wanted - {offer.site.site_id for offer in catalogue.offers}
+    unknown = (wanted | set(settings.site_failure_rates)) - {offer.site.site_id for offer in catalogue.offers}
     if unknown:
         raise ValueError(f"unknown sites for the factory agent: {', '.join(sorted(unknown))}")
     attestations = load_attestations(settings.site_attestations_path)
@@ -40,6 +40,7 @@ def build(settings: Settings) -> Service:
             if not wanted or o.site.site_id in wanted
         },
         time_scale=settings.time_scale,
+        failure_rates=settings.site_failure_rates,
     )
     # Offers go through the outbox like every other event: published as soon as the relay runs.
     service.on_start.append(partial(handlers.offer_capacity, context))
@@ -53,11 +54,11 @@ def build(settings: Settings) -> Service:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             with unit_of_work(service.engine) as session:
-                job_ids = handlers.running_job_ids(session)
+                run_ids = handlers.running_run_ids(session)
             emitted = 0
-            for job_id in job_ids:
+            for run_id in run_ids:
                 with unit_of_work(service.engine) as session:
-                    emitted += handlers.advance_run(context, session, job_id, utc_now())
+                    emitted += handlers.advance_run(context, session, run_id, utc_now())
             if emitted:
                 service.relay.wake()
 

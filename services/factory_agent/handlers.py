@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -23,8 +23,15 @@ from contracts.events import (
     UsageReported,
     UsageReportedEvent,
 )
-from services.factory_agent.simulation import UsageInterval, usage_event_id, usage_intervals
-from services.factory_agent.storage import CancelledJob, RunRow, claim_interval, finish_run
+from services.factory_agent.simulation import UsageInterval, failure_point, usage_event_id, usage_intervals
+from services.factory_agent.storage import (
+    CancelledJob,
+    RunRow,
+    claim_interval,
+    finish_run,
+    run_key,
+    running_run,
+)
 from services.shared.db import as_utc
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
@@ -37,6 +44,8 @@ CONSUMER = "factory-agent"
 class FactoryContext:
     offers: dict[str, CapacityOffered]
     time_scale: float
+    # Share of runs that fail at each site (simulated hardware faults); absent sites never fail.
+    failure_rates: dict[str, float] = field(default_factory=dict)
 
     def source(self, site_id: str) -> str:
         return f"factory/{site_id}"
@@ -64,6 +73,7 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
             ctx,
             session,
             placed.job_id,
+            placed.attempt,
             placed.tenant_id,
             placed.site_id,
             placed.pool_id,
@@ -75,11 +85,14 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
     pool = next((p for p in offer.pools if p.pool_id == placed.pool_id), None)
     if pool is None:
         raise ValueError(f"placed on pool {placed.pool_id!r}, which site {placed.site_id!r} does not offer")
-    if session.get(RunRow, str(placed.job_id)) is not None:
+    run_id = run_key(str(placed.job_id), placed.attempt)
+    if session.get(RunRow, run_id) is not None:
         return
     session.add(
         RunRow(
+            run_id=run_id,
             job_id=str(placed.job_id),
+            attempt=placed.attempt,
             tenant_id=placed.tenant_id,
             site_id=placed.site_id,
             pool_id=placed.pool_id,
@@ -96,13 +109,14 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
         site_id=placed.site_id,
         pool_id=placed.pool_id,
         gpu_count=placed.gpu_count,
+        attempt=placed.attempt,
     )
     add_to_outbox(
         session,
         JobStartedEvent.create(source=ctx.source(placed.site_id), subject=placed.tenant_id, data=started),
         str(placed.job_id),
     )
-    get_logger(job_id=str(placed.job_id), site_id=placed.site_id).info("job_started")
+    get_logger(job_id=str(placed.job_id), site_id=placed.site_id).info("job_started", attempt=placed.attempt)
 
 
 def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledEvent) -> None:
@@ -113,17 +127,18 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
     if cancelled.stage != "placed" or cancelled.site_id not in ctx.offers:
         return
     job_id = str(cancelled.job_id)
-    run = session.get(RunRow, job_id)
+    run = running_run(session, job_id)
     if run is None:
         session.add(CancelledJob(job_id=job_id))
         return
-    if not finish_run(session, job_id, "cancelled"):
+    if not finish_run(session, run.run_id, "cancelled"):
         return  # it had already finished
     reported = _intervals(run)[: run.next_seq - 1]
     _report_completion(
         ctx,
         session,
         cancelled.job_id,
+        run.attempt,
         run.tenant_id,
         run.site_id,
         run.pool_id,
@@ -133,31 +148,37 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
     )
 
 
-def running_job_ids(session: Session) -> list[str]:
+def running_run_ids(session: Session) -> list[str]:
     return list(
-        session.exec(select(RunRow.job_id).where(RunRow.state == "running").order_by(col(RunRow.job_id)))
+        session.exec(select(RunRow.run_id).where(RunRow.state == "running").order_by(col(RunRow.run_id)))
     )
 
 
-def advance_run(ctx: FactoryContext, session: Session, job_id: str, now: datetime) -> int:
-    """Report every interval of the run that simulated time has reached; complete the run after the last."""
-    run = session.get(RunRow, job_id)
+def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetime) -> int:
+    """Report every interval of the run that simulated time has reached; complete the run after the last,
+    or fail it where the simulated fault strikes."""
+    run = session.get(RunRow, run_id)
     if run is None or run.state != "running":
         return 0
-    job_uuid = uuid.UUID(job_id)
+    job_uuid = uuid.UUID(run.job_id)
     started = as_utc(run.started_at)
     simulated_elapsed = (now - started).total_seconds() * ctx.time_scale
     intervals = _intervals(run)
+    fails_after = failure_point(
+        job_uuid, run.attempt, ctx.failure_rates.get(run.site_id, 0.0), len(intervals)
+    )
+    reportable = intervals if fails_after is None else intervals[:fails_after]
     emitted = 0
     source = ctx.source(run.site_id)
-    for interval in intervals[run.next_seq - 1 :]:
-        if interval.end_offset_s > simulated_elapsed or not claim_interval(session, job_id, interval.seq):
+    for interval in reportable[run.next_seq - 1 :]:
+        if interval.end_offset_s > simulated_elapsed or not claim_interval(session, run_id, interval.seq):
             break
         usage = UsageReported(
             job_id=job_uuid,
             tenant_id=run.tenant_id,
             site_id=run.site_id,
             pool_id=run.pool_id,
+            attempt=run.attempt,
             seq=interval.seq,
             gpu_seconds=interval.gpu_seconds,
             energy_wh=interval.energy_wh,
@@ -173,22 +194,27 @@ def advance_run(ctx: FactoryContext, session: Session, job_id: str, now: datetim
                 source=source,
                 subject=run.tenant_id,
                 data=usage,
-                event_id=usage_event_id(job_uuid, interval.seq),
+                event_id=usage_event_id(job_uuid, run.attempt, interval.seq),
             ),
-            job_id,
+            run.job_id,
         )
         emitted += 1
-    if intervals[-1].end_offset_s <= simulated_elapsed and finish_run(session, job_id):
+    # A run ends when its last interval does; a failing one when the interval it fails in would have.
+    ends_at = intervals[-1 if fails_after is None else fails_after].end_offset_s
+    status: Literal["succeeded", "failed"] = "succeeded" if fails_after is None else "failed"
+    state = "completed" if fails_after is None else "failed"
+    if ends_at <= simulated_elapsed and finish_run(session, run_id, state):
         _report_completion(
             ctx,
             session,
             job_uuid,
+            run.attempt,
             run.tenant_id,
             run.site_id,
             run.pool_id,
             run.gpu_count,
-            "succeeded",
-            intervals,
+            status,
+            reportable,
         )
         emitted += 1
     return emitted
@@ -209,11 +235,12 @@ def _report_completion(
     ctx: FactoryContext,
     session: Session,
     job_id: uuid.UUID,
+    attempt: int,
     tenant_id: str,
     site_id: str,
     pool_id: str,
     gpu_count: int,
-    status: Literal["succeeded", "cancelled"],
+    status: Literal["succeeded", "failed", "cancelled"],
     reported: list[UsageInterval],
 ) -> None:
     """jobs.completed, with how many usage intervals were reported, so billing knows when it has them all."""
@@ -226,9 +253,10 @@ def _report_completion(
         status=status,
         usage_reports=len(reported),
         gpu_seconds=sum(i.gpu_seconds for i in reported),
+        attempt=attempt,
     )
     event = JobCompletedEvent.create(source=ctx.source(site_id), subject=tenant_id, data=completed)
     add_to_outbox(session, event, str(job_id))
     get_logger(job_id=str(job_id), site_id=site_id).info(
-        "job_completed", status=status, usage_reports=len(reported)
+        "job_completed", status=status, attempt=attempt, usage_reports=len(reported)
     )

@@ -61,5 +61,13 @@ def usage_intervals(
     return intervals
 
 
-def usage_event_id(job_id: uuid.UUID, seq: int) -> uuid.UUID:
-    return uuid.uuid5(USAGE_NAMESPACE, f"{job_id}/{seq}")
+def usage_event_id(job_id: uuid.UUID, attempt: int, seq: int) -> uuid.UUID:
+    return uuid.uuid5(USAGE_NAMESPACE, f"{job_id}/{attempt}/{seq}")
+
+
+def failure_point(job_id: uuid.UUID, attempt: int, failure_rate: float, interval_count: int) -> int | None:
+    """How many intervals a run completes before it fails, or None if it succeeds. A failing run fails
+    during the interval after its half-way point; that interval is never reported, so never billed.
+    Deterministic per (job, attempt), so a restarted agent fails the same runs at the same point."""
+    draw = int(uuid.uuid5(USAGE_NAMESPACE, f"{job_id}/{attempt}/fails").hex[:8], 16) / 0x1_0000_0000
+    return interval_count // 2 if draw < failure_rate else None

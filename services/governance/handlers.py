@@ -67,9 +67,11 @@ def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | Jo
 def on_job_completed(session: Session, event: JobCompletedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
+    # Only the run at this site: a retry elsewhere may already be placed (the topics are not ordered).
     session.execute(
         update(DecisionOutcome)
         .where(col(DecisionOutcome.job_id) == str(event.data.job_id))
+        .where(col(DecisionOutcome.site_id) == event.data.site_id)
         .values(finished=True)
         .execution_options(synchronize_session=False)
     )

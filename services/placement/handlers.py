@@ -220,13 +220,35 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         return
     done = event.data
     job = session.get(JobRow, str(done.job_id))
-    if job is None or job.pool_id is None:
-        get_logger(job_id=str(done.job_id)).warning("completion_for_unknown_job")
+    log = get_logger(job_id=str(done.job_id), attempt=done.attempt)
+    if job is None or job.pool_id is None or job.attempt != done.attempt:
+        log.warning("completion_for_unknown_run")
         return
-    final_state = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}[done.status]
-    if transition(session, job.job_id, {"placed", "cancelling"}, final_state):
-        release(session, job.pool_id, job.gpu_count)
-        get_logger(job_id=job.job_id, pool_id=job.pool_id).info("capacity_released", gpus=job.gpu_count)
+    pool_id = job.pool_id
+    request = JobRequest.model_validate(job.request)
+    tenant = ctx.tenants.get(job.tenant_id)
+    retry = done.status == "failed" and job.attempt < request.max_attempts and tenant is not None
+    if retry and transition(
+        session,
+        job.job_id,
+        {"placed"},
+        "requested",
+        attempt=job.attempt + 1,
+        failed_sites=[*job.failed_sites, done.site_id],
+        site_id=None,
+        pool_id=None,
+        reason=f"run {job.attempt} failed at {done.site_id}; retrying elsewhere",
+    ):
+        release(session, pool_id, job.gpu_count)
+        session.refresh(job)
+        log.info("failed_run_retried", site_id=done.site_id, next_attempt=job.attempt)
+        assert tenant is not None
+        _decide(session, ctx, job, request, tenant)
+    else:
+        final_state = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}[done.status]
+        if transition(session, job.job_id, {"placed", "cancelling"}, final_state):
+            release(session, pool_id, job.gpu_count)
+            log.info("capacity_released", pool_id=pool_id, gpus=job.gpu_count)
     retry_queued(ctx, session)
 
 
@@ -298,7 +320,7 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     verdicts = parse_verdicts(decision, set(sites))
     _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us)
 
-    plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now)
+    plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now, job.failed_sites)
     for _ in range(RESERVE_ATTEMPTS):
         if plan.outcome != "placed" or plan.chosen is None:
             break
@@ -312,7 +334,9 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
             )
             return "placed"
         log.info("reservation_lost_race", pool_id=plan.chosen.pool_id)
-        plan = plan_placement(request, verdicts, load_pools(session), decision_id, ctx.policy.revision, now)
+        plan = plan_placement(
+            request, verdicts, load_pools(session), decision_id, ctx.policy.revision, now, job.failed_sites
+        )
     if plan.outcome == "placed":
         plan = Plan("queued", plan.explanation, reason="capacity was taken by concurrent placements; waiting")
     if plan.outcome == "queued":
@@ -389,6 +413,8 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
         expected_hours=request.expected_hours,
         price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
         explanation=plan.explanation,
+        attempt=job.attempt,
+        failed_sites=job.failed_sites,
     )
     add_to_outbox(
         session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id

@@ -41,7 +41,8 @@ class PoolState:
 
     @property
     def free_gpus(self) -> int:
-        return self.total_gpus - self.reserved_gpus
+        # A pool shrunk below its reservations has none free until enough of its jobs finish.
+        return max(0, self.total_gpus - self.reserved_gpus)
 
     @property
     def facility_kw_per_gpu(self) -> float:
@@ -125,10 +126,12 @@ def _by_rule(violation: RuleViolation) -> tuple[str, str]:
     return violation.rule, violation.message
 
 
-def _static_misfit(job: JobRequest, pool: PoolState) -> str | None:
+def _static_misfit(job: JobRequest, pool: PoolState, failed_sites: Sequence[str]) -> str | None:
     """Why this pool could never run the job, however much capacity frees up; None if it could."""
     if pool.status == "withdrawn":
         return f"{pool.pool_id} is withdrawn"
+    if pool.site_id in failed_sites:
+        return f"an earlier run of this job failed at {pool.site_id}; a retry goes elsewhere"
     if pool.region in job.excluded_regions:
         return f"{pool.pool_id} is in {pool.region}, a region the job excludes"
     if job.accelerator_model and pool.accelerator_model.lower() != job.accelerator_model.lower():
@@ -177,6 +180,7 @@ def plan_placement(
     decision_id: uuid.UUID,
     policy_revision: str,
     now: datetime,
+    failed_sites: Sequence[str] = (),
 ) -> Plan:
     def explain(summary: str, assessments: list[SiteAssessment]) -> Explanation:
         return Explanation(
@@ -198,7 +202,7 @@ def plan_placement(
         reasons: list[str] = []
         site_fits: list[PoolState] = []
         for pool in sorted(pools_by_site[site_id], key=rank):
-            static = _static_misfit(job, pool)
+            static = _static_misfit(job, pool, failed_sites)
             if static:
                 reasons.append(static)
                 continue

@@ -53,6 +53,9 @@ class JobRow(SQLModel, table=True):
     gpu_count: int
     # Queue order: priority class (0 = urgent ... 3 = low) first, then arrival.
     priority_rank: int = 2
+    # The run being placed or running; a failed run moves the job to the next attempt elsewhere.
+    attempt: int = 1
+    failed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     price_krw_per_gpu_hour: int | None = None
     decision_id: str | None = None
     policy_revision: str | None = None

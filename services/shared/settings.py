@@ -9,6 +9,23 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def parse_failure_rates(text: str) -> dict[str, float]:
+    """'site-a=0.1,site-b=1' -> {'site-a': 0.1, 'site-b': 1.0}; a clear error for anything else."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        site_id, separator, rate = item.partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = -1.0
+        if not separator or not site_id or not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"SOVEREIGN_SITE_FAILURE_RATES: {item!r} is not site=rate with a rate from 0 to 1"
+            )
+        rates[site_id] = value
+    return rates
+
+
 def _flag(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -32,6 +49,8 @@ class Settings:
     time_scale: float = 3600.0
     # Which sites this factory agent simulates; empty means every site in the catalogue.
     factory_sites: tuple[str, ...] = field(default_factory=tuple)
+    # Simulated hardware faults: the share of runs that fail at each site (factory agent).
+    site_failure_rates: dict[str, float] = field(default_factory=dict)
     marketplace_fee_bps: int = 500
     outbox_poll_seconds: float = 0.5
     policy_budget_ms: float = 250.0
@@ -57,6 +76,7 @@ class Settings:
             topic_partitions=int(env.get("KAFKA_TOPIC_PARTITIONS", base.topic_partitions)),
             time_scale=float(env.get("SOVEREIGN_TIME_SCALE", base.time_scale)),
             factory_sites=tuple(s for s in env.get("SOVEREIGN_FACTORY_SITES", "").split(",") if s),
+            site_failure_rates=parse_failure_rates(env.get("SOVEREIGN_SITE_FAILURE_RATES", "")),
             marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
             policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
             opa_url=env.get("OPA_URL") or None,

@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
             "requested",
             "queued",
             "placed",
+            "running",
             "cancelling",
             "completed",
             "failed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,3 +118,14 @@ def published_revision(bundle: PolicyBundle, files: dict[str, str] | None = None
         files=bundle.file_digests(),
         bundle=bundle.files if files is None else files,
     )
+
+
+async def wait_until_async(
+    probe: Callable[[], Awaitable[int]], accept: Callable[[int], bool], within: float
+) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if accept(await probe()):
+            return True
+        await asyncio.sleep(0.2)
+    return False

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import EventWatcher, consumer_lag, produce
 from sovereign.workload import generate, request_events
-from tests.conftest import run_services, service_settings
+from tests.conftest import run_services, service_settings, wait_until_async
 
 pytestmark = pytest.mark.broker
 
@@ -185,17 +185,6 @@ async def test_redelivered_usage_is_billed_once(marketplace: Marketplace) -> Non
     trace = tracker.trace(request.job_id)
     assert len(trace.billed) == 1
     assert len(trace.rated) == len({r.seq for r in trace.rated}) == trace.billed[0].usage_reports
-
-
-async def wait_until_async(
-    probe: Callable[[], Awaitable[int]], accept: Callable[[int], bool], within: float
-) -> bool:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if accept(await probe()):
-            return True
-        await asyncio.sleep(0.2)
-    return False
 
 
 async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(

@@ -22,13 +22,14 @@ from services.billing.rating import charge_krw
 from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
 from services.placement.storage import PoolRow
+from services.shared.kafka import consumer_group
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel
 from sovereign.tracker import JobTrace, Tracker, following, wait_until
-from sovereign.watch import produce
+from sovereign.watch import consumer_lag, produce
 from sovereign.workload import request_events
-from tests.conftest import run_services, service_settings
+from tests.conftest import run_services, service_settings, wait_until_async
 
 pytestmark = pytest.mark.broker
 
@@ -69,6 +70,11 @@ async def market(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     ]
     async with run_services(builders) as services, following(kafka, Tracker()) as tracker:
         assert await wait_until(lambda: len(tracker.sites_offered) == 3, within=30)
+        # Every test assumes placement has taken in all three offers.
+        group = consumer_group("placement", "capacity.offered")
+        assert await wait_until_async(
+            lambda: consumer_lag(kafka, group, "capacity.offered"), lambda lag: lag == 0, within=30
+        )
         yield settings, tracker, services[0]
 
 

@@ -33,6 +33,8 @@ from contracts.events import (
     JobQueuedEvent,
     JobRequest,
     JobRequestedEvent,
+    JobStarted,
+    JobStartedEvent,
     PolicyDecisionEvent,
     RuleViolation,
     SiteVerdict,
@@ -258,6 +260,15 @@ def test_a_failed_run_is_retried_on_another_site_up_to_the_jobs_limit(
     with unit_of_work(engine) as session:
         placement.on_job_requested(ctx, session, request)
     [first] = placements(engine)
+    started = JobStarted.model_validate(
+        first.model_dump(include={"job_id", "tenant_id", "site_id", "pool_id", "gpu_count"})
+    )
+    with unit_of_work(engine) as session:
+        placement.on_job_started(
+            session, JobStartedEvent.create(source="factory/x", subject=first.tenant_id, data=started)
+        )
+    with Session(engine) as session:
+        assert session.get(JobRow, str(first.job_id)).state == "running"  # type: ignore[union-attr]
     fail_run(engine, ctx, first)
     fail_run(engine, ctx, first)  # a stale repeat of the first run's end changes nothing
     [_, second] = placements(engine)
@@ -646,8 +657,9 @@ def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
     offers = {o.site.site_id: o for o in CATALOGUE.offers}
     ctx = factory.FactoryContext(offers=offers, time_scale=3600, failure_rates={"nacc-haenam": 1.0})
     placed = placed_event(uuid.uuid4())
+    # Long enough for six usage intervals, whatever the job's runtime factor.
     placed = placed.model_copy(
-        update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 6})}
+        update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 12})}
     )
     with unit_of_work(engine) as session:
         factory.on_job_placed(ctx, session, placed)

@@ -36,6 +36,7 @@ from contracts.events import (
     JobRejectedEvent,
     JobRequest,
     JobRequestedEvent,
+    JobStartedEvent,
     PolicyDecisionEvent,
     PolicyDecisionRecord,
     RejectionCode,
@@ -163,7 +164,7 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
         stage = "before_request"
     elif transition(session, job_id, {"requested", "queued"}, "cancelled", reason=cancel.reason):
         stage = job.state
-    elif transition(session, job_id, {"placed"}, "cancelling", reason=cancel.reason):
+    elif transition(session, job_id, {"placed", "running"}, "cancelling", reason=cancel.reason):
         stage = "placed"
     else:
         log.info("cancel_ignored", state=job.state)
@@ -215,6 +216,16 @@ def on_capacity_updated(ctx: PlacementContext, session: Session, event: Capacity
     retry_queued(ctx, session)
 
 
+def on_job_started(session: Session, event: JobStartedEvent) -> None:
+    """The factory started the run. Its end may overtake this (another topic): then nothing changes."""
+    if not claim_event(session, CONSUMER, event):
+        return
+    started = event.data
+    job = session.get(JobRow, str(started.job_id))
+    if job is not None and job.attempt == started.attempt:
+        transition(session, job.job_id, {"placed"}, "running")
+
+
 def on_job_completed(ctx: PlacementContext, session: Session, event: JobCompletedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
@@ -231,7 +242,7 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     if retry and transition(
         session,
         job.job_id,
-        {"placed"},
+        {"placed", "running"},
         "requested",
         attempt=job.attempt + 1,
         failed_sites=[*job.failed_sites, done.site_id],
@@ -246,7 +257,7 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         _decide(session, ctx, job, request, tenant)
     else:
         final_state = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}[done.status]
-        if transition(session, job.job_id, {"placed", "cancelling"}, final_state):
+        if transition(session, job.job_id, {"placed", "running", "cancelling"}, final_state):
             release(session, pool_id, job.gpu_count)
             log.info("capacity_released", pool_id=pool_id, gpus=job.gpu_count)
     retry_queued(ctx, session)

@@ -47,6 +47,7 @@ class JobRow(SQLModel, table=True):
     tenant_id: str = Field(index=True, max_length=64)
     client_request_id: str = Field(max_length=128)
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    # requested, queued, placed, running, cancelling, completed, failed, cancelled, rejected
     state: str = Field(index=True, max_length=20)
     site_id: str | None = None
     pool_id: str | None = None

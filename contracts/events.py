@@ -12,6 +12,9 @@ from pydantic import AwareDatetime, Field, model_validator
 from contracts.envelope import SLUG_PATTERN, Contract, Event
 
 Slug = str
+ChargeModel = Literal["gpu_hour", "tokens"]
+# Billing periods are calendar months in Korea Standard Time.
+PERIOD_PATTERN = r"^(\d{4}-(0[1-9]|1[0-2]))?$"
 CsapGrade = Literal["none", "low", "medium", "high"]
 RuleMode = Literal["deny", "warn", "dryrun"]
 
@@ -125,6 +128,12 @@ class JobPlaced(Contract):
     price_krw_per_gpu_hour: int = Field(ge=0, description="Locked at placement; billing rates with it.")
     explanation: Explanation
     attempt: int = Field(default=1, ge=1, description="Which run of the job this is; >1 after failed runs.")
+    price_krw_per_million_input_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Set (with the output price) for an inference run on a token-priced pool.",
+    )
+    price_krw_per_million_output_tokens: int | None = Field(default=None, ge=1)
     failed_sites: list[Slug] = Field(
         default_factory=list, description="Sites where earlier runs of this job failed, in order."
     )
@@ -145,6 +154,7 @@ class RejectionCode(StrEnum):
     NEVER_FITS = "never_fits"
     DEADLINE_PASSED = "deadline_passed"
     POLICY_ENGINE_ERROR = "policy_engine_error"
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class JobRejected(Contract):
@@ -249,7 +259,60 @@ class UsageRated(Contract):
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     price_krw_per_gpu_hour: int = Field(ge=0)
-    amount_krw: int = Field(description="This interval's share; a job's shares sum to its billed amount.")
+    amount_krw: int = Field(description="This interval's share; a run's shares sum to its billed amount.")
+    charge_model: ChargeModel = "gpu_hour"
+    price_krw_per_million_input_tokens: int | None = None
+    price_krw_per_million_output_tokens: int | None = None
+    usage_period: str = Field(
+        default="", pattern=PERIOD_PATTERN, description="Month (KST) the usage is dated in."
+    )
+    invoice_period: str = Field(
+        default="",
+        pattern=PERIOD_PATTERN,
+        description="Month of the invoice that carries it: later than usage_period for an adjustment.",
+    )
+
+
+class InvoiceLine(Contract):
+    """One run's usage on one invoice: by job, site, accelerator and the policy revision it ran under."""
+
+    job_id: uuid.UUID
+    attempt: int = Field(ge=1)
+    site_id: Slug
+    accelerator_model: str
+    policy_revision: str
+    charge_model: ChargeModel
+    usage_period: str = Field(pattern=PERIOD_PATTERN)
+    adjustment: bool = Field(description="Usage dated in an earlier, already issued period.")
+    gpu_seconds: int = Field(ge=0)
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    amount_krw: int = Field(ge=0)
+
+
+class InvoiceIssued(Contract):
+    """A tenant's monthly invoice, issued and immutable. total = subtotal - volume discount + VAT."""
+
+    invoice_id: uuid.UUID
+    tenant_id: Slug
+    period: str = Field(pattern=PERIOD_PATTERN)
+    lines: list[InvoiceLine]
+    subtotal_krw: int = Field(ge=0, description="Sum of the lines: the rated usage charged to this invoice.")
+    volume_discount_krw: int = Field(ge=0, description="Graduated volume tiers on GPU-hour charges.")
+    net_krw: int = Field(ge=0)
+    vat_krw: int = Field(ge=0, description="10 percent of net, rounded half up.")
+    total_krw: int = Field(ge=0)
+
+
+class BudgetThresholdCrossed(Contract):
+    """A tenant's charges crossed one of its budget alert thresholds; sent once per threshold and scope."""
+
+    tenant_id: Slug
+    budget_kind: Literal["prepaid", "monthly_cap"]
+    scope: str = Field(description="'all' for a prepaid budget, else the month (KST) of the cap.")
+    threshold_percent: int = Field(ge=1, le=1000)
+    budget_krw: int = Field(ge=0)
+    charged_krw: int = Field(ge=0, description="Rated charges in scope, before discount and VAT.")
 
 
 class CsapCertificate(Contract):
@@ -270,6 +333,10 @@ class Pool(Contract):
     )
     gpu_count: int = Field(ge=0)
     price_krw_per_gpu_hour: int = Field(ge=1)
+    price_krw_per_million_input_tokens: int | None = Field(
+        default=None, ge=1, description="Token pricing for inference runs, with the output price."
+    )
+    price_krw_per_million_output_tokens: int | None = Field(default=None, ge=1)
     power_kw_per_gpu: float = Field(gt=0, le=10)
     pue: float = Field(ge=1, le=3)
 
@@ -399,7 +466,7 @@ class JobRequestedEvent(Event[JobRequest]):
 
 
 class JobPlacedEvent(Event[JobPlaced]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["jobs.placed"] = "jobs.placed"
 
 
@@ -409,7 +476,7 @@ class JobQueuedEvent(Event[JobQueued]):
 
 
 class JobRejectedEvent(Event[JobRejected]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 
@@ -442,12 +509,12 @@ class JobBilledEvent(Event[JobBilled]):
 
 
 class UsageRatedEvent(Event[UsageRated]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["billing.usage"] = "billing.usage"
 
 
 class CapacityOfferedEvent(Event[CapacityOffered]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["capacity.offered"] = "capacity.offered"
 
 
@@ -473,6 +540,14 @@ class PolicyNonComplianceEvent(Event[PolicyNonCompliance]):
     type: Literal["policy.noncompliance"] = "policy.noncompliance"
 
 
+class InvoiceIssuedEvent(Event[InvoiceIssued]):
+    type: Literal["invoices.issued"] = "invoices.issued"
+
+
+class BudgetThresholdCrossedEvent(Event[BudgetThresholdCrossed]):
+    type: Literal["billing.budget"] = "billing.budget"
+
+
 EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
     model.model_fields["type"].default: model
     for model in (
@@ -493,6 +568,8 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
         PolicyDecisionEvent,
         PolicyPublishedEvent,
         PolicyNonComplianceEvent,
+        InvoiceIssuedEvent,
+        BudgetThresholdCrossedEvent,
     )
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -122,6 +123,37 @@ def _policy_what_if(args: argparse.Namespace) -> int:
     return policy_what_if(args.against, _settings(args))
 
 
+def _period(text: str) -> str:
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month as YYYY-MM")
+    return text
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from sovereign.billing_commands import show_usage
+
+    return show_usage(_settings(args), args.tenant, args.period)
+
+
+def _invoice(args: argparse.Namespace) -> int:
+    from sovereign.billing_commands import invoice_command
+
+    if (args.period is None) == (args.invoice_id is None):
+        print("error: give exactly one of --period and --invoice-id", file=sys.stderr)
+        return 2
+    output = Path(args.output) if args.output else None
+    invoice_id = uuid.UUID(args.invoice_id) if args.invoice_id else None
+    return invoice_command(
+        _settings(args), args.tenant, args.period, invoice_id, args.issue, args.format, output
+    )
+
+
+def _billing_check(args: argparse.Namespace) -> int:
+    from sovereign.billing_commands import billing_check
+
+    return billing_check(_settings(args))
+
+
 def _jobs(args: argparse.Namespace) -> int:
     from sovereign.job_commands import list_jobs
 
@@ -237,6 +269,33 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--tenant", help="only this tenant's jobs")
     connection_options(jobs)
     jobs.set_defaults(handler=_jobs)
+
+    usage = commands.add_parser(
+        "usage", help="a tenant's usage in a month: by site and accelerator, budget left"
+    )
+    usage.add_argument("--tenant", required=True, help="who is asking: only its own records are shown")
+    usage.add_argument("--period", required=True, type=_period, help="YYYY-MM (months in KST)")
+    connection_options(usage)
+    usage.set_defaults(handler=_usage)
+
+    invoice = commands.add_parser("invoice", help="show, export or issue a tenant's monthly invoice")
+    invoice.add_argument("--tenant", required=True, help="who is asking: only its own invoices are shown")
+    invoice.add_argument("--period", type=_period, help="YYYY-MM")
+    invoice.add_argument("--invoice-id", help="an invoice id instead of a period")
+    invoice.add_argument("--issue", action="store_true", help="issue the draft: immutable afterwards")
+    invoice.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    invoice.add_argument("--output", help="write to this file instead of standard output")
+    connection_options(invoice)
+    invoice.set_defaults(handler=_invoice)
+
+    billing = commands.add_parser("billing", help="finance checks").add_subparsers(
+        dest="billing_command", required=True
+    )
+    check = billing.add_parser(
+        "check", help="recompute every charge and invoice from stored usage; prove debits equal credits"
+    )
+    connection_options(check)
+    check.set_defaults(handler=_billing_check)
 
     auditor = commands.add_parser("auditor", help="an auditor's keys and signatures").add_subparsers(
         dest="auditor_command", required=True

@@ -6,8 +6,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from contracts.events import JobRequest
-from services.billing.rating import charge_krw
 from services.shared.catalogue import Catalogue
+from services.shared.money import charge_krw
 from sovereign.explain import render_explanation
 from sovereign.tracker import Tracker
 

@@ -63,6 +63,9 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         "decisions verify",
         "auditor keygen --dir d --key-id k",
         "auditor sign --key k --key-id k --out o",
+        "usage --tenant t --period 2027-01",
+        "invoice --tenant t --period 2027-01",
+        "billing check",
     ]
     reached = {parser.parse_args(command.split()).handler.__name__ for command in commands}
     defined = {
@@ -71,8 +74,10 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         if name.startswith("_")
         and not name.startswith("__")
         and callable(getattr(cli, name))
-        and name not in {"_settings"}
+        and name not in {"_settings", "_period"}
     }
     assert reached == defined, f"handlers no command reaches: {defined - reached}"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "no-such-service"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["usage", "--tenant", "t", "--period", "2027-13"])

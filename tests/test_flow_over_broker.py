@@ -24,7 +24,6 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.billing import app as billing_app
-from services.billing.rating import charge_krw
 from services.factory_agent import app as factory_app
 from services.factory_agent.simulation import usage_event_id
 from services.governance import app as governance_app
@@ -33,6 +32,7 @@ from services.placement import app as placement_app
 from services.shared.attestation import sign_site
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
+from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel, submit

@@ -18,11 +18,11 @@ from sqlmodel import Session, select
 
 from contracts.events import JobKind, JobRequest, RejectionCode
 from services.billing import app as billing_app
-from services.billing.rating import charge_krw
 from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
 from services.placement.storage import PoolRow
 from services.shared.kafka import consumer_group
+from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel

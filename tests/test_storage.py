@@ -42,7 +42,6 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.billing import handlers as billing
-from services.billing.rating import charge_krw
 from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ChargeRow, PostingRow, ledger_imbalance
 from services.factory_agent import handlers as factory
@@ -58,6 +57,7 @@ from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.kafka import PoisonMessage
+from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT, Settings

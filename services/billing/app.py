@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from contracts.events import (
+    BudgetThresholdCrossedEvent,
+    InvoiceIssuedEvent,
     JobBilledEvent,
     JobCompletedEvent,
     JobPlacedEvent,
@@ -13,6 +15,7 @@ from contracts.events import (
 )
 from services.billing import handlers
 from services.billing.storage import TABLES
+from services.shared.catalogue import load_catalogue
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
 
@@ -21,9 +24,16 @@ NAME = "billing"
 
 def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
-    context = handlers.BillingContext(fee_bps=settings.marketplace_fee_bps)
+    context = handlers.BillingContext(
+        fee_bps=settings.marketplace_fee_bps, tenants=load_catalogue(settings.catalogue_dir).tenants
+    )
     consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
     consume(service, UsageReportedEvent, partial(handlers.on_usage_reported, context))
     consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
-    document_publishers(service.broker, [UsageRatedEvent, JobBilledEvent], NAME)
+    # Invoices are issued by `sovereign invoice --issue` in billing's database; this relay publishes them.
+    document_publishers(
+        service.broker,
+        [UsageRatedEvent, JobBilledEvent, InvoiceIssuedEvent, BudgetThresholdCrossedEvent],
+        NAME,
+    )
     return service

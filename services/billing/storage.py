@@ -1,13 +1,19 @@
-"""Billing's tables: a charge per job (price locked at placement), usage lines, and ledger postings."""
+"""Billing's tables: a charge per run (prices locked at placement), usage lines, invoices, budget alerts
+and the double-entry ledger."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Table, UniqueConstraint
+from sqlalchemy import JSON, Column, Table, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
+from services.billing.rating import Rate, Usage
 from services.shared.db import table_of, utc_now
+
+INVOICE_NAMESPACE = uuid.UUID("3e0f5a51-7c2d-4b8e-a0f4-9d21c6b7e845")
 
 
 class ChargeRow(SQLModel, table=True):
@@ -21,32 +27,94 @@ class ChargeRow(SQLModel, table=True):
     tenant_id: str = Field(index=True, max_length=64)
     site_id: str = Field(max_length=64)
     accelerator_model: str | None = None
+    policy_revision: str | None = None
     price_krw_per_gpu_hour: int | None = None
+    price_krw_per_million_input_tokens: int | None = None
+    price_krw_per_million_output_tokens: int | None = None
     expected_reports: int | None = None
     rated_seq: int = 0
     rated_gpu_seconds: int = 0
+    rated_input_tokens: int = 0
+    rated_output_tokens: int = 0
     rated_amount_krw: int = 0
     rated_fee_krw: int = 0
     billed: bool = False
 
+    @property
+    def rate(self) -> Rate:
+        assert self.price_krw_per_gpu_hour is not None
+        return Rate(
+            self.price_krw_per_gpu_hour,
+            self.price_krw_per_million_input_tokens,
+            self.price_krw_per_million_output_tokens,
+        )
+
+    @property
+    def rated_usage(self) -> Usage:
+        return Usage(self.rated_gpu_seconds, self.rated_input_tokens, self.rated_output_tokens)
+
 
 class UsageLineRow(SQLModel, table=True):
+    """A usage report exactly as received, plus what rating made of it (amount, periods)."""
+
     __tablename__ = "usage_lines"
-    __table_args__ = (UniqueConstraint("job_id", "attempt", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "seq"),
+        UniqueConstraint("source", "event_id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=200)
     event_id: str = Field(max_length=36)
     job_id: str = Field(index=True, max_length=36)
     attempt: int = 1
-    tenant_id: str = Field(max_length=64)
+    tenant_id: str = Field(index=True, max_length=64)
     seq: int
     gpu_seconds: int
     energy_wh: int
     input_tokens: int
     output_tokens: int
+    interval_end: datetime
+    # Set when rated: the amount, the month the usage is dated in, and the invoice that carries it.
     amount_krw: int | None = None
+    usage_period: str | None = Field(default=None, max_length=7)
+    invoice_period: str | None = Field(default=None, index=True, max_length=7)
     received_at: datetime = Field(default_factory=utc_now)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.gpu_seconds, self.input_tokens, self.output_tokens)
+
+
+class InvoiceRow(SQLModel, table=True):
+    """A tenant's month: a draft that accumulates rated usage, then issued and never changed again."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (UniqueConstraint("tenant_id", "period"),)
+
+    invoice_id: str = Field(primary_key=True, max_length=36)
+    tenant_id: str = Field(index=True, max_length=64)
+    period: str = Field(max_length=7)
+    status: str = Field(default="draft", max_length=10)
+    subtotal_krw: int = 0
+    volume_discount_krw: int = 0
+    vat_krw: int = 0
+    total_krw: int = 0
+    issued_at: datetime | None = None
+    # The issued invoice as sent (InvoiceIssued), kept verbatim.
+    document: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class BudgetAlertRow(SQLModel, table=True):
+    """A budget threshold already announced: each fires once per tenant, scope and threshold."""
+
+    __tablename__ = "budget_alerts"
+
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    scope: str = Field(primary_key=True, max_length=7)
+    threshold_percent: int = Field(primary_key=True)
+    charged_krw: int
+    crossed_at: datetime = Field(default_factory=utc_now)
 
 
 class PostingRow(SQLModel, table=True):
@@ -55,14 +123,24 @@ class PostingRow(SQLModel, table=True):
     __tablename__ = "ledger_postings"
 
     id: int | None = Field(default=None, primary_key=True)
-    transaction_id: str = Field(index=True, max_length=36)
-    job_id: str = Field(index=True, max_length=36)
+    transaction_id: str = Field(index=True, max_length=48)
+    job_id: str | None = Field(default=None, index=True, max_length=36)
     account: str = Field(index=True, max_length=120)
     amount_krw: int
     posted_at: datetime = Field(default_factory=utc_now)
 
 
-TABLES: list[Table] = [table_of(ChargeRow), table_of(UsageLineRow), table_of(PostingRow)]
+TABLES: list[Table] = [
+    table_of(ChargeRow),
+    table_of(UsageLineRow),
+    table_of(InvoiceRow),
+    table_of(BudgetAlertRow),
+    table_of(PostingRow),
+]
+
+
+def invoice_id_for(tenant_id: str, period: str) -> str:
+    return str(uuid.uuid5(INVOICE_NAMESPACE, f"{tenant_id}/{period}"))
 
 
 def lock_charge(session: Session, job_id: str, attempt: int) -> ChargeRow | None:
@@ -71,9 +149,25 @@ def lock_charge(session: Session, job_id: str, attempt: int) -> ChargeRow | None
     return session.exec(query.with_for_update()).first()
 
 
+def lock_invoice(session: Session, tenant_id: str, period: str) -> InvoiceRow:
+    """The tenant's invoice for the period, created as a draft if needed, locked for this transaction."""
+    query = select(InvoiceRow).where(InvoiceRow.tenant_id == tenant_id).where(InvoiceRow.period == period)
+    invoice = session.exec(query.with_for_update()).first()
+    if invoice is None:
+        invoice = InvoiceRow(invoice_id=invoice_id_for(tenant_id, period), tenant_id=tenant_id, period=period)
+        session.add(invoice)
+        session.flush()
+    return invoice
+
+
 def usage_line(session: Session, job_id: str, attempt: int, seq: int) -> UsageLineRow | None:
     query = select(UsageLineRow).where(UsageLineRow.job_id == job_id).where(UsageLineRow.attempt == attempt)
     return session.exec(query.where(UsageLineRow.seq == seq)).first()
+
+
+def line_by_event(session: Session, source: str, event_id: str) -> UsageLineRow | None:
+    query = select(UsageLineRow).where(UsageLineRow.source == source)
+    return session.exec(query.where(UsageLineRow.event_id == event_id)).first()
 
 
 def unrated_lines(session: Session, job_id: str, attempt: int, after_seq: int) -> list[UsageLineRow]:
@@ -86,6 +180,32 @@ def unrated_lines(session: Session, job_id: str, attempt: int, after_seq: int) -
             .order_by(col(UsageLineRow.seq))
         )
     )
+
+
+def invoice_lines(session: Session, tenant_id: str, period: str) -> list[tuple[UsageLineRow, ChargeRow]]:
+    """The rated usage an invoice carries, with each line's run."""
+    query = (
+        select(UsageLineRow, ChargeRow)
+        .join(
+            ChargeRow,
+            (col(ChargeRow.job_id) == col(UsageLineRow.job_id))
+            & (col(ChargeRow.attempt) == col(UsageLineRow.attempt)),
+        )
+        .where(UsageLineRow.tenant_id == tenant_id)
+        .where(UsageLineRow.invoice_period == period)
+        .order_by(col(UsageLineRow.job_id), col(UsageLineRow.attempt), col(UsageLineRow.seq))
+    )
+    return [(line, charge) for line, charge in session.exec(query)]
+
+
+def charged_krw(session: Session, tenant_id: str, period: str | None) -> int:
+    """Rated charges of a tenant (in one invoice period, or all), before discount and VAT."""
+    query = select(func.coalesce(func.sum(UsageLineRow.amount_krw), 0)).where(
+        UsageLineRow.tenant_id == tenant_id
+    )
+    if period is not None:
+        query = query.where(UsageLineRow.invoice_period == period)
+    return int(session.exec(query).one() or 0)
 
 
 def ledger_imbalance(session: Session) -> int:

@@ -9,6 +9,7 @@ from contracts.events import (
     CapacityOfferedEvent,
     CapacityRejectedEvent,
     CapacityUpdatedEvent,
+    JobBilledEvent,
     JobCancelEvent,
     JobCancelledEvent,
     JobCompletedEvent,
@@ -52,6 +53,7 @@ def build(settings: Settings) -> Service:
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
     consume(service, CapacityUpdatedEvent, partial(handlers.on_capacity_updated, context))
     consume(service, JobStartedEvent, handlers.on_job_started)
+    consume(service, JobBilledEvent, handlers.on_job_billed)
     consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
     consume(service, JobCancelEvent, partial(handlers.on_job_cancel, context))
     document_publishers(

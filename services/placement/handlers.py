@@ -24,10 +24,12 @@ from contracts.events import (
     CapacityRejectedEvent,
     CapacityUpdatedEvent,
     Explanation,
+    JobBilledEvent,
     JobCancelEvent,
     JobCancelled,
     JobCancelledEvent,
     JobCompletedEvent,
+    JobKind,
     JobPlaced,
     JobPlacedEvent,
     JobQueued,
@@ -42,11 +44,12 @@ from contracts.events import (
     RejectionCode,
     SiteVerdict,
 )
-from services.placement.logic import Plan, parse_verdicts, plan_placement, policy_input
+from services.placement.logic import Plan, PoolState, parse_verdicts, plan_placement, policy_input
 from services.placement.storage import (
     DecisionRow,
     JobRow,
     PoolRow,
+    committed_krw,
     load_pools,
     load_sites,
     queued_jobs,
@@ -62,6 +65,7 @@ from services.shared.db import utc_now
 from services.shared.inbox import claim_event
 from services.shared.kafka import PoisonMessage
 from services.shared.logging import get_logger
+from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox
 from services.shared.policy import PolicyEngine, PolicyEngineError
 
@@ -226,6 +230,19 @@ def on_job_started(session: Session, event: JobStartedEvent) -> None:
         transition(session, job.job_id, {"placed"}, "running")
 
 
+def on_job_billed(session: Session, event: JobBilledEvent) -> None:
+    """A run's bill replaces its estimate in the tenant's budget."""
+    if not claim_event(session, CONSUMER, event):
+        return
+    billed = event.data
+    job = session.get(JobRow, str(billed.job_id))
+    if job is None:
+        return
+    job.billed_krw += billed.amount_krw
+    if billed.attempt == job.attempt:
+        job.estimate_krw = 0
+
+
 def on_job_completed(ctx: PlacementContext, session: Session, event: JobCompletedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
@@ -246,6 +263,7 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         "requested",
         attempt=job.attempt + 1,
         failed_sites=[*job.failed_sites, done.site_id],
+        estimate_krw=0,  # the failed run's cost arrives with its bill
         site_id=None,
         pool_id=None,
         reason=f"run {job.attempt} failed at {done.site_id}; retrying elsewhere",
@@ -304,7 +322,8 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     pools = load_pools(session)
     now = ctx.clock()
     decision_id = uuid.uuid4()
-    tenant_document = tenant.model_dump(mode="json", exclude_none=True)
+    # Commercial terms are not the policies' business.
+    tenant_document = tenant.model_dump(mode="json", exclude_none=True, exclude={"budget", "volume_tiers"})
     document = policy_input(request, tenant_document, sites, pools, now, site_verifiers(session))
     started = time.perf_counter()
     try:
@@ -335,6 +354,10 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     for _ in range(RESERVE_ATTEMPTS):
         if plan.outcome != "placed" or plan.chosen is None:
             break
+        refusal = _budget_refusal(session, ctx, tenant, job, request, plan.chosen)
+        if refusal is not None:
+            _reject(session, job, request, RejectionCode.BUDGET_EXCEEDED, refusal, plan.explanation)
+            return "rejected"
         if try_reserve(session, plan.chosen.pool_id, request.gpu_count):
             _place(session, job, request, plan)
             log.info(
@@ -356,6 +379,26 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     assert plan.code is not None
     _reject(session, job, request, plan.code, plan.reason, plan.explanation)
     return "rejected"
+
+
+def _budget_refusal(
+    session: Session, ctx: PlacementContext, tenant: Tenant, job: JobRow, request: JobRequest, pool: PoolState
+) -> str | None:
+    """Why the tenant's budget cannot take this run at this pool, or None if it can (or has no budget).
+    Committed = what its runs were billed plus the estimates of runs not billed yet."""
+    budget = tenant.budget
+    if budget is None:
+        return None
+    since = None if budget.kind == "prepaid" else period_start(ctx.clock())
+    left = budget.amount_krw - (committed_krw(session, tenant.tenant_id, since) - job.estimate_krw)
+    estimate = estimate_krw(request.gpu_count, request.expected_hours, pool.price_krw_per_gpu_hour)
+    if estimate <= left:
+        return None
+    return (
+        f"the run's estimated {estimate:,} KRW ({request.gpu_count} GPUs for {request.expected_hours:g} h at "
+        f"{pool.price_krw_per_gpu_hour:,} KRW/GPU-h on {pool.site_id}) exceeds the {max(left, 0):,} KRW left "
+        f"of the tenant's {budget.kind.replace('_', ' ')} budget of {budget.amount_krw:,} KRW"
+    )
 
 
 def _record_decision(
@@ -410,7 +453,9 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
         decision_id=str(plan.explanation.decision_id),
         policy_revision=plan.explanation.policy_revision,
         reason=plan.explanation.summary,
+        estimate_krw=estimate_krw(request.gpu_count, request.expected_hours, chosen.price_krw_per_gpu_hour),
     )
+    per_token = request.kind is JobKind.INFERENCE and chosen.price_krw_per_million_output_tokens is not None
     placed = JobPlaced(
         job_id=request.job_id,
         tenant_id=request.tenant_id,
@@ -426,6 +471,8 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
         explanation=plan.explanation,
         attempt=job.attempt,
         failed_sites=job.failed_sites,
+        price_krw_per_million_input_tokens=chosen.price_krw_per_million_input_tokens if per_token else None,
+        price_krw_per_million_output_tokens=chosen.price_krw_per_million_output_tokens if per_token else None,
     )
     add_to_outbox(
         session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id

@@ -38,6 +38,8 @@ class PoolState:
     pue: float
     status: str
     region: str = ""
+    price_krw_per_million_input_tokens: int | None = None
+    price_krw_per_million_output_tokens: int | None = None
 
     @property
     def free_gpus(self) -> int:

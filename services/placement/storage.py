@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Table, update
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState
@@ -38,6 +38,8 @@ class PoolRow(SQLModel, table=True):
     pue: float
     status: str = "available"
     region: str = ""
+    price_krw_per_million_input_tokens: int | None = None
+    price_krw_per_million_output_tokens: int | None = None
 
 
 class JobRow(SQLModel, table=True):
@@ -54,6 +56,9 @@ class JobRow(SQLModel, table=True):
     gpu_count: int
     # Queue order: priority class (0 = urgent ... 3 = low) first, then arrival.
     priority_rank: int = 2
+    # Budget: the current run's estimated charge until it is billed, and what its runs were billed.
+    estimate_krw: int = 0
+    billed_krw: int = 0
     # The run being placed or running; a failed run moves the job to the next attempt elsewhere.
     attempt: int = 1
     failed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -119,6 +124,8 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
         row.price_krw_per_gpu_hour = pool.price_krw_per_gpu_hour
         row.power_kw_per_gpu = pool.power_kw_per_gpu
         row.pue = pool.pue
+        row.price_krw_per_million_input_tokens = pool.price_krw_per_million_input_tokens
+        row.price_krw_per_million_output_tokens = pool.price_krw_per_million_output_tokens
         row.status = "available"
         row.region = offer.site.region
 
@@ -149,6 +156,8 @@ def load_pools(session: Session) -> list[PoolState]:
             pue=row.pue,
             status=row.status,
             region=row.region,
+            price_krw_per_million_input_tokens=row.price_krw_per_million_input_tokens,
+            price_krw_per_million_output_tokens=row.price_krw_per_million_output_tokens,
         )
         for row in session.exec(select(PoolRow).order_by(col(PoolRow.pool_id)))
     ]
@@ -195,6 +204,16 @@ def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[
     if tenant_id:
         query = query.where(JobRow.tenant_id == tenant_id)
     return list(session.exec(query.order_by(col(JobRow.state), col(JobRow.requested_at), col(JobRow.job_id))))
+
+
+def committed_krw(session: Session, tenant_id: str, requested_since: datetime | None) -> int:
+    """What a tenant's jobs have been billed plus what its unbilled runs are estimated to cost."""
+    query = select(func.coalesce(func.sum(col(JobRow.estimate_krw) + col(JobRow.billed_krw)), 0)).where(
+        JobRow.tenant_id == tenant_id
+    )
+    if requested_since is not None:
+        query = query.where(col(JobRow.requested_at) >= requested_since)
+    return int(session.exec(query).one() or 0)
 
 
 def queued_jobs(session: Session, limit: int, untouched_since: datetime | None = None) -> list[JobRow]:

@@ -13,6 +13,21 @@ from contracts.envelope import SLUG_PATTERN, Contract
 from contracts.events import CapacityOffered
 
 
+class Budget(Contract):
+    """Prepaid credit (for all time) or a monthly cap (KST months), in KRW before discount and VAT."""
+
+    kind: Literal["prepaid", "monthly_cap"]
+    amount_krw: int = Field(ge=0)
+    alert_percents: list[int] = Field(default_factory=lambda: [50, 80, 100])
+
+
+class VolumeTier(Contract):
+    """Graduated: the GPU-hours of a month that fall in this band get this discount on their charges."""
+
+    up_to_gpu_hours: int | None = Field(default=None, ge=1, description="None: no upper bound.")
+    discount_bps: int = Field(ge=0, le=10_000)
+
+
 class Tenant(Contract):
     tenant_id: str = Field(pattern=SLUG_PATTERN)
     name: str
@@ -31,6 +46,8 @@ class Tenant(Contract):
     requires_verified_sites: bool = Field(
         default=False, description="Place only at sites whose attributes a listed auditor signed (VER-01)."
     )
+    budget: Budget | None = None
+    volume_tiers: list[VolumeTier] = Field(default_factory=list, description="In ascending bands.")
 
 
 @dataclass(frozen=True)

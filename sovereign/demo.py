@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Table
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from contracts import TOPICS, dead_letter_topic
-from contracts.events import JobCancelEvent, JobCancelRequested, JobRequest
+from contracts.events import InvoiceIssued, JobCancelEvent, JobCancelRequested, JobRequest
+from services.billing.check import check_billing
+from services.billing.handlers import BillingContext, issue_invoice
 from services.billing.storage import TABLES as BILLING_TABLES
-from services.billing.storage import ledger_imbalance
+from services.billing.storage import InvoiceRow
 from services.governance.handlers import verify_log
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
-from services.shared.catalogue import load_catalogue
-from services.shared.db import create_service_engine
+from services.shared.catalogue import Tenant, load_catalogue
+from services.shared.db import create_service_engine, unit_of_work, utc_now
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
@@ -169,7 +171,12 @@ async def _drive(
         print()
         # Governance logs decisions asynchronously: let it take in every decision before checking its chain.
         await _caught_up(bootstrap, "governance", "policy.decisions", processes, within=30)
-        print(render_report(tracker, requests, catalogue, _ledger_imbalance(), dead_letters, _decision_log()))
+        # Finance closes the books: every tenant's draft invoices are issued, then everything is recomputed.
+        invoices = _issue_all_invoices(catalogue.tenants)
+        billing = _read_service_database(
+            "billing", BILLING_TABLES, lambda s: check_billing(s, catalogue.tenants)
+        )
+        print(render_report(tracker, requests, catalogue, invoices, billing, dead_letters, _decision_log()))
         finished = tracker.all_terminal(job_ids)
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
         return 0 if finished else 1
@@ -237,5 +244,21 @@ def _decision_log() -> tuple[int, str | None] | None:
     return _read_service_database("governance", GOVERNANCE_TABLES, check)
 
 
-def _ledger_imbalance() -> int | None:
-    return _read_service_database("billing", BILLING_TABLES, ledger_imbalance)
+def _issue_all_invoices(tenants: dict[str, Tenant]) -> list[InvoiceIssued]:
+    path = RUN_DIR / "data" / "billing.db"
+    if not path.exists():
+        return []
+    engine = create_service_engine(f"sqlite:///{path}", "billing", BILLING_TABLES)
+    context = BillingContext(fee_bps=Settings().marketplace_fee_bps, tenants=tenants)
+    try:
+        with unit_of_work(engine) as session:
+            drafts = [
+                (i.tenant_id, i.period)
+                for i in session.exec(select(InvoiceRow).where(InvoiceRow.status == "draft"))
+            ]
+            return [
+                issue_invoice(context, session, tenant, period, utc_now())
+                for tenant, period in sorted(drafts)
+            ]
+    finally:
+        engine.dispose()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from contracts.events import JobRequest
+from contracts.events import InvoiceIssued, JobBilled, JobRequest
+from services.billing.check import CheckReport
+from services.billing.rating import Rate, Usage, run_charge_krw
 from services.shared.catalogue import Catalogue
-from services.shared.money import charge_krw
 from sovereign.explain import render_explanation
 from sovereign.tracker import Tracker
 
@@ -39,7 +40,8 @@ def render_report(
     tracker: Tracker,
     requests: Sequence[JobRequest],
     catalogue: Catalogue,
-    ledger_imbalance: int | None,
+    invoices: Sequence[InvoiceIssued],
+    billing_check: CheckReport | None,
     dead_letters: int,
     decision_log: tuple[int, str | None] | None = None,
 ) -> str:
@@ -143,6 +145,27 @@ def render_report(
         )
     )
 
+    if invoices:
+        out.append("\n== Invoices issued at the end of the run (KRW; months in KST)")
+        out.append(
+            table(
+                ["tenant", "month", "lines", "subtotal", "volume discount", "VAT 10%", "total"],
+                [
+                    [
+                        i.tenant_id,
+                        i.period,
+                        len(i.lines),
+                        won(i.subtotal_krw),
+                        won(-i.volume_discount_krw),
+                        won(i.vat_krw),
+                        won(i.total_krw),
+                    ]
+                    for i in invoices
+                ],
+                right={2, 3, 4, 5, 6},
+            )
+        )
+
     example = next(
         (t.placed[0] for j, t in traces.items() if t.placed and by_job[j].csap_grade != "none"), None
     )
@@ -151,26 +174,39 @@ def render_report(
         out.append(render_explanation(example.explanation))
 
     out.append("\n== Checks")
-    exact = all(
-        b.amount_krw
-        == charge_krw(
-            sum(u.gpu_seconds for u in traces[b.job_id].usage if u.attempt == b.attempt),
-            b.price_krw_per_gpu_hour,
+    placed_runs = {(p.job_id, p.attempt): p for p in placed}
+
+    def recomputed(bill: JobBilled) -> int:
+        run = placed_runs[bill.job_id, bill.attempt]
+        rate = Rate(
+            run.price_krw_per_gpu_hour,
+            run.price_krw_per_million_input_tokens,
+            run.price_krw_per_million_output_tokens,
         )
-        for b in billed
-    )
+        used = [u for u in traces[bill.job_id].usage if u.attempt == bill.attempt]
+        total = Usage(
+            sum(u.gpu_seconds for u in used),
+            sum(u.input_tokens for u in used),
+            sum(u.output_tokens for u in used),
+        )
+        return run_charge_krw(total, rate)
+
+    exact = all((b.job_id, b.attempt) in placed_runs and b.amount_krw == recomputed(b) for b in billed)
     out.append(
         f"  {'ok ' if not unfinished else 'FAIL'} every job request reached exactly one final outcome"
         + ("" if not unfinished else f" ({len(unfinished)} did not)")
     )
     out.append(
-        f"  {'ok ' if exact else 'FAIL'} every bill equals its usage times the price locked at placement"
+        f"  {'ok ' if exact else 'FAIL'} every bill equals its usage at the prices locked at placement "
+        "(per GPU-hour or per token)"
     )
-    if ledger_imbalance is not None:
+    if billing_check is not None:
         out.append(
-            f"  {'ok ' if ledger_imbalance == 0 else 'FAIL'} the double-entry ledger balances "
-            f"(sum of postings: {ledger_imbalance} KRW)"
+            f"  {'ok ' if billing_check.ok else 'FAIL'} billing check: {billing_check.lines} usage lines and "
+            f"{billing_check.invoices} invoices recompute exactly from stored usage; debits equal credits "
+            f"over {billing_check.postings} postings"
         )
+        out.extend(f"       {problem}" for problem in billing_check.problems[:5])
     if decision_log is not None:
         count, broken = decision_log
         complete = count >= len(tracker.decisions)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from contracts import TOPICS, AnyEvent
 from contracts.events import (
+    BudgetThresholdCrossed,
     CapacityOffered,
+    InvoiceIssued,
     JobBilled,
     JobCancelled,
     JobCompleted,
@@ -98,6 +100,8 @@ class Tracker:
     seen: set[tuple[str, uuid.UUID]] = field(default_factory=set)
     duplicates: int = 0
     sites_offered: set[str] = field(default_factory=set)
+    invoices: list[InvoiceIssued] = field(default_factory=list)
+    budget_alerts: list[BudgetThresholdCrossed] = field(default_factory=list)
 
     def trace(self, job_id: uuid.UUID) -> JobTrace:
         return self.jobs.setdefault(job_id, JobTrace())
@@ -116,6 +120,10 @@ class Tracker:
         match data:
             case CapacityOffered():
                 self.sites_offered.add(data.site.site_id)
+            case InvoiceIssued():
+                self.invoices.append(data)
+            case BudgetThresholdCrossed():
+                self.budget_alerts.append(data)
             case PolicyDecisionRecord():
                 self.decisions[data.decision_id] = data
             case JobRequest():

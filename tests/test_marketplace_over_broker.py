@@ -16,11 +16,25 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from contracts.events import JobKind, JobRequest, RejectionCode
+from contracts.events import (
+    JobCompleted,
+    JobCompletedEvent,
+    JobKind,
+    JobPlacedEvent,
+    JobRequest,
+    RejectionCode,
+    UsageReported,
+    UsageReportedEvent,
+)
 from services.billing import app as billing_app
+from services.billing.check import check_billing
+from services.billing.handlers import BillingContext, issue_invoice
+from services.billing.queries import find_invoice
 from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
 from services.placement.storage import PoolRow
+from services.shared.catalogue import load_catalogue
+from services.shared.db import unit_of_work
 from services.shared.kafka import consumer_group
 from services.shared.money import charge_krw
 from services.shared.runtime import Service
@@ -37,7 +51,7 @@ TIME_SCALE = 360_000.0  # 100 simulated hours per real second
 FAULTY_SITE = "sk-aws-ulsan"  # B200 at 7,400 KRW/GPU-h: the cheapest B200 here, and every run fails
 SMALL_POOL_GPUS = 16  # skt-pangyo's H100 pool, shrunk so that one job fills it
 
-Market = tuple[Settings, Tracker, Service]
+Market = tuple[Settings, Tracker, Service, Service]  # ..., placement, billing
 
 
 def small_catalogue(directory: Path) -> None:
@@ -75,7 +89,7 @@ async def market(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         assert await wait_until_async(
             lambda: consumer_lag(kafka, group, "capacity.offered"), lambda lag: lag == 0, within=30
         )
-        yield settings, tracker, services[0]
+        yield settings, tracker, services[0], services[2]
 
 
 def job(tenant: str = "hanbit-ai", **fields: object) -> JobRequest:
@@ -104,7 +118,7 @@ def reserved_gpus(placement: Service) -> dict[str, int]:
 
 
 async def test_the_cheapest_allowed_site_wins_and_every_other_site_says_why_it_lost(market: Market) -> None:
-    settings, tracker, _ = market
+    settings, tracker, _, _ = market
     cheapest, too_dear, not_allowed = await submit(
         settings,
         tracker,
@@ -130,7 +144,7 @@ async def test_the_cheapest_allowed_site_wins_and_every_other_site_says_why_it_l
 
 
 async def test_a_queued_job_is_placed_when_the_job_ahead_completes(market: Market) -> None:
-    settings, tracker, placement = market
+    settings, tracker, placement, _ = market
     # The first fills the pool for about three real seconds; the second must wait for it.
     [filling] = await submit(
         settings, tracker, job(accelerator_model="H100", gpu_count=SMALL_POOL_GPUS, expected_hours=300)
@@ -146,7 +160,7 @@ async def test_a_queued_job_is_placed_when_the_job_ahead_completes(market: Marke
 
 
 async def test_a_queued_job_past_its_deadline_is_rejected_and_a_cancel_frees_capacity(market: Market) -> None:
-    settings, tracker, placement = market
+    settings, tracker, placement, _ = market
     deadline = datetime.now(UTC) + timedelta(seconds=3)
     [blocking] = await submit(
         settings, tracker, job(accelerator_model="H100", gpu_count=SMALL_POOL_GPUS, expected_hours=8000)
@@ -165,7 +179,7 @@ async def test_a_queued_job_past_its_deadline_is_rejected_and_a_cancel_frees_cap
 
 
 async def test_a_failed_run_is_retried_on_another_site_and_each_run_is_billed(market: Market) -> None:
-    settings, tracker, placement = market
+    settings, tracker, placement, _ = market
     retried, once = await submit(
         settings,
         tracker,
@@ -196,3 +210,101 @@ async def test_a_failed_run_is_retried_on_another_site_and_each_run_is_billed(ma
     assert only.site_id == FAULTY_SITE and completed.status == "failed" and once.state == "failed"
     assert once.billed[0].usage_reports == completed.usage_reports < 3
     assert await wait_until(lambda: not any(reserved_gpus(placement).values()), within=10)
+
+
+async def test_invoices_hold_when_usage_is_late_repeated_or_reordered_and_the_stream_rebuilds_them(
+    market: Market,
+) -> None:
+    """A run at a site this factory agent does not simulate, its events sent by hand: the first interval,
+    then the March invoice issued, then the rest late, out of order and twice."""
+    settings, tracker, _, billing_service = market
+    job_id = uuid.uuid4()
+    template = JobPlacedEvent.model_validate_json(
+        (REPO_ROOT / "contracts/examples/jobs.placed.json").read_text()
+    )
+    placed = template.data.model_copy(
+        update={"job_id": job_id, "tenant_id": "mois", "site_id": "nacc-haenam"}
+    )
+    march = datetime(2027, 3, 30, tzinfo=UTC)
+
+    def usage(seq: int, gpu_seconds: int) -> tuple[UsageReportedEvent, str]:
+        data = UsageReported(
+            job_id=job_id,
+            tenant_id="mois",
+            site_id="nacc-haenam",
+            pool_id=placed.pool_id,
+            seq=seq,
+            gpu_seconds=gpu_seconds,
+            energy_wh=10,
+            interval_start=march,
+            interval_end=march,
+        )
+        event_id = uuid.uuid5(job_id, str(seq))
+        return UsageReportedEvent.create(
+            source="factory/nacc-haenam", subject="mois", data=data, event_id=event_id
+        ), str(job_id)
+
+    completed = JobCompleted(
+        job_id=job_id,
+        tenant_id="mois",
+        site_id="nacc-haenam",
+        pool_id=placed.pool_id,
+        gpu_count=placed.gpu_count,
+        status="succeeded",
+        usage_reports=3,
+        gpu_seconds=0,
+    )
+    first = JobPlacedEvent.create(source="service/placement", subject="mois", data=placed)
+    await produce(settings.bootstrap_servers, [(first, str(job_id)), usage(1, 36_000)], idempotent=False)
+    trace = tracker.trace(job_id)
+    assert await wait_until(lambda: len(trace.rated) == 1, within=30)
+    context = BillingContext(
+        fee_bps=settings.marketplace_fee_bps, tenants=load_catalogue(settings.catalogue_dir).tenants
+    )
+    with unit_of_work(billing_service.engine) as session:
+        issued = issue_invoice(context, session, "mois", "2027-03", datetime.now(UTC))
+    billing_service.relay.wake()
+    late = [usage(3, 1_800), usage(2, 7_200), usage(2, 7_200), usage(3, 1_800)]
+    done = JobCompletedEvent.create(source="factory/nacc-haenam", subject="mois", data=completed)
+    await produce(settings.bootstrap_servers, [*late, (done, str(job_id))], idempotent=False)
+    assert await wait_until(lambda: bool(trace.billed), within=30)
+    assert await wait_until(
+        lambda: any(i.invoice_id == issued.invoice_id for i in tracker.invoices), within=30
+    )
+
+    [billed] = trace.billed
+    assert billed.amount_krw == charge_krw(36_000 + 7_200 + 1_800, placed.price_krw_per_gpu_hour)
+    assert sorted(r.seq for r in trace.rated) == [1, 2, 3]  # each interval rated once
+    assert [r.invoice_period for r in sorted(trace.rated, key=lambda r: r.seq)] == [
+        "2027-03",
+        "2027-04",
+        "2027-04",
+    ]
+    with Session(billing_service.engine) as session:
+        tenant = context.tenants["mois"]
+        march_now, april = find_invoice(session, tenant, "2027-03"), find_invoice(session, tenant, "2027-04")
+        check = check_billing(session, context.tenants)
+    assert march_now is not None and march_now.invoice == issued  # an issued invoice never changes
+    assert april is not None and all(line.adjustment for line in april.invoice.lines)
+    assert check.ok, check.problems
+    # A consumer that reads billing.usage from the start rebuilds every invoice's subtotal.
+    rebuilt: dict[str, int] = {}
+    for rated in (r for t in tracker.jobs.values() for r in t.rated if r.tenant_id == "mois"):
+        rebuilt[rated.invoice_period] = rebuilt.get(rated.invoice_period, 0) + rated.amount_krw
+    assert (
+        rebuilt["2027-03"]
+        == issued.subtotal_krw
+        == next(i for i in tracker.invoices if i.invoice_id == issued.invoice_id).subtotal_krw
+    )
+    assert rebuilt["2027-04"] == april.invoice.subtotal_krw
+
+
+async def test_a_run_over_budget_is_refused(market: Market) -> None:
+    settings, tracker, _, _ = market
+    # hanbit-ai has 3,000,000,000 KRW prepaid; 1,000 B200 for 500 h at 7,400 would cost 3,700,000,000.
+    [over] = await submit(
+        settings, tracker, job(accelerator_model="B200", gpu_count=1000, expected_hours=500)
+    )
+    assert await wait_until(lambda: bool(over.rejected), within=30), over.state
+    assert over.rejected[0].code is RejectionCode.BUDGET_EXCEEDED
+    assert "3,700,000,000 KRW" in over.rejected[0].reason and "prepaid budget" in over.rejected[0].reason

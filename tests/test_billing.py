@@ -3,8 +3,10 @@ tenant isolation, dedup keys that never hide other usage, and the recompute chec
 
 from __future__ import annotations
 
+import csv
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +33,8 @@ from services.shared.inbox import ProcessedEvent
 from services.shared.kafka import PoisonMessage
 from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage
-from services.shared.settings import REPO_ROOT
+from services.shared.settings import REPO_ROOT, Settings
+from sovereign.billing_commands import invoice_command
 
 TENANTS = load_catalogue(REPO_ROOT / "catalogue").tenants
 MARCH = datetime(2027, 3, 10, tzinfo=UTC)
@@ -217,3 +220,23 @@ def test_a_dedup_key_reused_for_other_usage_is_refused_not_swallowed(engine: Eng
         deliver(engine, forged)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(UsageLineRow)).one() == 1
+
+
+def test_invoice_exports_and_refusals_from_the_command_line(
+    engine: Engine, database_url: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = uuid.uuid4()
+    deliver(engine, placed(job_id), usage(job_id, 1, 7200))
+    url, prefix = database_url
+    settings = Settings(database_url=url, database_schema_prefix=prefix)
+    assert invoice_command(settings, "mois", "2027-03", None, True, "csv", tmp_path / "m.csv") == 0
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert [r["kind"] for r in rows] == ["line", "subtotal", "volume_discount", "vat", "total"]
+    assert rows[0]["job_id"] == str(job_id) and rows[0]["amount_krw"] == str(2 * 7600)
+    assert int(rows[-1]["amount_krw"]) == 2 * 7600 + vat_krw(2 * 7600)
+    assert invoice_command(settings, "mois", "2027-03", None, False, "json", tmp_path / "m.json") == 0
+    exported = InvoiceIssued.model_validate_json((tmp_path / "m.json").read_text())
+    assert exported.total_krw == int(rows[-1]["amount_krw"])
+    assert invoice_command(settings, "mois", "2027-03", None, True, "text", None) == 1  # issued already
+    assert invoice_command(settings, "hanil-bank", None, exported.invoice_id, False, "text", None) == 3
+    assert "refused" in capsys.readouterr().err

@@ -199,12 +199,13 @@ def invoice_lines(session: Session, tenant_id: str, period: str) -> list[tuple[U
 
 
 def charged_krw(session: Session, tenant_id: str, period: str | None) -> int:
-    """Rated charges of a tenant (in one invoice period, or all), before discount and VAT."""
-    query = select(func.coalesce(func.sum(UsageLineRow.amount_krw), 0)).where(
-        UsageLineRow.tenant_id == tenant_id
+    """Rated charges of a tenant (on one period's invoice, or all), before discount and VAT: the sum of its
+    invoices' running subtotals, which `billing check` proves equal to their lines."""
+    query = select(func.coalesce(func.sum(InvoiceRow.subtotal_krw), 0)).where(
+        InvoiceRow.tenant_id == tenant_id
     )
     if period is not None:
-        query = query.where(UsageLineRow.invoice_period == period)
+        query = query.where(InvoiceRow.period == period)
     return int(session.exec(query).one() or 0)
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from contracts.events import PolicyRevisionPublished
+from contracts.events import JobPlacedEvent, PolicyRevisionPublished
 from services.placement.logic import PoolState
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
@@ -129,3 +129,22 @@ async def wait_until_async(
             return True
         await asyncio.sleep(0.2)
     return False
+
+
+def placed_at_haenam(
+    job_id: uuid.UUID, tenant: str = "mois", price: int = 7600, **fields: object
+) -> JobPlacedEvent:
+    """A jobs.placed on the National AI Computing Center's B200 pool, from the golden example."""
+    template = JobPlacedEvent.model_validate_json(
+        (REPO_ROOT / "contracts/examples/jobs.placed.json").read_text()
+    )
+    data = template.data.model_copy(
+        update={
+            "job_id": job_id,
+            "tenant_id": tenant,
+            "site_id": "nacc-haenam",
+            "price_krw_per_gpu_hour": price,
+            **fields,
+        }
+    )
+    return JobPlacedEvent.create(source="service/placement", subject=tenant, data=data)

@@ -18,7 +18,6 @@ from contracts.events import (
     InvoiceIssuedEvent,
     JobCompleted,
     JobCompletedEvent,
-    JobPlacedEvent,
     UsageReported,
     UsageReportedEvent,
 )
@@ -26,7 +25,7 @@ from services.billing import handlers as billing
 from services.billing.check import check_billing
 from services.billing.queries import ForeignTenantError, find_invoice, usage_report
 from services.billing.rating import Rate, Usage, run_charge_krw, vat_krw
-from services.billing.storage import TABLES, UsageLineRow
+from services.billing.storage import TABLES, ChargeRow, PostingRow, UsageLineRow, ledger_imbalance
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent
@@ -35,6 +34,7 @@ from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.billing_commands import invoice_command
+from tests.conftest import placed_at_haenam
 
 TENANTS = load_catalogue(REPO_ROOT / "catalogue").tenants
 MARCH = datetime(2027, 3, 10, tzinfo=UTC)
@@ -59,22 +59,6 @@ def deliver(engine: Engine, *events: Any) -> None:
     for event in events:
         with unit_of_work(engine) as session:
             handlers[event.type](CTX, session, event)
-
-
-def placed(job_id: uuid.UUID, tenant: str = "mois", price: int = 7600, **fields: Any) -> JobPlacedEvent:
-    template = JobPlacedEvent.model_validate_json(
-        (REPO_ROOT / "contracts/examples/jobs.placed.json").read_text()
-    )
-    data = template.data.model_copy(
-        update={
-            "job_id": job_id,
-            "tenant_id": tenant,
-            "site_id": "nacc-haenam",
-            "price_krw_per_gpu_hour": price,
-            **fields,
-        }
-    )
-    return JobPlacedEvent.create(source="service/placement", subject=tenant, data=data)
 
 
 def usage(
@@ -116,9 +100,46 @@ def issue(engine: Engine, tenant: str, period: str) -> InvoiceIssued:
         return billing.issue_invoice(CTX, session, tenant, period, datetime.now(UTC))
 
 
+def test_out_of_order_and_repeated_usage_is_rated_once_and_balances(engine: Engine) -> None:
+    job_id = uuid.uuid4()
+    usages = [usage(job_id, seq, gs) for seq, gs in ((1, 1001), (2, 2003), (3, 999))]
+    # Completion first, then usage out of order and repeated, the placement (and its price) last.
+    deliver(
+        engine,
+        completed(job_id, 3),
+        usages[2],
+        usages[0],
+        usages[2],
+        usages[0].model_copy(update={"id": uuid.uuid4()}),  # the same interval under a new id
+        placed_at_haenam(job_id),
+        usages[1],
+        usages[1],
+    )
+    [billed] = [r for r in outbox_rows(engine) if r.topic == "jobs.billed"]
+    amount = charge_krw(1001 + 2003 + 999, 7600)
+    assert f'"amount_krw":{amount}'.encode() in billed.payload
+    rated = [r for r in outbox_rows(engine) if r.topic == "billing.usage"]
+    assert [r.payload.count(b'"seq":') for r in rated] == [1, 1, 1]
+    with Session(engine) as session:
+        charge = session.get(ChargeRow, (str(job_id), 1))
+        assert charge is not None and charge.billed and charge.rated_amount_krw == amount
+        assert ledger_imbalance(session) == 0
+        receivable = session.exec(
+            select(func.sum(PostingRow.amount_krw)).where(PostingRow.account == "receivable:tenant:mois")
+        ).one()
+        assert receivable == amount
+
+
+def test_conflicting_usage_for_the_same_interval_is_poison(engine: Engine) -> None:
+    job_id = uuid.uuid4()
+    deliver(engine, usage(job_id, 1, 100))
+    with pytest.raises(PoisonMessage, match="already reported"):
+        deliver(engine, usage(job_id, 1, 999).model_copy(update={"id": uuid.uuid4()}))
+
+
 def test_late_usage_after_issue_becomes_an_adjustment_on_the_next_invoice(engine: Engine) -> None:
     job_id = uuid.uuid4()
-    deliver(engine, placed(job_id), usage(job_id, 1, 3600 * 8))
+    deliver(engine, placed_at_haenam(job_id), usage(job_id, 1, 3600 * 8))
     march = issue(engine, "mois", "2027-03")
     assert march.subtotal_krw == 8 * 7600 and march.vat_krw == vat_krw(8 * 7600)
     assert march.total_krw == march.subtotal_krw - march.volume_discount_krw + march.vat_krw
@@ -152,9 +173,9 @@ def test_tiers_vat_and_tokens_on_an_issued_invoice(engine: Engine) -> None:
     }
     deliver(
         engine,
-        placed(big, price=2100),
+        placed_at_haenam(big, price=2100),
         usage(big, 1, 2000 * 3600),  # 2,000 GPU-hours: 1,000 at 0 and 1,000 at 3 percent off
-        placed(serving, price=4300, **token_rate),
+        placed_at_haenam(serving, price=4300, **token_rate),
         usage(serving, 1, 3600, input_tokens=7_200_000, output_tokens=1_440_000),
     )
     invoice = issue(engine, "mois", "2027-03")
@@ -184,7 +205,11 @@ def test_budget_thresholds_fire_once_each(engine: Engine) -> None:
     def hours_for(krw: int) -> int:  # GPU-seconds that cost this much at 7,600 KRW/GPU-h
         return krw * 3600 // 7600
 
-    deliver(engine, placed(job_id, tenant="globex-sg"), usage(job_id, 1, hours_for(30_000_000), "globex-sg"))
+    deliver(
+        engine,
+        placed_at_haenam(job_id, tenant="globex-sg"),
+        usage(job_id, 1, hours_for(30_000_000), "globex-sg"),
+    )
     deliver(engine, usage(job_id, 2, hours_for(15_000_000), "globex-sg"))  # 45 M: past 50 percent
     deliver(engine, usage(job_id, 2, hours_for(15_000_000), "globex-sg"))  # a repeat: no second alert
     deliver(engine, usage(job_id, 3, hours_for(40_000_000), "globex-sg"))  # 85 M: past 80 and 100
@@ -199,7 +224,9 @@ def test_budget_thresholds_fire_once_each(engine: Engine) -> None:
 
 def test_a_tenant_reads_only_its_own_records(engine: Engine) -> None:
     mine, theirs = uuid.uuid4(), uuid.uuid4()
-    deliver(engine, placed(mine), usage(mine, 1, 3600), placed(theirs, tenant="hanil-bank"))
+    deliver(
+        engine, placed_at_haenam(mine), usage(mine, 1, 3600), placed_at_haenam(theirs, tenant="hanil-bank")
+    )
     deliver(engine, usage(theirs, 1, 7200, tenant="hanil-bank"))
     theirs_invoice = issue(engine, "hanil-bank", "2027-03")
     with Session(engine) as session:
@@ -213,7 +240,7 @@ def test_a_tenant_reads_only_its_own_records(engine: Engine) -> None:
 def test_a_dedup_key_reused_for_other_usage_is_refused_not_swallowed(engine: Engine) -> None:
     job_id, other = uuid.uuid4(), uuid.uuid4()
     first = usage(job_id, 1, 3600)
-    deliver(engine, placed(job_id), first)
+    deliver(engine, placed_at_haenam(job_id), first)
     # The same (source, id) claiming to be another tenant's interval: never counted as a duplicate.
     forged = usage(other, 1, 7200, tenant="hanil-bank").model_copy(update={"id": first.id})
     with pytest.raises(PoisonMessage, match="already identifies other usage"):
@@ -226,7 +253,7 @@ def test_invoice_exports_and_refusals_from_the_command_line(
     engine: Engine, database_url: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job_id = uuid.uuid4()
-    deliver(engine, placed(job_id), usage(job_id, 1, 7200))
+    deliver(engine, placed_at_haenam(job_id), usage(job_id, 1, 7200))
     url, prefix = database_url
     settings = Settings(database_url=url, database_schema_prefix=prefix)
     assert invoice_command(settings, "mois", "2027-03", None, True, "csv", tmp_path / "m.csv") == 0

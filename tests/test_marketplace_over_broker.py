@@ -43,7 +43,7 @@ from sovereign.submit import cancel
 from sovereign.tracker import JobTrace, Tracker, following, wait_until
 from sovereign.watch import consumer_lag, produce
 from sovereign.workload import request_events
-from tests.conftest import run_services, service_settings, wait_until_async
+from tests.conftest import placed_at_haenam, run_services, service_settings, wait_until_async
 
 pytestmark = pytest.mark.broker
 
@@ -220,12 +220,7 @@ async def test_invoices_hold_when_usage_is_late_repeated_or_reordered_and_the_st
     then the March invoice issued, then the rest late, out of order and twice."""
     settings, tracker, _, billing_service = market
     job_id = uuid.uuid4()
-    template = JobPlacedEvent.model_validate_json(
-        (REPO_ROOT / "contracts/examples/jobs.placed.json").read_text()
-    )
-    placed = template.data.model_copy(
-        update={"job_id": job_id, "tenant_id": "mois", "site_id": "nacc-haenam"}
-    )
+    placed = placed_at_haenam(job_id).data
     march = datetime(2027, 3, 30, tzinfo=UTC)
 
     def usage(seq: int, gpu_seconds: int) -> tuple[UsageReportedEvent, str]:

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -38,12 +38,8 @@ from contracts.events import (
     PolicyDecisionEvent,
     RuleViolation,
     SiteVerdict,
-    UsageReported,
     UsageReportedEvent,
 )
-from services.billing import handlers as billing
-from services.billing.storage import TABLES as BILLING_TABLES
-from services.billing.storage import ChargeRow, PostingRow, ledger_imbalance
 from services.factory_agent import handlers as factory
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.factory_agent.storage import run_key
@@ -57,11 +53,11 @@ from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.kafka import PoisonMessage
-from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.job_commands import list_jobs
+from tests.conftest import placed_at_haenam
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
@@ -502,117 +498,13 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
         assert session.exec(select(func.sum(PoolRow.reserved_gpus))).one() == 0
 
 
-# --- billing ----------------------------------------------------------------------------------------
-
-
-def placed_event(job_id: uuid.UUID, price: int = 7600) -> JobPlacedEvent:
-    template = JobPlacedEvent.model_validate_json(
-        (REPO_ROOT / "contracts/examples/jobs.placed.json").read_text()
-    )
-    data = template.data.model_copy(
-        update={
-            "job_id": job_id,
-            "tenant_id": "mois",
-            "site_id": "nacc-haenam",
-            "price_krw_per_gpu_hour": price,
-        }
-    )
-    return JobPlacedEvent.create(source="service/placement", subject="mois", data=data)
-
-
-def usage_event(
-    job_id: uuid.UUID, seq: int, gpu_seconds: int, event_id: uuid.UUID | None = None
-) -> UsageReportedEvent:
-    start = datetime(2027, 1, 1, tzinfo=UTC)
-    data = UsageReported(
-        job_id=job_id,
-        tenant_id="mois",
-        site_id="nacc-haenam",
-        pool_id="nacc-haenam-b200",
-        seq=seq,
-        gpu_seconds=gpu_seconds,
-        energy_wh=1,
-        interval_start=start,
-        interval_end=start,
-    )
-    return UsageReportedEvent.create(
-        source="factory/nacc-haenam",
-        subject="mois",
-        data=data,
-        event_id=event_id or uuid.uuid5(job_id, str(seq)),
-    )
-
-
-def completed_event(job_id: uuid.UUID, reports: int) -> JobCompletedEvent:
-    data = JobCompleted(
-        job_id=job_id,
-        tenant_id="mois",
-        site_id="nacc-haenam",
-        pool_id="nacc-haenam-b200",
-        gpu_count=8,
-        status="succeeded",
-        usage_reports=reports,
-        gpu_seconds=0,
-    )
-    return JobCompletedEvent.create(source="factory/nacc-haenam", subject="mois", data=data)
-
-
-def test_billing_rates_out_of_order_usage_once_and_balances(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "billing", BILLING_TABLES)
-    ctx = billing.BillingContext(fee_bps=500)
-    job_id = uuid.uuid4()
-    usages = [usage_event(job_id, seq, gs) for seq, gs in ((1, 1001), (2, 2003), (3, 999))]
-    # Completion first, then usage out of order and repeated, the placement (and its price) last.
-    deliveries: list[Any] = [
-        completed_event(job_id, 3),
-        usages[2],
-        usages[0],
-        usages[2],
-        usage_event(job_id, 1, 1001, event_id=uuid.uuid4()),
-        placed_event(job_id),
-        usages[1],
-        usages[1],
-    ]
-    handler: dict[str, Callable[[billing.BillingContext, Session, Any], None]] = {
-        "jobs.completed": billing.on_job_completed,
-        "usage.reported": billing.on_usage_reported,
-        "jobs.placed": billing.on_job_placed,
-    }
-    for event in deliveries:
-        with unit_of_work(engine) as session:
-            handler[event.type](ctx, session, event)
-    [billed] = outbox(engine, "jobs.billed")
-    amount = charge_krw(1001 + 2003 + 999, 7600)
-    assert f'"amount_krw":{amount}'.encode() in billed.payload
-    rated = outbox(engine, "billing.usage")
-    assert [r.payload.count(b'"seq":') for r in rated] == [1, 1, 1]
-    with Session(engine) as session:
-        charge = session.get(ChargeRow, (str(job_id), 1))
-        assert charge is not None and charge.billed and charge.rated_amount_krw == amount
-        assert ledger_imbalance(session) == 0
-        receivable = session.exec(
-            select(func.sum(PostingRow.amount_krw)).where(PostingRow.account == "receivable:tenant:mois")
-        ).one()
-        assert receivable == amount
-
-
-def test_conflicting_usage_for_the_same_interval_is_poison(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "billing", BILLING_TABLES)
-    ctx = billing.BillingContext(fee_bps=500)
-    job_id = uuid.uuid4()
-    with unit_of_work(engine) as session:
-        billing.on_usage_reported(ctx, session, usage_event(job_id, 1, 100))
-    with pytest.raises(PoisonMessage, match="already reported"), unit_of_work(engine) as session:
-        billing.on_usage_reported(ctx, session, usage_event(job_id, 1, 999, event_id=uuid.uuid4()))
-
-
 # --- factory agent ----------------------------------------------------------------------------------
 
 
 def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
-    running = placed_event(uuid.uuid4())
+    running = placed_at_haenam(uuid.uuid4())
     running = running.model_copy(
         update={"data": running.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 6})}
     )
@@ -639,7 +531,7 @@ def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tu
     assert completed.status == "cancelled"
     assert completed.usage_reports == len(outbox(engine, "usage.reported")) == 2
     # A cancel that arrives before the placement: the run never starts.
-    early = placed_event(uuid.uuid4())
+    early = placed_at_haenam(uuid.uuid4())
     early = early.model_copy(update={"data": early.data.model_copy(update={"pool_id": "nacc-haenam-b200"})})
     with unit_of_work(engine) as session:
         factory.on_job_cancelled(ctx, session, cancelled(early.data.job_id))
@@ -656,7 +548,7 @@ def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     offers = {o.site.site_id: o for o in CATALOGUE.offers}
     ctx = factory.FactoryContext(offers=offers, time_scale=3600, failure_rates={"nacc-haenam": 1.0})
-    placed = placed_event(uuid.uuid4())
+    placed = placed_at_haenam(uuid.uuid4())
     # Long enough for six usage intervals, whatever the job's runtime factor.
     placed = placed.model_copy(
         update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 12})}
@@ -679,7 +571,7 @@ def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
 def test_factory_reports_each_interval_once_and_completes(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
-    placed = placed_event(uuid.uuid4())
+    placed = placed_at_haenam(uuid.uuid4())
     placed = placed.model_copy(
         update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200"})}
     )

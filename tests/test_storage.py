@@ -48,7 +48,7 @@ from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.placement.storage import JobRow, PoolRow, try_reserve, upsert_offer
+from services.placement.storage import DecisionRow, JobRow, PoolRow, try_reserve, upsert_offer
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
@@ -470,8 +470,9 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
 
     broken = placement_context()
     broken.policy = BrokenEngine()
+    failed_on = request_event("hanbit-ai")
     with unit_of_work(engine) as session:
-        placement.on_job_requested(broken, session, request_event("hanbit-ai"))
+        placement.on_job_requested(broken, session, failed_on)
 
     class SlowEngine:
         name = "slow"
@@ -486,16 +487,24 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
     waiting = request_event("hanbit-ai")
     with unit_of_work(engine) as session:
         placement.on_job_requested(slow, session, waiting)
-    [queued] = outbox(engine, "jobs.queued")
-    assert b"over its 10 ms budget" in queued.payload
-    with Session(engine) as session:
-        assert session.get(JobRow, str(waiting.data.job_id)).state == "queued"  # type: ignore[union-attr]
-    codes = [row.payload for row in outbox(engine, "jobs.rejected")]
-    assert len(codes) == 2
-    assert b'"unknown_tenant"' in codes[0] and b'"policy_engine_error"' in codes[1]
+    failed, over_budget = (row.payload for row in outbox(engine, "jobs.queued"))
+    assert b"the policy engine failed (engine crashed)" in failed
+    assert b"over its 10 ms budget" in over_budget
+    [rejected] = [row.payload for row in outbox(engine, "jobs.rejected")]
+    assert b'"unknown_tenant"' in rejected
     assert outbox(engine, "jobs.placed") == []
     with Session(engine) as session:
         assert session.exec(select(func.sum(PoolRow.reserved_gpus))).one() == 0
+        assert {session.get(JobRow, str(e.data.job_id)).state for e in (failed_on, waiting)} == {"queued"}  # type: ignore[union-attr]
+        assert session.exec(select(func.count()).select_from(DecisionRow)).one() == 0
+    # The engine is back: the queue's pass decides both again and places them, each under a logged decision.
+    with unit_of_work(engine) as session:
+        assert placement.retry_queued(ctx, session) == 2
+    placed = [JobPlacedEvent.model_validate_json(row.payload).data for row in outbox(engine, "jobs.placed")]
+    assert {p.job_id for p in placed} == {failed_on.data.job_id, waiting.data.job_id}
+    with Session(engine) as session:
+        logged = {row.decision_id for row in session.exec(select(DecisionRow))}
+    assert {str(p.explanation.decision_id) for p in placed} <= logged
 
 
 # --- factory agent ----------------------------------------------------------------------------------

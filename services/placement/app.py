@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from functools import partial
 
 from contracts.events import (
@@ -41,12 +42,16 @@ def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
     bundle = PolicyBundle.load(settings.policy_dir)
     engine: PolicyEngine = (
-        OpaServerEngine(settings.opa_url, bundle) if settings.opa_url else EmbeddedRegoEngine(bundle)
+        # The client gives up at the decision budget: a hanging server fails the decision closed in time.
+        OpaServerEngine(settings.opa_url, bundle, timeout_seconds=settings.policy_budget_ms / 1000)
+        if settings.opa_url
+        else EmbeddedRegoEngine(bundle)
     )
     context = handlers.PlacementContext(
         policy=engine,
         tenants=load_catalogue(settings.catalogue_dir).tenants,
         policy_budget_ms=settings.policy_budget_ms,
+        queue_retry=timedelta(seconds=settings.queue_retry_seconds),
         auditor_keys=load_auditor_keys(settings.auditor_keys_path),
     )
     consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
@@ -76,7 +81,8 @@ def build(settings: Settings) -> Service:
             context.policy = engine
 
     service.broker.subscriber(
-        "policy.published", **subscriber_options(NAME, "policy.published", broadcast=True)
+        "policy.published",
+        **subscriber_options(NAME, "policy.published", settings.session_timeout_ms, broadcast=True),
     )(policy_published)
 
     async def sweep_queue() -> None:

@@ -74,8 +74,6 @@ SOURCE = "service/placement"
 # A freed pool re-plans at most this many queued jobs in one transaction; the sweep picks up the rest.
 QUEUE_BATCH = 50
 PRIORITY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
-# The sweep re-plans a queued job only if nothing re-planned it for this long.
-STALE_QUEUE_AFTER = timedelta(seconds=60)
 # Attempts to reserve when a concurrent worker takes the chosen GPUs first.
 RESERVE_ATTEMPTS = 3
 
@@ -89,6 +87,8 @@ class PlacementContext:
     auditor_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     # A decision slower than this is not used: the job waits and is decided again (fail closed).
     policy_budget_ms: float = 250.0
+    # The periodic pass re-plans a queued job only if nothing re-planned it for this long.
+    queue_retry: timedelta = timedelta(seconds=60)
 
 
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
@@ -292,7 +292,7 @@ def sweep_queue(ctx: PlacementContext, session: Session) -> int:
             reason = f"the job's deadline {request.deadline.isoformat()} passed while it waited for capacity"
             _reject(session, job, request, RejectionCode.DEADLINE_PASSED, reason)
             moved += 1
-    return moved + retry_queued(ctx, session, untouched_since=now - STALE_QUEUE_AFTER)
+    return moved + retry_queued(ctx, session, untouched_since=now - ctx.queue_retry)
 
 
 def retry_queued(ctx: PlacementContext, session: Session, untouched_since: datetime | None = None) -> int:
@@ -329,24 +329,17 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     try:
         decision = ctx.policy.decide(document)
     except PolicyEngineError as error:
-        # Fail closed: without an allowing decision nothing is placed.
         log.error("policy_engine_failed", error=str(error))
-        _reject(
-            session, job, request, RejectionCode.POLICY_ENGINE_ERROR, f"the policy engine failed: {error}"
+        return _wait_for_policy(
+            session, ctx, job, request, decision_id, f"the policy engine failed ({error})"
         )
-        return "rejected"
     duration_us = int((time.perf_counter() - started) * 1_000_000)
     if duration_us > ctx.policy_budget_ms * 1000:
-        reason = (
-            f"the policy evaluation took {duration_us / 1000:.0f} ms, over its {ctx.policy_budget_ms:.0f} ms "
-            f"budget; nothing was placed and the job will be decided again"
-        )
         log.error("policy_evaluation_over_budget", duration_us=duration_us)
-        explanation = Explanation(
-            decision_id=decision_id, policy_revision=ctx.policy.revision, summary=reason, sites=[]
+        took = (
+            f"the policy evaluation took {duration_us / 1000:.0f} ms, over its {ctx.policy_budget_ms:.0f} ms"
         )
-        _queue(session, job, request, Plan("queued", explanation, reason=reason))
-        return "queued"
+        return _wait_for_policy(session, ctx, job, request, decision_id, f"{took} budget")
     verdicts = parse_verdicts(decision, set(sites))
     _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us)
 
@@ -379,6 +372,24 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     assert plan.code is not None
     _reject(session, job, request, plan.code, plan.reason, plan.explanation)
     return "rejected"
+
+
+def _wait_for_policy(
+    session: Session,
+    ctx: PlacementContext,
+    job: JobRow,
+    request: JobRequest,
+    decision_id: uuid.UUID,
+    failure: str,
+) -> str:
+    """Fail closed: with no allowing decision in time nothing is placed. The job waits and the queue's
+    periodic pass decides it again, so an engine outage delays jobs and loses none."""
+    reason = f"{failure}; nothing was placed and the job will be decided again"
+    explanation = Explanation(
+        decision_id=decision_id, policy_revision=ctx.policy.revision, summary=reason, sites=[]
+    )
+    _queue(session, job, request, Plan("queued", explanation, reason=reason))
+    return "queued"
 
 
 def _budget_refusal(

@@ -28,9 +28,12 @@ from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import Settings
 
-# A transient failure (database busy, a concurrent duplicate) is retried this many times before the
-# message is dead-lettered, so a persistent fault cannot stall its partition for ever.
+# A concurrent duplicate losing its race is retried this many times before the message is dead-lettered,
+# so a message that always collides cannot stall its partition for ever.
 MAX_TRANSIENT_ATTEMPTS = 5
+# A database that is down or refusing connections is waited for, never a reason to dead-letter good
+# messages: the same message is retried with this longest pause until the database is back.
+MAX_RETRY_PAUSE_SECONDS = 5.0
 ERROR_HEADER_LIMIT = 2000
 
 
@@ -38,9 +41,15 @@ class PoisonMessage(ValueError):
     """A message that parses but can never be handled; it goes straight to the dead-letter topic."""
 
 
-def is_transient(error: BaseException) -> bool:
+def retry_pause(error: BaseException, attempt: int) -> float | None:
+    """Seconds to wait before retrying a failed message, or None to dead-letter it."""
+    pause = min(MAX_RETRY_PAUSE_SECONDS, 0.2 * 2.0**attempt)
+    if is_transient_database_error(error):
+        return pause
     # An IntegrityError here is a concurrent duplicate losing the race; the retry sees the winner's row.
-    return is_transient_database_error(error) or isinstance(error, IntegrityError)
+    if isinstance(error, IntegrityError) and attempt < MAX_TRANSIENT_ATTEMPTS:
+        return pause
+    return None
 
 
 def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
@@ -65,7 +74,8 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                     result = await call_next(msg)
             except Exception as error:
                 attempt = attempts.get(position, 0) + 1
-                if is_transient(error) and attempt < MAX_TRANSIENT_ATTEMPTS:
+                pause = retry_pause(error, attempt)
+                if pause is not None:
                     attempts[position] = attempt
                     log.warning(
                         "transient_failure_will_retry",
@@ -74,7 +84,7 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                         attempt=attempt,
                         error=repr(error)[:300],
                     )
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(pause)
                     raise
                 attempts.pop(position, None)
                 broker: KafkaBroker = self.context.get("broker")
@@ -118,13 +128,17 @@ def consumer_group(service: str, topic: str) -> str:
     return f"{service}.{topic}"
 
 
-def subscriber_options(service: str, topic: str, broadcast: bool = False) -> dict[str, Any]:
+def subscriber_options(
+    service: str, topic: str, session_timeout_ms: int, broadcast: bool = False
+) -> dict[str, Any]:
     """Consumer settings; a broadcast subscriber has a group of its own, so every worker reads everything."""
     group = consumer_group(service, topic) + (f".{uuid.uuid4().hex[:12]}" if broadcast else "")
     return {
         "group_id": group,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
+        "session_timeout_ms": session_timeout_ms,
+        "heartbeat_interval_ms": session_timeout_ms // 3,
         "title": f"{service}:{topic}",
     }
 

@@ -62,7 +62,8 @@ class OutboxRelay:
         publish: Publish,
         poll_seconds: float = 0.5,
         batch_size: int = 500,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 10.0,
+        after_publish: Callable[[], None] = lambda: None,
     ):
         self._engine = engine
         self._lease = timedelta(seconds=lease_seconds)
@@ -70,6 +71,7 @@ class OutboxRelay:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._wakeup = asyncio.Event()
+        self._after_publish = after_publish
         self._log = get_logger(component="outbox_relay")
 
     def wake(self) -> None:
@@ -97,6 +99,7 @@ class OutboxRelay:
             if not batch:
                 return published
             await self._publish(batch)
+            self._after_publish()
             with unit_of_work(self._engine) as session:
                 session.execute(delete(OutboxMessage).where(col(OutboxMessage.leased_by) == token))
             published += len(batch)

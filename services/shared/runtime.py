@@ -15,7 +15,9 @@ from sqlalchemy import Engine, Table
 from sqlmodel import Session
 
 from contracts import Event
+from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
+from services.shared.health import HEARTBEAT_SECONDS, WorkerRow, mark_worker, new_worker_id, register_worker
 from services.shared.inbox import ProcessedEvent
 from services.shared.kafka import (
     all_topics,
@@ -29,6 +31,8 @@ from services.shared.outbox import OutboxMessage, OutboxRelay
 from services.shared.settings import Settings
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+# A background loop that fails (the database went away, say) is restarted after this pause.
+BACKGROUND_RESTART_SECONDS = 1.0
 EventT = TypeVar("EventT", bound=Event)  # type: ignore[type-arg]
 
 
@@ -39,6 +43,10 @@ class Service:
     broker: KafkaBroker
     engine: Engine
     relay: OutboxRelay
+    crash_points: CrashPoints
+    worker_id: str = field(default_factory=new_worker_id)
+    # Topics consumed in the service's consumer groups (not broadcast subscriptions).
+    consumed: list[str] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Run once in a transaction when the service starts, before it consumes.
     on_start: list[Callable[[Session], None]] = field(default_factory=list)
@@ -50,11 +58,19 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
     engine = create_service_engine(
         database_url_for(settings, name),
         name,
-        [table_of(OutboxMessage), table_of(ProcessedEvent), *tables],
+        [table_of(OutboxMessage), table_of(ProcessedEvent), table_of(WorkerRow), *tables],
         schema_prefix=settings.database_schema_prefix,
     )
-    relay = OutboxRelay(engine, partial(publish_outbox_rows, broker), settings.outbox_poll_seconds)
-    return Service(name=name, settings=settings, broker=broker, engine=engine, relay=relay)
+    crash_points = CrashPoints(settings.crash_points)
+    relay = OutboxRelay(
+        engine,
+        partial(publish_outbox_rows, broker),
+        settings.outbox_poll_seconds,
+        after_publish=partial(crash_points.reached, OUTBOX_PUBLISHED),
+    )
+    return Service(
+        name=name, settings=settings, broker=broker, engine=engine, relay=relay, crash_points=crash_points
+    )
 
 
 def consume(service: Service, model: type[EventT], handle: Callable[[Session, EventT], None]) -> None:
@@ -64,12 +80,15 @@ def consume(service: Service, model: type[EventT], handle: Callable[[Session, Ev
     async def handler(event: EventT) -> None:
         with unit_of_work(service.engine) as session:
             handle(session, event)
+        service.crash_points.reached(HANDLER_COMMITTED)
         service.relay.wake()
 
     # FastStream reads the parameter's annotation to decode and validate the payload.
     handler.__annotations__ = {"event": model, "return": None}
     handler.__name__ = f"on_{topic.replace('.', '_')}"
-    service.broker.subscriber(topic, **subscriber_options(service.name, topic))(handler)
+    options = subscriber_options(service.name, topic, service.settings.session_timeout_ms)
+    service.broker.subscriber(topic, **options)(handler)
+    service.consumed.append(topic)
 
 
 def document_publishers(broker: KafkaBroker, events: Sequence[type[Event]], service: str) -> None:  # type: ignore[type-arg]
@@ -91,31 +110,63 @@ async def start_broker(broker: KafkaBroker) -> None:
     broker.running = True
 
 
+async def _supervised(loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background loop for as long as the service runs, restarting it after a failure."""
+    log = get_logger(component="runtime", loop=getattr(loop, "__name__", repr(loop)))
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.error("background_loop_failed", error=repr(error)[:300])
+            await asyncio.sleep(BACKGROUND_RESTART_SECONDS)
+
+
+async def _heartbeat(service: Service) -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        mark_worker(service.engine, service.worker_id)
+
+
 @contextlib.asynccontextmanager
 async def running(service: Service) -> AsyncIterator[Service]:
-    log = get_logger(component="runtime")
+    log = get_logger(component="runtime", worker_id=service.worker_id)
     await ensure_topics(service.settings.bootstrap_servers, all_topics(), service.settings.topic_partitions)
-    for start in service.on_start:
-        with unit_of_work(service.engine) as session:
+    with unit_of_work(service.engine) as session:
+        register_worker(session, service.worker_id, service.consumed)
+        for start in service.on_start:
             start(session)
     await start_broker(service.broker)
-    tasks = [asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")]
-    tasks += [
-        asyncio.create_task(loop(), name=f"{service.name}-{loop.__name__}") for loop in service.background
+    mark_worker(service.engine, service.worker_id, ready=True)
+    loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
+        service.relay.run_forever,
+        partial(_heartbeat, service),
+        *service.background,
     ]
+    tasks = [asyncio.create_task(_supervised(loop)) for loop in loops]
     log.info("service_started", bootstrap_servers=service.settings.bootstrap_servers)
     try:
         yield service
     finally:
+        # Stop taking messages first; a handler in flight finishes (its effect is one transaction that
+        # never awaits), and a message whose offset is not committed yet is redelivered to another worker.
+        await asyncio.gather(*(subscriber.stop() for subscriber in service.broker.subscribers))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         # Publish what the last handlers wrote; whatever is left is published at the next start.
-        with contextlib.suppress(Exception):
+        drained = True
+        try:
             await asyncio.wait_for(service.relay.drain(), SHUTDOWN_DRAIN_SECONDS)
+        except Exception as error:
+            drained = False
+            log.warning("outbox_left_for_next_start", error=repr(error)[:300])
         await service.broker.stop()
+        with contextlib.suppress(Exception):
+            mark_worker(service.engine, service.worker_id, stopped=True)
         service.engine.dispose()
-        log.info("service_stopped")
+        log.info("service_stopped", outbox_drained=drained)
 
 
 async def serve_until_signalled(service: Service) -> None:

@@ -26,6 +26,17 @@ def parse_failure_rates(text: str) -> dict[str, float]:
     return rates
 
 
+def parse_crash_points(text: str) -> dict[str, int]:
+    """'handler_committed=3,outbox_published=1' -> {'handler_committed': 3, 'outbox_published': 1}."""
+    points: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, separator, count = item.partition("=")
+        if not separator or not name or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"SOVEREIGN_CRASH_AT: {item!r} is not point=n with n a positive whole number")
+        points[name] = int(count)
+    return points
+
+
 def _flag(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -54,6 +65,12 @@ class Settings:
     marketplace_fee_bps: int = 500
     outbox_poll_seconds: float = 0.5
     policy_budget_ms: float = 250.0
+    # How long placement leaves a queued job before its periodic pass decides it again.
+    queue_retry_seconds: float = 60.0
+    # Kafka consumer session: a member silent this long is dropped and its partitions reassigned.
+    session_timeout_ms: int = 10_000
+    # Fault injection for the fault suite only: kill the process the nth time it reaches a named point.
+    crash_points: dict[str, int] = field(default_factory=dict)
     # When set, placement asks this OPA server instead of the in-process engine.
     opa_url: str | None = None
     # JSON of auditor key id -> public key (placement), and of site id -> attestation (factory agent).
@@ -79,6 +96,9 @@ class Settings:
             site_failure_rates=parse_failure_rates(env.get("SOVEREIGN_SITE_FAILURE_RATES", "")),
             marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
             policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
+            queue_retry_seconds=float(env.get("SOVEREIGN_QUEUE_RETRY_SECONDS", base.queue_retry_seconds)),
+            session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", base.session_timeout_ms)),
+            crash_points=parse_crash_points(env.get("SOVEREIGN_CRASH_AT", "")),
             opa_url=env.get("OPA_URL") or None,
             auditor_keys_path=Path(env["SOVEREIGN_AUDITOR_KEYS"])
             if env.get("SOVEREIGN_AUDITOR_KEYS")

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from contracts import EVENT_MODELS, AnyEvent
@@ -85,13 +85,10 @@ async def produce(bootstrap_servers: str, events: Sequence[tuple[AnyEvent, str]]
         await producer.stop()
 
 
-async def read_partition_ends(
+async def read_records(
     bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
-) -> dict[TopicPartition, int]:
-    """Each partition's end (last offset + 1), found by reading it through.
-
-    Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
-    """
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of the topics, from the beginning until nothing more arrives for quiet_ms."""
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
@@ -100,13 +97,27 @@ async def read_partition_ends(
         auto_offset_reset="earliest",
     )
     await consumer.start()
-    ends: dict[TopicPartition, int] = {}
+    records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         while batches := await consumer.getmany(timeout_ms=quiet_ms):
-            for partition, records in batches.items():
-                ends[partition] = max(ends.get(partition, 0), records[-1].offset + 1)
+            for batch in batches.values():
+                records += batch
     finally:
         await consumer.stop()
+    return records
+
+
+async def read_partition_ends(
+    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
+) -> dict[TopicPartition, int]:
+    """Each partition's end (last offset + 1), found by reading it through.
+
+    Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
+    """
+    ends: dict[TopicPartition, int] = {}
+    for record in await read_records(bootstrap_servers, topics, quiet_ms):
+        partition = TopicPartition(record.topic, record.partition)
+        ends[partition] = max(ends.get(partition, 0), record.offset + 1)
     return ends
 
 

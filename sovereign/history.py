@@ -1,0 +1,87 @@
+"""Collecting a history for the invariant checker: every event on the topics (poison left out) and the rows
+of every service's database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Table, func
+from sqlmodel import Session, SQLModel, select
+
+from contracts import EVENT_MODELS, TOPICS, dead_letter_topic
+from services.billing.check import check_billing
+from services.billing.storage import TABLES as BILLING_TABLES
+from services.billing.storage import ChargeRow, PostingRow, UsageLineRow
+from services.factory_agent.storage import TABLES as FACTORY_TABLES
+from services.factory_agent.storage import RunRow
+from services.governance.storage import TABLES as GOVERNANCE_TABLES
+from services.governance.storage import DecisionLogEntry
+from services.placement.storage import TABLES as PLACEMENT_TABLES
+from services.placement.storage import DecisionRow, JobRow, PoolRow
+from services.shared.catalogue import load_catalogue
+from services.shared.db import table_of
+from services.shared.outbox import OutboxMessage
+from services.shared.policy import PolicyBundle
+from services.shared.settings import Settings
+from sovereign.databases import service_session
+from sovereign.invariants import DeadLetter, History
+from sovereign.watch import read_records
+
+SERVICE_TABLES: dict[str, list[Table]] = {
+    "placement": PLACEMENT_TABLES,
+    "factory-agent": FACTORY_TABLES,
+    "billing": BILLING_TABLES,
+    "governance": GOVERNANCE_TABLES,
+}
+
+
+def _rows(session: Session, model: type[SQLModel]) -> list[dict[str, Any]]:
+    return [row.model_dump() for row in session.exec(select(model))]
+
+
+async def collect_history(settings: Settings) -> History:
+    history = History()
+    letters = await read_records(settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS])
+    poisoned = set()
+    for record in letters:
+        headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
+        history.dead_letters.append(DeadLetter(record.topic, headers, record.value or b""))
+        poisoned.add(
+            (
+                headers.get("dlq-original-topic"),
+                headers.get("dlq-original-partition"),
+                headers.get("dlq-original-offset"),
+            )
+        )
+    for record in await read_records(settings.bootstrap_servers, TOPICS):
+        if (record.topic, str(record.partition), str(record.offset)) in poisoned:
+            continue
+        try:
+            event = EVENT_MODELS[record.topic].model_validate_json(record.value or b"")
+        except ValidationError:
+            continue  # not dead-lettered by its consumer: a topic no service consumes
+        history.events.setdefault(record.topic, []).append(event.model_dump(mode="json"))
+    history.known_revisions = {PolicyBundle.load(settings.policy_dir).revision} | {
+        e["data"]["policy_revision"] for e in history.events.get("policy.published", [])
+    }
+    tenants = load_catalogue(settings.catalogue_dir).tenants
+    for service, tables in SERVICE_TABLES.items():
+        with service_session(settings, service, [table_of(OutboxMessage), *tables]) as session:
+            history.outbox_backlog[service] = session.exec(
+                select(func.count()).select_from(OutboxMessage)
+            ).one()
+            if service == "placement":
+                history.jobs = _rows(session, JobRow)
+                history.pools = _rows(session, PoolRow)
+                history.decisions = _rows(session, DecisionRow)
+            elif service == "factory-agent":
+                history.runs = _rows(session, RunRow)
+            elif service == "billing":
+                history.usage_lines = _rows(session, UsageLineRow)
+                history.charges = _rows(session, ChargeRow)
+                history.postings = _rows(session, PostingRow)
+                history.billing_problems = check_billing(session, tenants).problems
+            else:
+                history.logged_decision_ids = set(session.exec(select(DecisionLogEntry.decision_id)))
+    return history

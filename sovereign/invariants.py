@@ -1,0 +1,307 @@
+"""The six invariants of DESIGN.md, checked over a history: what the topics carried and what the databases
+hold once the system has settled.
+
+Pure: a History is plain data, so a test can hand it a history with a known violation and see it caught.
+`sovereign.history` collects one from a running (or stopped) marketplace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "rejected"})
+ACTIVE_STATES = frozenset({"placed", "running", "cancelling"})
+# A cancel honoured at one of these stages ends the job; at "placed" the factory's completion ends it.
+CANCELLED_BEFORE_RUN = frozenset({"before_request", "requested", "queued"})
+TENANT_TOPICS = (
+    "jobs.requested",
+    "jobs.placed",
+    "jobs.queued",
+    "jobs.rejected",
+    "jobs.cancelled",
+    "jobs.started",
+    "usage.reported",
+    "jobs.completed",
+    "jobs.billed",
+    "billing.usage",
+)
+
+Row = dict[str, Any]
+
+
+@dataclass
+class DeadLetter:
+    topic: str
+    headers: dict[str, str]
+    payload: bytes
+
+
+@dataclass
+class History:
+    # Topic -> event envelopes as JSON objects, in the order read (repeats included).
+    events: dict[str, list[Row]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Rows of the services' tables, as dictionaries.
+    jobs: list[Row] = field(default_factory=list)
+    pools: list[Row] = field(default_factory=list)
+    decisions: list[Row] = field(default_factory=list)
+    logged_decision_ids: set[str] = field(default_factory=set)
+    runs: list[Row] = field(default_factory=list)
+    usage_lines: list[Row] = field(default_factory=list)
+    charges: list[Row] = field(default_factory=list)
+    postings: list[Row] = field(default_factory=list)
+    # Service -> outbox rows not yet published.
+    outbox_backlog: dict[str, int] = field(default_factory=dict)
+    # What `sovereign billing check` found when the history was collected.
+    billing_problems: list[str] = field(default_factory=list)
+    known_revisions: set[str] = field(default_factory=set)
+
+    def distinct(self, topic: str) -> list[Row]:
+        """Each event once: a republished event (outbox repair) keeps its source and id."""
+        seen: dict[tuple[str, str], Row] = {}
+        for event in self.events.get(topic, []):
+            seen.setdefault((event["source"], event["id"]), event)
+        return list(seen.values())
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: int
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"invariant {self.invariant} [{self.subject}]: {self.detail}"
+
+
+def check(history: History, expected_dead_letters: int = 0) -> list[Violation]:
+    return [
+        *terminal_outcomes(history),
+        *capacity(history),
+        *decisions(history),
+        *billing(history),
+        *tenant_isolation(history),
+        *nothing_lost(history, expected_dead_letters),
+    ]
+
+
+def _by_job(events: Iterable[Row]) -> dict[str, list[Row]]:
+    grouped: dict[str, list[Row]] = defaultdict(list)
+    for event in events:
+        grouped[str(event["data"]["job_id"])].append(event)
+    return grouped
+
+
+def _repeated_effects(history: History, topic: str) -> list[Violation]:
+    """Two different events for one run of a job: the same effect happened twice."""
+    runs = Counter(_run(e) for e in history.distinct(topic))
+    return [
+        Violation(1, job_id, f"{count} different {topic} events for run {attempt}")
+        for (job_id, attempt), count in sorted(runs.items())
+        if count > 1
+    ]
+
+
+def terminal_outcomes(history: History) -> list[Violation]:
+    """Invariant 1: every accepted request ends in exactly one terminal outcome, once per run."""
+    found: list[Violation] = []
+    for topic in ("jobs.placed", "jobs.started", "jobs.completed", "jobs.billed"):
+        found += _repeated_effects(history, topic)
+    placed = _by_job(history.distinct("jobs.placed"))
+    outcomes: dict[str, list[str]] = defaultdict(list)
+    for event in history.distinct("jobs.rejected"):
+        outcomes[str(event["data"]["job_id"])].append("rejected")
+    for event in history.distinct("jobs.cancelled"):
+        if event["data"]["stage"] in CANCELLED_BEFORE_RUN:
+            outcomes[str(event["data"]["job_id"])].append("cancelled")
+    for event in history.distinct("jobs.completed"):
+        data = event["data"]
+        job_id, attempt = _run(event)
+        retried = any(p["data"].get("attempt", 1) > attempt for p in placed.get(job_id, []))
+        if data["status"] == "failed" and retried:
+            continue
+        outcomes[job_id].append({"succeeded": "completed"}.get(data["status"], data["status"]))
+    states = {row["job_id"]: row["state"] for row in history.jobs}
+    for job_id in sorted({str(e["data"]["job_id"]) for e in history.distinct("jobs.requested")}):
+        ended = outcomes.get(job_id, [])
+        if len(ended) != 1:
+            found.append(Violation(1, job_id, f"{len(ended)} terminal outcomes on the topics: {ended}"))
+        state = states.get(job_id)
+        if state not in TERMINAL_STATES:
+            found.append(Violation(1, job_id, f"placement holds it in state {state!r}, not a terminal one"))
+        elif len(ended) == 1 and ended[0] != state:
+            found.append(Violation(1, job_id, f"placement says {state!r}, the topics say {ended[0]!r}"))
+    return found
+
+
+def capacity(history: History) -> list[Violation]:
+    """Invariant 2: no pool reserved beyond its size, and reservations equal the jobs holding them."""
+    holding: Counter[str] = Counter()
+    for job in history.jobs:
+        if job["state"] in ACTIVE_STATES and job.get("pool_id"):
+            holding[job["pool_id"]] += job["gpu_count"]
+    found: list[Violation] = []
+    for pool in history.pools:
+        pool_id, reserved = pool["pool_id"], pool["reserved_gpus"]
+        if reserved < 0:
+            found.append(Violation(2, pool_id, f"{reserved} GPUs reserved"))
+        if reserved != holding[pool_id]:
+            found.append(
+                Violation(2, pool_id, f"{reserved} GPUs reserved but its active jobs hold {holding[pool_id]}")
+            )
+        if holding[pool_id] > pool["total_gpus"] and pool["status"] == "available":
+            found.append(
+                Violation(2, pool_id, f"active jobs hold {holding[pool_id]} of its {pool['total_gpus']} GPUs")
+            )
+    return found + _oversubscribed_on_topics(history)
+
+
+def _run(event: Row) -> tuple[str, int]:
+    return str(event["data"]["job_id"]), event["data"].get("attempt", 1)
+
+
+def _oversubscribed_on_topics(history: History) -> list[Violation]:
+    """Runs on a pool at the same time, by the factory's start and completion times, never exceed the
+    largest size the pool had (checked at each start)."""
+    sizes = {pool["pool_id"]: pool["total_gpus"] for pool in history.pools}
+    for update in history.distinct("capacity.updated"):
+        if update["data"].get("gpu_count") is not None:
+            pool_id = update["data"]["pool_id"]
+            sizes[pool_id] = max(sizes.get(pool_id, 0), update["data"]["gpu_count"])
+    placed = {_run(e): e["data"] for e in history.distinct("jobs.placed")}
+    ends = {_run(e): datetime.fromisoformat(e["time"]) for e in history.distinct("jobs.completed")}
+    spans: dict[str, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    for event in history.distinct("jobs.started"):
+        data = placed.get(_run(event))
+        if data is not None:
+            start = datetime.fromisoformat(event["time"])
+            spans[data["pool_id"]].append(
+                (start, ends.get(_run(event), datetime.max.replace(tzinfo=UTC)), data["gpu_count"])
+            )
+    found = []
+    for pool_id, runs in sorted(spans.items()):
+        for start, _, _ in runs:
+            busy = sum(gpus for begin, end, gpus in runs if begin <= start < end)
+            if pool_id in sizes and busy > sizes[pool_id]:
+                found.append(
+                    Violation(
+                        2, pool_id, f"{busy} GPUs running at {start:%H:%M:%S.%f}, size {sizes[pool_id]}"
+                    )
+                )
+                break
+    return found
+
+
+def decisions(history: History) -> list[Violation]:
+    """Invariant 3: every placement rests on a recorded decision that allowed that site under a known
+    revision, and the audit log holds that decision."""
+    recorded = {row["decision_id"]: row for row in history.decisions}
+    found: list[Violation] = []
+    for event in history.distinct("jobs.placed"):
+        data = event["data"]
+        job_id, explanation = str(data["job_id"]), data["explanation"]
+        decision_id = str(explanation["decision_id"])
+        decision = recorded.get(decision_id)
+        if decision is None:
+            found.append(Violation(3, job_id, f"placed under decision {decision_id}, which was not recorded"))
+            continue
+        verdicts = {site["site_id"]: site for site in decision["result"]["sites"]}
+        if not verdicts.get(data["site_id"], {}).get("allowed", False):
+            found.append(Violation(3, job_id, f"decision {decision_id} did not allow {data['site_id']}"))
+        revision = explanation["policy_revision"]
+        if revision != decision["policy_revision"] or revision not in history.known_revisions:
+            found.append(Violation(3, job_id, f"placed under revision {revision!r}, not a known one"))
+        if decision_id not in history.logged_decision_ids:
+            found.append(Violation(3, job_id, f"decision {decision_id} is missing from the audit log"))
+    return found
+
+
+def billing(history: History) -> list[Violation]:
+    """Invariant 4: each usage event rated exactly once, the ledger balances, invoices recompute."""
+    found: list[Violation] = []
+    lines = Counter((row["source"], row["event_id"]) for row in history.usage_lines)
+    for event in history.distinct("usage.reported"):
+        count = lines[(event["source"], event["id"])]
+        if count != 1:
+            job_id = str(event["data"]["job_id"])
+            found.append(Violation(4, job_id, f"usage event {event['id']} rated {count} times"))
+    intervals = Counter((row["job_id"], row["attempt"], row["seq"]) for row in history.usage_lines)
+    found += [
+        Violation(4, job_id, f"interval {seq} of run {attempt} rated {count} times")
+        for (job_id, attempt, seq), count in sorted(intervals.items())
+        if count > 1
+    ]
+    transactions: Counter[str] = Counter()
+    for posting in history.postings:
+        transactions[posting["transaction_id"]] += posting["amount_krw"]
+    found += [
+        Violation(4, transaction, f"postings sum to {total} KRW, not 0")
+        for transaction, total in sorted(transactions.items())
+        if total != 0
+    ]
+    billed = Counter(_run(e) for e in history.distinct("jobs.billed"))
+    for event in history.distinct("jobs.completed"):
+        run = _run(event)
+        if billed[run] != 1:
+            found.append(Violation(4, run[0], f"run {run[1]} completed and was billed {billed[run]} times"))
+    return found + [Violation(4, "billing check", problem) for problem in history.billing_problems]
+
+
+def tenant_isolation(history: History) -> list[Violation]:
+    """Invariant 5, on the streams: every event on a tenant's stream names that tenant as its subject, so a
+    consumer filtering by subject never reads another tenant's jobs or usage."""
+    return [
+        Violation(
+            5,
+            str(event["id"]),
+            f"{topic} event for {event['data']['tenant_id']!r} has subject {event['subject']!r}",
+        )
+        for topic in TENANT_TOPICS
+        for event in history.distinct(topic)
+        if event["subject"] != event["data"].get("tenant_id", event["subject"])
+    ]
+
+
+def nothing_lost(history: History, expected_dead_letters: int) -> list[Violation]:
+    """Invariant 6: every effect in a database reached its topic, and nothing else went astray."""
+    found = [
+        Violation(6, service, f"{count} outbox rows never published")
+        for service, count in sorted(history.outbox_backlog.items())
+        if count
+    ]
+    placed = {_run(e) for e in history.distinct("jobs.placed")}
+    started = {_run(e) for e in history.distinct("jobs.started")}
+    rejected = {str(e["data"]["job_id"]) for e in history.distinct("jobs.rejected")}
+    for job in history.jobs:
+        if job.get("pool_id") and (job["job_id"], job["attempt"]) not in placed:
+            found.append(
+                Violation(6, job["job_id"], f"placed (run {job['attempt']}) but no jobs.placed event")
+            )
+        if job["state"] == "rejected" and job["job_id"] not in rejected:
+            found.append(Violation(6, job["job_id"], "rejected but no jobs.rejected event"))
+    for run in history.runs:
+        if (run["job_id"], run["attempt"]) not in started:
+            found.append(
+                Violation(6, run["job_id"], f"run {run['attempt']} started but no jobs.started event")
+            )
+    billed = {_run(e) for e in history.distinct("jobs.billed")}
+    for charge in history.charges:
+        if charge["billed"] and (charge["job_id"], charge["attempt"]) not in billed:
+            found.append(
+                Violation(6, charge["job_id"], f"run {charge['attempt']} billed but no jobs.billed event")
+            )
+    if len(history.dead_letters) != expected_dead_letters:
+        errors = Counter(letter.headers.get("dlq-error-type", "?") for letter in history.dead_letters)
+        found.append(
+            Violation(
+                6,
+                "dead letters",
+                f"{len(history.dead_letters)} dead-lettered, {expected_dead_letters} expected: "
+                f"{dict(errors)}",
+            )
+        )
+    return found

@@ -1,0 +1,251 @@
+"""The invariant checker catches each kind of violation in a hand-made history, and passes a clean one."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sovereign.invariants import DeadLetter, History, check
+
+JOB = str(uuid.uuid4())
+DECISION = str(uuid.uuid4())
+REVISION = "rev-1"
+
+
+def event(
+    topic: str, time: str = "2026-11-22T01:00:00Z", source: str = "service/x", **data: Any
+) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "type": topic,
+        "source": source,
+        "subject": data.get("tenant_id", "mois"),
+        "time": time,
+        "data": {"job_id": JOB, "tenant_id": "mois", **data},
+    }
+
+
+def clean_history() -> History:
+    """One job placed on an 8-GPU pool, run once with one usage interval, billed; a second one rejected."""
+    rejected_job = str(uuid.uuid4())
+    usage = event("usage.reported", source="factory/nacc-haenam", attempt=1, seq=1)
+    placed = event(
+        "jobs.placed",
+        attempt=1,
+        site_id="nacc-haenam",
+        pool_id="pool-a",
+        gpu_count=8,
+        explanation={"decision_id": DECISION, "policy_revision": REVISION},
+    )
+    return History(
+        events={
+            "jobs.requested": [event("jobs.requested"), event("jobs.requested", job_id=rejected_job)],
+            "jobs.placed": [placed],
+            "jobs.rejected": [event("jobs.rejected", job_id=rejected_job)],
+            "jobs.started": [event("jobs.started", time="2026-11-22T01:00:01Z", attempt=1)],
+            "usage.reported": [usage],
+            "jobs.completed": [
+                event("jobs.completed", time="2026-11-22T02:00:00Z", attempt=1, status="succeeded")
+            ],
+            "jobs.billed": [event("jobs.billed", attempt=1)],
+        },
+        jobs=[
+            {"job_id": JOB, "state": "completed", "pool_id": "pool-a", "gpu_count": 8, "attempt": 1},
+            {"job_id": rejected_job, "state": "rejected", "pool_id": None, "gpu_count": 1, "attempt": 1},
+        ],
+        pools=[{"pool_id": "pool-a", "reserved_gpus": 0, "total_gpus": 8, "status": "available"}],
+        decisions=[
+            {
+                "decision_id": DECISION,
+                "policy_revision": REVISION,
+                "result": {"sites": [{"site_id": "nacc-haenam", "allowed": True}]},
+            }
+        ],
+        logged_decision_ids={DECISION},
+        runs=[{"job_id": JOB, "attempt": 1}],
+        usage_lines=[
+            {"source": usage["source"], "event_id": usage["id"], "job_id": JOB, "attempt": 1, "seq": 1}
+        ],
+        charges=[{"job_id": JOB, "attempt": 1, "billed": True}],
+        postings=[
+            {"transaction_id": "t1", "amount_krw": 1100},
+            {"transaction_id": "t1", "amount_krw": -1000},
+            {"transaction_id": "t1", "amount_krw": -100},
+        ],
+        outbox_backlog={"placement": 0, "billing": 0},
+        known_revisions={REVISION},
+    )
+
+
+def test_a_clean_history_passes() -> None:
+    assert check(clean_history()) == []
+
+
+def test_a_republished_event_is_not_a_second_effect() -> None:
+    history = clean_history()
+    history.events["jobs.placed"].append(copy.deepcopy(history.events["jobs.placed"][0]))
+    history.events["usage.reported"].append(copy.deepcopy(history.events["usage.reported"][0]))
+    assert check(history) == []
+
+
+def _second_placement(h: History) -> None:
+    again = copy.deepcopy(h.events["jobs.placed"][0])
+    again["id"] = str(uuid.uuid4())
+    h.events["jobs.placed"].append(again)
+
+
+def _second_outcome(h: History) -> None:
+    h.events["jobs.rejected"].append(event("jobs.rejected"))
+
+
+def _never_ended(h: History) -> None:
+    h.events["jobs.completed"].clear()
+    h.events["jobs.billed"].clear()
+    h.jobs[0]["state"] = "running"
+    h.pools[0]["reserved_gpus"] = 8
+
+
+def _states_disagree(h: History) -> None:
+    h.jobs[0]["state"] = "failed"
+
+
+def _overbooked(h: History) -> None:
+    h.pools[0]["reserved_gpus"] = 4
+
+
+def _two_runs_overlap(h: History) -> None:
+    other = str(uuid.uuid4())
+    h.events["jobs.placed"].append(
+        event(
+            "jobs.placed",
+            job_id=other,
+            attempt=1,
+            site_id="nacc-haenam",
+            pool_id="pool-a",
+            gpu_count=4,
+            explanation={"decision_id": DECISION, "policy_revision": REVISION},
+        )
+    )
+    h.events["jobs.started"].append(event("jobs.started", time="2026-11-22T01:30:00Z", job_id=other))
+
+
+def _no_decision(h: History) -> None:
+    h.decisions.clear()
+
+
+def _site_not_allowed(h: History) -> None:
+    h.decisions[0]["result"]["sites"][0]["allowed"] = False
+
+
+def _unknown_revision(h: History) -> None:
+    h.known_revisions = {"rev-0"}
+
+
+def _not_in_audit_log(h: History) -> None:
+    h.logged_decision_ids.clear()
+
+
+def _usage_not_rated(h: History) -> None:
+    h.usage_lines.clear()
+
+
+def _interval_rated_twice(h: History) -> None:
+    h.usage_lines.append({**h.usage_lines[0], "event_id": str(uuid.uuid4())})
+
+
+def _unbalanced(h: History) -> None:
+    h.postings[0]["amount_krw"] = 1101
+
+
+def _billed_twice(h: History) -> None:
+    h.events["jobs.billed"].append(event("jobs.billed", attempt=1))
+
+
+def _billing_check_failed(h: History) -> None:
+    h.billing_problems.append("invoice X: subtotal 5 KRW, recomputed 6 KRW")
+
+
+def _wrong_subject(h: History) -> None:
+    h.events["usage.reported"][0]["subject"] = "hanbit-ai"
+
+
+def _outbox_left(h: History) -> None:
+    h.outbox_backlog["billing"] = 2
+
+
+def _placed_without_event(h: History) -> None:
+    h.events["jobs.placed"].clear()
+
+
+def _dead_letter(h: History) -> None:
+    h.dead_letters.append(DeadLetter("jobs.requested.dlq", {"dlq-error-type": "ValidationError"}, b"{"))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "invariant"),
+    [
+        (_second_placement, 1),
+        (_second_outcome, 1),
+        (_never_ended, 1),
+        (_states_disagree, 1),
+        (_overbooked, 2),
+        (_two_runs_overlap, 2),
+        (_no_decision, 3),
+        (_site_not_allowed, 3),
+        (_unknown_revision, 3),
+        (_not_in_audit_log, 3),
+        (_usage_not_rated, 4),
+        (_interval_rated_twice, 4),
+        (_unbalanced, 4),
+        (_billed_twice, 4),
+        (_billing_check_failed, 4),
+        (_wrong_subject, 5),
+        (_outbox_left, 6),
+        (_placed_without_event, 6),
+        (_dead_letter, 6),
+    ],
+)
+def test_each_kind_of_violation_is_caught(break_it: Callable[[History], None], invariant: int) -> None:
+    history = clean_history()
+    break_it(history)
+    found = check(history)
+    assert found, f"{break_it.__name__} was not caught"
+    assert invariant in {v.invariant for v in found}, [str(v) for v in found]
+
+
+def test_expected_dead_letters_are_counted_exactly() -> None:
+    history = clean_history()
+    _dead_letter(history)
+    assert check(history, expected_dead_letters=1) == []
+    assert [v.invariant for v in check(history, expected_dead_letters=2)] == [6]
+
+
+def test_a_failed_run_retried_elsewhere_ends_once() -> None:
+    history = clean_history()
+    failed = event("jobs.completed", time="2026-11-22T01:30:00Z", attempt=1, status="failed")
+    history.events["jobs.completed"] = [failed]
+    history.events["jobs.billed"] = [event("jobs.billed", attempt=1)]
+    assert [v.invariant for v in check(history)] == [1]  # failed, not what placement says
+    history.jobs[0]["state"] = "failed"
+    assert check(history) == []
+    # A second run after the failure: the failure is no longer the outcome, the second run's end is.
+    second = event(
+        "jobs.placed",
+        attempt=2,
+        site_id="nacc-haenam",
+        pool_id="pool-a",
+        gpu_count=8,
+        explanation={"decision_id": DECISION, "policy_revision": REVISION},
+    )
+    history.events["jobs.placed"].append(second)
+    assert {v.invariant for v in check(history)} == {1}  # run 2 never ended
+    history.events["jobs.completed"].append(
+        event("jobs.completed", time="2026-11-22T03:00:00Z", attempt=2, status="succeeded")
+    )
+    history.events["jobs.billed"].append(event("jobs.billed", attempt=2))
+    history.jobs[0].update(state="completed", attempt=2)
+    assert check(history) == []

@@ -10,6 +10,7 @@ from sqlalchemy import Table, func
 from sqlmodel import Session, SQLModel, select
 
 from contracts import EVENT_MODELS, TOPICS, dead_letter_topic
+from contracts.events import JobRequestedEvent
 from services.billing.check import check_billing
 from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ChargeRow, PostingRow, UsageLineRow
@@ -61,7 +62,10 @@ async def collect_history(settings: Settings) -> History:
             event = EVENT_MODELS[record.topic].model_validate_json(record.value or b"")
         except ValidationError:
             continue  # not dead-lettered by its consumer: a topic no service consumes
-        history.events.setdefault(record.topic, []).append(event.model_dump(mode="json"))
+        document = event.model_dump(mode="json")
+        if isinstance(event, JobRequestedEvent):  # the job id derives from tenant and client request id
+            document["data"]["job_id"] = str(event.data.job_id)
+        history.events.setdefault(record.topic, []).append(document)
     history.known_revisions = {PolicyBundle.load(settings.policy_dir).revision} | {
         e["data"]["policy_revision"] for e in history.events.get("policy.published", [])
     }

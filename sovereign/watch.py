@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -121,17 +121,27 @@ async def read_partition_ends(
     return ends
 
 
+async def lag_by_group(bootstrap_servers: str, groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """For each consumer group, how many messages of its topics it has not committed yet."""
+    topics = sorted({topic for group_topics in groups.values() for topic in group_topics})
+    ends = await read_partition_ends(bootstrap_servers, topics) if topics else {}
+    lag: dict[str, int] = {}
+    for group, group_topics in groups.items():
+        # A consumer that never subscribes joins no group: it only reads the group's committed offsets.
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            lag[group] = 0
+            for partition, end in ends.items():
+                if partition.topic in group_topics:
+                    lag[group] += max(0, end - (await consumer.committed(partition) or 0))
+        finally:
+            await consumer.stop()
+    return lag
+
+
 async def consumer_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
     """How many messages of `topic` the consumer group has not committed yet."""
-    ends = await read_partition_ends(bootstrap_servers, [topic])
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        lag = 0
-        for partition, end in ends.items():
-            lag += max(0, end - (await consumer.committed(partition) or 0))
-        return lag
-    finally:
-        await consumer.stop()
+    return (await lag_by_group(bootstrap_servers, {group_id: [topic]}))[group_id]

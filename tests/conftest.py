@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -23,6 +25,22 @@ from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--seeds", type=int, default=1, help="fault suite: random seeds per fault test (FAULT_SEED fixes one)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A fault test runs once per seed: FAULT_SEED when set, else --seeds random ones (in the test id)."""
+    if "fault_seed" not in metafunc.fixturenames:
+        return
+    fixed = os.environ.get("FAULT_SEED")
+    count = int(metafunc.config.getoption("seeds"))
+    seeds = [int(fixed)] if fixed else [random.SystemRandom().randrange(1, 1_000_000) for _ in range(count)]
+    metafunc.parametrize("fault_seed", seeds, ids=[f"seed={seed}" for seed in seeds])
 
 
 def _postgres_reachable() -> bool:

@@ -107,24 +107,28 @@ def on_usage_reported(ctx: BillingContext, session: Session, event: UsageReporte
     job_id = str(usage.job_id)
     if usage.tenant_id != event.subject:
         raise PoisonMessage(f"usage for tenant {usage.tenant_id} sent with subject {event.subject}")
-    # The dedup key (source, id) never hides other usage: reused for another interval, it is refused.
+    # The dedup key (source, id) never hides other usage: reused for another interval or other amounts, it
+    # is refused rather than taken for a redelivery.
     same_id = line_by_event(session, event.source, str(event.id))
-    if same_id is not None and (same_id.tenant_id, same_id.job_id, same_id.attempt, same_id.seq) != (
-        usage.tenant_id,
-        job_id,
-        usage.attempt,
-        usage.seq,
-    ):
+    reported = Usage(usage.gpu_seconds, usage.input_tokens, usage.output_tokens)
+    if same_id is not None and (
+        same_id.tenant_id,
+        same_id.job_id,
+        same_id.attempt,
+        same_id.seq,
+        same_id.usage,
+    ) != (usage.tenant_id, job_id, usage.attempt, usage.seq, reported):
         raise PoisonMessage(
             f"event id {event.id} from {event.source} already identifies other usage "
-            f"(tenant {same_id.tenant_id}, job {same_id.job_id} run {same_id.attempt} seq {same_id.seq})"
+            f"(tenant {same_id.tenant_id}, job {same_id.job_id} run {same_id.attempt} seq {same_id.seq}, "
+            f"{same_id.gpu_seconds} GPU-seconds)"
         )
     # Claimed in the same transaction as the ledger write: a failed write leaves it unclaimed.
     if not claim_event(session, CONSUMER, event):
         return
     existing = usage_line(session, job_id, usage.attempt, usage.seq)
     if existing is not None:
-        if existing.usage != Usage(usage.gpu_seconds, usage.input_tokens, usage.output_tokens):
+        if existing.usage != reported:
             raise PoisonMessage(
                 f"usage seq {usage.seq} of job {job_id} run {usage.attempt} was already reported with "
                 f"{existing.gpu_seconds} GPU-seconds, now {usage.gpu_seconds}"

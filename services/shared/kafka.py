@@ -35,6 +35,8 @@ MAX_TRANSIENT_ATTEMPTS = 5
 # messages: the same message is retried with this longest pause until the database is back.
 MAX_RETRY_PAUSE_SECONDS = 5.0
 ERROR_HEADER_LIMIT = 2000
+# No event of this marketplace comes near this size; a bigger one is refused before it is parsed.
+MAX_EVENT_BYTES = 256 * 1024
 
 
 class PoisonMessage(ValueError):
@@ -70,6 +72,9 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                 event_id=headers.get("event_id", b"").decode("utf-8", "replace") or None,
             )
             try:
+                size = len(record.value or b"")
+                if size > MAX_EVENT_BYTES:
+                    raise PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
                 with context:
                     result = await call_next(msg)
             except Exception as error:

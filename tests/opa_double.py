@@ -1,0 +1,50 @@
+"""A stand-in OPA server for the fault suite: OPA's data API for the placement decision, answered by the
+same Rego on the in-process engine, with a fault mode read from a file on every request.
+
+Modes: ok (decide), fail (HTTP 500), hang (answer nothing for a minute). Killing the process is the crash.
+Run: python -m tests.opa_double PORT MODE_FILE
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.settings import REPO_ROOT
+
+DECISION_PATH = "/v1/data/sovereign/placement/decision"
+
+
+def serve(port: int, mode_file: Path) -> None:
+    engine = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            mode = mode_file.read_text().strip()
+            if mode == "hang":
+                time.sleep(60)
+                return
+            if mode == "fail" or self.path != DECISION_PATH:
+                self.send_error(500, "injected failure")
+                return
+            answer = json.dumps({"result": engine.decide(json.loads(body)["input"])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    # One thread: the Rego engine must stay on the thread that built it.
+    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), Path(sys.argv[2]))

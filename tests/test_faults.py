@@ -1,0 +1,306 @@
+"""The fault suite: real processes, a seeded workload, injected faults, then every invariant checked.
+
+Each test prints its seed; `FAULT_SEED=<seed> pytest tests/test_faults.py -k <test>` runs it again, and
+`pytest tests/test_faults.py --seeds 20` runs twenty random seeds per fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlmodel import Session, col, select
+
+from contracts.events import JobCancelEvent, JobCancelRequested, JobRequestedEvent
+from services.placement.storage import JobRow
+from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
+from services.shared.settings import REPO_ROOT
+from sovereign.invariants import check
+from sovereign.watch import produce
+from sovereign.workload import request_events
+from tests.fault_harness import (
+    SERVICES,
+    SESSION_TIMEOUT_MS,
+    Cluster,
+    Worker,
+    drive,
+    running_cluster,
+    seeded_workload,
+)
+
+CATALOGUE = REPO_ROOT / "catalogue"
+
+
+def announce(seed: int) -> None:
+    print(f"\nFAULT_SEED={seed}")
+
+
+async def test_kill_9_at_crash_points_and_at_random_moments(tmp_path: Path, fault_seed: int) -> None:
+    """Each service is killed after a handler's commit but before its offset commit (the outbox not yet
+    published), then after the relay published but before it deleted the batch, and at random moments;
+    a supervisor restarts it each time."""
+    announce(fault_seed)
+    rng = random.Random(fault_seed)
+    # Each service crashes once at a crash point (which one is seeded), and two more kills land anywhere.
+    # Governance publishes nothing in this workload, so its relay never reaches OUTBOX_PUBLISHED.
+    points = {
+        s: [HANDLER_COMMITTED] if s == "governance" else [HANDLER_COMMITTED, OUTBOX_PUBLISHED]
+        for s in SERVICES
+    }
+    first = {s: f"{rng.choice(points[s])}={rng.randint(1, 3)}" for s in SERVICES}
+    workload = seeded_workload(fault_seed, jobs=20, catalogue_dir=CATALOGUE)
+    async with running_cluster(tmp_path, crash_at=first) as cluster:
+        restarted: list[Worker] = []
+        supervisor = asyncio.create_task(cluster.supervise({}, restarted))
+
+        async def random_kills() -> None:
+            for _ in range(2):
+                await asyncio.sleep(rng.uniform(1.0, 4.0))
+                victim = rng.choice([w for w in cluster.workers if w.alive()])
+                cluster.signal(victim, signal.SIGKILL)
+
+        await asyncio.gather(drive(cluster, workload, fault_seed, CATALOGUE), random_kills())
+        await cluster.settle(workload.job_ids)
+        supervisor.cancel()
+        violations = await cluster.check()
+        crashed = cluster.logs_with("crash_point_reached")
+        print(f"armed {first}; crashed at a point: {crashed}; restarted {[w.name for w in restarted]}")
+        # The two random kills may each pre-empt one armed worker; every other crash point must fire.
+        assert len(crashed) >= len(SERVICES) - 2, crashed
+        assert not violations, "\n".join(map(str, violations))
+
+
+async def duplicate_and_reorder(bootstrap: str, rng: random.Random, stop: asyncio.Event) -> int:
+    """Deliver every event a second time: each batch read is sent again shuffled, so the copies arrive late
+    and out of order among the originals. Returns how many copies were sent."""
+    consumer = AIOKafkaConsumer(*DUPLICATED_TOPICS, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await consumer.start()
+    await producer.start()
+    copies = 0
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            records = [
+                r for batch in batches.values() for r in batch if ("fault-copy", b"1") not in r.headers
+            ]
+            rng.shuffle(records)
+            for record in records:
+                headers = [*record.headers, ("fault-copy", b"1")]
+                await producer.send(record.topic, record.value, key=record.key, headers=headers)
+            copies += len(records)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return copies
+
+
+DUPLICATED_TOPICS = (
+    "capacity.offered",
+    "jobs.requested",
+    "jobs.cancel",
+    "jobs.placed",
+    "jobs.cancelled",
+    "jobs.started",
+    "usage.reported",
+    "jobs.completed",
+    "jobs.billed",
+    "policy.decisions",
+)
+
+
+async def test_every_event_delivered_twice_and_out_of_order(tmp_path: Path, fault_seed: int) -> None:
+    announce(fault_seed)
+    workload = seeded_workload(fault_seed, jobs=20, catalogue_dir=CATALOGUE)
+    async with running_cluster(tmp_path) as cluster:
+        stop = asyncio.Event()
+        tap = asyncio.create_task(
+            duplicate_and_reorder(cluster.settings.bootstrap_servers, random.Random(fault_seed), stop)
+        )
+        await drive(cluster, workload, fault_seed, CATALOGUE)
+        await cluster.settle(workload.job_ids)
+        stop.set()
+        copies = await tap
+        await cluster.settle(workload.job_ids)  # the last copies change nothing either
+        history = await cluster.history()
+        print(f"{copies} copies delivered")
+        assert copies > len(workload.requests)
+        repeated = sum(len(events) - len(history.distinct(topic)) for topic, events in history.events.items())
+        assert repeated >= copies
+        violations = check(history)
+        assert not violations, "\n".join(map(str, violations))
+
+
+async def test_poison_messages_land_in_their_dead_letter_topics_and_partitions_flow(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    announce(fault_seed)
+    workload = seeded_workload(fault_seed, jobs=12, catalogue_dir=CATALOGUE, cancels=0, capacity_changes=0)
+    async with running_cluster(tmp_path) as cluster:
+        groups = Counter(topic for topics in cluster.consumer_groups().values() for topic in topics)
+        bootstrap = cluster.settings.bootstrap_servers
+        # Keyed like the workload's jobs, so the poison sits in the partitions the real events then use.
+        keys = [str(r.job_id).encode() for r in workload.requests]
+        oversized = JobRequestedEvent.create(source="tenant/mois", subject="mois", data=workload.requests[0])
+        oversized_bytes = oversized.model_dump_json().replace('"name":"', '"name":"' + "x" * 300_000).encode()
+        poison: list[tuple[str, str, bytes]] = []  # (kind, topic, payload)
+        for topic in sorted(groups):
+            poison += [
+                ("not JSON", topic, b"\xff\xfe{not json"),
+                ("wrong schema", topic, b'{"hello": "world"}'),
+            ]
+        poison += [
+            ("oversized", "jobs.requested", oversized_bytes),
+            ("oversized", "usage.reported", oversized_bytes),
+        ]
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2**20)
+        await producer.start()
+        try:
+            for index, (_, topic, payload) in enumerate(poison):
+                await producer.send_and_wait(topic, payload, key=keys[index % len(keys)])
+            await drive(cluster, workload, fault_seed, CATALOGUE)
+            await cluster.settle(workload.job_ids)
+            # Valid in shape, impossible in fact: another tenant cancels a job; a factory reuses an event id.
+            target = workload.requests[0]
+            stranger = "hanbit-ai" if target.tenant_id != "hanbit-ai" else "mois"
+            foreign_cancel = JobCancelEvent.create(
+                source=f"tenant/{stranger}",
+                subject=stranger,
+                data=JobCancelRequested(job_id=target.job_id, tenant_id=stranger),
+            )
+            history = await cluster.history()
+            usage = history.distinct("usage.reported")[0]
+            reused = {**usage, "data": {**usage["data"], "gpu_seconds": usage["data"]["gpu_seconds"] + 1}}
+            impossible = [
+                ("impossible", "jobs.cancel", foreign_cancel.model_dump_json().encode()),
+                ("impossible", "usage.reported", json.dumps(reused).encode()),
+            ]
+            for _, topic, payload in impossible:
+                await producer.send_and_wait(topic, payload, key=keys[0])
+            poison += impossible
+        finally:
+            await producer.stop()
+        # Each placement worker also reads policy.published in a group of its own.
+        groups["policy.published"] += 1
+        expected = sum(1 if kind == "impossible" else groups[topic] for kind, topic, _ in poison)
+        deadline = asyncio.get_running_loop().time() + 30
+        while len((history := await cluster.history()).dead_letters) < expected:
+            assert asyncio.get_running_loop().time() < deadline, f"{len(history.dead_letters)} of {expected}"
+        for kind, topic, payload in poison:
+            letters = [d for d in history.dead_letters if d.payload == payload and d.topic == f"{topic}.dlq"]
+            assert letters, f"{kind} on {topic} is not in {topic}.dlq"
+            assert all(d.headers["dlq-original-topic"] == topic and d.headers["dlq-error"] for d in letters)
+            if kind != "not JSON" and kind != "wrong schema":
+                assert {d.headers["dlq-error-type"] for d in letters} == {"PoisonMessage"}, (kind, topic)
+        violations = check(history, expected_dead_letters=expected)
+        print(f"{len(poison)} poison messages, {expected} dead letters")
+        assert not violations, "\n".join(map(str, violations))
+
+
+def policy_engine_faults_env(port: int) -> dict[str, str]:
+    return {"OPA_URL": f"http://127.0.0.1:{port}"}
+
+
+async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_jobs_wait(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    announce(fault_seed)
+    port, mode = free_port(), tmp_path / "opa-mode"
+    mode.write_text("ok")
+
+    def start_engine() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.opa_double", str(port), str(mode)], cwd=REPO_ROOT
+        )
+
+    engine = start_engine()
+    workload = seeded_workload(fault_seed, jobs=16, catalogue_dir=CATALOGUE, cancels=0, capacity_changes=0)
+    batches = [workload.requests[i::4] for i in range(4)]
+    try:
+        async with running_cluster(tmp_path, env=policy_engine_faults_env(port)) as cluster:
+            bootstrap = cluster.settings.bootstrap_servers
+            await produce(bootstrap, request_events(batches[0]), idempotent=False)
+            await cluster.settle({str(r.job_id) for r in batches[0]})
+            for fault, batch in zip(("fail", "hang", "crash"), batches[1:], strict=True):
+                if fault == "crash":
+                    engine.kill()
+                    engine.wait()
+                else:
+                    mode.write_text(fault)
+                await produce(bootstrap, request_events(batch), idempotent=False)
+                waiting = {str(r.job_id) for r in batch}
+                await wait_for(partial(decided_without_engine, cluster, waiting), f"{fault}: jobs held")
+                with Session(cluster.engine("placement")) as session:
+                    held = session.exec(select(JobRow).where(col(JobRow.job_id).in_(waiting))).all()
+                reasons = [row.reason for row in held if row.state == "queued"]
+                assert reasons and all("policy" in reason for reason in reasons), reasons
+            faulted = {str(r.job_id) for batch in batches[1:] for r in batch}
+            history = await cluster.history()
+            placed_meanwhile = {str(e["data"]["job_id"]) for e in history.distinct("jobs.placed")} & faulted
+            assert not placed_meanwhile, f"placed without the engine: {placed_meanwhile}"
+            mode.write_text("ok")
+            engine = start_engine()
+            await cluster.settle(workload.job_ids)
+            history = await cluster.history()
+            outcomes = {str(e["data"]["job_id"]) for e in history.distinct("jobs.placed")} | {
+                str(e["data"]["job_id"]) for e in history.distinct("jobs.rejected")
+            }
+            assert faulted <= outcomes  # decided again once the engine was back
+            violations = check(history)
+            assert not violations, "\n".join(map(str, violations))
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+def decided_without_engine(cluster: Cluster, job_ids: set[str]) -> bool:
+    """Every job has left `requested`: queued (waiting for the engine) or rejected before any policy."""
+    with Session(cluster.engine("placement")) as session:
+        states = session.exec(select(JobRow.state).where(col(JobRow.job_id).in_(job_ids))).all()
+    return len(states) == len(job_ids) and set(states) <= {"queued", "rejected"}
+
+
+async def wait_for(probe: Callable[[], bool], what: str, within: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not probe():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {within:.0f} s: {what}"
+        await asyncio.sleep(0.3)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_consumer_paused_past_its_session_timeout_causes_no_duplicate_effect(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    announce(fault_seed)
+    rng = random.Random(fault_seed)
+    workload = seeded_workload(fault_seed, jobs=20, catalogue_dir=CATALOGUE)
+    async with running_cluster(tmp_path, workers={"placement": 2, "billing": 2}) as cluster:
+        victim = cluster.worker(rng.choice(["placement", "billing"]), rng.randint(0, 1))
+
+        async def pause() -> None:
+            await asyncio.sleep(rng.uniform(0.5, 2.0))
+            cluster.signal(victim, signal.SIGSTOP)
+            await asyncio.sleep(SESSION_TIMEOUT_MS / 1000 + 3)
+            cluster.signal(victim, signal.SIGCONT)
+
+        await asyncio.gather(drive(cluster, workload, fault_seed, CATALOGUE), pause())
+        await cluster.settle(workload.job_ids)
+        print(f"paused {victim.name}")
+        assert victim.alive()
+        violations = await cluster.check()
+        assert not violations, "\n".join(map(str, violations))

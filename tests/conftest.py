@@ -78,13 +78,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     yield POSTGRES_URL, prefix
-    with create_engine(POSTGRES_URL).begin() as connection:
+    drop_schemas(prefix)
+
+
+def drop_schemas(prefix: str) -> None:
+    """Drop the PostgreSQL schemas a test's services made under its prefix."""
+    engine = create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
         schemas = connection.execute(
             text("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE :p"),
             {"p": f"{prefix}%"},
         ).scalars()
         for schema in list(schemas):
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
 
 
 def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object) -> Settings:

@@ -13,26 +13,45 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import Engine, Table
 from sqlmodel import Session, col, select
 
-from contracts.events import JobCancelEvent, JobCancelRequested, JobRequestedEvent
-from services.placement.storage import JobRow
+from contracts import AnyEvent
+from contracts.events import (
+    CapacityUpdated,
+    CapacityUpdatedEvent,
+    JobCancelEvent,
+    JobCancelRequested,
+    JobRequest,
+    JobRequestedEvent,
+)
+from services.placement.storage import JobRow, PoolRow
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
+from services.shared.db import create_service_engine, database_url_for
 from services.shared.settings import REPO_ROOT
+from sovereign.cli import SERVICES as SERVICE_BUILDERS
+from sovereign.history import SERVICE_TABLES
 from sovereign.invariants import check
+from sovereign.replay import REPLAYABLE, replay
 from sovereign.watch import produce
 from sovereign.workload import request_events
+from tests.conftest import POSTGRES_AVAILABLE, POSTGRES_URL, drop_schemas
+from tests.db_proxy import DatabaseProxy
 from tests.fault_harness import (
     SERVICES,
     SESSION_TIMEOUT_MS,
     Cluster,
     Worker,
+    cancel_event,
     drive,
     running_cluster,
     seeded_workload,
@@ -263,11 +282,12 @@ async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_job
         engine.wait()
 
 
-def decided_without_engine(cluster: Cluster, job_ids: set[str]) -> bool:
-    """Every job has left `requested`: queued (waiting for the engine) or rejected before any policy."""
+def decided_without_engine(cluster: Cluster, job_ids: set[str], also: frozenset[str] = frozenset()) -> bool:
+    """Every job has left `requested`: queued (waiting for the engine) or rejected before any policy, or in
+    one of the `also` states."""
     with Session(cluster.engine("placement")) as session:
         states = session.exec(select(JobRow.state).where(col(JobRow.job_id).in_(job_ids))).all()
-    return len(states) == len(job_ids) and set(states) <= {"queued", "rejected"}
+    return len(states) == len(job_ids) and set(states) <= {"queued", "rejected", *also}
 
 
 async def wait_for(probe: Callable[[], bool], what: str, within: float = 60.0) -> None:
@@ -302,5 +322,188 @@ async def test_a_consumer_paused_past_its_session_timeout_causes_no_duplicate_ef
         await cluster.settle(workload.job_ids)
         print(f"paused {victim.name}")
         assert victim.alive()
+        violations = await cluster.check()
+        assert not violations, "\n".join(map(str, violations))
+
+
+def one_pool_catalogue(directory: Path, gpus: int) -> Path:
+    """The default tenants and one site, skt-pangyo, with its H100 pool cut to `gpus`."""
+    sites = json.loads((CATALOGUE / "sites.json").read_text())["sites"]
+    [pangyo] = [entry for entry in sites if entry["site"]["site_id"] == "skt-pangyo"]
+    pangyo["pools"] = [
+        {**pool, "gpu_count": gpus} for pool in pangyo["pools"] if pool["pool_id"] == RACE_POOL
+    ]
+    directory.mkdir(parents=True)
+    (directory / "sites.json").write_text(json.dumps({"sites": [pangyo]}))
+    (directory / "tenants.json").write_text((CATALOGUE / "tenants.json").read_text())
+    return directory
+
+
+RACE_POOL = "skt-pangyo-h100"
+
+
+def long_job(index: int, seed: int) -> JobRequest:
+    return JobRequest.model_validate(
+        {
+            "tenant_id": "hanbit-ai",
+            "client_request_id": f"race-{seed}-{index}",
+            "name": "race",
+            "kind": "training",
+            "accelerator_model": "H100",
+            "gpu_count": 4,
+            "expected_hours": 5000,  # runs for the whole test
+            "deadline": "2030-01-01T00:00:00Z",
+        }
+    )
+
+
+async def test_two_placement_workers_racing_for_the_last_gpus_never_oversubscribe(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    """Round after round the pool grows by 8 GPUs while 4 new 4-GPU jobs arrive on every partition and the
+    queued ones are re-planned: both workers compete for the same new GPUs each time."""
+    announce(fault_seed)
+    rng = random.Random(fault_seed)
+    catalogue = one_pool_catalogue(tmp_path / "catalogue", gpus=8)
+    size, jobs = 8, list[JobRequest]()
+    async with running_cluster(
+        tmp_path, workers={"placement": 2}, catalogue_dir=catalogue, env={"SOVEREIGN_TIME_SCALE": "3600"}
+    ) as cluster:
+        bootstrap = cluster.settings.bootstrap_servers
+        for round_number in range(6):
+            new = [long_job(len(jobs) + i, fault_seed) for i in range(4)]
+            jobs += new
+            events: list[tuple[AnyEvent, str]] = list(request_events(new))
+            if round_number:
+                size += 8
+                grow = CapacityUpdated(
+                    site_id="skt-pangyo", pool_id=RACE_POOL, status="available", gpu_count=size
+                )
+                update = CapacityUpdatedEvent.create(
+                    source="factory/skt-pangyo", subject="skt-pangyo", data=grow
+                )
+                events.insert(rng.randint(0, len(events)), (update, "skt-pangyo"))
+            await produce(bootstrap, events, idempotent=False)
+            ids = {str(r.job_id) for r in jobs}
+            await wait_for(
+                partial(decided_without_engine, cluster, ids, frozenset({"placed", "running"})), "all decided"
+            )
+            await asyncio.sleep(rng.uniform(0.5, 2.5))  # sweeps of both workers re-plan the queue meanwhile
+            with Session(cluster.engine("placement")) as session:
+                pool = session.get(PoolRow, RACE_POOL)
+                holding = sum(
+                    row.gpu_count
+                    for row in session.exec(
+                        select(JobRow).where(col(JobRow.state).in_(["placed", "running"]))
+                    )
+                )
+            assert pool is not None and pool.total_gpus == size
+            assert pool.reserved_gpus == holding <= size, (round_number, pool.reserved_gpus, holding, size)
+            placed = (await cluster.history()).distinct("jobs.placed")
+            assert sum(event["data"]["gpu_count"] for event in placed) <= size, (round_number, len(placed))
+        assert holding == size  # the queue kept every GPU busy: the races were real
+        await produce(bootstrap, [(cancel_event(r), str(r.job_id)) for r in jobs], idempotent=False)
+        await cluster.settle({str(r.job_id) for r in jobs})
+        violations = await cluster.check()
+        assert not violations, "\n".join(map(str, violations))
+
+
+async def test_database_connections_dropped_mid_transaction_and_refused(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    """PostgreSQL behind a proxy that cuts every connection now and then (mid-transaction or not) and
+    sometimes refuses new ones: each effect commits with its outbox row or not at all."""
+    if not POSTGRES_AVAILABLE:
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    announce(fault_seed)
+    rng = random.Random(fault_seed)
+    prefix = f"f{uuid.uuid4().hex[:10]}_"
+    proxy = DatabaseProxy("127.0.0.1", 5432)
+    await proxy.start()
+    workload = seeded_workload(fault_seed, jobs=20, catalogue_dir=CATALOGUE)
+    try:
+        proxied = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
+        async with running_cluster(
+            tmp_path, database=(POSTGRES_URL, prefix), service_database_url=proxied
+        ) as cluster:
+
+            async def cut_connections() -> None:
+                for cut in range(6):
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+                    proxy.drop_all()
+                    if cut % 2:
+                        proxy.refusing = True
+                        await asyncio.sleep(rng.uniform(0.5, 1.5))
+                        proxy.refusing = False
+
+            await asyncio.gather(drive(cluster, workload, fault_seed, CATALOGUE), cut_connections())
+            await cluster.settle(workload.job_ids)
+            print(f"{proxy.dropped} connections cut")
+            assert proxy.dropped > 0
+            violations = await cluster.check()
+            assert not violations, "\n".join(map(str, violations))
+    finally:
+        await proxy.stop()
+        drop_schemas(prefix)
+
+
+# Columns that say when or in which order a row was written, not what it holds.
+ARRIVAL_COLUMNS = frozenset(
+    {"id", "seq", "received_at", "posted_at", "crossed_at", "previous_hash", "entry_hash"}
+)
+
+
+def table_state(engine: Engine, tables: list[Table]) -> dict[str, list[str]]:
+    state = {}
+    with engine.connect() as connection:
+        for table in tables:
+            rows = connection.execute(table.select()).mappings()
+            state[table.name] = sorted(
+                repr(sorted((k, v) for k, v in row.items() if k not in ARRIVAL_COLUMNS)) for row in rows
+            )
+    return state
+
+
+async def test_replaying_the_topics_into_fresh_databases_rebuilds_the_same_state(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    announce(fault_seed)
+    workload = seeded_workload(fault_seed, jobs=16, catalogue_dir=CATALOGUE)
+    async with running_cluster(tmp_path) as cluster:
+        await drive(cluster, workload, fault_seed, CATALOGUE)
+        await cluster.settle(workload.job_ids)
+        for service in REPLAYABLE:
+            target = replace(cluster.settings, data_dir=tmp_path / "replayed")
+            replayed = await replay(SERVICE_BUILDERS[service], cluster.settings, target)
+            tables = [t for t in SERVICE_TABLES[service] if t.name != "chain_head"]  # a hash of the order
+            fresh = create_service_engine(database_url_for(target, service), service, tables)
+            live, rebuilt = table_state(cluster.engine(service), tables), table_state(fresh, tables)
+            fresh.dispose()
+            print(f"{service}: {replayed} events replayed, {sum(map(len, live.values()))} rows")
+            assert replayed > 0 and any(live.values())
+            assert rebuilt == live, service
+
+
+async def test_sigterm_finishes_in_flight_work_or_leaves_it_for_redelivery(
+    tmp_path: Path, fault_seed: int
+) -> None:
+    announce(fault_seed)
+    rng = random.Random(fault_seed)
+    workload = seeded_workload(fault_seed, jobs=20, catalogue_dir=CATALOGUE)
+    async with running_cluster(tmp_path) as cluster:
+
+        async def stop_each_service() -> None:
+            for service in rng.sample(SERVICES, len(SERVICES)):
+                await asyncio.sleep(rng.uniform(0.2, 1.5))
+                worker = cluster.worker(service)
+                cluster.signal(worker, signal.SIGTERM)
+                code = await asyncio.to_thread(worker.process.wait, 30)
+                assert code == 0, cluster.tail(worker)
+                assert '"outbox_drained": true' in cluster.tail(worker, 3), cluster.tail(worker)
+                cluster.start(service)
+
+        await asyncio.gather(drive(cluster, workload, fault_seed, CATALOGUE), stop_each_service())
+        await cluster.wait_ready(cluster.workers)
+        await cluster.settle(workload.job_ids)
         violations = await cluster.check()
         assert not violations, "\n".join(map(str, violations))

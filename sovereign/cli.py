@@ -154,6 +154,12 @@ def _billing_check(args: argparse.Namespace) -> int:
     return billing_check(_settings(args))
 
 
+def _status(args: argparse.Namespace) -> int:
+    from sovereign.status import status_command
+
+    return status_command(_settings(args), args.service)
+
+
 def _jobs(args: argparse.Namespace) -> int:
     from sovereign.job_commands import list_jobs
 
@@ -198,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("service", choices=sorted(SERVICES))
     connection_options(run)
     run.set_defaults(handler=_run)
+
+    status = commands.add_parser(
+        "status",
+        help="each service's workers, consumer lag, outbox and dead letters; exit 1 if one is not ready",
+    )
+    status.add_argument("--service", choices=sorted(SERVICES), help="only this service (e.g. a health check)")
+    connection_options(status)
+    status.set_defaults(handler=_status)
 
     broker = commands.add_parser("broker", help="start the embedded Tansu broker and print its address")
     broker.add_argument("--port", type=int, default=None, help="default: a free loopback port")

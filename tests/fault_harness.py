@@ -45,7 +45,7 @@ from sovereign.invariants import TERMINAL_STATES, History, Violation, check
 from sovereign.watch import lag_by_group, produce
 from sovereign.workload import generate, request_events
 
-SERVICES = ("placement", "factory-agent", "billing", "governance")
+SERVICES = tuple(SERVICE_TABLES)
 # Simulated hours per real second: the longest workload job (48 h) runs for 4 s.
 TIME_SCALE = 12 * 3600.0
 # Faster failure detection than the production default, so a killed member's partitions move on sooner.
@@ -150,14 +150,15 @@ class Cluster:
             await self.wait_ready(fresh)
         return fresh
 
-    def stop_all(self) -> None:
+    async def stop_all(self) -> None:
+        """SIGTERM every worker and wait; the event loop keeps running, so a proxy in it keeps forwarding."""
         for worker in self.workers:
             if worker.alive():
                 self.signal(worker, signal.SIGCONT)
                 self.signal(worker, signal.SIGTERM)
         for worker in self.workers:
             try:
-                worker.process.wait(timeout=20)
+                await asyncio.to_thread(worker.process.wait, 20)
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
@@ -301,7 +302,7 @@ async def running_cluster(
         await cluster.wait_ready([w for w in started if not w.crash_at])
         yield cluster
     finally:
-        cluster.stop_all()
+        await cluster.stop_all()
         broker.stop()
 
 

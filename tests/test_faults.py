@@ -42,6 +42,7 @@ from sovereign.cli import SERVICES as SERVICE_BUILDERS
 from sovereign.history import SERVICE_TABLES
 from sovereign.invariants import check
 from sovereign.replay import REPLAYABLE, replay
+from sovereign.status import collect_status, render_status
 from sovereign.watch import produce
 from sovereign.workload import request_events
 from tests.conftest import POSTGRES_AVAILABLE, POSTGRES_URL, drop_schemas
@@ -507,3 +508,10 @@ async def test_sigterm_finishes_in_flight_work_or_leaves_it_for_redelivery(
         await cluster.settle(workload.job_ids)
         violations = await cluster.check()
         assert not violations, "\n".join(map(str, violations))
+        # `sovereign status`: one ready worker and one cleanly stopped per service, nothing lagging.
+        report = await collect_status(cluster.settings)
+        print(render_status(report))
+        for status in report:
+            assert sorted(w.state for w in status.workers) == ["ready", "stopped"], status
+            assert status.ready and not any(status.lag.values()) and not status.outbox_backlog
+            assert status.lag, status  # it knows which topics the service consumes

@@ -1,14 +1,17 @@
-"""The invariant checker catches each kind of violation in a hand-made history, and passes a clean one."""
+"""The invariant checker catches each kind of violation in a hand-made history, and passes a clean one;
+worker health as `sovereign status` reports it."""
 
 from __future__ import annotations
 
 import copy
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from services.shared.health import STALE_AFTER, WorkerRow, worker_state
 from sovereign.invariants import DeadLetter, History, check
 
 JOB = str(uuid.uuid4())
@@ -249,3 +252,14 @@ def test_a_failed_run_retried_elsewhere_ends_once() -> None:
     history.events["jobs.billed"].append(event("jobs.billed", attempt=2))
     history.jobs[0].update(state="completed", attempt=2)
     assert check(history) == []
+
+
+def test_a_worker_is_down_when_its_heartbeat_stops_and_stopped_when_it_said_so() -> None:
+    now = datetime.now(UTC)
+    row = WorkerRow(worker_id="w", host="h", pid=1, heartbeat_at=now)
+    assert worker_state(row, now) == "starting"
+    row.ready_at = now
+    assert worker_state(row, now + STALE_AFTER) == "ready"
+    assert worker_state(row, now + STALE_AFTER + timedelta(seconds=1)) == "down"
+    row.stopped_at = now
+    assert worker_state(row, now + timedelta(hours=1)) == "stopped"

@@ -1,0 +1,96 @@
+"""`sovereign status`: each service's workers (ready, starting, stopped or down), its consumer lag per topic,
+its outbox backlog and its dead letters. Exit 0 when every service asked about has a ready worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from contracts import TOPICS, dead_letter_topic
+from services.shared.db import as_utc, table_of, utc_now
+from services.shared.health import WorkerRow, recent_workers, worker_state
+from services.shared.kafka import consumer_group
+from services.shared.outbox import OutboxMessage
+from services.shared.settings import Settings
+from sovereign.databases import service_session
+from sovereign.history import SERVICE_TABLES
+from sovereign.watch import lag_by_group, read_records
+
+SERVICES = tuple(SERVICE_TABLES)
+
+
+@dataclass
+class WorkerStatus:
+    worker_id: str
+    state: str
+    seconds_since_heartbeat: float
+
+
+@dataclass
+class ServiceStatus:
+    service: str
+    workers: list[WorkerStatus] = field(default_factory=list)
+    lag: dict[str, int] = field(default_factory=dict)
+    outbox_backlog: int = 0
+    dead_letters: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return any(worker.state == "ready" for worker in self.workers)
+
+
+async def collect_status(settings: Settings, services: tuple[str, ...] = SERVICES) -> list[ServiceStatus]:
+    now = utc_now()
+    report: list[ServiceStatus] = []
+    groups: dict[str, list[str]] = {}
+    for service in services:
+        status = ServiceStatus(service)
+        with service_session(settings, service, [table_of(OutboxMessage), table_of(WorkerRow)]) as session:
+            rows = recent_workers(session)
+            status.outbox_backlog = session.exec(select(func.count()).select_from(OutboxMessage)).one()
+        status.workers = [
+            WorkerStatus(
+                row.worker_id, worker_state(row, now), (now - as_utc(row.heartbeat_at)).total_seconds()
+            )
+            for row in rows
+        ]
+        status.lag = {topic: 0 for row in rows for topic in row.topics}
+        groups |= {consumer_group(service, topic): [topic] for topic in status.lag}
+        report.append(status)
+    lag = await lag_by_group(settings.bootstrap_servers, groups)
+    letters = await read_records(settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS])
+    by_consumer = Counter(dict(record.headers or ()).get("dlq-consumer", b"").decode() for record in letters)
+    for status in report:
+        status.lag = {topic: lag[consumer_group(status.service, topic)] for topic in status.lag}
+        status.dead_letters = by_consumer[status.service]
+    return report
+
+
+def render_status(report: list[ServiceStatus]) -> str:
+    lines = []
+    for status in report:
+        live = [w for w in status.workers if w.state != "stopped"]
+        lines.append(
+            f"{status.service:<14} {'ready' if status.ready else 'NOT READY':<10} "
+            f"lag {sum(status.lag.values()):>6}  outbox {status.outbox_backlog:>5}  "
+            f"dead letters {status.dead_letters}"
+        )
+        for worker in live or status.workers[:1]:
+            lines.append(
+                f"    {worker.worker_id:<40} {worker.state:<9} "
+                f"heartbeat {worker.seconds_since_heartbeat:.0f} s ago"
+            )
+        lagging = {topic: n for topic, n in status.lag.items() if n}
+        if lagging:
+            lines.append("    lag by topic: " + ", ".join(f"{t} {n}" for t, n in sorted(lagging.items())))
+    return "\n".join(lines)
+
+
+def status_command(settings: Settings, service: str | None) -> int:
+    report = asyncio.run(collect_status(settings, (service,) if service else SERVICES))
+    print(render_status(report))
+    return 0 if all(status.ready for status in report) else 1

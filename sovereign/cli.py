@@ -18,6 +18,7 @@ from services.governance import app as governance
 from services.placement import app as placement
 from services.shared.runtime import Service
 from services.shared.settings import Settings
+from sovereign.replay import REPLAYABLE, replay
 
 SERVICES: dict[str, Callable[[Settings], Service]] = {
     placement.NAME: placement.build,
@@ -157,7 +158,15 @@ def _billing_check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from sovereign.status import status_command
 
-    return status_command(_settings(args), args.service)
+    return status_command(_settings(args), args.service, args.this_host)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    source = _settings(args)
+    target = replace(source, data_dir=Path(args.into_data_dir), database_url=args.into_database_url)
+    count = asyncio.run(replay(SERVICES[args.service], source, target))
+    print(f"{args.service}: {count} events replayed into a fresh database")
+    return 0
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -209,9 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="each service's workers, consumer lag, outbox and dead letters; exit 1 if one is not ready",
     )
-    status.add_argument("--service", choices=sorted(SERVICES), help="only this service (e.g. a health check)")
+    status.add_argument("--service", choices=sorted(SERVICES), help="only this service")
+    status.add_argument(
+        "--this-host", action="store_true", help="only workers on this host (a container's health check)"
+    )
     connection_options(status)
     status.set_defaults(handler=_status)
+
+    replay = commands.add_parser(
+        "replay", help="rebuild a service's database from its topics, read from offset zero"
+    )
+    replay.add_argument("service", choices=REPLAYABLE)
+    replay.add_argument("--into-data-dir", required=True, help="where the fresh SQLite file is written")
+    replay.add_argument("--into-database-url", help="a fresh database instead (e.g. PostgreSQL)")
+    connection_options(replay)
+    replay.set_defaults(handler=_replay)
 
     broker = commands.add_parser("broker", help="start the embedded Tansu broker and print its address")
     broker.add_argument("--port", type=int, default=None, help="default: a free loopback port")

@@ -4,6 +4,7 @@ its outbox backlog and its dead letters. Exit 0 when every service asked about h
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -43,14 +44,17 @@ class ServiceStatus:
         return any(worker.state == "ready" for worker in self.workers)
 
 
-async def collect_status(settings: Settings, services: tuple[str, ...] = SERVICES) -> list[ServiceStatus]:
+async def collect_status(
+    settings: Settings, services: tuple[str, ...] = SERVICES, host: str | None = None
+) -> list[ServiceStatus]:
+    """host: count only the workers on that host (a container's own health check)."""
     now = utc_now()
     report: list[ServiceStatus] = []
     groups: dict[str, list[str]] = {}
     for service in services:
         status = ServiceStatus(service)
         with service_session(settings, service, [table_of(OutboxMessage), table_of(WorkerRow)]) as session:
-            rows = recent_workers(session)
+            rows = [row for row in recent_workers(session) if host is None or row.host == host]
             status.outbox_backlog = session.exec(select(func.count()).select_from(OutboxMessage)).one()
         status.workers = [
             WorkerStatus(
@@ -90,7 +94,8 @@ def render_status(report: list[ServiceStatus]) -> str:
     return "\n".join(lines)
 
 
-def status_command(settings: Settings, service: str | None) -> int:
-    report = asyncio.run(collect_status(settings, (service,) if service else SERVICES))
+def status_command(settings: Settings, service: str | None, this_host_only: bool) -> int:
+    host = socket.gethostname() if this_host_only else None
+    report = asyncio.run(collect_status(settings, (service,) if service else SERVICES, host))
     print(render_status(report))
     return 0 if all(status.ready for status in report) else 1

@@ -66,6 +66,8 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         "usage --tenant t --period 2027-01",
         "invoice --tenant t --period 2027-01",
         "billing check",
+        "status --service placement",
+        "replay billing --into-data-dir d",
     ]
     reached = {parser.parse_args(command.split()).handler.__name__ for command in commands}
     defined = {

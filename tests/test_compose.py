@@ -73,6 +73,10 @@ def test_every_service_has_a_container_and_every_container_a_real_command() -> N
         assert program == "sovereign"
         args = build_parser().parse_args(arguments)
         assert args.command == "run" and args.service == name
+        check, program, *arguments = spec["healthcheck"]["test"]
+        assert (check, program) == ("CMD", "sovereign")
+        args = build_parser().parse_args(arguments)
+        assert (args.command, args.service, args.this_host) == ("status", name, True)
 
 
 @pytest.mark.broker
@@ -81,6 +85,7 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
 ) -> None:
     url, prefix = database_url
     processes = []
+    envs = {}
     for name, spec in sorted(APP_SERVICES.items()):
         env = {
             **os.environ,
@@ -96,10 +101,25 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
             env["DATABASE_URL"] = url
         # The container's PATH has the project's `sovereign`; here it is the same entry point via -m.
         command = [sys.executable, "-m", *spec["command"]]
+        envs[name] = env
         processes.append((name, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, cwd=REPO_ROOT)))
     try:
         for name, process in processes:
             assert _wait_for_line(process, b'"service_started"', within=60), f"{name} did not start"
+        # Each container's health check says healthy (run together: each reads the broker for a second).
+        checks = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", *spec["healthcheck"]["test"][1:]],
+                env=envs[name],
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for name, spec in sorted(APP_SERVICES.items())
+        }
+        for name, check in checks.items():
+            output, _ = check.communicate(timeout=60)
+            assert check.returncode == 0, (name, output.decode())
         for _, process in processes:
             process.send_signal(signal.SIGTERM)
         for name, process in processes:

@@ -33,6 +33,8 @@ from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
+from sovereign.history import collect_history
+from sovereign.invariants import check
 from sovereign.report import render_report
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, produce, read_partition_ends
@@ -176,8 +178,14 @@ async def _drive(
         billing = _read_service_database(
             "billing", BILLING_TABLES, lambda s: check_billing(s, catalogue.tenants)
         )
-        print(render_report(tracker, requests, catalogue, invoices, billing, dead_letters, _decision_log()))
-        finished = tracker.all_terminal(job_ids)
+        settings = Settings(bootstrap_servers=bootstrap, data_dir=RUN_DIR / "data", idempotent_producer=False)
+        violations = check(await collect_history(settings))
+        print(
+            render_report(
+                tracker, requests, catalogue, invoices, billing, dead_letters, _decision_log(), violations
+            )
+        )
+        finished = tracker.all_terminal(job_ids) and not violations
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
         return 0 if finished else 1
 

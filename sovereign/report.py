@@ -10,6 +10,7 @@ from services.billing.check import CheckReport
 from services.billing.rating import Rate, Usage, run_charge_krw
 from services.shared.catalogue import Catalogue
 from sovereign.explain import render_explanation
+from sovereign.invariants import Violation
 from sovereign.tracker import Tracker
 
 
@@ -44,6 +45,7 @@ def render_report(
     billing_check: CheckReport | None,
     dead_letters: int,
     decision_log: tuple[int, str | None] | None = None,
+    violations: Sequence[Violation] | None = None,
 ) -> str:
     traces = {r.job_id: tracker.trace(r.job_id) for r in requests}
     by_job = {r.job_id: r for r in requests}
@@ -215,4 +217,10 @@ def render_report(
             f"{len(tracker.decisions)} decisions and its hash chain verifies"
             + ("" if broken is None else f" (broken at {broken})")
         )
+    if violations is not None:
+        out.append(
+            f"  {'ok ' if not violations else 'FAIL'} the six invariants hold over every topic and the four "
+            "services' databases"
+        )
+        out.extend(f"       {violation}" for violation in violations[:10])
     return "\n".join(out)

@@ -142,14 +142,6 @@ class Cluster:
         finally:
             self.supervised = False
 
-    async def restart_dead(self) -> list[Worker]:
-        """Start again (unarmed) every worker that died; returns the new workers once they are ready."""
-        dead = [w for w in self.workers if not w.alive()]
-        fresh = [self.start(w.service, w.index) for w in dead]
-        if fresh:
-            await self.wait_ready(fresh)
-        return fresh
-
     async def stop_all(self) -> None:
         """SIGTERM every worker and wait; the event loop keeps running, so a proxy in it keeps forwarding."""
         for worker in self.workers:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -37,6 +36,7 @@ from contracts.events import (
 from services.placement.storage import JobRow, PoolRow
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
 from services.shared.db import create_service_engine, database_url_for
+from services.shared.embedded_broker import free_loopback_port
 from services.shared.settings import REPO_ROOT
 from sovereign.cli import SERVICES as SERVICE_BUILDERS
 from sovereign.history import SERVICE_TABLES
@@ -227,15 +227,11 @@ async def test_poison_messages_land_in_their_dead_letter_topics_and_partitions_f
         assert not violations, "\n".join(map(str, violations))
 
 
-def policy_engine_faults_env(port: int) -> dict[str, str]:
-    return {"OPA_URL": f"http://127.0.0.1:{port}"}
-
-
 async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_jobs_wait(
     tmp_path: Path, fault_seed: int
 ) -> None:
     announce(fault_seed)
-    port, mode = free_port(), tmp_path / "opa-mode"
+    port, mode = free_loopback_port(), tmp_path / "opa-mode"
     mode.write_text("ok")
 
     def start_engine() -> subprocess.Popen[bytes]:
@@ -247,7 +243,7 @@ async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_job
     workload = seeded_workload(fault_seed, jobs=16, catalogue_dir=CATALOGUE, cancels=0, capacity_changes=0)
     batches = [workload.requests[i::4] for i in range(4)]
     try:
-        async with running_cluster(tmp_path, env=policy_engine_faults_env(port)) as cluster:
+        async with running_cluster(tmp_path, env={"OPA_URL": f"http://127.0.0.1:{port}"}) as cluster:
             bootstrap = cluster.settings.bootstrap_servers
             await produce(bootstrap, request_events(batches[0]), idempotent=False)
             await cluster.settle({str(r.job_id) for r in batches[0]})
@@ -296,12 +292,6 @@ async def wait_for(probe: Callable[[], bool], what: str, within: float = 60.0) -
     while not probe():
         assert asyncio.get_running_loop().time() < deadline, f"not within {within:.0f} s: {what}"
         await asyncio.sleep(0.3)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_a_consumer_paused_past_its_session_timeout_causes_no_duplicate_effect(

@@ -118,11 +118,12 @@ def terminal_outcomes(history: History) -> list[Violation]:
     for event in history.distinct("jobs.cancelled"):
         if event["data"]["stage"] in CANCELLED_BEFORE_RUN:
             outcomes[str(event["data"]["job_id"])].append("cancelled")
+    decided_again = set(outcomes)  # a failed run followed by a rejection or cancel was retried first
     for event in history.distinct("jobs.completed"):
         data = event["data"]
         job_id, attempt = _run(event)
         retried = any(p["data"].get("attempt", 1) > attempt for p in placed.get(job_id, []))
-        if data["status"] == "failed" and retried:
+        if data["status"] == "failed" and (retried or job_id in decided_again):
             continue
         outcomes[job_id].append({"succeeded": "completed"}.get(data["status"], data["status"]))
     states = {row["job_id"]: row["state"] for row in history.jobs}

@@ -263,3 +263,15 @@ def test_a_worker_is_down_when_its_heartbeat_stops_and_stopped_when_it_said_so()
     assert worker_state(row, now + STALE_AFTER + timedelta(seconds=1)) == "down"
     row.stopped_at = now
     assert worker_state(row, now + timedelta(hours=1)) == "stopped"
+
+
+def test_a_failed_run_whose_retry_was_rejected_ends_rejected() -> None:
+    history = clean_history()
+    history.events["jobs.completed"] = [
+        event("jobs.completed", time="2026-11-22T01:30:00Z", attempt=1, status="failed")
+    ]
+    history.events["jobs.rejected"].append(event("jobs.rejected"))  # no allowed site left for run 2
+    history.jobs[0]["state"] = "rejected"
+    assert check(history) == []
+    history.jobs[0]["state"] = "failed"
+    assert [v.invariant for v in check(history)] == [1]

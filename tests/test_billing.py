@@ -25,7 +25,7 @@ from services.billing import handlers as billing
 from services.billing.check import check_billing
 from services.billing.queries import ForeignTenantError, find_invoice, usage_report
 from services.billing.rating import Rate, Usage, run_charge_krw, vat_krw
-from services.billing.storage import TABLES, ChargeRow, PostingRow, UsageLineRow, ledger_imbalance
+from services.billing.storage import TABLES, ChargeRow, InvoiceRow, PostingRow, UsageLineRow, ledger_imbalance
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent
@@ -247,6 +247,22 @@ def test_a_dedup_key_reused_for_other_usage_is_refused_not_swallowed(engine: Eng
         deliver(engine, forged)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(UsageLineRow)).one() == 1
+
+
+def test_amounts_beyond_32_bits_are_stored_whole(engine: Engine) -> None:
+    """A month of a 2,048-GPU run at 7,600 KRW/GPU-h bills about 11 billion won: more than a 32-bit integer
+    holds (PostgreSQL's INTEGER refused it, and the usage went to the dead letters)."""
+    job_id = uuid.uuid4()
+    month = 2048 * 30 * 24 * 3600  # GPU-seconds, itself beyond 2^31
+    deliver(engine, placed_at_haenam(job_id), usage(job_id, 1, month), completed(job_id, 1))
+    amount = charge_krw(month, 7600)
+    assert amount > 2**31 and month > 2**31
+    with Session(engine) as session:
+        charge = session.get(ChargeRow, (str(job_id), 1))
+        assert charge is not None and charge.billed and charge.rated_amount_krw == amount
+        invoice = session.exec(select(InvoiceRow).where(InvoiceRow.tenant_id == "mois")).one()
+        assert invoice.subtotal_krw == amount
+        assert ledger_imbalance(session) == 0
 
 
 def test_invoice_exports_and_refusals_from_the_command_line(

@@ -1,5 +1,8 @@
 """Billing's tables: a charge per run (prices locked at placement), usage lines, invoices, budget alerts
-and the double-entry ledger."""
+and the double-entry ledger.
+
+Won amounts and usage counts are 64-bit (BigInteger): one large run bills more than 2^31 won.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Table, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Table, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from services.billing.rating import Rate, Usage
@@ -33,11 +36,11 @@ class ChargeRow(SQLModel, table=True):
     price_krw_per_million_output_tokens: int | None = None
     expected_reports: int | None = None
     rated_seq: int = 0
-    rated_gpu_seconds: int = 0
-    rated_input_tokens: int = 0
-    rated_output_tokens: int = 0
-    rated_amount_krw: int = 0
-    rated_fee_krw: int = 0
+    rated_gpu_seconds: int = Field(default=0, sa_type=BigInteger)
+    rated_input_tokens: int = Field(default=0, sa_type=BigInteger)
+    rated_output_tokens: int = Field(default=0, sa_type=BigInteger)
+    rated_amount_krw: int = Field(default=0, sa_type=BigInteger)
+    rated_fee_krw: int = Field(default=0, sa_type=BigInteger)
     billed: bool = False
 
     @property
@@ -70,13 +73,13 @@ class UsageLineRow(SQLModel, table=True):
     attempt: int = 1
     tenant_id: str = Field(index=True, max_length=64)
     seq: int
-    gpu_seconds: int
-    energy_wh: int
-    input_tokens: int
-    output_tokens: int
+    gpu_seconds: int = Field(sa_type=BigInteger)
+    energy_wh: int = Field(sa_type=BigInteger)
+    input_tokens: int = Field(sa_type=BigInteger)
+    output_tokens: int = Field(sa_type=BigInteger)
     interval_end: datetime
     # Set when rated: the amount, the month the usage is dated in, and the invoice that carries it.
-    amount_krw: int | None = None
+    amount_krw: int | None = Field(default=None, sa_type=BigInteger)
     usage_period: str | None = Field(default=None, max_length=7)
     invoice_period: str | None = Field(default=None, index=True, max_length=7)
     received_at: datetime = Field(default_factory=utc_now)
@@ -96,10 +99,10 @@ class InvoiceRow(SQLModel, table=True):
     tenant_id: str = Field(index=True, max_length=64)
     period: str = Field(max_length=7)
     status: str = Field(default="draft", max_length=10)
-    subtotal_krw: int = 0
-    volume_discount_krw: int = 0
-    vat_krw: int = 0
-    total_krw: int = 0
+    subtotal_krw: int = Field(default=0, sa_type=BigInteger)
+    volume_discount_krw: int = Field(default=0, sa_type=BigInteger)
+    vat_krw: int = Field(default=0, sa_type=BigInteger)
+    total_krw: int = Field(default=0, sa_type=BigInteger)
     issued_at: datetime | None = None
     # The issued invoice as sent (InvoiceIssued), kept verbatim.
     document: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
@@ -113,7 +116,7 @@ class BudgetAlertRow(SQLModel, table=True):
     tenant_id: str = Field(primary_key=True, max_length=64)
     scope: str = Field(primary_key=True, max_length=7)
     threshold_percent: int = Field(primary_key=True)
-    charged_krw: int
+    charged_krw: int = Field(sa_type=BigInteger)
     crossed_at: datetime = Field(default_factory=utc_now)
 
 
@@ -126,7 +129,7 @@ class PostingRow(SQLModel, table=True):
     transaction_id: str = Field(index=True, max_length=48)
     job_id: str | None = Field(default=None, index=True, max_length=36)
     account: str = Field(index=True, max_length=120)
-    amount_krw: int
+    amount_krw: int = Field(sa_type=BigInteger)
     posted_at: datetime = Field(default_factory=utc_now)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Table, update
+from sqlalchemy import JSON, BigInteger, Column, Table, update
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
@@ -57,8 +57,8 @@ class JobRow(SQLModel, table=True):
     # Queue order: priority class (0 = urgent ... 3 = low) first, then arrival.
     priority_rank: int = 2
     # Budget: the current run's estimated charge until it is billed, and what its runs were billed.
-    estimate_krw: int = 0
-    billed_krw: int = 0
+    estimate_krw: int = Field(default=0, sa_type=BigInteger)
+    billed_krw: int = Field(default=0, sa_type=BigInteger)
     # The run being placed or running; a failed run moves the job to the next attempt elsewhere.
     attempt: int = 1
     failed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

@@ -193,9 +193,15 @@ class Cluster:
         if open_jobs:
             return f"{len(open_jobs)} jobs not ended, e.g. {open_jobs[0]} ({states.get(open_jobs[0])})"
         running = self._count("factory-agent", select(func.count()).where(RunRow.state == "running"))
-        unbilled = self._count("billing", select(func.count()).where(col(ChargeRow.billed).is_(False)))
+        with Session(self.engine("billing")) as session:
+            unbilled = session.exec(select(ChargeRow).where(col(ChargeRow.billed).is_(False))).all()
         if running or unbilled:
-            return f"{running} runs running, {unbilled} not billed"
+            example = (
+                unbilled[0].model_dump(include={"job_id", "attempt", "expected_reports", "rated_seq"})
+                if unbilled
+                else {}
+            )
+            return f"{running} runs running, {len(unbilled)} not billed {example}"
         backlog = {s: self._count(s, select(func.count()).select_from(OutboxMessage)) for s in SERVICES}
         if any(backlog.values()):
             return f"outbox backlog {backlog}"

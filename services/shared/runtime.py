@@ -112,7 +112,7 @@ async def start_broker(broker: KafkaBroker) -> None:
 
 async def _supervised(loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a background loop for as long as the service runs, restarting it after a failure."""
-    log = get_logger(component="runtime", loop=getattr(loop, "__name__", repr(loop)))
+    log = get_logger(component="runtime", loop=loop.__name__)
     while True:
         try:
             await loop()
@@ -123,10 +123,13 @@ async def _supervised(loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
             await asyncio.sleep(BACKGROUND_RESTART_SECONDS)
 
 
-async def _heartbeat(service: Service) -> None:
-    while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-        mark_worker(service.engine, service.worker_id)
+def _heartbeat(service: Service) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            mark_worker(service.engine, service.worker_id)
+
+    return heartbeat
 
 
 @contextlib.asynccontextmanager
@@ -141,7 +144,7 @@ async def running(service: Service) -> AsyncIterator[Service]:
     mark_worker(service.engine, service.worker_id, ready=True)
     loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
         service.relay.run_forever,
-        partial(_heartbeat, service),
+        _heartbeat(service),
         *service.background,
     ]
     tasks = [asyncio.create_task(_supervised(loop)) for loop in loops]

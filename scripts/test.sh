@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy contracts services sovereign tests
+.venv/bin/mypy contracts services sovereign tests bench
 .venv/bin/python -m sovereign contracts --check
 status=0
 .venv/bin/pytest "$@" || status=$?

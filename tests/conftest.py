@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from contracts.events import JobPlacedEvent, PolicyRevisionPublished
-from services.placement.logic import PoolState
+from services.placement.logic import PoolState, offered_pools
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
@@ -115,23 +115,7 @@ async def run_services(builders: Sequence[Callable[[], Service]]) -> AsyncIterat
 
 def catalogue_pools() -> list[PoolState]:
     """Every pool of the default catalogue, all GPUs free."""
-    return [
-        PoolState(
-            pool.pool_id,
-            offer.site.site_id,
-            pool.accelerator_model,
-            pool.generation,
-            pool.accelerator_origin,
-            pool.gpu_count,
-            0,
-            pool.price_krw_per_gpu_hour,
-            pool.power_kw_per_gpu,
-            pool.pue,
-            "available",
-        )
-        for offer in load_catalogue(REPO_ROOT / "catalogue").offers
-        for pool in offer.pools
-    ]
+    return offered_pools(load_catalogue(REPO_ROOT / "catalogue").offers)
 
 
 def published_revision(bundle: PolicyBundle, files: dict[str, str] | None = None) -> PolicyRevisionPublished:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from contracts.events import (
+    CapacityOffered,
     ExemptedFinding,
     Explanation,
     JobRequest,
@@ -50,6 +51,30 @@ class PoolState:
     def facility_kw_per_gpu(self) -> float:
         """Energy per GPU-hour at the meter (kWh), the second ranking key."""
         return self.power_kw_per_gpu * self.pue
+
+
+def offered_pools(offers: Sequence[CapacityOffered]) -> list[PoolState]:
+    """Every pool of some capacity offers, all GPUs free, as placement sees it before any reservation."""
+    return [
+        PoolState(
+            pool.pool_id,
+            offer.site.site_id,
+            pool.accelerator_model,
+            pool.generation,
+            pool.accelerator_origin,
+            pool.gpu_count,
+            0,
+            pool.price_krw_per_gpu_hour,
+            pool.power_kw_per_gpu,
+            pool.pue,
+            "available",
+            offer.site.region,
+            pool.price_krw_per_million_input_tokens,
+            pool.price_krw_per_million_output_tokens,
+        )
+        for offer in offers
+        for pool in offer.pools
+    ]
 
 
 @dataclass(frozen=True)

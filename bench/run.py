@@ -1,0 +1,367 @@
+"""Placement throughput and latency against the broker's own ceiling, in one run on the embedded broker.
+
+    .venv/bin/python -m bench.run [--jobs 2000] [--rate 200] [--seconds 10] [--out bench/results/latest.json]
+
+1. Ceiling: a raw aiokafka relay (consume a batch, produce it on, commit) moving payloads the size of a job
+   request from one topic to another, on the same broker, in jobs per second.
+2. The real services as processes (placement, factory agent, billing, governance) on the full policy
+   catalogue and 22 candidate sites: placement throughput (jobs decided per second from a burst), the
+   pipeline (requested to billed, per second) and request-to-placed latency at a fixed offered load.
+3. One policy decision for one job over the 22 sites, in-process, p50 and p99.
+A table with each figure and its ratio to the ceiling, the JSON of it, and a line saying which targets
+were met. Targets are judged here, never in a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts.events import JobRequest
+from services.placement.logic import offered_pools, policy_input
+from services.shared.catalogue import load_catalogue
+from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.kafka import all_topics, ensure_topics
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.settings import REPO_ROOT
+from sovereign.watch import EventWatcher, produce
+from sovereign.workload import generate, request_events
+
+SERVICES = ("placement", "factory-agent", "billing", "governance")
+# Clones of Korean sites (new ids, same certified attributes) bring the 14 catalogue sites to 22.
+CLONED_SITES = 8
+# Sizes and durations capped so that a burst is absorbed by the market rather than queued behind a
+# 3,000-GPU run: the benchmark measures deciding, not waiting for capacity.
+MAX_GPUS, MAX_HOURS = 16, 2.0
+TIME_SCALE = 36_000.0  # ten simulated hours per second: a 2-hour run takes 0.2 s
+DECISIONS = ("jobs.placed", "jobs.queued", "jobs.rejected")
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    ratio_to_ceiling: float | None = None
+
+
+def bench_catalogue(directory: Path) -> Path:
+    entries = json.loads((REPO_ROOT / "catalogue/sites.json").read_text())["sites"]
+    korean = [e for e in entries if e["site"]["country"] == "KR"][:CLONED_SITES]
+    clones = []
+    for entry in korean:
+        site_id = entry["site"]["site_id"]
+        clone = json.loads(json.dumps(entry))
+        clone["site"].update(site_id=f"{site_id}-b", name=f"{entry['site']['name']} (benchmark clone)")
+        for pool in clone["pools"]:
+            pool["pool_id"] = pool["pool_id"].replace(site_id, f"{site_id}-b", 1)
+        clones.append(clone)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sites.json").write_text(json.dumps({"sites": entries + clones}))
+    shutil.copy(REPO_ROOT / "catalogue/tenants.json", directory / "tenants.json")
+    return directory
+
+
+def bench_jobs(count: int, seed: int) -> list[JobRequest]:
+    return [
+        r.model_copy(
+            update={
+                "gpu_count": min(r.gpu_count, MAX_GPUS),
+                "expected_hours": min(r.expected_hours, MAX_HOURS),
+            }
+        )
+        for r in generate(count, seed)
+    ]
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+# --- 1. the ceiling ---------------------------------------------------------------------------------------
+
+
+async def relay_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]]) -> float:
+    """Jobs per second through one raw consume-produce-commit hop, from the first send to the last arrival."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics(
+        [NewTopic(t, num_partitions=4, replication_factor=1) for t in ("bench.in", "bench.out")]
+    )
+    await admin.close()
+    relay_in = AIOKafkaConsumer(
+        "bench.in",
+        bootstrap_servers=bootstrap,
+        group_id="bench-relay",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    relay_out = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    sink = AIOKafkaConsumer(
+        "bench.out", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    source = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for client in (relay_in, relay_out, sink, source):
+        await client.start()
+    try:
+        while not relay_in.assignment():  # the group join (5 s on Tansu) is not part of the hop
+            await relay_in.getmany(timeout_ms=200)
+
+        async def relay() -> None:
+            while True:
+                batches = await relay_in.getmany(timeout_ms=100)
+                sends = [
+                    await relay_out.send("bench.out", r.value, key=r.key)
+                    for rs in batches.values()
+                    for r in rs
+                ]
+                await asyncio.gather(*sends)
+                if sends:
+                    await relay_in.commit()
+
+        relaying = asyncio.create_task(relay())
+        started = time.perf_counter()
+        await asyncio.gather(*[await source.send("bench.in", value, key=key) for key, value in payloads])
+        received = 0
+        while received < len(payloads):
+            batches = await sink.getmany(timeout_ms=1000)
+            received += sum(len(rs) for rs in batches.values())
+        elapsed = time.perf_counter() - started
+        relaying.cancel()
+        return len(payloads) / elapsed
+    finally:
+        for client in (relay_in, relay_out, sink, source):
+            await client.stop()
+
+
+# --- 2. the services --------------------------------------------------------------------------------------
+
+
+def start_services(bootstrap: str, catalogue: Path, workdir: Path) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SOVEREIGN_", "KAFKA_", "DATABASE_", "OPA_"))
+        },
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_IDEMPOTENT_PRODUCER": "false",
+        "SOVEREIGN_DATA_DIR": str(workdir / "data"),
+        "SOVEREIGN_CATALOGUE_DIR": str(catalogue),
+        "SOVEREIGN_TIME_SCALE": str(TIME_SCALE),
+        "LOG_LEVEL": "WARNING",
+    }
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    processes = []
+    for name in SERVICES:
+        with (workdir / "logs" / f"{name}.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "sovereign", "run", name],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO_ROOT,
+                )
+            )
+    return processes
+
+
+async def wait_for_offers(bootstrap: str, sites: int) -> None:
+    """Until every site's capacity offer is on the topic (the factory agent is up)."""
+    async with EventWatcher(bootstrap, ["capacity.offered"], from_beginning=True) as watcher:
+        seen: set[str] = set()
+        async for batch in watcher.events():
+            seen |= {e.subject for e in batch}
+            if len(seen) >= sites:
+                return
+
+
+async def burst(bootstrap: str, jobs: list[JobRequest]) -> tuple[float, float]:
+    """Send every job at once; (jobs decided per second, placed jobs billed per second), each from the first
+    send to the last decision or bill."""
+    wanted = {r.job_id for r in jobs}
+    decided: dict[object, float] = {}
+    billed: dict[object, float] = {}
+    placed: set[object] = set()
+    async with EventWatcher(bootstrap, [*DECISIONS, "jobs.billed"]) as watcher:
+        started = time.perf_counter()
+        await produce(bootstrap, request_events(jobs), idempotent=False)
+        async for batch in watcher.events():
+            now = time.perf_counter()
+            for event in batch:
+                job_id = event.data.job_id
+                if job_id not in wanted:
+                    continue
+                if event.type in DECISIONS:
+                    decided.setdefault(job_id, now)
+                if event.type == "jobs.placed":
+                    placed.add(job_id)
+                if event.type == "jobs.billed":
+                    billed.setdefault(job_id, now)
+            if len(decided) == len(wanted) and placed <= set(billed):
+                break
+            if now - started > 300:
+                raise TimeoutError(
+                    f"{len(decided)} decided, {len(billed)} of {len(placed)} billed after 300 s"
+                )
+    return len(decided) / (max(decided.values()) - started), len(billed) / (max(billed.values()) - started)
+
+
+async def offered_load(bootstrap: str, jobs: list[JobRequest], rate: float) -> list[float]:
+    """Send jobs at `rate` per second; each placed job's request-to-placed latency in milliseconds."""
+    events = request_events(jobs)
+    sent: dict[object, float] = {}
+    latencies: list[float] = []
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    async with EventWatcher(bootstrap, ["jobs.placed"]) as watcher:
+
+        async def send() -> None:
+            started = time.perf_counter()
+            for index, (event, key) in enumerate(events):
+                delay = started + index / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent[event.data.job_id] = time.perf_counter()
+                await producer.send(
+                    event.type,
+                    event.model_dump_json().encode(),
+                    key=key.encode(),
+                    headers=[("content-type", b"application/json"), ("event_id", str(event.id).encode())],
+                )
+
+        sending = asyncio.create_task(send())
+        deadline = time.perf_counter() + len(jobs) / rate + 30
+        async for batch in watcher.events(poll_ms=5):
+            now = time.perf_counter()
+            latencies += [(now - sent[e.data.job_id]) * 1000 for e in batch if e.data.job_id in sent]
+            if (sending.done() and len(latencies) >= 0.9 * len(jobs)) or now > deadline:
+                break
+        await sending
+    await producer.stop()
+    return latencies
+
+
+# --- 3. one decision --------------------------------------------------------------------------------------
+
+
+def decision_times_us(catalogue: Path, repeats: int) -> list[float]:
+    loaded = load_catalogue(catalogue)
+    engine = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
+    job = bench_jobs(1, seed=7)[0]
+    tenant = loaded.tenants[job.tenant_id].model_dump(
+        mode="json", exclude_none=True, exclude={"budget", "volume_tiers"}
+    )
+    sites = {offer.site.site_id: offer.site for offer in loaded.offers}
+    document = policy_input(job, tenant, sites, offered_pools(loaded.offers), datetime.now(UTC))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine.decide(document)
+        times.append((time.perf_counter() - started) * 1_000_000)
+    return times
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput burst")
+    parser.add_argument("--rate", type=float, default=200.0, help="offered load for the latency run, jobs/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/latest.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sovereign-bench-") as scratch:
+        return asyncio.run(run(args, Path(scratch)))
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> int:
+    catalogue = bench_catalogue(workdir / "catalogue")
+    sites = len(load_catalogue(catalogue).offers)
+    print(
+        f"sovereign bench: {sites} sites, burst of {args.jobs} jobs, "
+        f"{args.rate:g} jobs/s for {args.seconds:g} s"
+    )
+    decisions = decision_times_us(catalogue, 2000)
+    figures = [
+        Figure(f"policy decision, {sites} sites, p50", statistics.median(decisions) / 1000, "ms"),
+        Figure(f"policy decision, {sites} sites, p99", percentile(decisions, 0.99) / 1000, "ms"),
+    ]
+    jobs = bench_jobs(args.jobs + int(args.rate * args.seconds), seed=11)
+    payload = request_events(jobs[:1])[0][0].model_dump_json().encode()
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        bootstrap = broker.bootstrap_servers
+        await ensure_topics(bootstrap, all_topics(), 4)
+        ceiling = await relay_ceiling(bootstrap, [(str(i).encode(), payload) for i in range(args.jobs)])
+        print(f"  ceiling: {ceiling:,.0f} jobs/s through one raw aiokafka hop ({len(payload)}-byte payloads)")
+        processes = start_services(bootstrap, catalogue, workdir)
+        try:
+            await asyncio.wait_for(wait_for_offers(bootstrap, sites), 90)
+            await asyncio.sleep(6)  # the consumer groups' first join
+            decided, billed = await burst(bootstrap, jobs[: args.jobs])
+            print(f"  burst: {decided:,.0f} decided/s, {billed:,.0f} billed/s")
+            latencies = await offered_load(bootstrap, jobs[args.jobs :], args.rate)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=30)
+    figures = [
+        Figure("raw one-hop relay (ceiling)", ceiling, "jobs/s", 1.0),
+        Figure("placement throughput (decided)", decided, "jobs/s", decided / ceiling),
+        Figure("pipeline, requested to billed", billed, "jobs/s", billed / ceiling),
+        Figure(f"request to placed at {args.rate:g}/s, p50", statistics.median(latencies), "ms"),
+        Figure(f"request to placed at {args.rate:g}/s, p99", percentile(latencies, 0.99), "ms"),
+        *figures,
+    ]
+    targets = {
+        "placement >= 20% of ceiling": decided >= 0.2 * ceiling,
+        "pipeline >= 1,000 jobs/s": billed >= 1000,
+        f"p99 request-to-placed <= 50 ms at {args.rate:g}/s": percentile(latencies, 0.99) <= 50,
+        "policy decision p99 <= 1 ms": percentile(decisions, 0.99) / 1000 <= 1,
+    }
+    print(f"\n{'figure':<44} {'value':>12} {'unit':<7} {'of ceiling':>10}")
+    for figure in figures:
+        ratio = f"{figure.ratio_to_ceiling:.1%}" if figure.ratio_to_ceiling is not None else ""
+        print(f"{figure.name:<44} {figure.value:>12,.2f} {figure.unit:<7} {ratio:>10}")
+    print("targets: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                f"Python {platform.python_version()}",
+                "latency_samples": len(latencies),
+                "figures": [asdict(f) for f in figures],
+                "targets": targets,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,28 +35,36 @@ mode_of(finding) := "warn" if {
 	catalogue_mode(finding.rule) != "dryrun"
 } else := catalogue_mode(finding.rule)
 
-site_findings(site_id) := [{"rule": f.rule, "message": f.message, "mode": mode_of(f)} |
+# Each finding is classified once (waived by an exemption, or kept with its mode); the verdicts then only
+# select by site. Classifying per site instead repeated the exemption lookup for every site.
+kept contains {"site": f.site, "rule": f.rule, "message": f.message, "mode": mode_of(f)} if {
 	some f in findings
-	f.site == site_id
 	not exemptions.for_finding(f)
-]
+}
 
-site_exempted(site_id) := [{
-	"rule": f.rule, "message": f.message, "approver": exemption.approver,
+waived contains {
+	"site": f.site, "rule": f.rule, "message": f.message, "approver": exemption.approver,
 	"expires": exemption.expires, "reason": exemption.reason,
-} |
+} if {
 	some f in findings
-	f.site == site_id
 	exemption := exemptions.for_finding(f)
-]
+}
 
 verdict(site_id) := {
 	"allowed": count(denials) == 0,
 	"violations": denials,
-	"warnings": [f | some f in site_findings(site_id); f.mode != "deny"],
-	"exempted": site_exempted(site_id),
+	"warnings": [{"rule": f.rule, "message": f.message, "mode": f.mode} |
+		some f in kept
+		f.site == site_id
+		f.mode != "deny"
+	],
+	"exempted": [object.remove(w, ["site"]) | some w in waived; w.site == site_id],
 } if {
-	denials := [f | some f in site_findings(site_id); f.mode == "deny"]
+	denials := [{"rule": f.rule, "message": f.message, "mode": f.mode} |
+		some f in kept
+		f.site == site_id
+		f.mode == "deny"
+	]
 }
 
 decision := {site_id: verdict(site_id) | some site_id, _ in input.sites}

@@ -45,7 +45,7 @@ from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.factory_agent.storage import run_key
 from services.governance import handlers as governance
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
-from services.governance.storage import DecisionLogEntry
+from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, try_reserve, upsert_offer
@@ -701,3 +701,29 @@ def test_decision_log_detects_a_removed_entry(database_url: tuple[str, str]) -> 
     with Session(engine) as session:
         _, broken = governance.verify_log(session)
         assert broken is not None and broken.seq == 3 and "missing" in broken.reason
+
+
+def test_a_completion_read_before_its_placement_still_finishes_the_run(database_url: tuple[str, str]) -> None:
+    """Governance reads jobs.completed and jobs.placed on separate topics: either may come first (found by
+    the fault suite's replay, which feeds them in broker order)."""
+    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
+    placed = placed_at_haenam(uuid.uuid4())
+    done = JobCompleted(
+        job_id=placed.data.job_id,
+        tenant_id="mois",
+        site_id="nacc-haenam",
+        pool_id=placed.data.pool_id,
+        gpu_count=placed.data.gpu_count,
+        status="succeeded",
+        usage_reports=1,
+        gpu_seconds=1,
+    )
+    with unit_of_work(engine) as session:
+        governance.on_job_completed(
+            session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
+        )
+    with unit_of_work(engine) as session:
+        governance.on_job_outcome(session, placed)
+    with Session(engine) as session:
+        outcome = session.get(DecisionOutcome, str(placed.data.explanation.decision_id))
+    assert outcome is not None and outcome.finished

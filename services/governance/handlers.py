@@ -26,6 +26,7 @@ from services.governance.storage import (
     DecisionFinding,
     DecisionLogEntry,
     DecisionOutcome,
+    FinishedRun,
     PolicyRevisionRow,
     entries_in_order,
     lock_head,
@@ -51,6 +52,7 @@ def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | Jo
     decision_id = str(explanation.decision_id)
     if session.get(DecisionOutcome, decision_id) is not None:
         return
+    site_id = data.site_id if isinstance(data, JobPlaced) else None
     session.add(
         DecisionOutcome(
             decision_id=decision_id,
@@ -58,8 +60,10 @@ def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | Jo
             outcome={"jobs.placed": "placed", "jobs.queued": "queued", "jobs.rejected": "rejected"}[
                 event.type
             ],
-            site_id=data.site_id if isinstance(data, JobPlaced) else None,
+            site_id=site_id,
             explanation=explanation.model_dump(mode="json"),
+            finished=site_id is not None
+            and session.get(FinishedRun, (str(data.job_id), site_id)) is not None,
         )
     )
 
@@ -68,6 +72,9 @@ def on_job_completed(session: Session, event: JobCompletedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
     # Only the run at this site: a retry elsewhere may already be placed (the topics are not ordered).
+    run = (str(event.data.job_id), event.data.site_id)
+    if session.get(FinishedRun, run) is None:
+        session.add(FinishedRun(job_id=run[0], site_id=run[1]))
     session.execute(
         update(DecisionOutcome)
         .where(col(DecisionOutcome.job_id) == str(event.data.job_id))

@@ -62,6 +62,16 @@ class DecisionOutcome(SQLModel, table=True):
     finished: bool = False
 
 
+class FinishedRun(SQLModel, table=True):
+    """A job's run that ended at a site. Kept apart from the outcome because the completion may be read
+    before the placement it ends (the topics are not ordered with each other)."""
+
+    __tablename__ = "finished_runs"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    site_id: str = Field(primary_key=True, max_length=64)
+
+
 class PolicyRevisionRow(SQLModel, table=True):
     __tablename__ = "policy_revisions"
 
@@ -77,6 +87,7 @@ TABLES: list[Table] = [
     table_of(DecisionFinding),
     table_of(ChainHead),
     table_of(DecisionOutcome),
+    table_of(FinishedRun),
     table_of(PolicyRevisionRow),
 ]
 

@@ -20,7 +20,7 @@ from sqlalchemy import Table
 from sqlmodel import Session, select
 
 from contracts import TOPICS, dead_letter_topic
-from contracts.events import InvoiceIssued, JobCancelEvent, JobCancelRequested, JobRequest
+from contracts.events import InvoiceIssued, JobRequest
 from services.billing.check import check_billing
 from services.billing.handlers import BillingContext, issue_invoice
 from services.billing.storage import TABLES as BILLING_TABLES
@@ -36,6 +36,7 @@ from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.history import collect_history
 from sovereign.invariants import check
 from sovereign.report import render_report
+from sovereign.submit import cancel_event
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, produce, read_partition_ends
 from sovereign.workload import generate, request_events
@@ -191,8 +192,7 @@ async def _drive(
 
 
 async def cancel(bootstrap: str, request: JobRequest, reason: str) -> None:
-    data = JobCancelRequested(job_id=request.job_id, tenant_id=request.tenant_id, reason=reason)
-    event = JobCancelEvent.create(source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=data)
+    event = cancel_event(request.tenant_id, request.job_id, reason)
     await produce(bootstrap, [(event, str(request.job_id))], idempotent=False)
 
 

@@ -93,13 +93,15 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     return 3
 
 
+def cancel_event(tenant_id: str, job_id: uuid.UUID, reason: str) -> JobCancelEvent:
+    """A tenant's cancel, as the tenant sends it."""
+    data = JobCancelRequested(job_id=job_id, tenant_id=tenant_id, reason=reason)
+    return JobCancelEvent.create(source=f"tenant/{tenant_id}", subject=tenant_id, data=data)
+
+
 async def cancel(settings: Settings, tenant_id: str, job_id: uuid.UUID, reason: str) -> int:
     """Produce a tenant's cancel; placement honours it at any stage and answers with jobs.cancelled."""
-    event = JobCancelEvent.create(
-        source=f"tenant/{tenant_id}",
-        subject=tenant_id,
-        data=JobCancelRequested(job_id=job_id, tenant_id=tenant_id, reason=reason),
-    )
+    event = cancel_event(tenant_id, job_id, reason)
     await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
     print(f"asked to cancel job {job_id} for tenant {tenant_id}")
     return 0

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from contracts.events import JobPlacedEvent, PolicyRevisionPublished
+from contracts.events import JobCompleted, JobCompletedEvent, JobPlacedEvent, PolicyRevisionPublished
 from services.placement.logic import PoolState, offered_pools
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
@@ -157,3 +157,20 @@ def placed_at_haenam(
         }
     )
     return JobPlacedEvent.create(source="service/placement", subject=tenant, data=data)
+
+
+def completed_at_haenam(
+    job_id: uuid.UUID, reports: int = 1, tenant: str = "mois", gpu_seconds: int = 0
+) -> JobCompletedEvent:
+    """The factory's jobs.completed for a successful run on the National AI Computing Center's B200 pool."""
+    data = JobCompleted(
+        job_id=job_id,
+        tenant_id=tenant,
+        site_id="nacc-haenam",
+        pool_id="nacc-haenam-b200",
+        gpu_count=8,
+        status="succeeded",
+        usage_reports=reports,
+        gpu_seconds=gpu_seconds,
+    )
+    return JobCompletedEvent.create(source="factory/nacc-haenam", subject=tenant, data=data)

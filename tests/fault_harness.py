@@ -26,8 +26,6 @@ from contracts import AnyEvent
 from contracts.events import (
     CapacityUpdated,
     CapacityUpdatedEvent,
-    JobCancelEvent,
-    JobCancelRequested,
     JobRequest,
 )
 from services.billing.storage import ChargeRow
@@ -42,6 +40,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.history import SERVICE_TABLES, collect_history
 from sovereign.invariants import TERMINAL_STATES, History, Violation, check
+from sovereign.submit import cancel_event
 from sovereign.watch import lag_by_group, produce
 from sovereign.workload import generate, request_events
 
@@ -359,17 +358,14 @@ def restore_capacity(change: CapacityUpdatedEvent, catalogue_dir: Path) -> Capac
     return CapacityUpdatedEvent.create(source=change.source, subject=change.subject, data=data)
 
 
-def cancel_event(request: JobRequest) -> JobCancelEvent:
-    data = JobCancelRequested(job_id=request.job_id, tenant_id=request.tenant_id, reason="fault suite")
-    return JobCancelEvent.create(source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=data)
-
-
 async def drive(cluster: Cluster, workload: Workload, seed: int, catalogue_dir: Path) -> None:
     """Send the workload in seeded bursts: requests, then cancels and capacity changes among them."""
     rng = random.Random(seed)
     bootstrap = cluster.settings.bootstrap_servers
     events: list[tuple[AnyEvent, str]] = list(request_events(workload.requests))
-    extra: list[tuple[AnyEvent, str]] = [(cancel_event(r), str(r.job_id)) for r in workload.cancels]
+    extra: list[tuple[AnyEvent, str]] = [
+        (cancel_event(r.tenant_id, r.job_id, "fault suite"), str(r.job_id)) for r in workload.cancels
+    ]
     extra += [(change, change.data.site_id) for change in workload.capacity_changes]
     for item in extra:
         events.insert(rng.randint(len(events) // 3, len(events)), item)

@@ -16,8 +16,6 @@ from sqlmodel import Session, col, func, select
 from contracts.events import (
     InvoiceIssued,
     InvoiceIssuedEvent,
-    JobCompleted,
-    JobCompletedEvent,
     UsageReported,
     UsageReportedEvent,
 )
@@ -34,7 +32,7 @@ from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.billing_commands import invoice_command
-from tests.conftest import placed_at_haenam
+from tests.conftest import completed_at_haenam, placed_at_haenam
 
 TENANTS = load_catalogue(REPO_ROOT / "catalogue").tenants
 MARCH = datetime(2027, 3, 10, tzinfo=UTC)
@@ -81,20 +79,6 @@ def usage(
     )
 
 
-def completed(job_id: uuid.UUID, reports: int, tenant: str = "mois") -> JobCompletedEvent:
-    data = JobCompleted(
-        job_id=job_id,
-        tenant_id=tenant,
-        site_id="nacc-haenam",
-        pool_id="nacc-haenam-b200",
-        gpu_count=8,
-        status="succeeded",
-        usage_reports=reports,
-        gpu_seconds=0,
-    )
-    return JobCompletedEvent.create(source="factory/nacc-haenam", subject=tenant, data=data)
-
-
 def issue(engine: Engine, tenant: str, period: str) -> InvoiceIssued:
     with unit_of_work(engine) as session:
         return billing.issue_invoice(CTX, session, tenant, period, datetime.now(UTC))
@@ -106,7 +90,7 @@ def test_out_of_order_and_repeated_usage_is_rated_once_and_balances(engine: Engi
     # Completion first, then usage out of order and repeated, the placement (and its price) last.
     deliver(
         engine,
-        completed(job_id, 3),
+        completed_at_haenam(job_id, 3),
         usages[2],
         usages[0],
         usages[2],
@@ -147,7 +131,11 @@ def test_late_usage_after_issue_becomes_an_adjustment_on_the_next_invoice(engine
         issue(engine, "mois", "2027-03")
     # Still dated in March, but March is issued: carried by April as adjustments, delivered out of order.
     deliver(
-        engine, usage(job_id, 3, 1800), usage(job_id, 2, 3600), usage(job_id, 2, 3600), completed(job_id, 3)
+        engine,
+        usage(job_id, 3, 1800),
+        usage(job_id, 2, 3600),
+        usage(job_id, 2, 3600),
+        completed_at_haenam(job_id, 3),
     )
     with Session(engine) as session:
         tenant = TENANTS["mois"]
@@ -254,7 +242,7 @@ def test_amounts_beyond_32_bits_are_stored_whole(engine: Engine) -> None:
     holds (PostgreSQL's INTEGER refused it, and the usage went to the dead letters)."""
     job_id = uuid.uuid4()
     month = 2048 * 30 * 24 * 3600  # GPU-seconds, itself beyond 2^31
-    deliver(engine, placed_at_haenam(job_id), usage(job_id, 1, month), completed(job_id, 1))
+    deliver(engine, placed_at_haenam(job_id), usage(job_id, 1, month), completed_at_haenam(job_id, 1))
     amount = charge_krw(month, 7600)
     assert amount > 2**31 and month > 2**31
     with Session(engine) as session:

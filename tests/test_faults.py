@@ -43,6 +43,7 @@ from sovereign.history import SERVICE_TABLES
 from sovereign.invariants import check
 from sovereign.replay import REPLAYABLE, replay
 from sovereign.status import collect_status, render_status
+from sovereign.submit import cancel_event
 from sovereign.watch import produce
 from sovereign.workload import request_events
 from tests.conftest import POSTGRES_AVAILABLE, POSTGRES_URL, drop_schemas
@@ -52,7 +53,6 @@ from tests.fault_harness import (
     SESSION_TIMEOUT_MS,
     Cluster,
     Worker,
-    cancel_event,
     drive,
     running_cluster,
     seeded_workload,
@@ -393,7 +393,8 @@ async def test_two_placement_workers_racing_for_the_last_gpus_never_oversubscrib
             placed = (await cluster.history()).distinct("jobs.placed")
             assert sum(event["data"]["gpu_count"] for event in placed) <= size, (round_number, len(placed))
         assert holding == size  # the queue kept every GPU busy: the races were real
-        await produce(bootstrap, [(cancel_event(r), str(r.job_id)) for r in jobs], idempotent=False)
+        cancels = [(cancel_event(r.tenant_id, r.job_id, "fault suite"), str(r.job_id)) for r in jobs]
+        await produce(bootstrap, cancels, idempotent=False)
         await cluster.settle({str(r.job_id) for r in jobs})
         violations = await cluster.check()
         assert not violations, "\n".join(map(str, violations))

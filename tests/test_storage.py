@@ -24,7 +24,6 @@ from contracts.events import (
     JobCancelEvent,
     JobCancelled,
     JobCancelledEvent,
-    JobCancelRequested,
     JobCompleted,
     JobCompletedEvent,
     JobKind,
@@ -57,7 +56,8 @@ from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.job_commands import list_jobs
-from tests.conftest import placed_at_haenam
+from sovereign.submit import cancel_event as tenant_cancel
+from tests.conftest import completed_at_haenam, placed_at_haenam
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
@@ -400,8 +400,7 @@ def test_jobs_command_shows_queue_positions_by_priority(
 
 
 def cancel_event(job_id: uuid.UUID, tenant: str = "mois") -> JobCancelEvent:
-    data = JobCancelRequested(job_id=job_id, tenant_id=tenant, reason="no longer needed")
-    return JobCancelEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+    return tenant_cancel(tenant, job_id, "no longer needed")
 
 
 def test_cancel_at_every_stage(database_url: tuple[str, str]) -> None:
@@ -708,20 +707,8 @@ def test_a_completion_read_before_its_placement_still_finishes_the_run(database_
     the fault suite's replay, which feeds them in broker order)."""
     engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
     placed = placed_at_haenam(uuid.uuid4())
-    done = JobCompleted(
-        job_id=placed.data.job_id,
-        tenant_id="mois",
-        site_id="nacc-haenam",
-        pool_id=placed.data.pool_id,
-        gpu_count=placed.data.gpu_count,
-        status="succeeded",
-        usage_reports=1,
-        gpu_seconds=1,
-    )
     with unit_of_work(engine) as session:
-        governance.on_job_completed(
-            session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
-        )
+        governance.on_job_completed(session, completed_at_haenam(placed.data.job_id, gpu_seconds=1))
     with unit_of_work(engine) as session:
         governance.on_job_outcome(session, placed)
     with Session(engine) as session:

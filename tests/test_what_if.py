@@ -19,8 +19,6 @@ from sqlmodel import Session, col, select
 from contracts import EVENT_MODELS
 from contracts.events import (
     CapacityOfferedEvent,
-    JobCompleted,
-    JobCompletedEvent,
     JobKind,
     JobRequest,
     JobRequestedEvent,
@@ -41,7 +39,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
-from tests.conftest import published_revision
+from tests.conftest import completed_at_haenam, published_revision
 
 SHIPPED = REPO_ROOT / "policies"
 
@@ -242,20 +240,8 @@ def test_a_warn_mode_finding_is_only_reported(settings: Settings, tmp_path: Path
 
 def test_a_finished_job_is_not_rechecked(settings: Settings, tmp_path: Path) -> None:
     engine = governance_engine(settings)
-    done = JobCompleted(
-        job_id=JOBS["ministry"].data.job_id,
-        tenant_id="mois",
-        site_id="nacc-haenam",
-        pool_id="nacc-haenam-b200",
-        gpu_count=8,
-        status="succeeded",
-        usage_reports=1,
-        gpu_seconds=1,
-    )
     with unit_of_work(engine) as session:
-        governance.on_job_completed(
-            session, JobCompletedEvent.create(source="factory/x", subject="mois", data=done)
-        )
+        governance.on_job_completed(session, completed_at_haenam(JOBS["ministry"].data.job_id, gpu_seconds=1))
 
     def stricter_again(data: dict[str, Any]) -> None:
         data["country_lists"]["d5"] += ["KR", "ZZ"]

@@ -40,6 +40,7 @@ from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
+from sovereign.embedded import embedded_service_env, start_service
 from sovereign.watch import EventWatcher, produce
 from sovereign.workload import generate, request_events
 
@@ -155,33 +156,15 @@ async def relay_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]]) -> 
 
 
 def start_services(bootstrap: str, catalogue: Path, workdir: Path) -> list[subprocess.Popen[bytes]]:
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("SOVEREIGN_", "KAFKA_", "DATABASE_", "OPA_"))
-        },
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_IDEMPOTENT_PRODUCER": "false",
-        "SOVEREIGN_DATA_DIR": str(workdir / "data"),
-        "SOVEREIGN_CATALOGUE_DIR": str(catalogue),
-        "SOVEREIGN_TIME_SCALE": str(TIME_SCALE),
-        "LOG_LEVEL": "WARNING",
-    }
+    env = embedded_service_env(
+        bootstrap,
+        workdir / "data",
+        SOVEREIGN_CATALOGUE_DIR=str(catalogue),
+        SOVEREIGN_TIME_SCALE=str(TIME_SCALE),
+        LOG_LEVEL="WARNING",
+    )
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    processes = []
-    for name in SERVICES:
-        with (workdir / "logs" / f"{name}.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "sovereign", "run", name],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO_ROOT,
-                )
-            )
-    return processes
+    return [start_service(name, env, workdir / "logs" / f"{name}.log") for name in SERVICES]
 
 
 async def wait_for_offers(bootstrap: str, sites: int) -> None:

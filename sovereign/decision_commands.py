@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from sqlmodel import Session
 
 from services.governance.handlers import DecisionQuery, find_decisions, verify_log
@@ -10,7 +12,7 @@ from services.shared.settings import Settings
 from sovereign.databases import service_session
 
 
-def governance_session(settings: Settings) -> Session:
+def governance_session(settings: Settings) -> AbstractContextManager[Session]:
     return service_session(settings, "governance", TABLES)
 
 

@@ -33,6 +33,7 @@ from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
+from sovereign.embedded import start_service
 from sovereign.history import collect_history
 from sovereign.invariants import check
 from sovereign.report import render_report
@@ -85,14 +86,7 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
         processes: Processes = []
         try:
             for index, name in enumerate(names):
-                log = (logs / f"{name}-{index}.log").open("wb")
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "sovereign", "run", name],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO_ROOT,
-                )
+                process = start_service(name, env, logs / f"{name}-{index}.log")
                 processes.append((name, process))
                 print(f"  service  {name:<14} pid {process.pid}")
             return asyncio.run(_drive(broker.bootstrap_servers, jobs, seed, wait_seconds, processes))

@@ -19,7 +19,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.settings import Settings
 from sovereign.databases import service_session
 from sovereign.history import SERVICE_TABLES
-from sovereign.watch import lag_by_group, read_records
+from sovereign.watch import each_record, lag_by_group
 
 SERVICES = tuple(SERVICE_TABLES)
 
@@ -66,8 +66,10 @@ async def collect_status(
         groups |= {consumer_group(service, topic): [topic] for topic in status.lag}
         report.append(status)
     lag = await lag_by_group(settings.bootstrap_servers, groups)
-    letters = await read_records(settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS])
-    by_consumer = Counter(dict(record.headers or ()).get("dlq-consumer", b"").decode() for record in letters)
+    letters = each_record(settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS])
+    by_consumer = Counter(
+        [dict(record.headers or ()).get("dlq-consumer", b"").decode() async for record in letters]
+    )
     for status in report:
         status.lag = {topic: lag[consumer_group(status.service, topic)] for topic in status.lag}
         status.dead_letters = by_consumer[status.service]

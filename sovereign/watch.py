@@ -85,9 +85,9 @@ async def produce(bootstrap_servers: str, events: Sequence[tuple[AnyEvent, str]]
         await producer.stop()
 
 
-async def read_records(
+async def each_record(
     bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
-) -> list[ConsumerRecord[bytes, bytes]]:
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of the topics, from the beginning until nothing more arrives for quiet_ms."""
     consumer = AIOKafkaConsumer(
         *topics,
@@ -97,25 +97,30 @@ async def read_records(
         auto_offset_reset="earliest",
     )
     await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         while batches := await consumer.getmany(timeout_ms=quiet_ms):
             for batch in batches.values():
-                records += batch
+                for record in batch:
+                    yield record
     finally:
         await consumer.stop()
-    return records
+
+
+async def read_records(
+    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
+) -> list[ConsumerRecord[bytes, bytes]]:
+    return [record async for record in each_record(bootstrap_servers, topics, quiet_ms)]
 
 
 async def read_partition_ends(
     bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
 ) -> dict[TopicPartition, int]:
-    """Each partition's end (last offset + 1), found by reading it through.
+    """Each partition's end (last offset + 1), found by reading it through (without keeping the records).
 
     Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
     """
     ends: dict[TopicPartition, int] = {}
-    for record in await read_records(bootstrap_servers, topics, quiet_ms):
+    async for record in each_record(bootstrap_servers, topics, quiet_ms):
         partition = TopicPartition(record.topic, record.partition)
         ends[partition] = max(ends.get(partition, 0), record.offset + 1)
     return ends

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -30,18 +29,20 @@ from contracts.events import (
 )
 from services.billing.storage import ChargeRow
 from services.factory_agent.storage import RunRow
-from services.placement.storage import JobRow
+from services.placement.storage import JobRow, SiteRow
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, database_url_for, table_of
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.health import WorkerRow
-from services.shared.kafka import all_topics, consumer_group, ensure_topics
+from services.shared.kafka import all_topics, ensure_topics
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
+from sovereign.embedded import embedded_service_env, start_service
 from sovereign.history import SERVICE_TABLES, collect_history
 from sovereign.invariants import TERMINAL_STATES, History, Violation, check
+from sovereign.status import collect_status
 from sovereign.submit import cancel_event
-from sovereign.watch import lag_by_group, produce
+from sovereign.watch import produce
 from sovereign.workload import generate, request_events
 
 SERVICES = tuple(SERVICE_TABLES)
@@ -79,19 +80,11 @@ class Cluster:
 
     # --- processes -------------------------------------------------------------------------------------
 
-    def start(self, service: str, index: int = 0, crash_at: str = "", env: Mapping[str, str] = {}) -> Worker:
+    def start(self, service: str, index: int = 0, crash_at: str = "") -> Worker:
         self.starts += 1
         log_path = self.root / "logs" / f"{service}-{index}-{self.starts}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        environment = {**self.service_env, **env, "SOVEREIGN_CRASH_AT": crash_at}
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sovereign", "run", service],
-                cwd=REPO_ROOT,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        process = start_service(service, {**self.service_env, "SOVEREIGN_CRASH_AT": crash_at}, log_path)
         worker = Worker(service, index, process, log_path, crash_at)
         self.workers = [w for w in self.workers if (w.service, w.index) != (service, index)] + [worker]
         return worker
@@ -180,7 +173,7 @@ class Cluster:
             )
         return self._engines[service]
 
-    def _count(self, service: str, statement: object) -> int:
+    def count(self, service: str, statement: object) -> int:
         with Session(self.engine(service)) as session:
             return int(session.exec(statement).one())  # type: ignore[call-overload]
 
@@ -191,7 +184,7 @@ class Cluster:
         open_jobs = [j for j in job_ids if states.get(j) not in TERMINAL_STATES]
         if open_jobs:
             return f"{len(open_jobs)} jobs not ended, e.g. {open_jobs[0]} ({states.get(open_jobs[0])})"
-        running = self._count("factory-agent", select(func.count()).where(RunRow.state == "running"))
+        running = self.count("factory-agent", select(func.count()).where(RunRow.state == "running"))
         with Session(self.engine("billing")) as session:
             unbilled = session.exec(select(ChargeRow).where(col(ChargeRow.billed).is_(False))).all()
         if running or unbilled:
@@ -201,38 +194,28 @@ class Cluster:
                 else {}
             )
             return f"{running} runs running, {len(unbilled)} not billed {example}"
-        backlog = {s: self._count(s, select(func.count()).select_from(OutboxMessage)) for s in SERVICES}
+        backlog = {s: self.count(s, select(func.count()).select_from(OutboxMessage)) for s in SERVICES}
         if any(backlog.values()):
             return f"outbox backlog {backlog}"
         return None
-
-    def consumer_groups(self) -> dict[str, list[str]]:
-        """Every consumer group of the services, with its topics, from the workers' heartbeat rows."""
-        groups: dict[str, list[str]] = {}
-        for service in SERVICES:
-            with Session(self.engine(service)) as session:
-                for row in session.exec(select(WorkerRow)):
-                    groups.update({consumer_group(service, topic): [topic] for topic in row.topics})
-        return groups
 
     async def settle(self, job_ids: set[str], within: float = 120.0) -> None:
         """Until every job ended, every run was billed, every outbox is empty and every consumer group has
         committed everything on its topics: then nothing is in flight and the databases are final."""
         deadline = asyncio.get_running_loop().time() + within
-        groups = self.consumer_groups()
-        while (state := self.unsettled(job_ids)) is not None or (
-            state := await self._lagging(groups)
-        ) is not None:
+        while (state := self.unsettled(job_ids)) is not None or (state := await self._lagging()) is not None:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"not settled within {within:.0f} s: {state}")
             dead = [w.name for w in self.workers if not w.alive()]
             assert self.supervised or not dead, f"workers died while settling: {dead}"
             await asyncio.sleep(0.5)
 
-    async def _lagging(self, groups: dict[str, list[str]]) -> str | None:
+    async def _lagging(self) -> str | None:
+        """What `sovereign status` reports as lag, if anything."""
         lag = {
-            group: n
-            for group, n in (await lag_by_group(self.settings.bootstrap_servers, groups)).items()
+            f"{status.service}:{topic}": n
+            for status in await collect_status(self.settings)
+            for topic, n in status.lag.items()
             if n
         }
         return f"consumer lag {lag}" if lag else None
@@ -271,16 +254,8 @@ async def running_cluster(
     )
     if database is not None:
         settings = replace(settings, database_url=database[0], database_schema_prefix=database[1])
-    service_env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("SOVEREIGN_", "KAFKA_", "DATABASE_", "OPA_"))
-        },
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_IDEMPOTENT_PRODUCER": "false",
+    variables = {
         "KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-        "SOVEREIGN_DATA_DIR": str(settings.data_dir),
         "SOVEREIGN_CATALOGUE_DIR": str(settings.catalogue_dir),
         "SOVEREIGN_TIME_SCALE": str(TIME_SCALE),
         "SOVEREIGN_QUEUE_RETRY_SECONDS": "2",
@@ -289,6 +264,7 @@ async def running_cluster(
         **({"SOVEREIGN_DB_SCHEMA_PREFIX": database[1]} if database else {}),
         **(env or {}),
     }
+    service_env = embedded_service_env(broker.bootstrap_servers, settings.data_dir, **variables)
     cluster = Cluster(root, settings, service_env)
     try:
         await ensure_topics(broker.bootstrap_servers, all_topics(), settings.topic_partitions)
@@ -359,9 +335,16 @@ def restore_capacity(change: CapacityUpdatedEvent, catalogue_dir: Path) -> Capac
 
 
 async def drive(cluster: Cluster, workload: Workload, seed: int, catalogue_dir: Path) -> None:
-    """Send the workload in seeded bursts: requests, then cancels and capacity changes among them."""
+    """Once placement knows the whole market, send the workload in seeded bursts: requests, then cancels
+    and capacity changes among them. (Placement decides with the sites offered so far, so a request sent
+    before the offers would be judged against part of the market.)"""
     rng = random.Random(seed)
     bootstrap = cluster.settings.bootstrap_servers
+    sites = len(load_catalogue(catalogue_dir).offers)
+    deadline = asyncio.get_running_loop().time() + 90
+    while cluster.count("placement", select(func.count()).select_from(SiteRow)) < sites:
+        assert asyncio.get_running_loop().time() < deadline, "the factory's offers never reached placement"
+        await asyncio.sleep(0.3)
     events: list[tuple[AnyEvent, str]] = list(request_events(workload.requests))
     extra: list[tuple[AnyEvent, str]] = [
         (cancel_event(r.tenant_id, r.job_id, "fault suite"), str(r.job_id)) for r in workload.cancels

@@ -167,7 +167,7 @@ async def test_poison_messages_land_in_their_dead_letter_topics_and_partitions_f
     announce(fault_seed)
     workload = seeded_workload(fault_seed, jobs=12, catalogue_dir=CATALOGUE, cancels=0, capacity_changes=0)
     async with running_cluster(tmp_path) as cluster:
-        groups = Counter(topic for topics in cluster.consumer_groups().values() for topic in topics)
+        groups = Counter(topic for status in await collect_status(cluster.settings) for topic in status.lag)
         bootstrap = cluster.settings.bootstrap_servers
         # Keyed like the workload's jobs, so the poison sits in the partitions the real events then use.
         keys = [str(r.job_id).encode() for r in workload.requests]
@@ -255,7 +255,7 @@ async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_job
                     mode.write_text(fault)
                 await produce(bootstrap, request_events(batch), idempotent=False)
                 waiting = {str(r.job_id) for r in batch}
-                await wait_for(partial(decided_without_engine, cluster, waiting), f"{fault}: jobs held")
+                await wait_for(partial(all_in_states, cluster, waiting, HELD), f"{fault}: jobs held")
                 with Session(cluster.engine("placement")) as session:
                     held = session.exec(select(JobRow).where(col(JobRow.job_id).in_(waiting))).all()
                 reasons = [row.reason for row in held if row.state == "queued"]
@@ -279,12 +279,15 @@ async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_job
         engine.wait()
 
 
-def decided_without_engine(cluster: Cluster, job_ids: set[str], also: frozenset[str] = frozenset()) -> bool:
-    """Every job has left `requested`: queued (waiting for the engine) or rejected before any policy, or in
-    one of the `also` states."""
+def all_in_states(cluster: Cluster, job_ids: set[str], states: frozenset[str]) -> bool:
+    """Placement holds every one of the jobs, each in one of the states."""
     with Session(cluster.engine("placement")) as session:
-        states = session.exec(select(JobRow.state).where(col(JobRow.job_id).in_(job_ids))).all()
-    return len(states) == len(job_ids) and set(states) <= {"queued", "rejected", *also}
+        found = session.exec(select(JobRow.state).where(col(JobRow.job_id).in_(job_ids))).all()
+    return len(found) == len(job_ids) and set(found) <= states
+
+
+# Decided without a policy decision: waiting for the engine, or rejected before any policy ran.
+HELD = frozenset({"queued", "rejected"})
 
 
 async def wait_for(probe: Callable[[], bool], what: str, within: float = 60.0) -> None:
@@ -376,9 +379,7 @@ async def test_two_placement_workers_racing_for_the_last_gpus_never_oversubscrib
                 events.insert(rng.randint(0, len(events)), (update, "skt-pangyo"))
             await produce(bootstrap, events, idempotent=False)
             ids = {str(r.job_id) for r in jobs}
-            await wait_for(
-                partial(decided_without_engine, cluster, ids, frozenset({"placed", "running"})), "all decided"
-            )
+            await wait_for(partial(all_in_states, cluster, ids, HELD | {"placed", "running"}), "all decided")
             await asyncio.sleep(rng.uniform(0.5, 2.5))  # sweeps of both workers re-plan the queue meanwhile
             with Session(cluster.engine("placement")) as session:
                 pool = session.get(PoolRow, RACE_POOL)

@@ -32,7 +32,7 @@ def serve(port: int, mode_file: Path) -> None:
             if mode == "fail" or self.path != DECISION_PATH:
                 self.send_error(500, "injected failure")
                 return
-            answer = json.dumps({"result": engine.decide(json.loads(body)["input"])}).encode()
+            answer = json.dumps({"result": engine.evaluate(json.loads(body)["input"])}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))

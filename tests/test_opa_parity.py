@@ -1,11 +1,13 @@
-"""One set of Rego for both engines: the same decisions from the embedded engine and an OPA server.
+"""One set of Rego for every engine: the same decisions from regorus's compiled program, its interpreter
+and an OPA server.
 
-The parity test needs an OPA server running policies/ (as compose.yaml starts it) at $OPA_URL; no OPA
+The OPA test needs an OPA server running policies/ (as compose.yaml starts it) at $OPA_URL; no OPA
 binary is installable on the development machines, so without one it is skipped, saying so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT
+from sovereign.workload import generate
 from tests.conftest import catalogue_pools
 
 BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
@@ -53,6 +56,23 @@ def cases() -> list[dict[str, Any]]:
                 policy_input(request, tenant.model_dump(mode="json", exclude_none=True), sites, pools, NOW)
             )
     return documents
+
+
+def workload_cases(now: datetime) -> list[dict[str, Any]]:
+    """The demo's realistic jobs over the catalogue."""
+    sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
+    pools = catalogue_pools()
+    return [
+        policy_input(
+            job,
+            CATALOGUE.tenants[job.tenant_id].model_dump(mode="json", exclude_none=True),
+            sites,
+            pools,
+            now,
+        )
+        for job in generate(120, seed=now.day, now=now)
+        if job.tenant_id in CATALOGUE.tenants
+    ]
 
 
 def normalised(decision: dict[str, Any]) -> dict[str, Any]:
@@ -95,3 +115,60 @@ def test_the_parity_cases_exercise_many_rules() -> None:
         for v in verdict["violations"] + verdict["warnings"]
     }
     assert len(rules) >= 15
+
+
+@pytest.mark.parametrize("days_ahead", [0, 400, 1200])
+def test_compiled_program_and_interpreter_decide_alike(days_ahead: int) -> None:
+    """Certificates lapse as the clock moves on, so later dates bring other rules into play."""
+    compiled = EmbeddedRegoEngine(BUNDLE)
+    interpreted = EmbeddedRegoEngine(BUNDLE, compile_program=False)
+    assert compiled.compiled and not interpreted.compiled
+    documents = cases() + workload_cases(NOW + timedelta(days=days_ahead))
+    for document in documents:
+        assert compiled.evaluate(document) == interpreted.evaluate(document)
+    assert compiled.interpreted_after_failure == 0
+
+
+def test_compiled_program_and_interpreter_agree_on_exemptions_and_modes() -> None:
+    files = dict(BUNDLE.files)
+    data = json.loads(files["data.json"])
+    # Every rule in every mode, and an exemption per tenant and rule, some narrowed to one site.
+    for index, rule in enumerate(sorted(data["rules"])):
+        data["rules"][rule]["mode"] = ("deny", "warn", "dryrun")[index % 3]
+    data["exemptions"] = [
+        {
+            "tenant": tenant_id,
+            "rule": rule,
+            "approver": "cpo@example.go.kr",
+            "reason": "pilot",
+            "expires": "2027-06-30",
+            **({"site": "nacc-haenam"} if index % 2 else {}),
+        }
+        for tenant_id in CATALOGUE.tenants
+        for index, rule in enumerate(["RES-01", "N2SF-02", "EXP-01"])
+    ]
+    files["data.json"] = json.dumps(data)
+    bundle = PolicyBundle(files)
+    compiled = EmbeddedRegoEngine(bundle)
+    interpreted = EmbeddedRegoEngine(bundle, compile_program=False)
+    waived = 0
+    for document in cases() + workload_cases(NOW):
+        answer = compiled.evaluate(document)
+        assert answer == interpreted.evaluate(document)
+        waived += len(answer["waived"])
+    assert waived > 0
+    assert compiled.interpreted_after_failure == 0
+
+
+def test_past_the_machine_s_instruction_limit_the_interpreter_answers() -> None:
+    compiled = EmbeddedRegoEngine(BUNDLE)
+    interpreted = EmbeddedRegoEngine(BUNDLE, compile_program=False)
+    document = cases()[0]
+    # Six copies of each catalogue site: 84 sites, past the 25,000 instructions the machine allows.
+    many = {
+        **document,
+        "sites": {f"{site_id}-{n}": site for site_id, site in document["sites"].items() for n in range(6)},
+    }
+    assert compiled.evaluate(many) == interpreted.evaluate(many)
+    assert compiled.interpreted_after_failure == 1
+    assert len(compiled.decide(many)) == 84

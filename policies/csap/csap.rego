@@ -24,6 +24,17 @@ effective_grade(site) := "none" if {
 
 thirty_days_ns := ((30 * 24) * 3600) * 1000000000
 
+deadline_ns := time.parse_rfc3339_ns(input.job.deadline)
+
+now_ns := time.parse_rfc3339_ns(input.now)
+
+# Each certified site's expiry, parsed once per decision rather than once per rule.
+expiry_ns[site_id] := facts.end_of_day_ns(site.csap.expires) if {
+	job_needs_csap
+	some site_id, site in input.sites
+	site.csap
+}
+
 # CSAP-01: the site's (effective) grade is at least the grade the job's system requires.
 violations contains finding if {
 	job_needs_csap
@@ -72,8 +83,7 @@ violations contains finding if {
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	site.csap
-	facts.end_of_day_ns(site.csap.expires) < time.parse_rfc3339_ns(input.job.deadline)
+	expiry_ns[site_id] < deadline_ns
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,
@@ -88,9 +98,8 @@ violations contains finding if {
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	site.csap
-	facts.end_of_day_ns(site.csap.expires) >= time.parse_rfc3339_ns(input.job.deadline)
-	facts.end_of_day_ns(site.csap.expires) - time.parse_rfc3339_ns(input.now) < thirty_days_ns
+	expiry_ns[site_id] >= deadline_ns
+	expiry_ns[site_id] - now_ns < thirty_days_ns
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,

@@ -8,7 +8,7 @@ import data.sovereign.facts
 
 # Exemptions in force for this tenant now: an approver and a reason are required, and an expired one is void.
 in_force contains exemption if {
-	some exemption in object.get(data, "exemptions", [])
+	some exemption in data.exemptions
 	exemption.tenant == input.tenant.tenant_id
 	exemption.approver != ""
 	exemption.reason != ""

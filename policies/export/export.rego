@@ -5,7 +5,7 @@ import rego.v1
 
 import data.sovereign.facts
 
-d5_countries := {country | some country in object.get(data, "country_lists", {}).d5}
+d5_countries := {country | some country in data.country_lists.d5}
 
 training_kinds := {"training", "fine_tuning"}
 

@@ -13,7 +13,7 @@ tenant_transfer_bases := {basis |
 	basis in lawful_transfer_bases
 }
 
-suspended_countries := {country | some country in object.get(data, "country_lists", {}).pipa_suspended}
+suspended_countries := {country | some country in data.country_lists.pipa_suspended}
 
 permitted_pseudonym_purposes := {"statistics", "research", "public_archiving"}
 

@@ -28,9 +28,22 @@ def asyncapi_documents() -> dict[str, dict[str, Any]]:
             spec = AsyncAPI(
                 service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0"
             )
-            documents[name] = json.loads(spec.to_specification().to_json())
+            documents[name] = one_event_per_message(json.loads(spec.to_specification().to_json()))
             service.engine.dispose()
     return documents
+
+
+def one_event_per_message(document: dict[str, Any]) -> dict[str, Any]:
+    """Consumers take their topic in batches, so FastStream documents each subscribed payload as an array
+    of events; on the wire every message is one event. Point each such payload at its event's schema."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for message in document.get("components", {}).get("messages", {}).values():
+        name = message.get("payload", {}).get("$ref", "").rpartition("/")[2]
+        wrapper = schemas.get(name, {})
+        if name.endswith(":Message:Payload") and wrapper.get("type") == "array":
+            message["payload"] = wrapper["items"]
+            del schemas[name]
+    return document
 
 
 def asyncapi_path(service: str) -> Path:

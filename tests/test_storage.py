@@ -48,10 +48,10 @@ from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, try_reserve, upsert_offer
+from services.shared.batch import PoisonMessage
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
-from services.shared.kafka import PoisonMessage
 from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
 from services.shared.settings import REPO_ROOT, Settings

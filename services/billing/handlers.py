@@ -49,10 +49,10 @@ from services.billing.storage import (
     unrated_lines,
     usage_line,
 )
+from services.shared.batch import PoisonMessage
 from services.shared.catalogue import Tenant
 from services.shared.db import as_utc
 from services.shared.inbox import claim_event
-from services.shared.kafka import PoisonMessage
 from services.shared.logging import get_logger
 from services.shared.money import period_of
 from services.shared.outbox import add_to_outbox

@@ -60,10 +60,10 @@ from services.placement.storage import (
     upsert_offer,
 )
 from services.shared.attestation import verification_failure
+from services.shared.batch import PoisonMessage
 from services.shared.catalogue import Tenant
 from services.shared.db import utc_now
 from services.shared.inbox import claim_event
-from services.shared.kafka import PoisonMessage
 from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox

@@ -23,24 +23,16 @@ from faststream.message import StreamMessage
 from sqlalchemy.exc import IntegrityError
 
 from contracts import TOPICS, dead_letter_topic
+from services.shared.batch import MAX_EVENT_BYTES, MAX_INTEGRITY_ATTEMPTS, PoisonMessage, Record
 from services.shared.db import is_transient_database_error
 from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import Settings
 
-# A concurrent duplicate losing its race is retried this many times before the message is dead-lettered,
-# so a message that always collides cannot stall its partition for ever.
-MAX_TRANSIENT_ATTEMPTS = 5
 # A database that is down or refusing connections is waited for, never a reason to dead-letter good
 # messages: the same message is retried with this longest pause until the database is back.
 MAX_RETRY_PAUSE_SECONDS = 5.0
 ERROR_HEADER_LIMIT = 2000
-# No event of this marketplace comes near this size; a bigger one is refused before it is parsed.
-MAX_EVENT_BYTES = 256 * 1024
-
-
-class PoisonMessage(ValueError):
-    """A message that parses but can never be handled; it goes straight to the dead-letter topic."""
 
 
 def retry_pause(error: BaseException, attempt: int) -> float | None:
@@ -49,31 +41,37 @@ def retry_pause(error: BaseException, attempt: int) -> float | None:
     if is_transient_database_error(error):
         return pause
     # An IntegrityError here is a concurrent duplicate losing the race; the retry sees the winner's row.
-    if isinstance(error, IntegrityError) and attempt < MAX_TRANSIENT_ATTEMPTS:
+    if isinstance(error, IntegrityError) and attempt < MAX_INTEGRITY_ATTEMPTS:
         return pause
     return None
 
 
 def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
-    """Middleware around every handler: binds the message's position and event id to every log line, and
-    sends a message the handler cannot process to `<topic>.dlq`, so the partition goes on."""
+    """Middleware around every handler, for one message or a batch: a database outage is waited out (the
+    message or batch is redelivered after a pause); a single message the handler cannot process goes to
+    `<topic>.dlq`, so the partition goes on. Batch handlers dead-letter their own bad events; a batch that
+    still fails after the retries has each of its messages dead-lettered rather than blocking the topic."""
     attempts: dict[tuple[str, int, int], int] = {}
-    log = get_logger(component="dead_letter", consumer=consumer)
 
     class DeadLetter(BaseMiddleware):
         async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
-            record = msg.raw_message
-            position = (record.topic, record.partition, record.offset)
-            headers = dict(record.headers or ())
+            # A batch is a tuple of records (a list under FastStream's test broker).
+            raw = msg.raw_message
+            records: Sequence[Record] = raw if isinstance(raw, tuple | list) else (raw,)
+            if not records:
+                return await call_next(msg)
+            first = records[0]
+            position = (first.topic, first.partition, first.offset)
+            headers = dict(first.headers or ())
             context = structlog.contextvars.bound_contextvars(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
+                topic=first.topic,
+                partition=first.partition,
+                offset=first.offset,
                 event_id=headers.get("event_id", b"").decode("utf-8", "replace") or None,
             )
             try:
-                size = len(record.value or b"")
-                if size > MAX_EVENT_BYTES:
+                size = len(first.value or b"")
+                if len(records) == 1 and size > MAX_EVENT_BYTES:
                     raise PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
                 with context:
                     result = await call_next(msg)
@@ -82,10 +80,11 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                 pause = retry_pause(error, attempt)
                 if pause is not None:
                     attempts[position] = attempt
-                    log.warning(
+                    get_logger(component="dead_letter", consumer=consumer).warning(
                         "transient_failure_will_retry",
-                        topic=record.topic,
-                        offset=record.offset,
+                        topic=first.topic,
+                        offset=first.offset,
+                        messages=len(records),
                         attempt=attempt,
                         error=repr(error)[:300],
                     )
@@ -93,15 +92,8 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                     raise
                 attempts.pop(position, None)
                 broker: KafkaBroker = self.context.get("broker")
-                await publish_dead_letter(broker, record, error, consumer)
-                log.error(
-                    "message_dead_lettered",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    error_type=type(error).__name__,
-                    error=str(error)[:300],
-                )
+                for record in records:
+                    await dead_letter(broker, record, error, consumer)
                 return None
             attempts.pop(position, None)
             return result
@@ -109,7 +101,9 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
     return DeadLetter
 
 
-async def publish_dead_letter(broker: KafkaBroker, record: Any, error: BaseException, consumer: str) -> None:
+async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException, consumer: str) -> None:
+    """Send a message its consumer cannot process to `<topic>.dlq`, with the reason and the original
+    position in headers, and log it."""
     headers = {name: value.decode("utf-8", "replace") for name, value in (record.headers or ())}
     headers.update(
         {
@@ -124,6 +118,14 @@ async def publish_dead_letter(broker: KafkaBroker, record: Any, error: BaseExcep
     )
     await broker.publish(
         record.value or b"", dead_letter_topic(record.topic), key=record.key, headers=headers
+    )
+    get_logger(component="dead_letter", consumer=consumer).error(
+        "message_dead_lettered",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error_type=type(error).__name__,
+        error=str(error)[:300],
     )
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 from sqlalchemy import Engine, Table
 from sqlmodel import Session
 
 from contracts import Event
+from services.shared.batch import handle_batch, parse_records
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
 from services.shared.health import HEARTBEAT_SECONDS, WorkerRow, mark_worker, new_worker_id, register_worker
@@ -22,6 +25,7 @@ from services.shared.inbox import ProcessedEvent
 from services.shared.kafka import (
     all_topics,
     build_broker,
+    dead_letter,
     ensure_topics,
     publish_outbox_rows,
     subscriber_options,
@@ -73,21 +77,44 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
     )
 
 
+def _batch_decoder(model: type[EventT]) -> Callable[[StreamMessage[Any]], Awaitable[list[EventT]]]:
+    """Parse each record of a batch alone, so one bad record is refused alone. The handler's `events`
+    (which also gives the AsyncAPI document its payload schema) are the good ones; the pairs of record
+    and event, and the refusals, travel on the message."""
+
+    async def decode(message: StreamMessage[Any]) -> list[EventT]:
+        events, refused = parse_records(model, message.raw_message)
+        message.parsed_batch = events, refused  # type: ignore[attr-defined]
+        return [event for _, event in events]
+
+    return decode
+
+
 def consume(service: Service, model: type[EventT], handle: Callable[[Session, EventT], None]) -> None:
-    """Subscribe `handle` to the model's topic: one transaction per event, then wake the outbox relay."""
+    """Subscribe `handle` to the model's topic. What the topic has ready (up to the batch size) is handled
+    in one transaction; then dead letters are sent, offsets committed and the outbox relay woken."""
     topic = model.model_fields["type"].default
 
-    async def handler(event: EventT) -> None:
-        with unit_of_work(service.engine) as session:
-            handle(session, event)
+    async def handler(events: list[EventT], message: KafkaMessage) -> None:
+        parsed, refused = message.parsed_batch  # type: ignore[attr-defined]
+        refused = refused + handle_batch(service.engine, handle, parsed)
         service.crash_points.reached(HANDLER_COMMITTED)
+        for record, error in refused:
+            await dead_letter(service.broker, record, error, service.name)
         service.relay.wake()
 
-    # FastStream reads the parameter's annotation to decode and validate the payload.
-    handler.__annotations__ = {"event": model, "return": None}
+    # FastStream reads the annotation to document the payload (the events are already parsed).
+    handler.__annotations__ = {"events": list[model], "message": KafkaMessage, "return": None}  # type: ignore[valid-type]
     handler.__name__ = f"on_{topic.replace('.', '_')}"
     options = subscriber_options(service.name, topic, service.settings.session_timeout_ms)
-    service.broker.subscriber(topic, **options)(handler)
+    service.broker.subscriber(
+        topic,
+        batch=True,
+        max_records=service.settings.batch_max_events,
+        batch_timeout_ms=service.settings.batch_wait_ms,
+        decoder=_batch_decoder(model),
+        **options,
+    )(handler)
     service.consumed.append(topic)
 
 

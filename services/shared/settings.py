@@ -69,6 +69,10 @@ class Settings:
     queue_retry_seconds: float = 60.0
     # Kafka consumer session: a member silent this long is dropped and its partitions reassigned.
     session_timeout_ms: int = 10_000
+    # A consumer handles what its topic has ready, up to this many events, in one transaction; an idle
+    # consumer polls every batch_wait_ms (twice that at worst before it sees a new event).
+    batch_max_events: int = 200
+    batch_wait_ms: int = 10
     # Fault injection for the fault suite only: kill the process the nth time it reaches a named point.
     crash_points: dict[str, int] = field(default_factory=dict)
     # When set, placement asks this OPA server instead of the in-process engine.
@@ -98,6 +102,8 @@ class Settings:
             policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
             queue_retry_seconds=float(env.get("SOVEREIGN_QUEUE_RETRY_SECONDS", base.queue_retry_seconds)),
             session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", base.session_timeout_ms)),
+            batch_max_events=int(env.get("SOVEREIGN_BATCH_MAX_EVENTS", base.batch_max_events)),
+            batch_wait_ms=int(env.get("SOVEREIGN_BATCH_WAIT_MS", base.batch_wait_ms)),
             crash_points=parse_crash_points(env.get("SOVEREIGN_CRASH_AT", "")),
             opa_url=env.get("OPA_URL") or None,
             auditor_keys_path=Path(env["SOVEREIGN_AUDITOR_KEYS"])

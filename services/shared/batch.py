@@ -1,0 +1,102 @@
+"""Handling a batch of consumed events in one transaction, each event inside a savepoint.
+
+A consumer takes whatever its topic has ready (up to a limit) and commits the effects, outbox rows and inbox
+rows of all of them at once, then its offsets: one commit shares its cost over the batch. An event that
+cannot be handled rolls back to its savepoint only and is dead-lettered after the commit; the rest of the
+batch stands. A database outage aborts the whole batch, which is then redelivered and, thanks to the inbox,
+applied exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from services.shared.db import is_transient_database_error, unit_of_work
+
+# A duplicate losing a race with another worker is retried this many times (the retry sees the winner's
+# row and does nothing) before the event is dead-lettered, so an event that always collides cannot loop.
+MAX_INTEGRITY_ATTEMPTS = 5
+# No event of this marketplace comes near this size; a bigger one is refused before it is parsed.
+MAX_EVENT_BYTES = 256 * 1024
+
+EventT = TypeVar("EventT", bound=BaseModel)
+# A consumed Kafka record (aiokafka's ConsumerRecord): topic, partition, offset, key, value, headers.
+Record = Any
+Refusal = tuple[Record, BaseException]
+
+
+class PoisonMessage(ValueError):
+    """A message that parses but can never be handled; it goes straight to the dead-letter topic."""
+
+
+def parse_records(
+    model: type[EventT], records: Sequence[Record]
+) -> tuple[list[tuple[Record, EventT]], list[Refusal]]:
+    """Each record as an event of the topic's model, or refused with the reason (oversized, not JSON,
+    not the schema)."""
+    events: list[tuple[Record, EventT]] = []
+    refused: list[Refusal] = []
+    for record in records:
+        size = len(record.value or b"")
+        if size > MAX_EVENT_BYTES:
+            refused.append(
+                (record, PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit"))
+            )
+            continue
+        try:
+            events.append((record, model.model_validate_json(record.value or b"")))
+        except ValueError as error:  # pydantic's ValidationError, for bad JSON as for a wrong shape
+            refused.append((record, error))
+    return events, refused
+
+
+def handle_batch(
+    engine: Engine, handle: Callable[[Session, EventT], None], events: Sequence[tuple[Record, EventT]]
+) -> list[Refusal]:
+    """Apply the events in one transaction; returns those refused. If the commit itself fails (not for a
+    database outage, which propagates), each event is applied again in a transaction of its own."""
+    try:
+        with unit_of_work(engine) as session:
+            return [
+                refusal for record, event in events if (refusal := _apply(session, handle, record, event))
+            ]
+    except Exception as error:
+        if is_transient_database_error(error):
+            raise
+    refused: list[Refusal] = []
+    for record, event in events:
+        with unit_of_work(engine) as session:
+            refusal = _apply(session, handle, record, event)
+        if refusal is not None:
+            refused.append(refusal)
+    return refused
+
+
+def _apply(
+    session: Session, handle: Callable[[Session, EventT], None], record: Record, event: EventT
+) -> Refusal | None:
+    with structlog.contextvars.bound_contextvars(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        event_id=str(getattr(event, "id", "")),
+    ):
+        attempt = 1
+        while True:
+            try:
+                with session.begin_nested():
+                    handle(session, event)
+                return None
+            except Exception as error:
+                if is_transient_database_error(error):
+                    raise
+                if not isinstance(error, IntegrityError) or attempt == MAX_INTEGRITY_ATTEMPTS:
+                    return record, error
+                attempt += 1

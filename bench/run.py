@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.events import JobRequest
-from services.placement.logic import offered_pools, policy_input
+from services.placement.logic import offered_pools, policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
@@ -254,7 +254,9 @@ def decision_times_us(catalogue: Path, repeats: int) -> list[float]:
         mode="json", exclude_none=True, exclude={"budget", "volume_tiers"}
     )
     sites = {offer.site.site_id: offer.site for offer in loaded.offers}
-    document = policy_input(job, tenant, sites, offered_pools(loaded.offers), datetime.now(UTC))
+    document = policy_input(
+        job, tenant, sites_document(sites, offered_pools(loaded.offers)), datetime.now(UTC)
+    )
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from contracts.events import CapacityOfferedEvent, CapacityRejectedEvent, JobKind, JobRequest
 from services.placement import handlers as placement
-from services.placement.logic import parse_verdicts, policy_input
+from services.placement.logic import parse_verdicts, policy_input, sites_document
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import SiteRow
 from services.shared.attestation import load_attestations, load_auditor_keys, sign_site, verification_failure
@@ -106,9 +106,8 @@ def test_a_tenant_requiring_verified_sites_goes_only_where_an_auditor_vouched() 
     sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
     verified = {site_id: ("kisa-1" if site_id == "nacc-haenam" else None) for site_id in sites}
     tenant = CATALOGUE.tenants["nia"].model_dump(mode="json", exclude_none=True)
-    document = policy_input(
-        request, tenant, sites, catalogue_pools(), datetime(2026, 11, 22, tzinfo=UTC), verified
-    )
+    market = sites_document(sites, catalogue_pools(), verified)
+    document = policy_input(request, tenant, market, datetime(2026, 11, 22, tzinfo=UTC))
     verdicts = parse_verdicts(
         EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")).decide(document), set(sites)
     )

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from contracts.events import JobKind, JobRequest
-from services.placement.logic import policy_input
+from services.placement.logic import policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
@@ -29,8 +29,7 @@ NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
 
 def cases() -> list[dict[str, Any]]:
-    sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
-    pools = catalogue_pools()
+    market = sites_document({offer.site.site_id: offer.site for offer in CATALOGUE.offers}, catalogue_pools())
     jobs: list[dict[str, Any]] = [
         {"csap_grade": "high", "datasets": [{"name": "d", "n2sf_grade": "C"}]},
         {"datasets": [{"name": "d", "categories": ["credit"], "personal_info": True, "contains_rrn": True}]},
@@ -53,21 +52,19 @@ def cases() -> list[dict[str, Any]]:
                 }
             )
             documents.append(
-                policy_input(request, tenant.model_dump(mode="json", exclude_none=True), sites, pools, NOW)
+                policy_input(request, tenant.model_dump(mode="json", exclude_none=True), market, NOW)
             )
     return documents
 
 
 def workload_cases(now: datetime) -> list[dict[str, Any]]:
     """The demo's realistic jobs over the catalogue."""
-    sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers}
-    pools = catalogue_pools()
+    market = sites_document({offer.site.site_id: offer.site for offer in CATALOGUE.offers}, catalogue_pools())
     return [
         policy_input(
             job,
             CATALOGUE.tenants[job.tenant_id].model_dump(mode="json", exclude_none=True),
-            sites,
-            pools,
+            market,
             now,
         )
         for job in generate(120, seed=now.day, now=now)

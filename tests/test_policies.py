@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from contracts.events import JobKind, JobRequest
-from services.placement.logic import parse_verdicts, policy_input
+from services.placement.logic import parse_verdicts, policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.settings import REPO_ROOT
@@ -157,7 +157,9 @@ def decide(tenant_id: str, **job: object) -> dict[str, bool]:
     pools = catalogue_pools()
     tenant = CATALOGUE.tenants[tenant_id].model_dump(mode="json", exclude_none=True)
     engine = EmbeddedRegoEngine(PolicyBundle.load(POLICY_DIR))
-    verdicts = parse_verdicts(engine.decide(policy_input(request, tenant, sites, pools, NOW)), set(sites))
+    verdicts = parse_verdicts(
+        engine.decide(policy_input(request, tenant, sites_document(sites, pools), NOW)), set(sites)
+    )
     return {site_id: verdict.allowed for site_id, verdict in verdicts.items()}
 
 

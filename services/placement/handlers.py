@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import insert
 from sqlmodel import Session
 
 from contracts.events import (
@@ -50,11 +51,10 @@ from services.placement.storage import (
     JobRow,
     PoolRow,
     committed_krw,
+    load_market,
     load_pools,
-    load_sites,
     queued_jobs,
     release,
-    site_verifiers,
     transition,
     try_reserve,
     upsert_offer,
@@ -62,7 +62,7 @@ from services.placement.storage import (
 from services.shared.attestation import verification_failure
 from services.shared.batch import PoisonMessage
 from services.shared.catalogue import Tenant
-from services.shared.db import utc_now
+from services.shared.db import insert_ignoring_duplicates, table_of, utc_now
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
@@ -97,14 +97,6 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
     request = event.data
     job_id = str(request.job_id)
     log = get_logger(job_id=job_id, event_id=str(event.id), tenant_id=request.tenant_id)
-    existing = session.get(JobRow, job_id)
-    if existing is not None:
-        cancelled_first = existing.state == "cancelled" and not existing.request
-        log.info(
-            "request_after_cancel_ignored" if cancelled_first else "duplicate_request_ignored",
-            client_request_id=request.client_request_id,
-        )
-        return
     job = JobRow(
         job_id=job_id,
         tenant_id=request.tenant_id,
@@ -114,8 +106,15 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
         gpu_count=request.gpu_count,
         priority_rank=PRIORITY_RANK[request.priority],
     )
-    session.add(job)
-    session.flush()
+    # Inserted as a plain row; `job` stays a detached snapshot the decision reads.
+    if not insert_ignoring_duplicates(session, table_of(JobRow), job.model_dump()):
+        existing = session.get(JobRow, job_id)
+        cancelled_first = existing is not None and existing.state == "cancelled" and not existing.request
+        log.info(
+            "request_after_cancel_ignored" if cancelled_first else "duplicate_request_ignored",
+            client_request_id=request.client_request_id,
+        )
+        return
     if event.subject != request.tenant_id:
         _reject(
             session,
@@ -318,13 +317,13 @@ def retry_queued(ctx: PlacementContext, session: Session, untouched_since: datet
 
 def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRequest, tenant: Tenant) -> str:
     log = get_logger(job_id=job.job_id, tenant_id=job.tenant_id)
-    sites = load_sites(session)
+    market = load_market(session)
     pools = load_pools(session)
     now = ctx.clock()
     decision_id = uuid.uuid4()
     # Commercial terms are not the policies' business.
     tenant_document = tenant.model_dump(mode="json", exclude_none=True, exclude={"budget", "volume_tiers"})
-    document = policy_input(request, tenant_document, sites, pools, now, site_verifiers(session))
+    document = policy_input(request, tenant_document, market.document, now)
     started = time.perf_counter()
     try:
         decision = ctx.policy.decide(document)
@@ -340,7 +339,7 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
             f"the policy evaluation took {duration_us / 1000:.0f} ms, over its {ctx.policy_budget_ms:.0f} ms"
         )
         return _wait_for_policy(session, ctx, job, request, decision_id, f"{took} budget")
-    verdicts = parse_verdicts(decision, set(sites))
+    verdicts = parse_verdicts(decision, set(market.sites))
     _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us)
 
     plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now, job.failed_sites)
@@ -433,8 +432,9 @@ def _record_decision(
         sites=sorted(verdicts.values(), key=lambda v: v.site_id),
         input=document,
     )
-    session.add(
-        DecisionRow(
+    # The input (the whole market, kilobytes) travels in the event to the audit log; kept here by digest.
+    session.execute(
+        insert(table_of(DecisionRow)).values(
             decision_id=str(decision_id),
             job_id=job.job_id,
             tenant_id=job.tenant_id,
@@ -442,7 +442,8 @@ def _record_decision(
             engine=ctx.policy.name,
             input_sha256=input_sha256,
             duration_us=duration_us,
-            result=record.model_dump(mode="json"),
+            result=record.model_dump(mode="json", exclude={"input"}),
+            decided_at=utc_now(),
         )
     )
     add_to_outbox(

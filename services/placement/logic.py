@@ -87,15 +87,23 @@ class Plan:
 
 
 def policy_input(
-    job: JobRequest,
-    tenant: dict[str, Any],
-    sites: dict[str, SiteAttributes],
-    pools: list[PoolState],
-    now: datetime,
-    verified_by: dict[str, str | None] | None = None,
+    job: JobRequest, tenant: dict[str, Any], sites: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
-    """The one input document that lets the policy judge every candidate site at once. A site's
-    `verified` says whether a listed auditor's signature covers its attributes."""
+    """The one input document that lets the policy judge every candidate site at once; `sites` is the
+    market's part (`sites_document`), the same for every job until an offer changes it."""
+    return {
+        "job": job.model_dump(mode="json", exclude_none=True),
+        "tenant": tenant,
+        "sites": sites,
+        "now": now.isoformat(),
+    }
+
+
+def sites_document(
+    sites: dict[str, SiteAttributes], pools: list[PoolState], verified_by: dict[str, str | None] | None = None
+) -> dict[str, Any]:
+    """Each site's attributes and pools as the policy reads them. A site's `verified` says whether a
+    listed auditor's signature covers its attributes."""
     verifiers = verified_by or {}
     site_pools: dict[str, list[dict[str, Any]]] = {site_id: [] for site_id in sites}
     for pool in pools:
@@ -109,17 +117,12 @@ def policy_input(
                 }
             )
     return {
-        "job": job.model_dump(mode="json", exclude_none=True),
-        "tenant": tenant,
-        "sites": {
-            site_id: {
-                **site.model_dump(mode="json", exclude_none=True),
-                "pools": site_pools[site_id],
-                "verified": verifiers.get(site_id) is not None,
-            }
-            for site_id, site in sites.items()
-        },
-        "now": now.isoformat(),
+        site_id: {
+            **site.model_dump(mode="json", exclude_none=True),
+            "pools": site_pools[site_id],
+            "verified": verifiers.get(site_id) is not None,
+        }
+        for site_id, site in sites.items()
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy import JSON, BigInteger, Column, Table, update
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
-from services.placement.logic import PoolState
+from services.placement.logic import PoolState, sites_document
 from services.shared.db import table_of, utc_now
 
 
@@ -87,11 +88,14 @@ class DecisionRow(SQLModel, table=True):
     decided_at: datetime = Field(default_factory=utc_now)
 
 
+POOL_STATE_FIELDS = list(PoolState.__dataclass_fields__)
+
 TABLES: list[Table] = [table_of(SiteRow), table_of(PoolRow), table_of(JobRow), table_of(DecisionRow)]
 
 
 def upsert_offer(session: Session, offer: CapacityOffered) -> None:
     """Record a site's attributes and pools; reservations already held are kept."""
+    session.info.pop(MARKET_KEY, None)
     site = session.get(SiteRow, offer.site.site_id)
     attributes = offer.site.model_dump(mode="json")
     verified_by = offer.attestation.auditor_key_id if offer.attestation else None
@@ -130,37 +134,34 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
         row.region = offer.site.region
 
 
-def load_sites(session: Session) -> dict[str, SiteAttributes]:
-    return {
-        row.site_id: SiteAttributes.model_validate(row.attributes) for row in session.exec(select(SiteRow))
-    }
+MARKET_KEY = "placement.market"
 
 
-def site_verifiers(session: Session) -> dict[str, str | None]:
-    """Which listed auditor vouched for each site's attributes (None: nobody)."""
-    return {row.site_id: row.verified_by for row in session.exec(select(SiteRow))}
+@dataclass(frozen=True)
+class Market:
+    """The offered sites, as attributes and as the policy input's `sites`: the same for every decision
+    until an offer changes them, so a transaction (a batch of events) loads them once."""
+
+    sites: dict[str, SiteAttributes]
+    document: dict[str, Any]
+
+
+def load_market(session: Session) -> Market:
+    market: Market | None = session.info.get(MARKET_KEY)
+    if market is None:
+        rows = session.execute(select(SiteRow.site_id, SiteRow.attributes, SiteRow.verified_by)).all()
+        sites = {row.site_id: SiteAttributes.model_validate(row.attributes) for row in rows}
+        verifiers = {row.site_id: row.verified_by for row in rows}
+        market = Market(sites, sites_document(sites, load_pools(session), verifiers))
+        session.info[MARKET_KEY] = market
+    return market
 
 
 def load_pools(session: Session) -> list[PoolState]:
-    return [
-        PoolState(
-            pool_id=row.pool_id,
-            site_id=row.site_id,
-            accelerator_model=row.accelerator_model,
-            generation=row.generation,
-            accelerator_origin=row.accelerator_origin,
-            total_gpus=row.total_gpus,
-            reserved_gpus=row.reserved_gpus,
-            price_krw_per_gpu_hour=row.price_krw_per_gpu_hour,
-            power_kw_per_gpu=row.power_kw_per_gpu,
-            pue=row.pue,
-            status=row.status,
-            region=row.region,
-            price_krw_per_million_input_tokens=row.price_krw_per_million_input_tokens,
-            price_krw_per_million_output_tokens=row.price_krw_per_million_output_tokens,
-        )
-        for row in session.exec(select(PoolRow).order_by(col(PoolRow.pool_id)))
-    ]
+    """Every pool with its reservations as of now (read for each decision: reservations change)."""
+    table = table_of(PoolRow)
+    columns = [table.c[name] for name in POOL_STATE_FIELDS]
+    return [PoolState(*row) for row in session.execute(select(*columns).order_by(table.c.pool_id))]
 
 
 def try_reserve(session: Session, pool_id: str, gpus: int) -> bool:

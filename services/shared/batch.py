@@ -95,6 +95,8 @@ def _apply(
                     handle(session, event)
                 return None
             except Exception as error:
+                # Whatever a handler cached for the transaction may come from the rolled-back work.
+                session.info.clear()
                 if is_transient_database_error(error):
                     raise
                 if not isinstance(error, IntegrityError) or attempt == MAX_INTEGRITY_ATTEMPTS:

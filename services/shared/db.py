@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 from sqlalchemy import Engine, Table, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -47,6 +50,14 @@ def schema_name(service: str, prefix: str = "") -> str:
     return name
 
 
+def _to_json(value: Any) -> str:
+    # JSON columns hold decisions and explanations of several kilobytes: Rust's encoder, not the stdlib's.
+    return pydantic_core.to_json(value).decode()
+
+
+JSON_CODEC: dict[str, Any] = {"json_serializer": _to_json, "json_deserializer": pydantic_core.from_json}
+
+
 def create_service_engine(url: str, service: str, tables: Sequence[Table], schema_prefix: str = "") -> Engine:
     """Engine for one service, with its tables created (idempotently, safe for concurrent workers)."""
     if url.startswith("sqlite"):
@@ -55,7 +66,7 @@ def create_service_engine(url: str, service: str, tables: Sequence[Table], schem
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    base = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    base = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **JSON_CODEC)
     schema = schema_name(service, schema_prefix)
     engine = base.execution_options(schema_translate_map={None: schema})
     with engine.begin() as conn:
@@ -67,7 +78,7 @@ def create_service_engine(url: str, service: str, tables: Sequence[Table], schem
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **JSON_CODEC)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -95,6 +106,15 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def insert_ignoring_duplicates(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite or PostgreSQL; True when the row was new. A concurrent
+    insert of the same key waits for the other transaction and then does nothing."""
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    # RETURNING says whether a row went in (psycopg reports no row count for ON CONFLICT DO NOTHING).
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return session.execute(statement).first() is not None
 
 
 def is_transient_database_error(error: BaseException) -> bool:

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlmodel import Field, Session, SQLModel
 
 from contracts import AnyEvent
-from services.shared.db import utc_now
+from services.shared.db import insert_ignoring_duplicates, table_of, utc_now
 
 
 class ProcessedEvent(SQLModel, table=True):
@@ -24,10 +24,9 @@ class ProcessedEvent(SQLModel, table=True):
 
 def claim_event(session: Session, consumer: str, event: AnyEvent) -> bool:
     """Record the event as processed; False when it already was (a redelivery or a duplicate)."""
-    key = (consumer, event.source, str(event.id))
-    if session.get(ProcessedEvent, key) is not None:
-        return False
-    session.add(ProcessedEvent(consumer=consumer, source=event.source, event_id=str(event.id)))
-    # Flush now so a concurrent duplicate fails here, inside the transaction, not after the effect.
-    session.flush()
-    return True
+    # One statement, before the effect: a concurrent duplicate waits here for the first to commit.
+    return insert_ignoring_duplicates(
+        session,
+        table_of(ProcessedEvent),
+        {"consumer": consumer, "source": event.source, "event_id": str(event.id), "processed_at": utc_now()},
+    )

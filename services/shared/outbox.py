@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, delete, or_, update
+from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, delete, insert, or_, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from contracts import AnyEvent
-from services.shared.db import unit_of_work, utc_now
+from services.shared.db import table_of, unit_of_work, utc_now
 from services.shared.logging import get_logger
 
 
@@ -38,8 +38,9 @@ class OutboxMessage(SQLModel, table=True):
 
 
 def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
-    session.add(
-        OutboxMessage(
+    # A plain INSERT (no ORM object): rows keep the order they were added in, which the relay publishes in.
+    session.execute(
+        insert(table_of(OutboxMessage)).values(
             topic=event.type,
             key=key,
             payload=event.model_dump_json().encode(),
@@ -48,6 +49,7 @@ def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
                 "event_type": event.type,
                 "schema_version": event.schema_version,
             },
+            created_at=utc_now(),
         )
     )
 

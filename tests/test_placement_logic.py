@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from contracts.events import JobKind, JobRequest, RejectionCode, RuleViolation, SiteVerdict
-from services.placement.logic import PoolState, parse_verdicts, plan_placement
+from services.placement.logic import PoolState, only_waits_for_capacity, parse_verdicts, plan_placement
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DECISION = uuid.UUID(int=1)
@@ -197,3 +197,14 @@ def test_region_preference_ranks_after_price_and_energy() -> None:
         plan(preferring, allow("a-gwangju", "b-sejong", "c-cheap"), [gwangju, sejong, cheaper]).chosen
         == cheaper
     )
+
+
+def test_a_queued_job_only_waits_while_every_feasible_pool_is_full() -> None:
+    full = pool("a-1", "a", total=16, reserved=16)
+    free = pool("b-1", "b", total=16)
+    assert only_waits_for_capacity(job(), [full])
+    assert not only_waits_for_capacity(job(), [full, free]), "a pool can take it now: decide again"
+    # No feasible pool at all (withdrawn, wrong accelerator): deciding again is what rejects it.
+    assert not only_waits_for_capacity(job(), [pool("c-1", "c", status="withdrawn")])
+    assert not only_waits_for_capacity(job(accelerator_model="H100"), [full])
+    assert not only_waits_for_capacity(job(), [])

@@ -217,6 +217,44 @@ def complete_run(
         placement.on_job_completed(ctx, session, event)
 
 
+def test_a_queued_job_is_not_decided_again_for_capacity_it_cannot_use(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    # High-grade A100 work fits only Gwangju's 640-GPU pool; the second job waits for it.
+    big = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=600)
+    waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=100)
+    for event in (big, waiting):
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+
+    def decisions_of_waiting() -> int:
+        with Session(engine) as session:
+            query = (
+                select(func.count())
+                .select_from(DecisionRow)
+                .where(DecisionRow.job_id == str(waiting.data.job_id))
+            )
+            return session.exec(query).one()
+
+    offer = CATALOGUE.site_offer("skt-pangyo")
+    assert offer is not None
+    grown = CapacityUpdated(
+        site_id="skt-pangyo", pool_id=offer.pools[0].pool_id, status="available", gpu_count=5000
+    )
+    with unit_of_work(engine) as session:
+        placement.on_capacity_updated(
+            ctx,
+            session,
+            CapacityUpdatedEvent.create(source="factory/skt-pangyo", subject="skt-pangyo", data=grown),
+        )
+    assert decisions_of_waiting() == 1, "capacity at a site its decision denied does not re-decide it"
+    complete_at_gwangju(engine, ctx, big.data.job_id, 600)
+    assert decisions_of_waiting() == 2
+    with Session(engine) as session:
+        assert session.get(JobRow, str(waiting.data.job_id)).state == "placed"  # type: ignore[union-attr]
+
+
 def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()

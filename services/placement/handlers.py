@@ -45,7 +45,14 @@ from contracts.events import (
     RejectionCode,
     SiteVerdict,
 )
-from services.placement.logic import Plan, PoolState, parse_verdicts, plan_placement, policy_input
+from services.placement.logic import (
+    Plan,
+    PoolState,
+    only_waits_for_capacity,
+    parse_verdicts,
+    plan_placement,
+    policy_input,
+)
 from services.placement.storage import (
     DecisionRow,
     JobRow,
@@ -62,7 +69,7 @@ from services.placement.storage import (
 from services.shared.attestation import verification_failure
 from services.shared.batch import PoisonMessage
 from services.shared.catalogue import Tenant
-from services.shared.db import insert_ignoring_duplicates, table_of, utc_now
+from services.shared.db import defer_to_commit, insert_ignoring_duplicates, table_of, utc_now
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
@@ -202,7 +209,7 @@ def on_capacity_offered(ctx: PlacementContext, session: Session, event: Capacity
         return
     upsert_offer(session, offer)
     get_logger(site_id=event.data.site.site_id).info("capacity_offered", pools=len(event.data.pools))
-    retry_queued(ctx, session)
+    _replan_queue_at_commit(ctx, session)
 
 
 def on_capacity_updated(ctx: PlacementContext, session: Session, event: CapacityUpdatedEvent) -> None:
@@ -216,7 +223,7 @@ def on_capacity_updated(ctx: PlacementContext, session: Session, event: Capacity
     pool.status = update.status
     if update.gpu_count is not None:
         pool.total_gpus = update.gpu_count
-    retry_queued(ctx, session)
+    _replan_queue_at_commit(ctx, session)
 
 
 def on_job_started(session: Session, event: JobStartedEvent) -> None:
@@ -277,7 +284,12 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         if transition(session, job.job_id, {"placed", "running", "cancelling"}, final_state):
             release(session, pool_id, job.gpu_count)
             log.info("capacity_released", pool_id=pool_id, gpus=job.gpu_count)
-    retry_queued(ctx, session)
+    _replan_queue_at_commit(ctx, session)
+
+
+def _replan_queue_at_commit(ctx: PlacementContext, session: Session) -> None:
+    """Capacity changed: re-plan the queue once, when every event of the transaction (a batch) is in."""
+    defer_to_commit(session, "placement.retry_queued", lambda s: retry_queued(ctx, s))
 
 
 def sweep_queue(ctx: PlacementContext, session: Session) -> int:
@@ -295,10 +307,16 @@ def sweep_queue(ctx: PlacementContext, session: Session) -> int:
 
 
 def retry_queued(ctx: PlacementContext, session: Session, untouched_since: datetime | None = None) -> int:
-    """Re-plan queued jobs in arrival order; returns how many left the queue."""
+    """Re-plan queued jobs in arrival order; returns how many left the queue. After a capacity change
+    (no untouched_since), a job that only waits for capacity at the sites its last decision allowed is
+    not decided again: that would only queue it once more. The periodic pass decides every job."""
     moved = 0
+    pools = load_pools(session)
     for job in queued_jobs(session, QUEUE_BATCH, untouched_since):
         request = JobRequest.model_validate(job.request)
+        candidates = [p for p in pools if not job.allowed_sites or p.site_id in job.allowed_sites]
+        if untouched_since is None and only_waits_for_capacity(request, candidates, job.failed_sites):
+            continue
         tenant = ctx.tenants.get(job.tenant_id)
         if tenant is None:
             _reject(
@@ -312,6 +330,7 @@ def retry_queued(ctx: PlacementContext, session: Session, untouched_since: datet
             continue
         if _decide(session, ctx, job, request, tenant) != "queued":
             moved += 1
+            pools = load_pools(session)
     return moved
 
 
@@ -492,10 +511,12 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
 
 
 def _queue(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
+    allowed = sorted(site.site_id for site in plan.explanation.sites if site.policy_allowed)
     if job.state == "queued":
         job.updated_at = utc_now()  # re-planned just now: the sweep leaves it alone for a while
+        job.allowed_sites = allowed
         return  # still waiting: the tenant already knows, and why
-    transition(session, job.job_id, {"requested"}, "queued", reason=plan.reason)
+    transition(session, job.job_id, {"requested"}, "queued", reason=plan.reason, allowed_sites=allowed)
     queued = JobQueued(
         job_id=request.job_id,
         tenant_id=request.tenant_id,

@@ -203,6 +203,15 @@ def ranking_key(pool: PoolState, preferred_regions: Sequence[str] = ()) -> tuple
     )
 
 
+def only_waits_for_capacity(
+    job: JobRequest, pools: Sequence[PoolState], failed_sites: Sequence[str] = ()
+) -> bool:
+    """Whether, policy aside, some pool could take the job once capacity frees but none can right now: a
+    queued job in that state would be queued again by a new decision, so it can wait."""
+    feasible = [pool for pool in pools if _static_misfit(job, pool, failed_sites) is None]
+    return bool(feasible) and all(_current_misfit(job, pool) is not None for pool in feasible)
+
+
 def plan_placement(
     job: JobRequest,
     verdicts: dict[str, SiteVerdict],

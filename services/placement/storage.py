@@ -63,6 +63,8 @@ class JobRow(SQLModel, table=True):
     # The run being placed or running; a failed run moves the job to the next attempt elsewhere.
     attempt: int = 1
     failed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # While queued: the sites its last decision allowed (empty: not decided yet, e.g. the engine failed).
+    allowed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     price_krw_per_gpu_hour: int | None = None
     decision_id: str | None = None
     policy_revision: str | None = None

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from services.shared.db import is_transient_database_error, unit_of_work
+from services.shared.db import DEFERRED_TO_COMMIT, is_transient_database_error, unit_of_work
 
 # A duplicate losing a race with another worker is retried this many times (the retry sees the winner's
 # row and does nothing) before the event is dead-lettered, so an event that always collides cannot loop.
@@ -60,8 +60,9 @@ def parse_records(
 def handle_batch(
     engine: Engine, handle: Callable[[Session, EventT], None], events: Sequence[tuple[Record, EventT]]
 ) -> list[Refusal]:
-    """Apply the events in one transaction; returns those refused. If the commit itself fails (not for a
-    database outage, which propagates), each event is applied again in a transaction of its own."""
+    """Apply the events in one transaction; returns those refused. If the commit fails (or an action
+    deferred to it; not for a database outage, which propagates), each event is applied again in a
+    transaction of its own, and an event whose transaction still fails is refused."""
     try:
         with unit_of_work(engine) as session:
             return [
@@ -72,8 +73,13 @@ def handle_batch(
             raise
     refused: list[Refusal] = []
     for record, event in events:
-        with unit_of_work(engine) as session:
-            refusal = _apply(session, handle, record, event)
+        try:
+            with unit_of_work(engine) as session:
+                refusal = _apply(session, handle, record, event)
+        except Exception as error:
+            if is_transient_database_error(error):
+                raise
+            refusal = record, error
         if refusal is not None:
             refused.append(refusal)
     return refused
@@ -88,6 +94,7 @@ def _apply(
         offset=record.offset,
         event_id=str(getattr(event, "id", "")),
     ):
+        deferred = dict(session.info.get(DEFERRED_TO_COMMIT, {}))
         attempt = 1
         while True:
             try:
@@ -95,8 +102,10 @@ def _apply(
                     handle(session, event)
                 return None
             except Exception as error:
-                # Whatever a handler cached for the transaction may come from the rolled-back work.
+                # What the event cached or deferred for the transaction goes with its rolled-back work.
                 session.info.clear()
+                if deferred:
+                    session.info[DEFERRED_TO_COMMIT] = deferred
                 if is_transient_database_error(error):
                     raise
                 if not isinstance(error, IntegrityError) or attempt == MAX_INTEGRITY_ATTEMPTS:

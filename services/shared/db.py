@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -96,12 +96,24 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+DEFERRED_TO_COMMIT = "deferred_to_commit"
+
+
+def defer_to_commit(session: Session, key: str, action: Callable[[Session], object]) -> None:
+    """Run `action` once, just before the transaction commits, however often it is asked for under `key`:
+    a batch of events that each freed capacity re-plans the queue once."""
+    session.info.setdefault(DEFERRED_TO_COMMIT, {})[key] = action
+
+
 @contextmanager
 def unit_of_work(engine: Engine) -> Iterator[Session]:
     """One transaction: the effect, its outbox rows and its inbox row commit together or not at all."""
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
+            while deferred := session.info.pop(DEFERRED_TO_COMMIT, None):
+                for action in deferred.values():
+                    action(session)
             session.commit()
         except BaseException:
             session.rollback()

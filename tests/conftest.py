@@ -9,13 +9,23 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from contracts.events import JobCompleted, JobCompletedEvent, JobPlacedEvent, PolicyRevisionPublished
+from contracts.events import (
+    JobCompleted,
+    JobCompletedEvent,
+    JobKind,
+    JobPlacedEvent,
+    JobRequest,
+    JobRequestedEvent,
+    PolicyRevisionPublished,
+)
 from services.placement.logic import PoolState, offered_pools
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
@@ -174,3 +184,19 @@ def completed_at_haenam(
         gpu_seconds=gpu_seconds,
     )
     return JobCompletedEvent.create(source="factory/nacc-haenam", subject=tenant, data=data)
+
+
+def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job: Any) -> JobRequestedEvent:
+    data = JobRequest.model_validate(
+        {
+            "tenant_id": tenant,
+            "client_request_id": client_id or uuid.uuid4().hex,
+            "name": "job",
+            "kind": JobKind.TRAINING,
+            "gpu_count": 8,
+            "expected_hours": 2,
+            "deadline": (datetime.now(UTC) + timedelta(days=60)).isoformat(),
+            **job,
+        }
+    )
+    return JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)

@@ -26,11 +26,9 @@ from contracts.events import (
     JobCancelledEvent,
     JobCompleted,
     JobCompletedEvent,
-    JobKind,
     JobPlaced,
     JobPlacedEvent,
     JobQueuedEvent,
-    JobRequest,
     JobRequestedEvent,
     JobStarted,
     JobStartedEvent,
@@ -57,7 +55,7 @@ from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngin
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.job_commands import list_jobs
 from sovereign.submit import cancel_event as tenant_cancel
-from tests.conftest import completed_at_haenam, placed_at_haenam
+from tests.conftest import completed_at_haenam, placed_at_haenam, request_event
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
@@ -74,22 +72,6 @@ def outbox(engine: Engine, topic: str | None = None) -> list[OutboxMessage]:
         if topic:
             query = query.where(OutboxMessage.topic == topic)
         return list(session.exec(query))
-
-
-def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job: Any) -> JobRequestedEvent:
-    data = JobRequest.model_validate(
-        {
-            "tenant_id": tenant,
-            "client_request_id": client_id or uuid.uuid4().hex,
-            "name": "job",
-            "kind": JobKind.TRAINING,
-            "gpu_count": 8,
-            "expected_hours": 2,
-            "deadline": (datetime.now(UTC) + timedelta(days=60)).isoformat(),
-            **job,
-        }
-    )
-    return JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
 
 
 # --- shared plumbing --------------------------------------------------------------------------------
@@ -217,16 +199,23 @@ def complete_run(
         placement.on_job_completed(ctx, session, event)
 
 
-def test_a_queued_job_is_not_decided_again_for_capacity_it_cannot_use(database_url: tuple[str, str]) -> None:
+def one_placed_one_queued_at_gwangju(
+    database_url: tuple[str, str],
+) -> tuple[Engine, placement.PlacementContext, JobRequestedEvent, JobRequestedEvent]:
+    """The ministry's high-grade A100 jobs fit only Gwangju's 640-GPU pool: 600 GPUs placed, 100 queued."""
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()
     offer_all(engine, ctx)
-    # High-grade A100 work fits only Gwangju's 640-GPU pool; the second job waits for it.
     big = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=600)
     waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=100)
     for event in (big, waiting):
         with unit_of_work(engine) as session:
             placement.on_job_requested(ctx, session, event)
+    return engine, ctx, big, waiting
+
+
+def test_a_queued_job_is_not_decided_again_for_capacity_it_cannot_use(database_url: tuple[str, str]) -> None:
+    engine, ctx, big, waiting = one_placed_one_queued_at_gwangju(database_url)
 
     def decisions_of_waiting() -> int:
         with Session(engine) as session:
@@ -256,15 +245,7 @@ def test_a_queued_job_is_not_decided_again_for_capacity_it_cannot_use(database_u
 
 
 def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
-    ctx = placement_context()
-    offer_all(engine, ctx)
-    # The ministry's high-grade A100 jobs fit only Gwangju's 640-GPU pool.
-    big = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=600)
-    waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=100)
-    for event in (big, waiting):
-        with unit_of_work(engine) as session:
-            placement.on_job_requested(ctx, session, event)
+    engine, ctx, big, waiting = one_placed_one_queued_at_gwangju(database_url)
     with Session(engine) as session:
         assert session.get(JobRow, str(waiting.data.job_id)).state == "queued"  # type: ignore[union-attr]
     for _ in range(2):  # a redelivered completion releases nothing twice

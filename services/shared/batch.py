@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.shared.db import DEFERRED_TO_COMMIT, is_transient_database_error, unit_of_work
+from services.shared.logging import get_logger
 
 # A duplicate losing a race with another worker is retried this many times (the retry sees the winner's
 # row and does nothing) before the event is dead-lettered, so an event that always collides cannot loop.
@@ -71,6 +72,9 @@ def handle_batch(
     except Exception as error:
         if is_transient_database_error(error):
             raise
+        get_logger(component="batch").warning(
+            "batch_failed_applying_one_by_one", events=len(events), error=repr(error)[:300]
+        )
     refused: list[Refusal] = []
     for record, event in events:
         try:

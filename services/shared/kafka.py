@@ -35,13 +35,15 @@ MAX_RETRY_PAUSE_SECONDS = 5.0
 ERROR_HEADER_LIMIT = 2000
 
 
-def retry_pause(error: BaseException, attempt: int) -> float | None:
-    """Seconds to wait before retrying a failed message, or None to dead-letter it."""
+def retry_pause(error: BaseException, attempt: int, batch: bool = False) -> float | None:
+    """Seconds to wait before retrying a failed message or batch, or None to dead-letter it. A batch
+    handler refuses its bad events itself, so what escapes it (a dead letter that could not be sent, say)
+    is retried a few times before its events, most of them already applied, are dead-lettered."""
     pause = min(MAX_RETRY_PAUSE_SECONDS, 0.2 * 2.0**attempt)
     if is_transient_database_error(error):
         return pause
     # An IntegrityError here is a concurrent duplicate losing the race; the retry sees the winner's row.
-    if isinstance(error, IntegrityError) and attempt < MAX_INTEGRITY_ATTEMPTS:
+    if (batch or isinstance(error, IntegrityError)) and attempt < MAX_INTEGRITY_ATTEMPTS:
         return pause
     return None
 
@@ -57,7 +59,8 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
         async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
             # A batch is a tuple of records (a list under FastStream's test broker).
             raw = msg.raw_message
-            records: Sequence[Record] = raw if isinstance(raw, tuple | list) else (raw,)
+            batch = isinstance(raw, tuple | list)
+            records: Sequence[Record] = raw if batch else (raw,)
             if not records:
                 return await call_next(msg)
             first = records[0]
@@ -71,13 +74,13 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
             )
             try:
                 size = len(first.value or b"")
-                if len(records) == 1 and size > MAX_EVENT_BYTES:
+                if not batch and size > MAX_EVENT_BYTES:
                     raise PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
                 with context:
                     result = await call_next(msg)
             except Exception as error:
                 attempt = attempts.get(position, 0) + 1
-                pause = retry_pause(error, attempt)
+                pause = retry_pause(error, attempt, batch)
                 if pause is not None:
                     attempts[position] = attempt
                     get_logger(component="dead_letter", consumer=consumer).warning(

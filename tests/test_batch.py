@@ -1,0 +1,84 @@
+"""A batch of events in one transaction: a bad event is refused alone, the rest commit; actions deferred to
+the commit run once, and not for an event whose work was rolled back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from sqlmodel import Session, col, select
+
+from contracts.events import JobRequestedEvent
+from services.shared.batch import MAX_EVENT_BYTES, PoisonMessage, handle_batch, parse_records
+from services.shared.db import create_service_engine, defer_to_commit, table_of
+from services.shared.inbox import ProcessedEvent, claim_event
+from services.shared.outbox import OutboxMessage, add_to_outbox
+from tests.conftest import request_event
+
+
+def record(offset: int, value: bytes) -> SimpleNamespace:
+    return SimpleNamespace(
+        topic="jobs.requested", partition=0, offset=offset, value=value, key=None, headers=[]
+    )
+
+
+def test_records_that_are_too_big_not_json_or_not_the_schema_are_refused_alone() -> None:
+    good = request_event("mois")
+    records = [
+        record(0, good.model_dump_json().encode()),
+        record(1, b"not json"),
+        record(2, b'{"id": "x"}'),
+        record(3, b" " * (MAX_EVENT_BYTES + 1)),
+    ]
+    events, refused = parse_records(JobRequestedEvent, records)
+    assert [(r.offset, e) for r, e in events] == [(0, good)]
+    assert [r.offset for r, _ in refused] == [1, 2, 3]
+    assert isinstance(refused[2][1], PoisonMessage)
+
+
+def test_a_failing_event_rolls_back_alone_and_its_deferred_action_with_it(tmp_path: Path) -> None:
+    engine = create_service_engine(
+        f"sqlite:///{tmp_path / 'b.db'}", "b", [table_of(ProcessedEvent), table_of(OutboxMessage)]
+    )
+    events = [request_event("mois") for _ in range(4)]
+    poison = events[2]
+    ran: list[str] = []
+
+    def handle(session: Session, event: JobRequestedEvent) -> None:
+        claim_event(session, "c", event)
+        add_to_outbox(session, event, "k")
+        defer_to_commit(session, f"after-{event.id}", lambda _: ran.append(str(event.id)))
+        defer_to_commit(session, "once", lambda _: ran.append("once"))
+        if event is poison:
+            raise PoisonMessage("refused")
+
+    refused = handle_batch(engine, handle, [(record(i, b""), e) for i, e in enumerate(events)])
+    assert [(r.offset, type(error)) for r, error in refused] == [(2, PoisonMessage)]
+    with Session(engine) as session:
+        claimed = {row.event_id for row in session.exec(select(ProcessedEvent))}
+        published = [
+            row.headers["event_id"]
+            for row in session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id)))
+        ]
+    kept = [str(e.id) for e in events if e is not poison]
+    assert claimed == set(kept)
+    assert published == kept, "outbox rows keep their order; the refused event's row is gone"
+    assert sorted(ran) == sorted([*kept, "once"])
+
+
+def test_a_failed_commit_is_retried_one_event_per_transaction(tmp_path: Path) -> None:
+    engine = create_service_engine(f"sqlite:///{tmp_path / 'b.db'}", "b", [table_of(ProcessedEvent)])
+    events = [request_event("mois") for _ in range(3)]
+    failing = events[1]
+
+    def handle(session: Session, event: JobRequestedEvent) -> None:
+        claim_event(session, "c", event)
+        if event is failing:
+            # Fails only when the transaction commits, after every event was applied.
+            defer_to_commit(session, "check", lambda _: (_ for _ in ()).throw(RuntimeError("at commit")))
+
+    refused = handle_batch(engine, handle, [(record(i, b""), e) for i, e in enumerate(events)])
+    assert [(r.offset, str(error)) for r, error in refused] == [(1, "at commit")]
+    with Session(engine) as session:
+        claimed = {row.event_id for row in session.exec(select(ProcessedEvent))}
+    assert claimed == {str(events[0].id), str(events[2].id)}

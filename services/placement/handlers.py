@@ -231,9 +231,7 @@ def on_job_started(session: Session, event: JobStartedEvent) -> None:
     if not claim_event(session, CONSUMER, event):
         return
     started = event.data
-    job = session.get(JobRow, str(started.job_id))
-    if job is not None and job.attempt == started.attempt:
-        transition(session, job.job_id, {"placed"}, "running")
+    transition(session, str(started.job_id), {"placed"}, "running", at_attempt=started.attempt)
 
 
 def on_job_billed(session: Session, event: JobBilledEvent) -> None:

@@ -188,16 +188,27 @@ def release(session: Session, pool_id: str, gpus: int) -> None:
     )
 
 
-def transition(session: Session, job_id: str, from_states: set[str], to_state: str, **values: Any) -> bool:
-    """Move a job between states only from an expected state, so a repeat or a race changes nothing."""
-    result = session.execute(
-        update(JobRow)
-        .where(col(JobRow.job_id) == job_id)
-        .where(col(JobRow.state).in_(from_states))
+def transition(
+    session: Session,
+    job_id: str,
+    from_states: set[str],
+    to_state: str,
+    *,
+    at_attempt: int | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job between states only from an expected state (and run, if given), so a repeat, a stale
+    run's event or a race changes nothing."""
+    table = table_of(JobRow)
+    statement = (
+        update(table)
+        .where(table.c.job_id == job_id)
+        .where(table.c.state.in_(from_states))
         .values(state=to_state, updated_at=utc_now(), **values)
-        .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if at_attempt is not None:
+        statement = statement.where(table.c.attempt == at_attempt)
+    return bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
 
 
 def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[JobRow]:

@@ -162,7 +162,11 @@ class EmbeddedRegoEngine:
                 return json.loads(self._vm.execute())
             except Exception as error:
                 self.interpreted_after_failure += 1
-                self._log.warning("policy_program_failed_interpreting", error=_engine_message(error)[:300])
+                # Once per engine: past the instruction cap every decision would say the same.
+                if self.interpreted_after_failure == 1:
+                    self._log.warning(
+                        "policy_program_failed_interpreting", error=_engine_message(error)[:300]
+                    )
         try:
             self._engine.set_input_json(document)
             return json.loads(self._engine.eval_rule_as_json(DECISION_RULE))

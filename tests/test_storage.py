@@ -244,6 +244,26 @@ def test_a_queued_job_is_not_decided_again_for_capacity_it_cannot_use(database_u
         assert session.get(JobRow, str(waiting.data.job_id)).state == "placed"  # type: ignore[union-attr]
 
 
+def test_a_site_offered_anew_can_take_a_queued_job_at_once(database_url: tuple[str, str]) -> None:
+    engine, ctx, _, waiting = one_placed_one_queued_at_gwangju(database_url)
+    gwangju = CATALOGUE.site_offer("nadc-gwangju")
+    assert gwangju is not None
+    # A second Gwangju hall with the same certified attributes comes online.
+    site = gwangju.site.model_copy(update={"site_id": "nadc-gwangju-2"})
+    pools = [
+        p.model_copy(update={"pool_id": p.pool_id.replace("nadc-gwangju", "nadc-gwangju-2")})
+        for p in gwangju.pools
+    ]
+    hall = CapacityOffered(site=site, pools=pools)
+    with unit_of_work(engine) as session:
+        placement.on_capacity_offered(
+            ctx, session, CapacityOfferedEvent.create(source="factory/x", subject=site.site_id, data=hall)
+        )
+    with Session(engine) as session:
+        job = session.get(JobRow, str(waiting.data.job_id))
+        assert job is not None and (job.state, job.site_id) == ("placed", "nadc-gwangju-2")
+
+
 def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:
     engine, ctx, big, waiting = one_placed_one_queued_at_gwangju(database_url)
     with Session(engine) as session:

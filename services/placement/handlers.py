@@ -209,7 +209,7 @@ def on_capacity_offered(ctx: PlacementContext, session: Session, event: Capacity
         return
     upsert_offer(session, offer)
     get_logger(site_id=event.data.site.site_id).info("capacity_offered", pools=len(event.data.pools))
-    _replan_queue_at_commit(ctx, session)
+    _replan_queue_at_commit(ctx, session, market_changed=True)
 
 
 def on_capacity_updated(ctx: PlacementContext, session: Session, event: CapacityUpdatedEvent) -> None:
@@ -285,9 +285,12 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     _replan_queue_at_commit(ctx, session)
 
 
-def _replan_queue_at_commit(ctx: PlacementContext, session: Session) -> None:
-    """Capacity changed: re-plan the queue once, when every event of the transaction (a batch) is in."""
-    defer_to_commit(session, "placement.retry_queued", lambda s: retry_queued(ctx, s))
+def _replan_queue_at_commit(ctx: PlacementContext, session: Session, market_changed: bool = False) -> None:
+    """Capacity changed: re-plan the queue once, when every event of the transaction (a batch) is in. A
+    changed market (a site offered anew) may allow sites no earlier decision did."""
+    defer_to_commit(
+        session, "placement.retry_queued", lambda s: retry_queued(ctx, s, market_changed=market_changed)
+    )
 
 
 def sweep_queue(ctx: PlacementContext, session: Session) -> int:
@@ -304,15 +307,22 @@ def sweep_queue(ctx: PlacementContext, session: Session) -> int:
     return moved + retry_queued(ctx, session, untouched_since=now - ctx.queue_retry)
 
 
-def retry_queued(ctx: PlacementContext, session: Session, untouched_since: datetime | None = None) -> int:
+def retry_queued(
+    ctx: PlacementContext,
+    session: Session,
+    untouched_since: datetime | None = None,
+    market_changed: bool = False,
+) -> int:
     """Re-plan queued jobs in arrival order; returns how many left the queue. After a capacity change
-    (no untouched_since), a job that only waits for capacity at the sites its last decision allowed is
-    not decided again: that would only queue it once more. The periodic pass decides every job."""
+    (no untouched_since), a job that only waits for capacity at the sites its last decision allowed (at
+    any site, when the market changed) is not decided again: that would only queue it once more. The
+    periodic pass decides every job."""
     moved = 0
     pools = load_pools(session)
     for job in queued_jobs(session, QUEUE_BATCH, untouched_since):
         request = JobRequest.model_validate(job.request)
-        candidates = [p for p in pools if not job.allowed_sites or p.site_id in job.allowed_sites]
+        allowed = set(job.allowed_sites)
+        candidates = [p for p in pools if market_changed or not allowed or p.site_id in allowed]
         if untouched_since is None and only_waits_for_capacity(request, candidates, job.failed_sites):
             continue
         tenant = ctx.tenants.get(job.tenant_id)

@@ -21,6 +21,8 @@ from contracts.events import (
     CapacityOfferedEvent,
     CapacityUpdated,
     CapacityUpdatedEvent,
+    JobBilled,
+    JobBilledEvent,
     JobCancelEvent,
     JobCancelled,
     JobCancelledEvent,
@@ -45,7 +47,7 @@ from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.placement.storage import DecisionRow, JobRow, PoolRow, try_reserve, upsert_offer
+from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw, try_reserve, upsert_offer
 from services.shared.batch import PoisonMessage
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
@@ -262,6 +264,63 @@ def test_a_site_offered_anew_can_take_a_queued_job_at_once(database_url: tuple[s
     with Session(engine) as session:
         job = session.get(JobRow, str(waiting.data.job_id))
         assert job is not None and (job.state, job.site_id) == ("placed", "nadc-gwangju-2")
+
+
+def test_budget_commitments_follow_estimates_retries_and_bills(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    request = request_event("hanbit-ai", max_attempts=2)
+    job_id = str(request.data.job_id)
+
+    def committed() -> int:
+        """The running total, checked against its definition: the sum over the tenant's jobs."""
+        with Session(engine) as session:
+            running = committed_krw(session, "hanbit-ai", None)
+            total = select(func.sum(col(JobRow.estimate_krw) + col(JobRow.billed_krw))).where(
+                JobRow.tenant_id == "hanbit-ai"
+            )
+            assert running == session.exec(total).one()
+            return running
+
+    def job() -> JobRow:
+        with Session(engine) as session:
+            row = session.get(JobRow, job_id)
+            assert row is not None
+            return row
+
+    def bill(attempt: int, amount: int) -> None:
+        data = JobBilled(
+            job_id=request.data.job_id,
+            tenant_id="hanbit-ai",
+            site_id="x",
+            accelerator_model="B200",
+            gpu_seconds=1,
+            price_krw_per_gpu_hour=1,
+            amount_krw=amount,
+            marketplace_fee_krw=0,
+            site_payable_krw=amount,
+            usage_reports=1,
+            attempt=attempt,
+        )
+        with unit_of_work(engine) as session:
+            placement.on_job_billed(
+                session, JobBilledEvent.create(source="service/billing", subject="hanbit-ai", data=data)
+            )
+
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(ctx, session, request)
+    first = job()
+    assert first.estimate_krw > 0 and committed() == first.estimate_krw
+    run = {"site_id": first.site_id, "pool_id": first.pool_id, "gpu_count": first.gpu_count, "attempt": 1}
+    complete_run(engine, ctx, request.data.job_id, "hanbit-ai", run, "failed")
+    second = job()
+    assert second.attempt == 2 and second.site_id != first.site_id
+    assert committed() == second.estimate_krw, "the failed run's estimate is gone, the retry's counts"
+    bill(1, 1_000)  # the failed run's bill adds to the retry's estimate
+    assert committed() == second.estimate_krw + 1_000
+    bill(2, 2_000)  # the retry's bill replaces its estimate
+    assert committed() == 3_000
 
 
 def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:

@@ -57,6 +57,7 @@ from services.placement.storage import (
     DecisionRow,
     JobRow,
     PoolRow,
+    add_commitment,
     committed_krw,
     load_market,
     load_pools,
@@ -242,9 +243,10 @@ def on_job_billed(session: Session, event: JobBilledEvent) -> None:
     job = session.get(JobRow, str(billed.job_id))
     if job is None:
         return
+    replaced_estimate = job.estimate_krw if billed.attempt == job.attempt else 0
+    add_commitment(session, job, billed.amount_krw - replaced_estimate)
     job.billed_krw += billed.amount_krw
-    if billed.attempt == job.attempt:
-        job.estimate_krw = 0
+    job.estimate_krw -= replaced_estimate
 
 
 def on_job_completed(ctx: PlacementContext, session: Session, event: JobCompletedEvent) -> None:
@@ -273,6 +275,7 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         reason=f"run {job.attempt} failed at {done.site_id}; retrying elsewhere",
     ):
         release(session, pool_id, job.gpu_count)
+        add_commitment(session, job, -job.estimate_krw)
         session.refresh(job)
         log.info("failed_run_retried", site_id=done.site_id, next_attempt=job.attempt)
         assert tenant is not None
@@ -481,6 +484,8 @@ def _record_decision(
 def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
     chosen = plan.chosen
     assert chosen is not None
+    estimate = estimate_krw(request.gpu_count, request.expected_hours, chosen.price_krw_per_gpu_hour)
+    add_commitment(session, job, estimate - job.estimate_krw)
     transition(
         session,
         job.job_id,
@@ -492,7 +497,7 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
         decision_id=str(plan.explanation.decision_id),
         policy_revision=plan.explanation.policy_revision,
         reason=plan.explanation.summary,
-        estimate_krw=estimate_krw(request.gpu_count, request.expected_hours, chosen.price_krw_per_gpu_hour),
+        estimate_krw=estimate,
     )
     per_token = request.kind is JobKind.INFERENCE and chosen.price_krw_per_million_output_tokens is not None
     placed = JobPlaced(

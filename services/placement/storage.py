@@ -11,7 +11,8 @@ from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState, sites_document
-from services.shared.db import table_of, utc_now
+from services.shared.db import as_utc, table_of, upsert_insert, utc_now
+from services.shared.money import period_start
 
 
 class SiteRow(SQLModel, table=True):
@@ -92,7 +93,25 @@ class DecisionRow(SQLModel, table=True):
 
 POOL_STATE_FIELDS = list(PoolState.__dataclass_fields__)
 
-TABLES: list[Table] = [table_of(SiteRow), table_of(PoolRow), table_of(JobRow), table_of(DecisionRow)]
+
+class CommitmentRow(SQLModel, table=True):
+    """A tenant's commitments per billing period of its requests: what its runs were billed plus the
+    estimates of runs not billed yet. A running total, so a budget check reads rows, not the job history."""
+
+    __tablename__ = "tenant_commitments"
+
+    tenant_id: str = Field(primary_key=True, max_length=64)
+    period: str = Field(primary_key=True, max_length=7)  # YYYY-MM, months in KST
+    committed_krw: int = Field(default=0, sa_type=BigInteger)
+
+
+TABLES: list[Table] = [
+    table_of(SiteRow),
+    table_of(PoolRow),
+    table_of(JobRow),
+    table_of(DecisionRow),
+    table_of(CommitmentRow),
+]
 
 
 def upsert_offer(session: Session, offer: CapacityOffered) -> None:
@@ -220,14 +239,35 @@ def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[
     return list(session.exec(query.order_by(col(JobRow.state), col(JobRow.requested_at), col(JobRow.job_id))))
 
 
-def committed_krw(session: Session, tenant_id: str, requested_since: datetime | None) -> int:
-    """What a tenant's jobs have been billed plus what its unbilled runs are estimated to cost."""
-    query = select(func.coalesce(func.sum(col(JobRow.estimate_krw) + col(JobRow.billed_krw)), 0)).where(
-        JobRow.tenant_id == tenant_id
+def period_of(moment: datetime) -> str:
+    return period_start(as_utc(moment)).strftime("%Y-%m")
+
+
+def add_commitment(session: Session, job: JobRow, delta_krw: int) -> None:
+    """Move the job's tenant's commitments for the period of its request by delta_krw, whenever the job's
+    estimate or billed amount changes by that much."""
+    if delta_krw == 0:
+        return
+    table = table_of(CommitmentRow)
+    statement = (
+        upsert_insert(session)(table)
+        .values(tenant_id=job.tenant_id, period=period_of(job.requested_at), committed_krw=delta_krw)
+        .on_conflict_do_update(
+            index_elements=[table.c.tenant_id, table.c.period],
+            set_={"committed_krw": table.c.committed_krw + delta_krw},
+        )
     )
+    session.execute(statement)
+
+
+def committed_krw(session: Session, tenant_id: str, requested_since: datetime | None) -> int:
+    """What a tenant's jobs requested since then (ever, for None) have been billed, plus what their
+    unbilled runs are estimated to cost."""
+    table = table_of(CommitmentRow)
+    query = select(func.coalesce(func.sum(table.c.committed_krw), 0)).where(table.c.tenant_id == tenant_id)
     if requested_since is not None:
-        query = query.where(col(JobRow.requested_at) >= requested_since)
-    return int(session.exec(query).one() or 0)
+        query = query.where(table.c.period >= period_of(requested_since))
+    return int(session.execute(query).scalar_one())
 
 
 def queued_jobs(session: Session, limit: int, untouched_since: datetime | None = None) -> list[JobRow]:

@@ -120,10 +120,15 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
             raise
 
 
+def upsert_insert(session: Session) -> Any:
+    """The dialect's INSERT construct, which has ON CONFLICT (SQLite and PostgreSQL alike)."""
+    return sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+
+
 def insert_ignoring_duplicates(session: Session, table: Table, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on SQLite or PostgreSQL; True when the row was new. A concurrent
     insert of the same key waits for the other transaction and then does nothing."""
-    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    insert = upsert_insert(session)
     # RETURNING says whether a row went in (psycopg reports no row count for ON CONFLICT DO NOTHING).
     statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
     return session.execute(statement).first() is not None

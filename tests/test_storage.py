@@ -10,6 +10,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import pytest
@@ -48,7 +50,7 @@ from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw, try_reserve, upsert_offer
-from services.shared.batch import PoisonMessage
+from services.shared.batch import PoisonMessage, handle_batch
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
@@ -181,6 +183,22 @@ def complete_at_gwangju(
     complete_run(engine, ctx, job_id, "mois", at_gwangju, status, event_id)
 
 
+def completion(
+    job_id: uuid.UUID,
+    tenant_id: str,
+    run: dict[str, Any],
+    status: Literal["succeeded", "failed", "cancelled"],
+    event_id: uuid.UUID | None = None,
+) -> JobCompletedEvent:
+    """The factory's jobs.completed for one run (site_id, pool_id, gpu_count, attempt), without usage."""
+    done = JobCompleted(
+        job_id=job_id, tenant_id=tenant_id, status=status, usage_reports=0, gpu_seconds=0, **run
+    )
+    return JobCompletedEvent.create(
+        source=f"factory/{run['site_id']}", subject=tenant_id, data=done, event_id=event_id
+    )
+
+
 def complete_run(
     engine: Engine,
     ctx: placement.PlacementContext,
@@ -190,15 +208,45 @@ def complete_run(
     status: Literal["succeeded", "failed", "cancelled"],
     event_id: uuid.UUID | None = None,
 ) -> None:
-    """The factory's jobs.completed for one run (site_id, pool_id, gpu_count, attempt), without usage."""
-    done = JobCompleted(
-        job_id=job_id, tenant_id=tenant_id, status=status, usage_reports=0, gpu_seconds=0, **run
-    )
-    event = JobCompletedEvent.create(
-        source=f"factory/{run['site_id']}", subject=tenant_id, data=done, event_id=event_id
-    )
     with unit_of_work(engine) as session:
-        placement.on_job_completed(ctx, session, event)
+        placement.on_job_completed(ctx, session, completion(job_id, tenant_id, run, status, event_id))
+
+
+def test_a_batch_reads_what_its_earlier_events_changed(database_url: tuple[str, str]) -> None:
+    """A run fails and its retry ends, both in one batch: the second completion must see the retry's
+    placement, made with plain UPDATEs by the first. (The session's identity map holds objects weakly, so
+    a stale copy seldom survives from one event to the next; the batch clears it to make that certain.)"""
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    request = request_event("hanbit-ai", max_attempts=2)
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(ctx, session, request)
+    [placed_row] = outbox(engine, "jobs.placed")
+    placed = JobPlacedEvent.model_validate_json(placed_row.payload).data
+    # The retry goes to the runner-up: the same verdicts, the failed site left out.
+    runner_up = next(site for site in placed.explanation.sites if site.rank == 2)
+    first = {"site_id": placed.site_id, "pool_id": placed.pool_id, "gpu_count": 8, "attempt": 1}
+    second = {"site_id": runner_up.site_id, "pool_id": runner_up.pool_id, "gpu_count": 8, "attempt": 2}
+    job_id = request.data.job_id
+    batch = [
+        (SimpleNamespace(topic="jobs.completed", partition=0, offset=offset), event)
+        for offset, event in enumerate(
+            [
+                completion(job_id, "hanbit-ai", first, "failed"),
+                completion(job_id, "hanbit-ai", second, "succeeded"),
+            ]
+        )
+    ]
+    assert handle_batch(engine, partial(placement.on_job_completed, ctx), batch) == []
+    with Session(engine) as session:
+        job = session.get(JobRow, str(job_id))
+        assert job is not None and (job.state, job.attempt, job.site_id) == (
+            "completed",
+            2,
+            runner_up.site_id,
+        )
+        assert session.get(PoolRow, runner_up.pool_id).reserved_gpus == 0  # type: ignore[union-attr]
 
 
 def one_placed_one_queued_at_gwangju(

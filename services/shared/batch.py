@@ -101,6 +101,10 @@ def _apply(
         deferred = dict(session.info.get(DEFERRED_TO_COMMIT, {}))
         attempt = 1
         while True:
+            # Each event reads the database afresh, as in a transaction of its own: a row an earlier event
+            # changed with a plain UPDATE could otherwise come back stale from the identity map (which holds
+            # objects weakly, so only while something still refers to them).
+            session.expunge_all()
             try:
                 with session.begin_nested():
                     handle(session, event)

@@ -112,6 +112,8 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
         try:
             yield session
             while deferred := session.info.pop(DEFERRED_TO_COMMIT, None):
+                session.flush()
+                session.expunge_all()  # the actions read the database, not objects loaded before
                 for action in deferred.values():
                     action(session)
             session.commit()

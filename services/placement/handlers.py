@@ -485,8 +485,7 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
     chosen = plan.chosen
     assert chosen is not None
     estimate = estimate_krw(request.gpu_count, request.expected_hours, chosen.price_krw_per_gpu_hour)
-    add_commitment(session, job, estimate - job.estimate_krw)
-    transition(
+    moved = transition(
         session,
         job.job_id,
         {"requested", "queued"},
@@ -499,6 +498,8 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
         reason=plan.explanation.summary,
         estimate_krw=estimate,
     )
+    if moved:  # the commitments follow the job's row exactly
+        add_commitment(session, job, estimate - job.estimate_krw)
     per_token = request.kind is JobKind.INFERENCE and chosen.price_krw_per_million_output_tokens is not None
     placed = JobPlaced(
         job_id=request.job_id,

@@ -37,6 +37,14 @@ class PoisonMessage(ValueError):
     """A message that parses but can never be handled; it goes straight to the dead-letter topic."""
 
 
+def oversized(record: Record) -> PoisonMessage | None:
+    """The refusal of a record over the size limit, or None."""
+    size = len(record.value or b"")
+    if size > MAX_EVENT_BYTES:
+        return PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    return None
+
+
 def parse_records(
     model: type[EventT], records: Sequence[Record]
 ) -> tuple[list[tuple[Record, EventT]], list[Refusal]]:
@@ -45,11 +53,8 @@ def parse_records(
     events: list[tuple[Record, EventT]] = []
     refused: list[Refusal] = []
     for record in records:
-        size = len(record.value or b"")
-        if size > MAX_EVENT_BYTES:
-            refused.append(
-                (record, PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit"))
-            )
+        if (too_big := oversized(record)) is not None:
+            refused.append((record, too_big))
             continue
         try:
             events.append((record, model.model_validate_json(record.value or b"")))

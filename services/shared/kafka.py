@@ -23,7 +23,7 @@ from faststream.message import StreamMessage
 from sqlalchemy.exc import IntegrityError
 
 from contracts import TOPICS, dead_letter_topic
-from services.shared.batch import MAX_EVENT_BYTES, MAX_INTEGRITY_ATTEMPTS, PoisonMessage, Record
+from services.shared.batch import MAX_INTEGRITY_ATTEMPTS, Record, oversized
 from services.shared.db import is_transient_database_error
 from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage
@@ -73,9 +73,9 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
                 event_id=headers.get("event_id", b"").decode("utf-8", "replace") or None,
             )
             try:
-                size = len(first.value or b"")
-                if not batch and size > MAX_EVENT_BYTES:
-                    raise PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+                # A batch handler refuses its oversized records itself.
+                if not batch and (too_big := oversized(first)) is not None:
+                    raise too_big
                 with context:
                     result = await call_next(msg)
             except Exception as error:

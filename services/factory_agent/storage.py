@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Table, update
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlalchemy import Table, bindparam, update
+from sqlmodel import Field, Session, SQLModel, select
 
 from services.shared.db import table_of, utc_now
 
@@ -50,26 +50,30 @@ def running_run(session: Session, job_id: str) -> RunRow | None:
     return session.exec(query).first()
 
 
+# Built once, given values as parameters (per usage interval: building one costs more than running it).
+_RUNS = table_of(RunRow)
+_CLAIM_INTERVAL = (
+    update(_RUNS)
+    .where(_RUNS.c.run_id == bindparam("match_run_id"))
+    .where(_RUNS.c.next_seq == bindparam("seq"))
+    .where(_RUNS.c.state == "running")
+    .values(next_seq=_RUNS.c.next_seq + 1)
+)
+_FINISH_RUN = (
+    update(_RUNS)
+    .where(_RUNS.c.run_id == bindparam("match_run_id"))
+    .where(_RUNS.c.state == "running")
+    .values(state=bindparam("end_state"))
+)
+
+
 def claim_interval(session: Session, run_id: str, seq: int) -> bool:
     """Advance a run past interval `seq` only if nobody did yet: two agents never both report it."""
-    result = session.execute(
-        update(RunRow)
-        .where(col(RunRow.run_id) == run_id)
-        .where(col(RunRow.next_seq) == seq)
-        .where(col(RunRow.state) == "running")
-        .values(next_seq=seq + 1)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_CLAIM_INTERVAL, {"match_run_id": run_id, "seq": seq})
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def finish_run(session: Session, run_id: str, state: str = "completed") -> bool:
     """End a running run (completed, failed or cancelled); False if it already ended."""
-    result = session.execute(
-        update(RunRow)
-        .where(col(RunRow.run_id) == run_id)
-        .where(col(RunRow.state) == "running")
-        .values(state=state)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_FINISH_RUN, {"match_run_id": run_id, "end_state": state})
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

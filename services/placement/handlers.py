@@ -441,6 +441,9 @@ def _budget_refusal(
     )
 
 
+_INSERT_DECISION = insert(table_of(DecisionRow))
+
+
 def _record_decision(
     session: Session,
     ctx: PlacementContext,
@@ -464,17 +467,18 @@ def _record_decision(
     )
     # The input (the whole market, kilobytes) travels in the event to the audit log; kept here by digest.
     session.execute(
-        insert(table_of(DecisionRow)).values(
-            decision_id=str(decision_id),
-            job_id=job.job_id,
-            tenant_id=job.tenant_id,
-            policy_revision=ctx.policy.revision,
-            engine=ctx.policy.name,
-            input_sha256=input_sha256,
-            duration_us=duration_us,
-            result=record.model_dump(mode="json", exclude={"input"}),
-            decided_at=utc_now(),
-        )
+        _INSERT_DECISION,
+        {
+            "decision_id": str(decision_id),
+            "job_id": job.job_id,
+            "tenant_id": job.tenant_id,
+            "policy_revision": ctx.policy.revision,
+            "engine": ctx.policy.name,
+            "input_sha256": input_sha256,
+            "duration_us": duration_us,
+            "result": record.model_dump(mode="json", exclude={"input"}),
+            "decided_at": utc_now(),
+        },
     )
     add_to_outbox(
         session, PolicyDecisionEvent.create(source=SOURCE, subject=job.tenant_id, data=record), job.job_id

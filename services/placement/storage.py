@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Table, update
+from sqlalchemy import JSON, BigInteger, Column, Table, bindparam, update
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState, sites_document
-from services.shared.db import as_utc, table_of, upsert_insert, utc_now
+from services.shared.db import as_utc, empty_json_list, table_of, upsert_insert, utc_now
 from services.shared.money import period_start
 
 
@@ -63,9 +64,9 @@ class JobRow(SQLModel, table=True):
     billed_krw: int = Field(default=0, sa_type=BigInteger)
     # The run being placed or running; a failed run moves the job to the next attempt elsewhere.
     attempt: int = 1
-    failed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    failed_sites: list[str] = Field(default_factory=empty_json_list, sa_column=Column(JSON, nullable=False))
     # While queued: the sites its last decision allowed (empty: not decided yet, e.g. the engine failed).
-    allowed_sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    allowed_sites: list[str] = Field(default_factory=empty_json_list, sa_column=Column(JSON, nullable=False))
     price_krw_per_gpu_hour: int | None = None
     decision_id: str | None = None
     policy_revision: str | None = None
@@ -185,26 +186,38 @@ def load_pools(session: Session) -> list[PoolState]:
     return [PoolState(*row) for row in session.execute(select(*columns).order_by(table.c.pool_id))]
 
 
+# The hot statements are built once and take their values as parameters: building one costs more than
+# running it.
+_POOLS = table_of(PoolRow)
+_RESERVE = (
+    update(_POOLS)
+    .where(_POOLS.c.pool_id == bindparam("match_pool_id"))
+    .where(_POOLS.c.status == "available")
+    .where(_POOLS.c.total_gpus - _POOLS.c.reserved_gpus >= bindparam("gpus"))
+    .values(reserved_gpus=_POOLS.c.reserved_gpus + bindparam("gpus"))
+)
+_RELEASE = (
+    update(_POOLS)
+    .where(_POOLS.c.pool_id == bindparam("match_pool_id"))
+    .values(reserved_gpus=_POOLS.c.reserved_gpus - bindparam("gpus"))
+)
+_JOBS = table_of(JobRow)
+# Its SET clause is whatever columns a call passes.
+_TRANSITION = update(_JOBS).where(
+    _JOBS.c.job_id == bindparam("match_job_id"),
+    _JOBS.c.state.in_(bindparam("from_states", expanding=True)),
+)
+_TRANSITION_OF_RUN = _TRANSITION.where(_JOBS.c.attempt == bindparam("match_attempt"))
+
+
 def try_reserve(session: Session, pool_id: str, gpus: int) -> bool:
     """Reserve GPUs only if they are free at this instant: one conditional UPDATE, atomic on any database."""
-    result = session.execute(
-        update(PoolRow)
-        .where(col(PoolRow.pool_id) == pool_id)
-        .where(col(PoolRow.status) == "available")
-        .where(col(PoolRow.total_gpus) - col(PoolRow.reserved_gpus) >= gpus)
-        .values(reserved_gpus=col(PoolRow.reserved_gpus) + gpus)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_RESERVE, {"match_pool_id": pool_id, "gpus": gpus})
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def release(session: Session, pool_id: str, gpus: int) -> None:
-    session.execute(
-        update(PoolRow)
-        .where(col(PoolRow.pool_id) == pool_id)
-        .values(reserved_gpus=col(PoolRow.reserved_gpus) - gpus)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_RELEASE, {"match_pool_id": pool_id, "gpus": gpus})
 
 
 def transition(
@@ -218,16 +231,18 @@ def transition(
 ) -> bool:
     """Move a job between states only from an expected state (and run, if given), so a repeat, a stale
     run's event or a race changes nothing."""
-    table = table_of(JobRow)
-    statement = (
-        update(table)
-        .where(table.c.job_id == job_id)
-        .where(table.c.state.in_(from_states))
-        .values(state=to_state, updated_at=utc_now(), **values)
-    )
-    if at_attempt is not None:
-        statement = statement.where(table.c.attempt == at_attempt)
-    return bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
+    parameters = {
+        "match_job_id": job_id,
+        "from_states": sorted(from_states),
+        "state": to_state,
+        "updated_at": utc_now(),
+        **values,
+    }
+    if at_attempt is None:
+        result = session.execute(_TRANSITION, parameters)
+    else:
+        result = session.execute(_TRANSITION_OF_RUN, {**parameters, "match_attempt": at_attempt})
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[JobRow]:
@@ -248,16 +263,20 @@ def add_commitment(session: Session, job: JobRow, delta_krw: int) -> None:
     estimate or billed amount changes by that much."""
     if delta_krw == 0:
         return
-    table = table_of(CommitmentRow)
-    statement = (
-        upsert_insert(session)(table)
-        .values(tenant_id=job.tenant_id, period=period_of(job.requested_at), committed_krw=delta_krw)
-        .on_conflict_do_update(
-            index_elements=[table.c.tenant_id, table.c.period],
-            set_={"committed_krw": table.c.committed_krw + delta_krw},
-        )
+    session.execute(
+        _add_commitment_statement(upsert_insert(session)),
+        {"tenant_id": job.tenant_id, "period": period_of(job.requested_at), "committed_krw": delta_krw},
     )
-    session.execute(statement)
+
+
+@cache
+def _add_commitment_statement(insert: Any) -> Any:
+    table = table_of(CommitmentRow)
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.tenant_id, table.c.period],
+        set_={"committed_krw": table.c.committed_krw + statement.excluded.committed_krw},
+    )
 
 
 def committed_krw(session: Session, tenant_id: str, requested_since: datetime | None) -> int:

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import pydantic_core
@@ -122,18 +123,29 @@ def unit_of_work(engine: Engine) -> Iterator[Session]:
             raise
 
 
+def empty_json_list() -> list[Any]:
+    """Default factory for JSON list columns. Not the builtin `list`: SQLModel asks pydantic, at every
+    construction of a table row, whether the factory takes arguments; inspecting a builtin costs ~60 us."""
+    return []
+
+
 def upsert_insert(session: Session) -> Any:
     """The dialect's INSERT construct, which has ON CONFLICT (SQLite and PostgreSQL alike)."""
     return sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
 
 
+@cache
+def _insert_ignoring_statement(insert: Any, table: Table) -> Any:
+    # Built once and given its values as parameters: building `.values(...)` anew costs ~3x the execution.
+    # RETURNING says whether a row went in (psycopg reports no row count for ON CONFLICT DO NOTHING).
+    return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
 def insert_ignoring_duplicates(session: Session, table: Table, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on SQLite or PostgreSQL; True when the row was new. A concurrent
     insert of the same key waits for the other transaction and then does nothing."""
-    insert = upsert_insert(session)
-    # RETURNING says whether a row went in (psycopg reports no row count for ON CONFLICT DO NOTHING).
-    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
-    return session.execute(statement).first() is not None
+    statement = _insert_ignoring_statement(upsert_insert(session), table)
+    return session.execute(statement, values).first() is not None
 
 
 def is_transient_database_error(error: BaseException) -> bool:

@@ -37,20 +37,24 @@ class OutboxMessage(SQLModel, table=True):
     )
 
 
+_INSERT_OUTBOX = insert(table_of(OutboxMessage))
+
+
 def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
     # A plain INSERT (no ORM object): rows keep the order they were added in, which the relay publishes in.
     session.execute(
-        insert(table_of(OutboxMessage)).values(
-            topic=event.type,
-            key=key,
-            payload=event.model_dump_json().encode(),
-            headers={
+        _INSERT_OUTBOX,
+        {
+            "topic": event.type,
+            "key": key,
+            "payload": event.model_dump_json().encode(),
+            "headers": {
                 "event_id": str(event.id),
                 "event_type": event.type,
                 "schema_version": event.schema_version,
             },
-            created_at=utc_now(),
-        )
+            "created_at": utc_now(),
+        },
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import pydantic_core
 import regorus
 from opa_client.opa import OpaClient
 
@@ -155,7 +156,7 @@ class EmbeddedRegoEngine:
 
     def evaluate(self, policy_input: dict[str, Any]) -> Any:
         """The decision rule's value, as OPA's data API would answer it."""
-        document = json.dumps(policy_input)
+        document = pydantic_core.to_json(policy_input).decode()  # the input is kilobytes: Rust's encoder
         if self._vm is not None:
             try:
                 self._vm.set_input_json(document)

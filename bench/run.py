@@ -32,7 +32,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from contracts.events import JobRequest
+from contracts.events import JobRequest, JobRequestedEvent
 from services.placement.logic import offered_pools, policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
@@ -40,6 +40,7 @@ from services.shared.kafka import all_topics, ensure_topics
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 from sovereign.embedded import embedded_service_env, start_service
+from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.watch import EventWatcher, produce
 from sovereign.workload import generate, request_events
 
@@ -61,6 +62,10 @@ class Figure:
     ratio_to_ceiling: float | None = None
 
 
+# Signed job requests, each with its Kafka key.
+Requests = list[tuple[JobRequestedEvent, str]]
+
+
 def bench_catalogue(directory: Path) -> Path:
     entries = json.loads((REPO_ROOT / "catalogue/sites.json").read_text())["sites"]
     korean = [e for e in entries if e["site"]["country"] == "KR"][:CLONED_SITES]
@@ -76,6 +81,10 @@ def bench_catalogue(directory: Path) -> Path:
     (directory / "sites.json").write_text(json.dumps({"sites": entries + clones}))
     shutil.copy(REPO_ROOT / "catalogue/tenants.json", directory / "tenants.json")
     return directory
+
+
+def site_ids(catalogue: Path) -> list[str]:
+    return [offer.site.site_id for offer in load_catalogue(catalogue).offers]
 
 
 def bench_jobs(count: int, seed: int) -> list[JobRequest]:
@@ -156,10 +165,13 @@ async def relay_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]]) -> 
 # --- 2. the services --------------------------------------------------------------------------------------
 
 
-def start_services(bootstrap: str, catalogue: Path, workdir: Path) -> list[subprocess.Popen[bytes]]:
+def start_services(
+    bootstrap: str, catalogue: Path, workdir: Path, keys: ThrowawayKeys
+) -> list[subprocess.Popen[bytes]]:
     env = embedded_service_env(
         bootstrap,
         workdir / "data",
+        **keys.service_env(),
         SOVEREIGN_CATALOGUE_DIR=str(catalogue),
         SOVEREIGN_TIME_SCALE=str(TIME_SCALE),
         LOG_LEVEL="WARNING",
@@ -178,16 +190,16 @@ async def wait_for_offers(bootstrap: str, sites: int) -> None:
                 return
 
 
-async def burst(bootstrap: str, jobs: list[JobRequest]) -> tuple[float, float]:
+async def burst(bootstrap: str, events: Requests) -> tuple[float, float]:
     """Send every job at once; (jobs decided per second, placed jobs billed per second), each from the first
     send to the last decision or bill."""
-    wanted = {r.job_id for r in jobs}
+    wanted = {event.data.job_id for event, _ in events}
     decided: dict[object, float] = {}
     billed: dict[object, float] = {}
     placed: set[object] = set()
     async with EventWatcher(bootstrap, [*DECISIONS, "jobs.billed"]) as watcher:
         started = time.perf_counter()
-        await produce(bootstrap, request_events(jobs), idempotent=False)
+        await produce(bootstrap, events, idempotent=False)
         async for batch in watcher.events():
             now = time.perf_counter()
             for event in batch:
@@ -209,9 +221,8 @@ async def burst(bootstrap: str, jobs: list[JobRequest]) -> tuple[float, float]:
     return len(decided) / (max(decided.values()) - started), len(billed) / (max(billed.values()) - started)
 
 
-async def offered_load(bootstrap: str, jobs: list[JobRequest], rate: float) -> list[float]:
+async def offered_load(bootstrap: str, events: Requests, rate: float) -> list[float]:
     """Send jobs at `rate` per second; each placed job's request-to-placed latency in milliseconds."""
-    events = request_events(jobs)
     sent: dict[object, float] = {}
     latencies: list[float] = []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -233,11 +244,11 @@ async def offered_load(bootstrap: str, jobs: list[JobRequest], rate: float) -> l
                 )
 
         sending = asyncio.create_task(send())
-        deadline = time.perf_counter() + len(jobs) / rate + 30
+        deadline = time.perf_counter() + len(events) / rate + 30
         async for batch in watcher.events(poll_ms=5):
             now = time.perf_counter()
             latencies += [(now - sent[e.data.job_id]) * 1000 for e in batch if e.data.job_id in sent]
-            if (sending.done() and len(latencies) >= 0.9 * len(jobs)) or now > deadline:
+            if (sending.done() and len(latencies) >= 0.9 * len(events)) or now > deadline:
                 break
         await sending
     await producer.stop()
@@ -293,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     catalogue = bench_catalogue(workdir / "catalogue")
-    sites = len(load_catalogue(catalogue).offers)
+    sites = len(site_ids(catalogue))
     print(
         f"sovereign bench: {sites} sites, burst of {args.jobs} jobs, "
         f"{args.rate:g} jobs/s for {args.seconds:g} s"
@@ -305,24 +316,28 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     ]
     # The burst, then a load below the measured saturation (half the decided rate), then the target load.
     jobs = bench_jobs(2 * args.jobs + int(args.rate * args.seconds), seed=11)
-    payload = request_events(jobs[:1])[0][0].model_dump_json().encode()
+    tenants = load_catalogue(catalogue).tenants
+    keys = throwaway_keys(workdir / "keys", [*tenants, *(j.tenant_id for j in jobs)], site_ids(catalogue))
+    # Signed before any clock starts, as tenants sign their own requests.
+    events = request_events(jobs, keys.tenants)
+    payload = events[0][0].model_dump_json().encode()
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         bootstrap = broker.bootstrap_servers
         await ensure_topics(bootstrap, all_topics(), 4)
         ceiling = await relay_ceiling(bootstrap, [(str(i).encode(), payload) for i in range(args.jobs)])
         print(f"  ceiling: {ceiling:,.0f} jobs/s through one raw aiokafka hop ({len(payload)}-byte payloads)")
-        processes = start_services(bootstrap, catalogue, workdir)
+        processes = start_services(bootstrap, catalogue, workdir, keys)
         try:
             await asyncio.wait_for(wait_for_offers(bootstrap, sites), 90)
             await asyncio.sleep(6)  # the consumer groups' first join
-            decided, billed = await burst(bootstrap, jobs[: args.jobs])
+            decided, billed = await burst(bootstrap, events[: args.jobs])
             print(f"  burst: {decided:,.0f} decided/s, {billed:,.0f} billed/s")
             below = max(1.0, round(decided / 2))
             unsaturated = await offered_load(
-                bootstrap, jobs[args.jobs : args.jobs + int(below * args.seconds)], below
+                bootstrap, events[args.jobs : args.jobs + int(below * args.seconds)], below
             )
             print(f"  {below:g}/s offered: p50 {percentile(unsaturated, 0.5):,.0f} ms")
-            latencies = await offered_load(bootstrap, jobs[2 * args.jobs :], args.rate)
+            latencies = await offered_load(bootstrap, events[2 * args.jobs :], args.rate)
         finally:
             for process in processes:
                 process.terminate()

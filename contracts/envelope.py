@@ -20,11 +20,18 @@ class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EnvelopeSignature(Contract):
+    """Ed25519 over the envelope's canonical JSON (every field but this one, keys sorted, no whitespace)."""
+
+    key_id: str = Field(min_length=1, max_length=200, description="The signer's key in the keyring.")
+    value: str = Field(min_length=1, max_length=200, description="Base64 of the 64-byte signature.")
+
+
 class Event(Contract, Generic[DataT]):
     """Envelope. `type` is also the Kafka topic; `subject` is the tenant (or site, for capacity events)."""
 
     # Major.minor of the data contract: a minor bump only adds optional fields.
-    SCHEMA_VERSION: ClassVar[str] = "1.0"
+    SCHEMA_VERSION: ClassVar[str] = "1.1"
 
     id: uuid.UUID = Field(description="Unique event id; consumers deduplicate on (source, id).")
     type: str = Field(description="Event type, equal to the topic it is published on.")
@@ -33,6 +40,9 @@ class Event(Contract, Generic[DataT]):
     time: AwareDatetime
     schema_version: str = Field(pattern=r"^\d+\.\d+$")
     data: DataT
+    signature: EnvelopeSignature | None = Field(
+        default=None, description="Who vouches for this envelope; required on tenants' and factories' topics."
+    )
 
     @classmethod
     def create(cls, *, source: str, subject: str, data: DataT, event_id: uuid.UUID | None = None) -> Self:

@@ -155,6 +155,7 @@ class RejectionCode(StrEnum):
     DEADLINE_PASSED = "deadline_passed"
     POLICY_ENGINE_ERROR = "policy_engine_error"
     BUDGET_EXCEEDED = "budget_exceeded"
+    STALE_REQUEST = "stale_request"
 
 
 class JobRejected(Contract):
@@ -461,22 +462,22 @@ class PolicyNonCompliance(Contract):
 
 # Envelopes, one per event type. The literal type doubles as the topic name.
 class JobRequestedEvent(Event[JobRequest]):
-    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    SCHEMA_VERSION: ClassVar[str] = "1.4"
     type: Literal["jobs.requested"] = "jobs.requested"
 
 
 class JobPlacedEvent(Event[JobPlaced]):
-    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    SCHEMA_VERSION: ClassVar[str] = "1.4"
     type: Literal["jobs.placed"] = "jobs.placed"
 
 
 class JobQueuedEvent(Event[JobQueued]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.queued"] = "jobs.queued"
 
 
 class JobRejectedEvent(Event[JobRejected]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 
@@ -489,32 +490,32 @@ class JobCancelledEvent(Event[JobCancelled]):
 
 
 class JobStartedEvent(Event[JobStarted]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.started"] = "jobs.started"
 
 
 class UsageReportedEvent(Event[UsageReported]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["usage.reported"] = "usage.reported"
 
 
 class JobCompletedEvent(Event[JobCompleted]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["jobs.completed"] = "jobs.completed"
 
 
 class JobBilledEvent(Event[JobBilled]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["jobs.billed"] = "jobs.billed"
 
 
 class UsageRatedEvent(Event[UsageRated]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["billing.usage"] = "billing.usage"
 
 
 class CapacityOfferedEvent(Event[CapacityOffered]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["capacity.offered"] = "capacity.offered"
 
 
@@ -527,12 +528,12 @@ class CapacityUpdatedEvent(Event[CapacityUpdated]):
 
 
 class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["policy.decisions"] = "policy.decisions"
 
 
 class PolicyPublishedEvent(Event[PolicyRevisionPublished]):
-    SCHEMA_VERSION: ClassVar[str] = "1.1"
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
     type: Literal["policy.published"] = "policy.published"
 
 

@@ -9,22 +9,19 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
     load_pem_private_key,
 )
 
-from services.shared.attestation import public_key_text, sign_site
+from services.shared.attestation import sign_site
 from services.shared.catalogue import load_catalogue
+from services.shared.signing import public_key_text, write_private_key
 
 
 def auditor_keygen(directory: Path, key_id: str) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     private_path = directory / f"{key_id}.key"
-    private_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    private_path.chmod(0o600)
+    write_private_key(key, private_path)
     listed_path = directory / "auditors.json"
     listed = json.loads(listed_path.read_text()) if listed_path.exists() else {}
     listed[key_id] = public_key_text(key.public_key())

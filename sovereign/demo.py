@@ -32,15 +32,17 @@ from services.shared.db import create_service_engine, unit_of_work, utc_now
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
+from services.shared.signing import Signer
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.embedded import start_service
 from sovereign.history import collect_history
 from sovereign.invariants import check
+from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.report import render_report
 from sovereign.submit import cancel_event
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, produce, read_partition_ends
-from sovereign.workload import generate, request_events
+from sovereign.workload import TEMPLATES, generate, request_events
 
 RUN_DIR = REPO_ROOT / "var" / "demo"
 Processes = list[tuple[str, subprocess.Popen[bytes]]]
@@ -70,8 +72,15 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
             keys / "attestations.json",
             ["sk-aws-ulsan"],
         )
+        # Throwaway keys of the tenants, the factories and a compliance officer.
+        demo_keys = throwaway_keys(
+            keys,
+            [template.tenant_id for template in TEMPLATES],
+            [offer.site.site_id for offer in load_catalogue(REPO_ROOT / "catalogue").offers],
+        )
         env = {
             **os.environ,
+            **demo_keys.service_env(),
             "SOVEREIGN_AUDITOR_KEYS": str(keys / "auditors.json"),
             "SOVEREIGN_SITE_ATTESTATIONS": str(keys / "attestations.json"),
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -89,7 +98,9 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
                 process = start_service(name, env, logs / f"{name}-{index}.log")
                 processes.append((name, process))
                 print(f"  service  {name:<14} pid {process.pid}")
-            return asyncio.run(_drive(broker.bootstrap_servers, jobs, seed, wait_seconds, processes))
+            return asyncio.run(
+                _drive(broker.bootstrap_servers, jobs, seed, wait_seconds, processes, demo_keys)
+            )
         finally:
             _stop(processes)
 
@@ -112,6 +123,7 @@ async def _drive(
     seed: int,
     wait_seconds: float,
     processes: Processes,
+    keys: ThrowawayKeys,
 ) -> int:
     catalogue = load_catalogue(REPO_ROOT / "catalogue")
     requests = generate(jobs, seed)
@@ -129,10 +141,14 @@ async def _drive(
             f"  {len(tracker.sites_offered)} sites offered capacity "
             f"({sum(len(o.pools) for o in catalogue.offers)} GPU pools), and placement has taken them in"
         )
-        events = request_events(requests)
+        events = request_events(requests, keys.tenants)
         # Tenants retry: three requests are submitted twice; the marketplace must place each only once.
         retries = [
-            (type(e).create(source=e.source, subject=e.subject, data=e.data), key) for e, key in events[:3]
+            (
+                keys.tenants[e.subject].sign(type(e).create(source=e.source, subject=e.subject, data=e.data)),
+                key,
+            )
+            for e, key in events[:3]
         ]
         await produce(bootstrap, events + retries, idempotent=False)
         print(
@@ -147,7 +163,7 @@ async def _drive(
             if _died(processes):
                 return _report_crash(processes)
             if not cancel_sent and tracker.trace(to_cancel.job_id).started:
-                await cancel(bootstrap, to_cancel, "budget reallocated")
+                await cancel(bootstrap, to_cancel, "budget reallocated", keys.tenants[to_cancel.tenant_id])
                 print(f"  cancelling {to_cancel.name!r} ({to_cancel.tenant_id}) while it runs", flush=True)
                 cancel_sent = True
             states = tracker.states(job_ids)
@@ -185,8 +201,8 @@ async def _drive(
         return 0 if finished else 1
 
 
-async def cancel(bootstrap: str, request: JobRequest, reason: str) -> None:
-    event = cancel_event(request.tenant_id, request.job_id, reason)
+async def cancel(bootstrap: str, request: JobRequest, reason: str, signer: Signer) -> None:
+    event = cancel_event(request.tenant_id, request.job_id, reason, signer)
     await produce(bootstrap, [(event, str(request.job_id))], idempotent=False)
 
 

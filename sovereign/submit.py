@@ -24,6 +24,7 @@ from contracts.events import (
     UsageRatedEvent,
 )
 from services.shared.settings import Settings
+from services.shared.signing import Signer
 from sovereign.explain import render_explanation
 from sovereign.watch import EventWatcher, produce
 
@@ -53,6 +54,9 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     event = JobRequestedEvent.create(
         source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=request
     )
+    signer = tenant_signer(settings)
+    if signer is not None:
+        event = signer.sign(event)
     async with EventWatcher(settings.bootstrap_servers, FOLLOWED) as watcher:
         await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
         print(f"submitted job {job_id} ({request.name}) for tenant {request.tenant_id}")
@@ -93,15 +97,24 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     return 3
 
 
-def cancel_event(tenant_id: str, job_id: uuid.UUID, reason: str) -> JobCancelEvent:
-    """A tenant's cancel, as the tenant sends it."""
+def cancel_event(tenant_id: str, job_id: uuid.UUID, reason: str, signer: Signer | None) -> JobCancelEvent:
+    """A tenant's cancel, as the tenant sends it: signed with its key (placement refuses it unsigned)."""
     data = JobCancelRequested(job_id=job_id, tenant_id=tenant_id, reason=reason)
-    return JobCancelEvent.create(source=f"tenant/{tenant_id}", subject=tenant_id, data=data)
+    event = JobCancelEvent.create(source=f"tenant/{tenant_id}", subject=tenant_id, data=data)
+    return signer.sign(event) if signer else event
+
+
+def tenant_signer(settings: Settings) -> Signer | None:
+    """The tenant's key (SOVEREIGN_SIGNING_KEY and SOVEREIGN_SIGNING_KEY_ID), if configured."""
+    if settings.signing_key_path is None:
+        print("warning: no SOVEREIGN_SIGNING_KEY: the marketplace will refuse this unsigned", file=sys.stderr)
+        return None
+    return Signer.load(settings.signing_key_path, settings.signing_key_id)
 
 
 async def cancel(settings: Settings, tenant_id: str, job_id: uuid.UUID, reason: str) -> int:
     """Produce a tenant's cancel; placement honours it at any stage and answers with jobs.cancelled."""
-    event = cancel_event(tenant_id, job_id, reason)
+    event = cancel_event(tenant_id, job_id, reason, tenant_signer(settings))
     await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
     print(f"asked to cancel job {job_id} for tenant {tenant_id}")
     return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.events import JobKind, JobRequest, JobRequestedEvent
+from services.shared.signing import Signer
 
 
 @dataclass(frozen=True)
@@ -220,8 +222,15 @@ def generate(count: int, seed: int, now: datetime | None = None) -> list[JobRequ
     return requests
 
 
-def request_events(requests: list[JobRequest]) -> list[tuple[JobRequestedEvent, str]]:
-    return [
-        (JobRequestedEvent.create(source=f"tenant/{r.tenant_id}", subject=r.tenant_id, data=r), str(r.job_id))
-        for r in requests
-    ]
+def request_events(
+    requests: list[JobRequest], signers: Mapping[str, Signer]
+) -> list[tuple[JobRequestedEvent, str]]:
+    """Each request as its tenant sends it, signed by the tenant's key (unsigned if `signers` has none)."""
+    events = []
+    for request in requests:
+        event = JobRequestedEvent.create(
+            source=f"tenant/{request.tenant_id}", subject=request.tenant_id, data=request
+        )
+        signer = signers.get(request.tenant_id)
+        events.append((signer.sign(event) if signer else event, str(request.job_id)))
+    return events

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import random
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -33,8 +36,24 @@ from services.shared.kafka import all_topics, ensure_topics
 from services.shared.policy import PolicyBundle
 from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
+from services.shared.signing import Keyring
+from sovereign.keys import throwaway_keys
+from sovereign.workload import TEMPLATES
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+# Throwaway keys for the whole run (never in the repository): every workload and catalogue tenant and
+# "nobody" (a key holder the tenant registry does not know), one factory key for every catalogue site, a
+# compliance officer.
+_KEY_DIR = Path(tempfile.mkdtemp(prefix="sovereign-test-keys-"))
+atexit.register(shutil.rmtree, _KEY_DIR, True)
+TEST_KEYS = throwaway_keys(
+    _KEY_DIR,
+    [*(t.tenant_id for t in TEMPLATES), *load_catalogue(REPO_ROOT / "catalogue").tenants, "nobody"],
+    # and a second Gwangju hall that a storage test brings online.
+    [*(offer.site.site_id for offer in load_catalogue(REPO_ROOT / "catalogue").offers), "nadc-gwangju-2"],
+)
+KEYRING = Keyring.load(TEST_KEYS.keyring)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -110,8 +129,17 @@ def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object
         data_dir=data_dir,
         idempotent_producer=False,
         outbox_poll_seconds=0.2,
+        keyring_path=TEST_KEYS.keyring,
+        signing_key_path=TEST_KEYS.private_key(TEST_KEYS.factory),
+        signing_key_id=TEST_KEYS.factory.key_id,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def as_tenant(settings: Settings, tenant: str) -> Settings:
+    """The settings of a tenant's command line: signing with the tenant's key."""
+    signer = TEST_KEYS.tenants[tenant]
+    return replace(settings, signing_key_path=TEST_KEYS.private_key(signer), signing_key_id=signer.key_id)
 
 
 @contextlib.asynccontextmanager
@@ -199,4 +227,5 @@ def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job
             **job,
         }
     )
-    return JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+    event = JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+    return TEST_KEYS.tenants[tenant].sign(event) if tenant in TEST_KEYS.tenants else event

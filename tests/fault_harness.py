@@ -44,6 +44,7 @@ from sovereign.status import collect_status
 from sovereign.submit import cancel_event
 from sovereign.watch import produce
 from sovereign.workload import generate, request_events
+from tests.conftest import TEST_KEYS
 
 SERVICES = tuple(SERVICE_TABLES)
 # Simulated hours per real second: the longest workload job (48 h) runs for 4 s.
@@ -260,6 +261,7 @@ async def running_cluster(
         "SOVEREIGN_TIME_SCALE": str(TIME_SCALE),
         "SOVEREIGN_QUEUE_RETRY_SECONDS": "2",
         "LOG_LEVEL": "INFO",
+        **TEST_KEYS.service_env(),
         **({"DATABASE_URL": service_database_url or database[0]} if database else {}),
         **({"SOVEREIGN_DB_SCHEMA_PREFIX": database[1]} if database else {}),
         **(env or {}),
@@ -314,10 +316,14 @@ def seeded_workload(
         status = rng.choice(["maintenance", "available"])
         size = pool.gpu_count + rng.choice([0, 8, 64])
         changes.append(
-            CapacityUpdatedEvent.create(
-                source=f"factory/{site_id}",
-                subject=site_id,
-                data=CapacityUpdated(site_id=site_id, pool_id=pool.pool_id, status=status, gpu_count=size),
+            TEST_KEYS.factory.sign(
+                CapacityUpdatedEvent.create(
+                    source=f"factory/{site_id}",
+                    subject=site_id,
+                    data=CapacityUpdated(
+                        site_id=site_id, pool_id=pool.pool_id, status=status, gpu_count=size
+                    ),
+                )
             )
         )
     return Workload(requests, rng.sample(requests, min(cancels, len(requests))), changes)
@@ -331,7 +337,9 @@ def restore_capacity(change: CapacityUpdatedEvent, catalogue_dir: Path) -> Capac
         if p.pool_id == change.data.pool_id
     )
     data = change.data.model_copy(update={"status": "available", "gpu_count": pool.gpu_count})
-    return CapacityUpdatedEvent.create(source=change.source, subject=change.subject, data=data)
+    return TEST_KEYS.factory.sign(
+        CapacityUpdatedEvent.create(source=change.source, subject=change.subject, data=data)
+    )
 
 
 async def drive(cluster: Cluster, workload: Workload, seed: int, catalogue_dir: Path) -> None:
@@ -345,9 +353,10 @@ async def drive(cluster: Cluster, workload: Workload, seed: int, catalogue_dir: 
     while cluster.count("placement", select(func.count()).select_from(SiteRow)) < sites:
         assert asyncio.get_running_loop().time() < deadline, "the factory's offers never reached placement"
         await asyncio.sleep(0.3)
-    events: list[tuple[AnyEvent, str]] = list(request_events(workload.requests))
+    events: list[tuple[AnyEvent, str]] = list(request_events(workload.requests, TEST_KEYS.tenants))
     extra: list[tuple[AnyEvent, str]] = [
-        (cancel_event(r.tenant_id, r.job_id, "fault suite"), str(r.job_id)) for r in workload.cancels
+        (cancel_event(r.tenant_id, r.job_id, "fault suite", TEST_KEYS.tenants[r.tenant_id]), str(r.job_id))
+        for r in workload.cancels
     ]
     extra += [(change, change.data.site_id) for change in workload.capacity_changes]
     for item in extra:

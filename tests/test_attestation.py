@@ -23,7 +23,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
-from tests.conftest import catalogue_pools
+from tests.conftest import KEYRING, TEST_KEYS, catalogue_pools
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 AUDITOR = Ed25519PrivateKey.generate()
@@ -58,6 +58,7 @@ def test_placement_refuses_a_badly_signed_offer_and_records_verified_ones(tmp_pa
         [table_of(OutboxMessage), table_of(ProcessedEvent), *PLACEMENT_TABLES],
     )
     ctx = placement.PlacementContext(
+        keyring=KEYRING,
         policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
         tenants=CATALOGUE.tenants,
         auditor_keys=KEYS,
@@ -75,7 +76,9 @@ def test_placement_refuses_a_badly_signed_offer_and_records_verified_ones(tmp_pa
             placement.on_capacity_offered(
                 ctx,
                 session,
-                CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer),
+                TEST_KEYS.factory.sign(
+                    CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer)
+                ),
             )
     with Session(engine) as session:
         sites = {row.site_id: row.verified_by for row in session.exec(select(SiteRow))}

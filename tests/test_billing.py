@@ -32,7 +32,7 @@ from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.billing_commands import invoice_command
-from tests.conftest import completed_at_haenam, placed_at_haenam
+from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, placed_at_haenam
 
 TENANTS = load_catalogue(REPO_ROOT / "catalogue").tenants
 MARCH = datetime(2027, 3, 10, tzinfo=UTC)
@@ -45,7 +45,7 @@ def engine(database_url: tuple[str, str]) -> Engine:
     return create_service_engine(url, "billing", tables, schema_prefix=prefix)
 
 
-CTX = billing.BillingContext(fee_bps=500, tenants=TENANTS)
+CTX = billing.BillingContext(keyring=KEYRING, fee_bps=500, tenants=TENANTS)
 
 
 def deliver(engine: Engine, *events: Any) -> None:
@@ -74,8 +74,10 @@ def usage(
         interval_end=when,
         **fields,
     )
-    return UsageReportedEvent.create(
-        source="factory/nacc-haenam", subject=tenant, data=data, event_id=uuid.uuid5(job_id, str(seq))
+    return TEST_KEYS.factory.sign(
+        UsageReportedEvent.create(
+            source="factory/nacc-haenam", subject=tenant, data=data, event_id=uuid.uuid5(job_id, str(seq))
+        )
     )
 
 
@@ -94,7 +96,7 @@ def test_out_of_order_and_repeated_usage_is_rated_once_and_balances(engine: Engi
         usages[2],
         usages[0],
         usages[2],
-        usages[0].model_copy(update={"id": uuid.uuid4()}),  # the same interval under a new id
+        TEST_KEYS.factory.sign(usages[0].model_copy(update={"id": uuid.uuid4()})),  # same interval, new id
         placed_at_haenam(job_id),
         usages[1],
         usages[1],
@@ -118,7 +120,7 @@ def test_conflicting_usage_for_the_same_interval_is_poison(engine: Engine) -> No
     job_id = uuid.uuid4()
     deliver(engine, usage(job_id, 1, 100))
     with pytest.raises(PoisonMessage, match="already reported"):
-        deliver(engine, usage(job_id, 1, 999).model_copy(update={"id": uuid.uuid4()}))
+        deliver(engine, TEST_KEYS.factory.sign(usage(job_id, 1, 999).model_copy(update={"id": uuid.uuid4()})))
 
 
 def test_late_usage_after_issue_becomes_an_adjustment_on_the_next_invoice(engine: Engine) -> None:
@@ -230,7 +232,9 @@ def test_a_dedup_key_reused_for_other_usage_is_refused_not_swallowed(engine: Eng
     first = usage(job_id, 1, 3600)
     deliver(engine, placed_at_haenam(job_id), first)
     # The same (source, id) claiming to be another tenant's interval: never counted as a duplicate.
-    forged = usage(other, 1, 7200, tenant="hanil-bank").model_copy(update={"id": first.id})
+    forged = TEST_KEYS.factory.sign(
+        usage(other, 1, 7200, tenant="hanil-bank").model_copy(update={"id": first.id})
+    )
     with pytest.raises(PoisonMessage, match="already identifies other usage"):
         deliver(engine, forged)
     with Session(engine) as session:

@@ -102,7 +102,9 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
         # The container's PATH has the project's `sovereign`; here it is the same entry point via -m.
         command = [sys.executable, "-m", *spec["command"]]
         envs[name] = env
-        processes.append((name, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, cwd=REPO_ROOT)))
+        # Unbuffered: a buffered readline can take in a second line that select() then never reports.
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, cwd=REPO_ROOT, bufsize=0)
+        processes.append((name, process))
     try:
         for name, process in processes:
             assert _wait_for_line(process, b'"service_started"', within=60), f"{name} did not start"

@@ -46,7 +46,7 @@ from sovereign.status import collect_status, render_status
 from sovereign.submit import cancel_event
 from sovereign.watch import produce
 from sovereign.workload import request_events
-from tests.conftest import POSTGRES_AVAILABLE, POSTGRES_URL, drop_schemas
+from tests.conftest import POSTGRES_AVAILABLE, POSTGRES_URL, TEST_KEYS, drop_schemas
 from tests.db_proxy import DatabaseProxy
 from tests.fault_harness import (
     SERVICES,
@@ -193,10 +193,12 @@ async def test_poison_messages_land_in_their_dead_letter_topics_and_partitions_f
             # Valid in shape, impossible in fact: another tenant cancels a job; a factory reuses an event id.
             target = workload.requests[0]
             stranger = "hanbit-ai" if target.tenant_id != "hanbit-ai" else "mois"
-            foreign_cancel = JobCancelEvent.create(
-                source=f"tenant/{stranger}",
-                subject=stranger,
-                data=JobCancelRequested(job_id=target.job_id, tenant_id=stranger),
+            foreign_cancel = TEST_KEYS.tenants[stranger].sign(
+                JobCancelEvent.create(
+                    source=f"tenant/{stranger}",
+                    subject=stranger,
+                    data=JobCancelRequested(job_id=target.job_id, tenant_id=stranger),
+                )
             )
             history = await cluster.history()
             usage = history.distinct("usage.reported")[0]
@@ -245,7 +247,7 @@ async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_job
     try:
         async with running_cluster(tmp_path, env={"OPA_URL": f"http://127.0.0.1:{port}"}) as cluster:
             bootstrap = cluster.settings.bootstrap_servers
-            await produce(bootstrap, request_events(batches[0]), idempotent=False)
+            await produce(bootstrap, request_events(batches[0], TEST_KEYS.tenants), idempotent=False)
             await cluster.settle({str(r.job_id) for r in batches[0]})
             for fault, batch in zip(("fail", "hang", "crash"), batches[1:], strict=True):
                 if fault == "crash":
@@ -253,7 +255,7 @@ async def test_a_failing_hanging_or_crashed_policy_engine_places_nothing_and_job
                     engine.wait()
                 else:
                     mode.write_text(fault)
-                await produce(bootstrap, request_events(batch), idempotent=False)
+                await produce(bootstrap, request_events(batch, TEST_KEYS.tenants), idempotent=False)
                 waiting = {str(r.job_id) for r in batch}
                 await wait_for(partial(all_in_states, cluster, waiting, HELD), f"{fault}: jobs held")
                 with Session(cluster.engine("placement")) as session:
@@ -367,14 +369,14 @@ async def test_two_placement_workers_racing_for_the_last_gpus_never_oversubscrib
         for round_number in range(6):
             new = [long_job(len(jobs) + i, fault_seed) for i in range(4)]
             jobs += new
-            events: list[tuple[AnyEvent, str]] = list(request_events(new))
+            events: list[tuple[AnyEvent, str]] = list(request_events(new, TEST_KEYS.tenants))
             if round_number:
                 size += 8
                 grow = CapacityUpdated(
                     site_id="skt-pangyo", pool_id=RACE_POOL, status="available", gpu_count=size
                 )
-                update = CapacityUpdatedEvent.create(
-                    source="factory/skt-pangyo", subject="skt-pangyo", data=grow
+                update = TEST_KEYS.factory.sign(
+                    CapacityUpdatedEvent.create(source="factory/skt-pangyo", subject="skt-pangyo", data=grow)
                 )
                 events.insert(rng.randint(0, len(events)), (update, "skt-pangyo"))
             await produce(bootstrap, events, idempotent=False)
@@ -394,7 +396,13 @@ async def test_two_placement_workers_racing_for_the_last_gpus_never_oversubscrib
             placed = (await cluster.history()).distinct("jobs.placed")
             assert sum(event["data"]["gpu_count"] for event in placed) <= size, (round_number, len(placed))
         assert holding == size  # the queue kept every GPU busy: the races were real
-        cancels = [(cancel_event(r.tenant_id, r.job_id, "fault suite"), str(r.job_id)) for r in jobs]
+        cancels = [
+            (
+                cancel_event(r.tenant_id, r.job_id, "fault suite", TEST_KEYS.tenants[r.tenant_id]),
+                str(r.job_id),
+            )
+            for r in jobs
+        ]
         await produce(bootstrap, cancels, idempotent=False)
         await cluster.settle({str(r.job_id) for r in jobs})
         violations = await cluster.check()

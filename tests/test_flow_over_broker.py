@@ -39,7 +39,7 @@ from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import EventWatcher, consumer_lag, produce
 from sovereign.workload import generate, request_events
-from tests.conftest import run_services, service_settings, wait_until_async
+from tests.conftest import TEST_KEYS, as_tenant, run_services, service_settings, wait_until_async
 
 pytestmark = pytest.mark.broker
 
@@ -86,7 +86,7 @@ async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
     settings, tracker, _ = marketplace
     requests = generate(24, seed=11)
     job_ids = {r.job_id for r in requests}
-    await produce(settings.bootstrap_servers, request_events(requests), idempotent=False)
+    await produce(settings.bootstrap_servers, request_events(requests, TEST_KEYS.tenants), idempotent=False)
     assert await wait_until(lambda: tracker.all_terminal(job_ids), within=90), tracker.states(job_ids)
 
     tenants = {r.tenant_id for r in requests}
@@ -123,8 +123,12 @@ async def test_every_job_ends_once_and_bills_equal_usage_times_locked_price(
 async def test_duplicate_submission_is_placed_once(marketplace: Marketplace) -> None:
     settings, tracker, _ = marketplace
     request = job(client_id="duplicate-check")
-    first = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
-    resubmitted = JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
+    first = TEST_KEYS.tenants["hanbit-ai"].sign(
+        JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
+    )
+    resubmitted = TEST_KEYS.tenants["hanbit-ai"].sign(
+        JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=request)
+    )
     # The same envelope twice (a producer retry) and the same request in a new envelope (a user retry).
     await produce(
         settings.bootstrap_servers,
@@ -151,19 +155,23 @@ async def committed_offset(bootstrap: str, group: str, partition: TopicPartition
 async def test_redelivered_usage_is_billed_once(marketplace: Marketplace) -> None:
     settings, tracker, _ = marketplace
     request = job(client_id="redelivery-check")
-    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)
     assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", within=60)
     trace = tracker.trace(request.job_id)
     usage = trace.usage[0]
     source = f"factory/{usage.site_id}"
     # Redelivered: the factory's event again under its own id, and the same interval under a new id.
-    same_id = UsageReportedEvent.create(
-        source=source,
-        subject=usage.tenant_id,
-        data=usage,
-        event_id=usage_event_id(request.job_id, 1, usage.seq),
+    same_id = TEST_KEYS.factory.sign(
+        UsageReportedEvent.create(
+            source=source,
+            subject=usage.tenant_id,
+            data=usage,
+            event_id=usage_event_id(request.job_id, 1, usage.seq),
+        )
     )
-    new_id = UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage)
+    new_id = TEST_KEYS.factory.sign(
+        UsageReportedEvent.create(source=source, subject=usage.tenant_id, data=usage)
+    )
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     await producer.start()
     try:
@@ -203,7 +211,8 @@ async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
     poison = [
         b"not json at all",
         b'{"id": "x", "type": "jobs.requested", "data": {}}',
-        JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=job())
+        TEST_KEYS.tenants["hanbit-ai"]
+        .sign(JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=job()))
         .model_dump_json()
         .replace('"gpu_count":4', '"gpu_count":-4')
         .encode(),
@@ -214,7 +223,8 @@ async def test_malformed_messages_go_to_the_dlq_and_the_consumer_goes_on(
         good = job(client_id="after-poison")
         await producer.send_and_wait(
             "jobs.requested",
-            JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=good)
+            TEST_KEYS.tenants["hanbit-ai"]
+            .sign(JobRequestedEvent.create(source="tenant/hanbit-ai", subject="hanbit-ai", data=good))
             .model_dump_json()
             .encode(),
             key=b"poison",
@@ -242,7 +252,7 @@ async def test_submit_command_follows_a_job_to_its_bill(
     settings, _, _ = marketplace
     job_file = tmp_path / "job.json"
     job_file.write_text(job(client_id="submitted-by-cli").model_dump_json())
-    assert await submit(job_file, settings, wait_seconds=60) == 0
+    assert await submit(job_file, as_tenant(settings, "hanbit-ai"), wait_seconds=60) == 0
     printed = capsys.readouterr().out
     assert "placed on " in printed and "#1 " in printed and "billed " in printed
 
@@ -261,7 +271,7 @@ async def test_submit_command_refuses_an_invalid_file_clearly(
 async def test_governance_logs_every_decision_in_an_intact_chain(marketplace: Marketplace) -> None:
     settings, tracker, governance = marketplace
     request = job(client_id="governance-check", csap_grade="low")
-    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)
     assert await wait_until(lambda: bool(tracker.trace(request.job_id).placed), within=60)
     decision_id = str(tracker.trace(request.job_id).placed[0].explanation.decision_id)
 
@@ -291,10 +301,12 @@ async def test_cancelling_a_running_job_bills_its_usage_so_far_and_frees_capacit
     settings, tracker, _ = marketplace
     # 600 simulated hours (six hourly-or-longer intervals) take about six real seconds here.
     request = job(client_id="cancel-check", expected_hours=600)
-    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)
     trace = tracker.trace(request.job_id)
     assert await wait_until(lambda: bool(trace.started), within=60)
-    assert await cancel(settings, request.tenant_id, request.job_id, "test") == 0
+    assert (
+        await cancel(as_tenant(settings, request.tenant_id), request.tenant_id, request.job_id, "test") == 0
+    )
     assert await wait_until(lambda: trace.terminal == "billed", within=60), trace.state
     [cancelled] = trace.cancelled
     [completed] = trace.completed
@@ -311,9 +323,11 @@ async def test_a_cancel_that_overtakes_its_request_stops_it(marketplace: Marketp
     settings, tracker, _ = marketplace
     request = job(client_id="cancel-early")
     trace = tracker.trace(request.job_id)
-    await cancel(settings, request.tenant_id, request.job_id, "changed our mind")
+    await cancel(
+        as_tenant(settings, request.tenant_id), request.tenant_id, request.job_id, "changed our mind"
+    )
     assert await wait_until(lambda: bool(trace.cancelled), within=30)
-    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)
     group = consumer_group("placement", "jobs.requested")
     assert await wait_until_async(
         lambda: consumer_lag(settings.bootstrap_servers, group, "jobs.requested"),
@@ -333,7 +347,9 @@ async def test_an_offer_signed_by_an_unlisted_auditor_is_refused_with_an_event(
     offer = load_catalogue(REPO_ROOT / "catalogue").offers[0]
     impostor = Ed25519PrivateKey.generate()
     signed = offer.model_copy(update={"attestation": sign_site(impostor, "self-declared", offer.site)})
-    event = CapacityOfferedEvent.create(source="factory/impostor", subject=offer.site.site_id, data=signed)
+    event = TEST_KEYS.factory.sign(
+        CapacityOfferedEvent.create(source="factory/impostor", subject=offer.site.site_id, data=signed)
+    )
     async with EventWatcher(settings.bootstrap_servers, ["capacity.rejected"]) as watcher:
         await produce(settings.bootstrap_servers, [(event, offer.site.site_id)], idempotent=False)
         async for batch in watcher.events():

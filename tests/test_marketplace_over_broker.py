@@ -43,7 +43,14 @@ from sovereign.submit import cancel
 from sovereign.tracker import JobTrace, Tracker, following, wait_until
 from sovereign.watch import consumer_lag, produce
 from sovereign.workload import request_events
-from tests.conftest import placed_at_haenam, run_services, service_settings, wait_until_async
+from tests.conftest import (
+    KEYRING,
+    TEST_KEYS,
+    placed_at_haenam,
+    run_services,
+    service_settings,
+    wait_until_async,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -108,7 +115,9 @@ def job(tenant: str = "hanbit-ai", **fields: object) -> JobRequest:
 
 
 async def submit(settings: Settings, tracker: Tracker, *requests: JobRequest) -> list[JobTrace]:
-    await produce(settings.bootstrap_servers, request_events(list(requests)), idempotent=False)
+    await produce(
+        settings.bootstrap_servers, request_events(list(requests), TEST_KEYS.tenants), idempotent=False
+    )
     return [tracker.trace(r.job_id) for r in requests]
 
 
@@ -236,8 +245,10 @@ async def test_invoices_hold_when_usage_is_late_repeated_or_reordered_and_the_st
             interval_end=march,
         )
         event_id = uuid.uuid5(job_id, str(seq))
-        return UsageReportedEvent.create(
-            source="factory/nacc-haenam", subject="mois", data=data, event_id=event_id
+        return TEST_KEYS.factory.sign(
+            UsageReportedEvent.create(
+                source="factory/nacc-haenam", subject="mois", data=data, event_id=event_id
+            )
         ), str(job_id)
 
     completed = JobCompleted(
@@ -255,7 +266,9 @@ async def test_invoices_hold_when_usage_is_late_repeated_or_reordered_and_the_st
     trace = tracker.trace(job_id)
     assert await wait_until(lambda: len(trace.rated) == 1, within=30)
     context = BillingContext(
-        fee_bps=settings.marketplace_fee_bps, tenants=load_catalogue(settings.catalogue_dir).tenants
+        keyring=KEYRING,
+        fee_bps=settings.marketplace_fee_bps,
+        tenants=load_catalogue(settings.catalogue_dir).tenants,
     )
     with unit_of_work(billing_service.engine) as session:
         issued = issue_invoice(context, session, "mois", "2027-03", datetime.now(UTC))

@@ -17,7 +17,7 @@ from services.shared.settings import REPO_ROOT
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import produce
 from sovereign.workload import request_events
-from tests.conftest import run_services, service_settings
+from tests.conftest import TEST_KEYS, run_services, service_settings
 
 pytestmark = pytest.mark.broker
 
@@ -68,15 +68,17 @@ async def test_two_workers_never_oversubscribe_a_pool(
             kafka,
             [
                 (
-                    CapacityOfferedEvent.create(
-                        source="factory/skt-pangyo", subject="skt-pangyo", data=offer
+                    TEST_KEYS.factory.sign(
+                        CapacityOfferedEvent.create(
+                            source="factory/skt-pangyo", subject="skt-pangyo", data=offer
+                        )
                     ),
                     "skt-pangyo",
                 )
             ],
             idempotent=False,
         )
-        await produce(kafka, request_events(requests), idempotent=False)
+        await produce(kafka, request_events(requests, TEST_KEYS.tenants), idempotent=False)
         decided = lambda: all(tracker.trace(j).placed or tracker.trace(j).queued for j in job_ids)  # noqa: E731
         assert await wait_until(decided, within=60), tracker.states(job_ids)
         # Both workers took part: the group split the request topic's partitions between them.

@@ -26,7 +26,7 @@ from sovereign.policy_commands import policy_publish
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import produce
 from sovereign.workload import request_events
-from tests.conftest import published_revision, run_services, service_settings
+from tests.conftest import TEST_KEYS, published_revision, run_services, service_settings
 
 pytestmark = pytest.mark.broker
 
@@ -38,7 +38,11 @@ async def placement(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"))
     offers = [
         (
-            CapacityOfferedEvent.create(source=f"factory/{o.site.site_id}", subject=o.site.site_id, data=o),
+            TEST_KEYS.factory.sign(
+                CapacityOfferedEvent.create(
+                    source=f"factory/{o.site.site_id}", subject=o.site.site_id, data=o
+                )
+            ),
             o.site.site_id,
         )
         for o in load_catalogue(REPO_ROOT / "catalogue").offers
@@ -71,7 +75,7 @@ def cheap_job() -> JobRequest:
 
 async def decide(settings: Settings, tracker: Tracker) -> tuple[str, str]:
     request = cheap_job()
-    await produce(settings.bootstrap_servers, request_events([request]), idempotent=False)
+    await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)
     trace = tracker.trace(request.job_id)
     assert await wait_until(lambda: bool(trace.placed or trace.rejected), within=30)
     explanation = trace.placed[0].explanation if trace.placed else trace.rejected[0].explanation

@@ -59,7 +59,7 @@ from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngin
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.job_commands import list_jobs
 from sovereign.submit import cancel_event as tenant_cancel
-from tests.conftest import completed_at_haenam, placed_at_haenam, request_event
+from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, placed_at_haenam, request_event
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
@@ -136,6 +136,7 @@ def test_reservations_never_exceed_capacity_under_concurrency(database_url: tupl
 
 def placement_context(**overrides: Any) -> placement.PlacementContext:
     return placement.PlacementContext(
+        keyring=KEYRING,
         policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
         tenants=CATALOGUE.tenants,
         **overrides,
@@ -148,7 +149,9 @@ def offer_all(engine: Engine, ctx: placement.PlacementContext) -> None:
             placement.on_capacity_offered(
                 ctx,
                 session,
-                CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer),
+                TEST_KEYS.factory.sign(
+                    CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer)
+                ),
             )
 
 
@@ -285,7 +288,9 @@ def test_a_queued_job_is_not_decided_again_for_capacity_it_cannot_use(database_u
         placement.on_capacity_updated(
             ctx,
             session,
-            CapacityUpdatedEvent.create(source="factory/skt-pangyo", subject="skt-pangyo", data=grown),
+            TEST_KEYS.factory.sign(
+                CapacityUpdatedEvent.create(source="factory/skt-pangyo", subject="skt-pangyo", data=grown)
+            ),
         )
     assert decisions_of_waiting() == 1, "capacity at a site its decision denied does not re-decide it"
     complete_at_gwangju(engine, ctx, big.data.job_id, 600)
@@ -307,7 +312,11 @@ def test_a_site_offered_anew_can_take_a_queued_job_at_once(database_url: tuple[s
     hall = CapacityOffered(site=site, pools=pools)
     with unit_of_work(engine) as session:
         placement.on_capacity_offered(
-            ctx, session, CapacityOfferedEvent.create(source="factory/x", subject=site.site_id, data=hall)
+            ctx,
+            session,
+            TEST_KEYS.factory.sign(
+                CapacityOfferedEvent.create(source="factory/x", subject=site.site_id, data=hall)
+            ),
         )
     with Session(engine) as session:
         job = session.get(JobRow, str(waiting.data.job_id))
@@ -439,7 +448,9 @@ def test_capacity_updates_resize_pause_and_withdraw_a_pool(database_url: tuple[s
 
     def update(**fields: Any) -> None:
         data = CapacityUpdated(site_id="nadc-gwangju", pool_id="nadc-gwangju-a100", **fields)
-        event = CapacityUpdatedEvent.create(source="factory/nadc-gwangju", subject="nadc-gwangju", data=data)
+        event = TEST_KEYS.factory.sign(
+            CapacityUpdatedEvent.create(source="factory/nadc-gwangju", subject="nadc-gwangju", data=data)
+        )
         with unit_of_work(engine) as session:
             placement.on_capacity_updated(ctx, session, event)
 
@@ -546,7 +557,7 @@ def test_jobs_command_shows_queue_positions_by_priority(
 
 
 def cancel_event(job_id: uuid.UUID, tenant: str = "mois") -> JobCancelEvent:
-    return tenant_cancel(tenant, job_id, "no longer needed")
+    return tenant_cancel(tenant, job_id, "no longer needed", TEST_KEYS.tenants[tenant])
 
 
 def test_cancel_at_every_stage(database_url: tuple[str, str]) -> None:

@@ -39,7 +39,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
-from tests.conftest import completed_at_haenam, published_revision
+from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_revision
 
 SHIPPED = REPO_ROOT / "policies"
 
@@ -57,7 +57,9 @@ def request(tenant: str, name: str, **fields: Any) -> JobRequestedEvent:
             **fields,
         }
     )
-    return JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+    return TEST_KEYS.tenants[tenant].sign(
+        JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+    )
 
 
 JOBS = {
@@ -85,6 +87,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         database_url_for(settings, "governance"), "governance", [*shared, *GOVERNANCE_TABLES]
     )
     ctx = placement.PlacementContext(
+        keyring=KEYRING,
         policy=EmbeddedRegoEngine(PolicyBundle.load(SHIPPED)),
         tenants=load_catalogue(REPO_ROOT / "catalogue").tenants,
     )
@@ -93,7 +96,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             placement.on_capacity_offered(
                 ctx,
                 session,
-                CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer),
+                TEST_KEYS.factory.sign(
+                    CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer)
+                ),
             )
         for event in JOBS.values():
             placement.on_job_requested(ctx, session, event)

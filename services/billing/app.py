@@ -18,6 +18,7 @@ from services.billing.storage import TABLES
 from services.shared.catalogue import load_catalogue
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
+from services.shared.signing import Keyring
 
 NAME = "billing"
 
@@ -25,7 +26,9 @@ NAME = "billing"
 def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
     context = handlers.BillingContext(
-        fee_bps=settings.marketplace_fee_bps, tenants=load_catalogue(settings.catalogue_dir).tenants
+        fee_bps=settings.marketplace_fee_bps,
+        tenants=load_catalogue(settings.catalogue_dir).tenants,
+        keyring=Keyring.load(settings.keyring_path),
     )
     consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
     consume(service, UsageReportedEvent, partial(handlers.on_usage_reported, context))

@@ -56,6 +56,7 @@ from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.money import period_of
 from services.shared.outbox import add_to_outbox
+from services.shared.signing import Keyring, KeyRole
 
 CONSUMER = "billing"
 SOURCE = "service/billing"
@@ -66,6 +67,9 @@ class BillingContext:
     fee_bps: int
     # Commercial terms: budgets and volume tiers.
     tenants: dict[str, Tenant] = field(default_factory=dict)
+    # Factories' keys: each usage report must be signed by a key of the factory running its site (with
+    # none, every report is refused).
+    keyring: Keyring = field(default_factory=Keyring.empty)
 
 
 def _charge_for(session: Session, job_id: str, attempt: int, tenant_id: str, site_id: str) -> ChargeRow:
@@ -104,6 +108,7 @@ def on_job_completed(ctx: BillingContext, session: Session, event: JobCompletedE
 
 def on_usage_reported(ctx: BillingContext, session: Session, event: UsageReportedEvent) -> None:
     usage = event.data
+    ctx.keyring.require(event, KeyRole.FACTORY, usage.site_id)
     job_id = str(usage.job_id)
     if usage.tenant_id != event.subject:
         raise PoisonMessage(f"usage for tenant {usage.tenant_id} sent with subject {event.subject}")

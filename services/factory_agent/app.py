@@ -18,8 +18,10 @@ from services.factory_agent.storage import TABLES
 from services.shared.attestation import load_attestations
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work, utc_now
+from services.shared.logging import get_logger
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
+from services.shared.signing import Signer
 
 NAME = "factory-agent"
 TICK_SECONDS = 0.1
@@ -41,7 +43,15 @@ def build(settings: Settings) -> Service:
         },
         time_scale=settings.time_scale,
         failure_rates=settings.site_failure_rates,
+        signer=Signer.load(settings.signing_key_path, settings.signing_key_id)
+        if settings.signing_key_path
+        else None,
     )
+    if context.signer is None:
+        get_logger(component="factory-agent").warning(
+            "factory_unsigned",
+            reason="no SOVEREIGN_SIGNING_KEY: placement and billing will refuse its events",
+        )
     # Offers go through the outbox like every other event: published as soon as the relay runs.
     service.on_start.append(partial(handlers.offer_capacity, context))
     consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))

@@ -10,6 +10,7 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
+from contracts import AnyEvent
 from contracts.events import (
     CapacityOffered,
     CapacityOfferedEvent,
@@ -36,6 +37,7 @@ from services.shared.db import as_utc
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
+from services.shared.signing import Signer
 
 CONSUMER = "factory-agent"
 
@@ -46,14 +48,20 @@ class FactoryContext:
     time_scale: float
     # Share of runs that fail at each site (simulated hardware faults); absent sites never fail.
     failure_rates: dict[str, float] = field(default_factory=dict)
+    # The factory's key: placement and billing refuse its offers and usage reports unsigned.
+    signer: Signer | None = None
 
     def source(self, site_id: str) -> str:
         return f"factory/{site_id}"
 
+    def emit(self, session: Session, event: AnyEvent, key: str) -> None:
+        """Into the outbox, signed by the factory's key."""
+        add_to_outbox(session, self.signer.sign(event) if self.signer else event, key)
+
 
 def offer_capacity(ctx: FactoryContext, session: Session) -> None:
     for site_id, offer in sorted(ctx.offers.items()):
-        add_to_outbox(
+        ctx.emit(
             session,
             CapacityOfferedEvent.create(source=ctx.source(site_id), subject=site_id, data=offer),
             site_id,
@@ -111,7 +119,7 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
         gpu_count=placed.gpu_count,
         attempt=placed.attempt,
     )
-    add_to_outbox(
+    ctx.emit(
         session,
         JobStartedEvent.create(source=ctx.source(placed.site_id), subject=placed.tenant_id, data=started),
         str(placed.job_id),
@@ -188,7 +196,7 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetim
             interval_start=started + timedelta(seconds=interval.start_offset_s),
             interval_end=started + timedelta(seconds=interval.end_offset_s),
         )
-        add_to_outbox(
+        ctx.emit(
             session,
             UsageReportedEvent.create(
                 source=source,
@@ -256,7 +264,7 @@ def _report_completion(
         attempt=attempt,
     )
     event = JobCompletedEvent.create(source=ctx.source(site_id), subject=tenant_id, data=completed)
-    add_to_outbox(session, event, str(job_id))
+    ctx.emit(session, event, str(job_id))
     get_logger(job_id=str(job_id), site_id=site_id).info(
         "job_completed", status=status, attempt=attempt, usage_reports=len(reported)
     )

@@ -32,6 +32,7 @@ from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBu
 from services.shared.policy_check import activate_published
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
+from services.shared.signing import Keyring
 
 NAME = "placement"
 # How often queued jobs are re-planned even when no capacity event arrives (deadlines expire meanwhile).
@@ -53,6 +54,8 @@ def build(settings: Settings) -> Service:
         policy_budget_ms=settings.policy_budget_ms,
         queue_retry=timedelta(seconds=settings.queue_retry_seconds),
         auditor_keys=load_auditor_keys(settings.auditor_keys_path),
+        keyring=Keyring.load(settings.keyring_path),
+        signature_max_age=timedelta(seconds=settings.signature_max_age_seconds),
     )
     consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))

@@ -76,6 +76,7 @@ from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox
 from services.shared.policy import PolicyEngine, PolicyEngineError
+from services.shared.signing import Keyring, KeyRole, staleness
 
 CONSUMER = "placement"
 SOURCE = "service/placement"
@@ -84,12 +85,17 @@ QUEUE_BATCH = 50
 PRIORITY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
 # Attempts to reserve when a concurrent worker takes the chosen GPUs first.
 RESERVE_ATTEMPTS = 3
+# Kafka redelivers, and an attacker can copy an envelope: either way its id was seen, and nothing happens.
+SEEN_BEFORE = "an envelope with this id from this source was handled already: a redelivery or a replay"
 
 
 @dataclass
 class PlacementContext:
     policy: PolicyEngine
     tenants: dict[str, Tenant]
+    # Tenants' keys sign requests and cancels; factories' keys sign capacity offers and updates (with none,
+    # all of these are refused).
+    keyring: Keyring = field(default_factory=Keyring.empty)
     clock: Callable[[], datetime] = field(default=utc_now)
     # Listed auditors: a signed offer must verify against one of these or it is refused.
     auditor_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
@@ -97,14 +103,20 @@ class PlacementContext:
     policy_budget_ms: float = 250.0
     # The periodic pass re-plans a queued job only if nothing re-planned it for this long.
     queue_retry: timedelta = timedelta(seconds=60)
+    # A request signed longer ago than this is rejected: the inbox remembers envelope ids, this bounds how
+    # old a replayed one can be.
+    signature_max_age: timedelta = timedelta(seconds=900)
 
 
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
-    if not claim_event(session, CONSUMER, event):
-        return
     request = event.data
+    # Before anything is recorded: a forged request must not even reserve its job id.
+    ctx.keyring.require(event, KeyRole.TENANT, request.tenant_id)
     job_id = str(request.job_id)
     log = get_logger(job_id=job_id, event_id=str(event.id), tenant_id=request.tenant_id)
+    if not claim_event(session, CONSUMER, event):
+        log.info("envelope_seen_before_ignored", reason=SEEN_BEFORE)
+        return
     job = JobRow(
         job_id=job_id,
         tenant_id=request.tenant_id,
@@ -132,6 +144,10 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
             f"the envelope's subject {event.subject!r} is not the job's tenant {request.tenant_id!r}",
         )
         return
+    stale = staleness(event.time, ctx.clock(), ctx.signature_max_age)
+    if stale is not None:
+        _reject(session, job, request, RejectionCode.STALE_REQUEST, f"the request was {stale}")
+        return
     tenant = ctx.tenants.get(request.tenant_id)
     if tenant is None:
         _reject(
@@ -148,9 +164,11 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
 def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent) -> None:
     """Honour a tenant's cancel at any stage. A placed job keeps its GPUs until its factory confirms it
     stopped (jobs.completed with status cancelled), so capacity is never handed out twice."""
-    if not claim_event(session, CONSUMER, event):
-        return
     cancel = event.data
+    ctx.keyring.require(event, KeyRole.TENANT, cancel.tenant_id)
+    if not claim_event(session, CONSUMER, event):
+        get_logger(job_id=str(cancel.job_id)).info("envelope_seen_before_ignored", reason=SEEN_BEFORE)
+        return
     job_id = str(cancel.job_id)
     log = get_logger(job_id=job_id, tenant_id=cancel.tenant_id)
     if cancel.tenant_id != event.subject:
@@ -194,6 +212,7 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
 
 
 def on_capacity_offered(ctx: PlacementContext, session: Session, event: CapacityOfferedEvent) -> None:
+    ctx.keyring.require(event, KeyRole.FACTORY, event.data.site.site_id)
     if not claim_event(session, CONSUMER, event):
         return
     offer = event.data
@@ -214,6 +233,7 @@ def on_capacity_offered(ctx: PlacementContext, session: Session, event: Capacity
 
 
 def on_capacity_updated(ctx: PlacementContext, session: Session, event: CapacityUpdatedEvent) -> None:
+    ctx.keyring.require(event, KeyRole.FACTORY, event.data.site_id)
     if not claim_event(session, CONSUMER, event):
         return
     update = event.data

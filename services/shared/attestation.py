@@ -9,7 +9,6 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from contracts.events import SiteAttestation, SiteAttributes
 
@@ -36,10 +35,6 @@ def verification_failure(
     except (InvalidSignature, ValueError):
         return f"the signature by {attestation.auditor_key_id!r} does not match the offered attributes"
     return None
-
-
-def public_key_text(key: Ed25519PublicKey) -> str:
-    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
 def load_auditor_keys(path: Path | None) -> dict[str, Ed25519PublicKey]:

@@ -80,6 +80,12 @@ class Settings:
     # JSON of auditor key id -> public key (placement), and of site id -> attestation (factory agent).
     auditor_keys_path: Path | None = None
     site_attestations_path: Path | None = None
+    # The public keys of tenants, factories and officers (placement, billing); none: every signed topic is
+    # refused. This process's own signing key (a factory agent's), and how old a signed envelope may be.
+    keyring_path: Path | None = None
+    signing_key_path: Path | None = None
+    signing_key_id: str = ""
+    signature_max_age_seconds: float = 900.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -111,5 +117,11 @@ class Settings:
             else None,
             site_attestations_path=(
                 Path(env["SOVEREIGN_SITE_ATTESTATIONS"]) if env.get("SOVEREIGN_SITE_ATTESTATIONS") else None
+            ),
+            keyring_path=Path(env["SOVEREIGN_KEYRING"]) if env.get("SOVEREIGN_KEYRING") else None,
+            signing_key_path=Path(env["SOVEREIGN_SIGNING_KEY"]) if env.get("SOVEREIGN_SIGNING_KEY") else None,
+            signing_key_id=env.get("SOVEREIGN_SIGNING_KEY_ID", ""),
+            signature_max_age_seconds=float(
+                env.get("SOVEREIGN_SIGNATURE_MAX_AGE_SECONDS", base.signature_max_age_seconds)
             ),
         )

@@ -1,0 +1,174 @@
+"""Who said it: Ed25519 signatures over event envelopes, and the keyring that says whose key is whose.
+
+A signature covers the envelope's canonical form: the event as its contract dumps it to JSON (every field,
+defaults included, the signature left out), keys sorted, no whitespace, UTF-8. A verifier rebuilds those
+bytes from the parsed event, so spacing or key order on the wire does not matter; any changed value does.
+Keys never live in the repository: `sovereign keys` makes them, and the demo makes throwaway ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Self, TypeVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts import AnyEvent
+from contracts.envelope import EnvelopeSignature
+from services.shared.batch import PoisonMessage
+
+SignedEvent = TypeVar("SignedEvent", bound=AnyEvent)
+
+
+class KeyRole(StrEnum):
+    TENANT = "tenant"  # signs its job requests and cancels
+    FACTORY = "factory"  # signs its sites' capacity offers and usage reports
+    OFFICER = "officer"  # a compliance officer: signs policy revisions
+
+
+class KeyEntry(BaseModel):
+    """A public key and who holds it. A tenant key speaks for `principal` (the tenant id); a factory key
+    for each of `sites`; an officer key for the officer named `principal`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: KeyRole
+    principal: str = Field(min_length=1, max_length=200)
+    sites: list[str] = Field(default_factory=list)
+    public_key: str = Field(description="Base64 of the raw 32-byte Ed25519 public key.")
+
+    def speaks_for(self, party: str) -> bool:
+        return party in self.sites if self.role is KeyRole.FACTORY else party == self.principal
+
+
+class KeyringFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: dict[str, KeyEntry]
+
+
+class SignatureRefused(PoisonMessage):
+    """An event whose signature does not prove who it claims to come from; it goes to the dead-letter topic
+    with this reason and has no effect."""
+
+
+@dataclass(frozen=True)
+class Keyring:
+    entries: dict[str, KeyEntry]
+
+    @classmethod
+    def empty(cls) -> Self:
+        return cls({})
+
+    @classmethod
+    def load(cls, path: Path | None) -> Self:
+        """The keyring file; none configured means no key is known, so every signed topic is refused."""
+        if path is None:
+            return cls.empty()
+        return cls(KeyringFile.model_validate_json(path.read_text(encoding="utf-8")).keys)
+
+    def refusal(self, event: AnyEvent, role: KeyRole, party: str) -> str | None:
+        """None if the event is signed by a known key of `role` that speaks for `party`; otherwise why."""
+        signature = event.signature
+        if signature is None:
+            return f"unsigned: a {event.type} must be signed by a {role.value} key of {party!r}"
+        entry = self.entries.get(signature.key_id)
+        if entry is None:
+            return f"unknown key {signature.key_id!r}: it is not in the keyring"
+        if entry.role is not role:
+            return f"key {signature.key_id!r} is a {entry.role.value} key, not a {role.value} key"
+        if not entry.speaks_for(party):
+            return f"key {signature.key_id!r} ({entry.principal}) does not speak for {party!r}"
+        try:
+            public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(entry.public_key, validate=True))
+            public_key.verify(base64.b64decode(signature.value, validate=True), canonical_bytes(event))
+        except (InvalidSignature, ValueError):
+            return f"bad signature: the envelope is not what key {signature.key_id!r} signed"
+        return None
+
+    def require(self, event: AnyEvent, role: KeyRole, party: str) -> None:
+        if (reason := self.refusal(event, role, party)) is not None:
+            raise SignatureRefused(reason)
+
+
+def staleness(signed_at: datetime, now: datetime, max_age: timedelta) -> str | None:
+    """Why an envelope signed at `signed_at` is not fresh at `now`, or None. A little clock skew is allowed
+    ahead; an envelope older than max_age could be a replay from beyond what the inbox remembers."""
+    if signed_at > now + CLOCK_SKEW:
+        return f"signed at {signed_at.isoformat()}, in the future (now {now.isoformat()})"
+    if now - signed_at > max_age:
+        return (
+            f"signed at {signed_at.isoformat()}, more than {max_age.total_seconds():.0f} s before it was "
+            f"handled ({now.isoformat()}): send a new request"
+        )
+    return None
+
+
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+def canonical_bytes(event: AnyEvent) -> bytes:
+    content = event.model_dump(mode="json", exclude={"signature"})
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Signer:
+    key_id: str
+    key: Ed25519PrivateKey
+
+    @classmethod
+    def load(cls, path: Path, key_id: str) -> Self:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return cls(key_id, key)
+
+    def sign(self, event: SignedEvent) -> SignedEvent:
+        value = base64.b64encode(self.key.sign(canonical_bytes(event))).decode()
+        return event.model_copy(update={"signature": EnvelopeSignature(key_id=self.key_id, value=value)})
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def write_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """PEM, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    path.chmod(0o600)
+
+
+def add_to_keyring(path: Path, key_id: str, entry: KeyEntry) -> None:
+    keyring = KeyringFile.model_validate_json(path.read_text()) if path.exists() else KeyringFile(keys={})
+    keyring.keys[key_id] = entry
+    path.write_text(keyring.model_dump_json(indent=2) + "\n")
+
+
+def make_key(
+    directory: Path, key_id: str, role: KeyRole, principal: str, sites: Iterable[str] = ()
+) -> Signer:
+    """A new key pair: the private key in DIRECTORY/KEY_ID.key, the public key in DIRECTORY/keyring.json."""
+    key = Ed25519PrivateKey.generate()
+    write_private_key(key, directory / f"{key_id}.key")
+    entry = KeyEntry(
+        role=role, principal=principal, sites=list(sites), public_key=public_key_text(key.public_key())
+    )
+    add_to_keyring(directory / "keyring.json", key_id, entry)
+    return Signer(key_id, key)

@@ -1,0 +1,47 @@
+"""Throwaway keys for a run on one machine (the demo, the benchmark, the tests): a key per tenant, one
+factory key for every site and a compliance officer's key, made at start in a scratch directory. Keys
+never live in the repository."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.shared.signing import KeyRole, Signer, make_key
+
+FACTORY_KEY_ID = "factory-demo"
+OFFICER_KEY_ID = "officer-demo"
+
+
+@dataclass(frozen=True)
+class ThrowawayKeys:
+    directory: Path
+    tenants: dict[str, Signer]
+    factory: Signer
+    officer: Signer
+
+    @property
+    def keyring(self) -> Path:
+        return self.directory / "keyring.json"
+
+    def private_key(self, signer: Signer) -> Path:
+        return self.directory / f"{signer.key_id}.key"
+
+    def service_env(self) -> dict[str, str]:
+        """Services' settings: all read the keyring; the factory agent signs with the factory key."""
+        return {
+            "SOVEREIGN_KEYRING": str(self.keyring),
+            "SOVEREIGN_SIGNING_KEY": str(self.private_key(self.factory)),
+            "SOVEREIGN_SIGNING_KEY_ID": self.factory.key_id,
+        }
+
+
+def throwaway_keys(directory: Path, tenant_ids: Iterable[str], site_ids: Iterable[str]) -> ThrowawayKeys:
+    tenants = {
+        tenant_id: make_key(directory, f"{tenant_id}-demo", KeyRole.TENANT, tenant_id)
+        for tenant_id in sorted(set(tenant_ids))
+    }
+    factory = make_key(directory, FACTORY_KEY_ID, KeyRole.FACTORY, "demo factories", sorted(set(site_ids)))
+    officer = make_key(directory, OFFICER_KEY_ID, KeyRole.OFFICER, "cpo@example.go.kr")
+    return ThrowawayKeys(directory, tenants, factory, officer)

@@ -189,6 +189,21 @@ def _auditor_keygen(args: argparse.Namespace) -> int:
     return auditor_keygen(Path(args.dir), args.key_id)
 
 
+def _keys_new(args: argparse.Namespace) -> int:
+    from services.shared.signing import KeyRole, make_key
+
+    if args.role == KeyRole.FACTORY and not args.site:
+        print("error: a factory key needs at least one --site it speaks for", file=sys.stderr)
+        return 2
+    directory = Path(args.dir)
+    make_key(directory, args.key_id, KeyRole(args.role), args.principal, args.site)
+    print(
+        f"private key {directory / f'{args.key_id}.key'} (keep it secret); "
+        f"public key listed in {directory / 'keyring.json'}"
+    )
+    return 0
+
+
 def _auditor_sign(args: argparse.Namespace) -> int:
     from sovereign.auditor_commands import auditor_sign
 
@@ -331,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connection_options(check)
     check.set_defaults(handler=_billing_check)
+
+    keys = commands.add_parser("keys", help="signing keys of tenants, factories and officers").add_subparsers(
+        dest="keys_command", required=True
+    )
+    new_key = keys.add_parser("new", help="make an Ed25519 key pair and list its public key in keyring.json")
+    new_key.add_argument("--dir", required=True, help="where to write KEY_ID.key and keyring.json")
+    new_key.add_argument("--key-id", required=True)
+    new_key.add_argument("--role", required=True, choices=["tenant", "factory", "officer"])
+    new_key.add_argument("--principal", required=True, help="the tenant id, factory or officer name")
+    new_key.add_argument("--site", action="append", default=[], help="a site a factory key speaks for")
+    new_key.set_defaults(handler=_keys_new)
 
     auditor = commands.add_parser("auditor", help="an auditor's keys and signatures").add_subparsers(
         dest="auditor_command", required=True

@@ -20,6 +20,7 @@ import yaml
 
 from services.shared.settings import REPO_ROOT
 from sovereign.cli import SERVICES, build_parser
+from tests.conftest import TEST_KEYS
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
 APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
@@ -94,6 +95,7 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
             "KAFKA_IDEMPOTENT_PRODUCER": "false",
             "SOVEREIGN_DATA_DIR": str(tmp_path),
             "SOVEREIGN_DB_SCHEMA_PREFIX": prefix,
+            **TEST_KEYS.service_env(),  # the files compose mounts at /keys
         }
         if url.startswith("sqlite"):
             del env["DATABASE_URL"]  # the embedded default: a SQLite file per service

@@ -32,6 +32,7 @@ from contracts.events import (
     JobCancelRequested,
     JobRequest,
     JobRequestedEvent,
+    UsageReportedEvent,
 )
 from services.placement.storage import JobRow, PoolRow
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
@@ -202,10 +203,13 @@ async def test_poison_messages_land_in_their_dead_letter_topics_and_partitions_f
             )
             history = await cluster.history()
             usage = history.distinct("usage.reported")[0]
-            reused = {**usage, "data": {**usage["data"], "gpu_seconds": usage["data"]["gpu_seconds"] + 1}}
+            # The factory's own key on other usage under an id it already used.
+            reused = UsageReportedEvent.model_validate(
+                {**usage, "data": {**usage["data"], "gpu_seconds": usage["data"]["gpu_seconds"] + 1}}
+            )
             impossible = [
                 ("impossible", "jobs.cancel", foreign_cancel.model_dump_json().encode()),
-                ("impossible", "usage.reported", json.dumps(reused).encode()),
+                ("impossible", "usage.reported", TEST_KEYS.factory.sign(reused).model_dump_json().encode()),
             ]
             for _, topic, payload in impossible:
                 await producer.send_and_wait(topic, payload, key=keys[0])

@@ -20,7 +20,7 @@ from sqlalchemy import Table
 from sqlmodel import Session, select
 
 from contracts import TOPICS, dead_letter_topic
-from contracts.events import InvoiceIssued, JobRequest
+from contracts.events import InvoiceIssued, JobRequest, JobRequestedEvent
 from services.billing.check import check_billing
 from services.billing.handlers import BillingContext, issue_invoice
 from services.billing.storage import TABLES as BILLING_TABLES
@@ -41,7 +41,7 @@ from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.report import render_report
 from sovereign.submit import cancel_event
 from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import consumer_lag, produce, read_partition_ends
+from sovereign.watch import consumer_lag, produce, read_partition_ends, read_records
 from sovereign.workload import TEMPLATES, generate, request_events
 
 RUN_DIR = REPO_ROOT / "var" / "demo"
@@ -150,10 +150,15 @@ async def _drive(
             )
             for e, key in events[:3]
         ]
-        await produce(bootstrap, events + retries, idempotent=False)
+        # An impostor who can write to the topic: a request in mois's name, signed with hanbit-ai's key.
+        impostor = requests[0].model_copy(update={"tenant_id": "mois", "client_request_id": "impostor"})
+        forged = keys.tenants["hanbit-ai"].sign(
+            JobRequestedEvent.create(source="tenant/mois", subject="mois", data=impostor)
+        )
+        await produce(bootstrap, [*events, *retries, (forged, str(impostor.job_id))], idempotent=False)
         print(
             f"Submitted {len(requests)} job requests from {len({r.tenant_id for r in requests})} tenants "
-            f"(+{len(retries)} resubmissions) over Kafka.\n"
+            f"(+{len(retries)} resubmissions, +1 forged in mois's name) over Kafka.\n"
         )
         last = ""
         # The public agency changes its mind about one pretraining run once it is running.
@@ -181,6 +186,11 @@ async def _drive(
             await asyncio.sleep(1.0)
         await asyncio.sleep(0.5)  # let the last events in flight arrive
         dead_letters = await _count_dead_letters(bootstrap)
+        refusals = [
+            dict(r.headers).get("dlq-error", b"").decode()
+            for r in await read_records(bootstrap, [dead_letter_topic("jobs.requested")])
+        ]
+        print(f"\nThe forged request was refused, never placed: {'; '.join(refusals) or 'NOT REFUSED'}")
         print()
         # Governance logs decisions asynchronously: let it take in every decision before checking its chain.
         await _caught_up(bootstrap, "governance", "policy.decisions", processes, within=30)
@@ -190,7 +200,8 @@ async def _drive(
             "billing", BILLING_TABLES, lambda s: check_billing(s, catalogue.tenants)
         )
         settings = Settings(bootstrap_servers=bootstrap, data_dir=RUN_DIR / "data", idempotent_producer=False)
-        violations = check(await collect_history(settings))
+        # The forged request is the one dead letter expected.
+        violations = check(await collect_history(settings), expected_dead_letters=1)
         print(
             render_report(
                 tracker, requests, catalogue, invoices, billing, dead_letters, _decision_log(), violations

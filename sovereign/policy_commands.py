@@ -10,6 +10,7 @@ from services.governance.policy_diff import diff_bundles
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.policy_check import check_in_child_process
 from services.shared.settings import Settings
+from services.shared.signing import Signer
 from sovereign.decision_commands import governance_session
 from sovereign.watch import produce
 
@@ -39,7 +40,12 @@ def policy_test(directory: Path) -> int:
 
 
 async def policy_publish(directory: Path, settings: Settings, published_by: str) -> int:
-    """Publish a revision only if it compiles and passes all its tests in a child process."""
+    """Publish a revision only if it compiles and passes all its tests in a child process, signed by the
+    compliance officer's key (SOVEREIGN_SIGNING_KEY): placement activates no revision without it."""
+    if settings.signing_key_path is None:
+        print("refused: publishing needs your officer key (SOVEREIGN_SIGNING_KEY, SOVEREIGN_SIGNING_KEY_ID)")
+        return 2
+    signer = Signer.load(settings.signing_key_path, settings.signing_key_id)
     try:
         bundle = PolicyBundle.load(directory)
     except PolicyEngineError as error:
@@ -56,7 +62,9 @@ async def policy_publish(directory: Path, settings: Settings, published_by: str)
         files=bundle.file_digests(),
         bundle=bundle.files,
     )
-    event = PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published)
+    event = signer.sign(
+        PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published)
+    )
     await produce(settings.bootstrap_servers, [(event, PUBLICATION_KEY)], settings.idempotent_producer)
     print(f"published revision {bundle.revision} ({result.tests_passed} tests passed), by {published_by}")
     return 0

@@ -27,6 +27,7 @@ from contracts.events import (
     JobPlacedEvent,
     JobRequest,
     JobRequestedEvent,
+    PolicyPublishedEvent,
     PolicyRevisionPublished,
 )
 from services.placement.logic import PoolState, offered_pools
@@ -36,7 +37,7 @@ from services.shared.kafka import all_topics, ensure_topics
 from services.shared.policy import PolicyBundle
 from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Keyring
+from services.shared.signing import Keyring, Signer
 from sovereign.keys import throwaway_keys
 from sovereign.workload import TEMPLATES
 
@@ -54,6 +55,15 @@ TEST_KEYS = throwaway_keys(
     [*(offer.site.site_id for offer in load_catalogue(REPO_ROOT / "catalogue").offers), "nadc-gwangju-2"],
 )
 KEYRING = Keyring.load(TEST_KEYS.keyring)
+TEST_KEYS_OFFICER = KEYRING.entries[TEST_KEYS.officer.key_id].principal
+
+
+def published_event(
+    data: PolicyRevisionPublished, signer: Signer | None = TEST_KEYS.officer
+) -> PolicyPublishedEvent:
+    """A policy.published event, signed by the officer unless another signer (or None) is given."""
+    event = PolicyPublishedEvent.create(source="service/governance", subject="policies", data=data)
+    return signer.sign(event) if signer else event
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -136,9 +146,8 @@ def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
-def as_tenant(settings: Settings, tenant: str) -> Settings:
-    """The settings of a tenant's command line: signing with the tenant's key."""
-    signer = TEST_KEYS.tenants[tenant]
+def signing_as(settings: Settings, signer: Signer) -> Settings:
+    """The settings of a command line run by the key's holder (a tenant, an officer)."""
     return replace(settings, signing_key_path=TEST_KEYS.private_key(signer), signing_key_id=signer.key_id)
 
 
@@ -157,10 +166,10 @@ def catalogue_pools() -> list[PoolState]:
 
 
 def published_revision(bundle: PolicyBundle, files: dict[str, str] | None = None) -> PolicyRevisionPublished:
-    """A policy.published payload for a bundle (its own files unless others are given)."""
+    """A policy.published payload for a bundle (its own files unless others are given), by the officer."""
     return PolicyRevisionPublished(
         policy_revision=bundle.revision,
-        published_by="cpo@example.go.kr",
+        published_by=TEST_KEYS_OFFICER,
         tests_passed=73,
         files=bundle.file_digests(),
         bundle=bundle.files if files is None else files,

@@ -252,6 +252,7 @@ async def running_cluster(
         data_dir=root / "data",
         idempotent_producer=False,
         catalogue_dir=catalogue_dir or REPO_ROOT / "catalogue",
+        keyring_path=TEST_KEYS.keyring,
     )
     if database is not None:
         settings = replace(settings, database_url=database[0], database_schema_prefix=database[1])

@@ -61,6 +61,7 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         "policy what-if --against a",
         "decisions list",
         "decisions verify",
+        "keys new --dir d --key-id k --role tenant --principal t",
         "auditor keygen --dir d --key-id k",
         "auditor sign --key k --key-id k --out o",
         "usage --tenant t --period 2027-01",

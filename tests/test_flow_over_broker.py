@@ -39,7 +39,7 @@ from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import EventWatcher, consumer_lag, produce
 from sovereign.workload import generate, request_events
-from tests.conftest import TEST_KEYS, as_tenant, run_services, service_settings, wait_until_async
+from tests.conftest import TEST_KEYS, run_services, service_settings, signing_as, wait_until_async
 
 pytestmark = pytest.mark.broker
 
@@ -252,7 +252,7 @@ async def test_submit_command_follows_a_job_to_its_bill(
     settings, _, _ = marketplace
     job_file = tmp_path / "job.json"
     job_file.write_text(job(client_id="submitted-by-cli").model_dump_json())
-    assert await submit(job_file, as_tenant(settings, "hanbit-ai"), wait_seconds=60) == 0
+    assert await submit(job_file, signing_as(settings, TEST_KEYS.tenants["hanbit-ai"]), wait_seconds=60) == 0
     printed = capsys.readouterr().out
     assert "placed on " in printed and "#1 " in printed and "billed " in printed
 
@@ -305,7 +305,13 @@ async def test_cancelling_a_running_job_bills_its_usage_so_far_and_frees_capacit
     trace = tracker.trace(request.job_id)
     assert await wait_until(lambda: bool(trace.started), within=60)
     assert (
-        await cancel(as_tenant(settings, request.tenant_id), request.tenant_id, request.job_id, "test") == 0
+        await cancel(
+            signing_as(settings, TEST_KEYS.tenants[request.tenant_id]),
+            request.tenant_id,
+            request.job_id,
+            "test",
+        )
+        == 0
     )
     assert await wait_until(lambda: trace.terminal == "billed", within=60), trace.state
     [cancelled] = trace.cancelled
@@ -324,7 +330,10 @@ async def test_a_cancel_that_overtakes_its_request_stops_it(marketplace: Marketp
     request = job(client_id="cancel-early")
     trace = tracker.trace(request.job_id)
     await cancel(
-        as_tenant(settings, request.tenant_id), request.tenant_id, request.job_id, "changed our mind"
+        signing_as(settings, TEST_KEYS.tenants[request.tenant_id]),
+        request.tenant_id,
+        request.job_id,
+        "changed our mind",
     )
     assert await wait_until(lambda: bool(trace.cancelled), within=30)
     await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)

@@ -114,7 +114,7 @@ async def test_requests_that_do_not_prove_their_tenant_are_refused_and_never_pla
     assert "bad signature" in reasons[1]
     assert "unknown key 'stranger-key'" in reasons[2]
     assert "does not speak for 'hanbit-ai'" in reasons[3]
-    assert "is a factory key, not a tenant key" in reasons[4]
+    assert "has the factory role, not the tenant role" in reasons[4]
     for event in forged:
         trace = tracker.trace(event.data.job_id)
         assert not trace.placed and not trace.rejected and not trace.queued
@@ -189,6 +189,6 @@ async def test_unsigned_capacity_and_usage_reports_are_refused(market: Market) -
     await send(settings, "usage.reported", [tenant_usage.model_dump_json().encode()])
     [(_, offer_reason)] = await dead_letters(settings, "capacity.offered", 1)
     [(_, usage_reason)] = await dead_letters(settings, "usage.reported", 1)
-    assert f"must be signed by a factory key of {offer.site.site_id!r}" in offer_reason
-    assert "is a tenant key, not a factory key" in usage_reason
+    assert f"must be signed with the factory key of {offer.site.site_id!r}" in offer_reason
+    assert "has the tenant role, not the factory role" in usage_reason
     assert not tracker.trace(usage.job_id).rated

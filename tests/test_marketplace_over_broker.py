@@ -49,6 +49,7 @@ from tests.conftest import (
     placed_at_haenam,
     run_services,
     service_settings,
+    signing_as,
     wait_until_async,
 )
 
@@ -182,7 +183,8 @@ async def test_a_queued_job_past_its_deadline_is_rejected_and_a_cancel_frees_cap
     assert late.queued and late.rejected[0].code is RejectionCode.DEADLINE_PASSED
     assert reserved_gpus(placement)["skt-pangyo-h100"] == SMALL_POOL_GPUS
 
-    assert await cancel(settings, "hanbit-ai", blocking.placed[0].job_id, "no longer needed") == 0
+    hanbit = signing_as(settings, TEST_KEYS.tenants["hanbit-ai"])
+    assert await cancel(hanbit, "hanbit-ai", blocking.placed[0].job_id, "no longer needed") == 0
     assert await wait_until(lambda: blocking.terminal == "billed", within=30), blocking.state
     assert blocking.state == "cancelled" and blocking.completed[0].status == "cancelled"
     assert await wait_until(lambda: reserved_gpus(placement)["skt-pangyo-h100"] == 0, within=10)

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from contracts.events import (
     CapacityOfferedEvent,
     JobKind,
     JobRequest,
+    PolicyPublishedEvent,
 )
 from services.placement import app as placement_app
 from services.shared.catalogue import load_catalogue
@@ -22,11 +24,20 @@ from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.policy_check import activate_published
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
-from sovereign.policy_commands import policy_publish
+from sovereign.policy_commands import PUBLICATION_KEY, policy_publish
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import produce
 from sovereign.workload import request_events
-from tests.conftest import TEST_KEYS, published_revision, run_services, service_settings
+from tests.conftest import (
+    KEYRING,
+    TEST_KEYS,
+    TEST_KEYS_OFFICER,
+    published_event,
+    published_revision,
+    run_services,
+    service_settings,
+    signing_as,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -98,7 +109,7 @@ async def test_publish_switches_every_worker_without_restart(placement: Placemen
     assert await decide(settings, tracker) == ("rejected", shipped)
 
     relaxed = policy_copy(tmp_path, "dryrun")
-    assert await policy_publish(relaxed, settings, "compliance@example.go.kr") == 0
+    assert await policy_publish(relaxed, signing_as(settings, TEST_KEYS.officer), TEST_KEYS_OFFICER) == 0
     revision = PolicyBundle.load(relaxed).revision
     # Each worker verifies the revision in its own child process before switching, so the switch lands at
     # slightly different moments; once it has, every decision, whichever worker makes it, uses the new one.
@@ -111,9 +122,38 @@ async def test_publish_switches_every_worker_without_restart(placement: Placemen
     assert all(any(s.consumer and s.consumer.assignment() for s in w.broker.subscribers) for w in workers)  # type: ignore[attr-defined]
 
 
+async def test_an_unsigned_revision_on_the_topic_is_never_activated(
+    placement: Placement, tmp_path: Path
+) -> None:
+    settings, tracker, _ = placement
+    # Someone with write access to the topic, but not the officer's key, relaxes EXP-01.
+    unsigned = PolicyBundle.load(policy_copy(tmp_path, "warn"))
+    await produce(
+        settings.bootstrap_servers,
+        [(published_event(published_revision(unsigned), signer=None), PUBLICATION_KEY)],
+        idempotent=False,
+    )
+    # Then the officer publishes a revision that denies (revisions are read in order, on one partition).
+    strict = policy_copy(tmp_path, "deny")
+    residency = strict / "residency" / "residency.rego"
+    residency.write_text(residency.read_text() + "\n# Republished by the officer.\n")
+    assert await policy_publish(strict, signing_as(settings, TEST_KEYS.officer), TEST_KEYS_OFFICER) == 0
+    revision = PolicyBundle.load(strict).revision
+    streak = 0
+    for _ in range(80):
+        streak = streak + 1 if await decide(settings, tracker) == ("rejected", revision) else 0
+        if streak == 8:
+            break
+    assert streak == 8
+    assert revision in {d.policy_revision for d in tracker.decisions.values()}
+    assert unsigned.revision not in {d.policy_revision for d in tracker.decisions.values()}
+
+
 async def test_a_revision_failing_its_tests_is_not_published(placement: Placement, tmp_path: Path) -> None:
     settings, _, _ = placement
-    assert await policy_publish(broken_copy(tmp_path), settings, "someone") == 1
+    assert (
+        await policy_publish(broken_copy(tmp_path), signing_as(settings, TEST_KEYS.officer), "someone") == 1
+    )
 
 
 def broken_copy(tmp_path: Path) -> Path:
@@ -128,13 +168,48 @@ def broken_copy(tmp_path: Path) -> Path:
 async def test_a_worker_activates_only_a_tested_bundle_that_matches_its_revision(tmp_path: Path) -> None:
     current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
     good = PolicyBundle.load(policy_copy(tmp_path, "warn"))
+
+    async def activate(event: PolicyPublishedEvent) -> EmbeddedRegoEngine | None:
+        return await activate_published(current, event, KEYRING)
+
     tampered = {**good.files, "data.json": good.files["data.json"].replace('"warn"', '"dryrun"')}
-    assert await activate_published(current, published_revision(good, tampered)) is None
-    assert (
-        await activate_published(current, published_revision(PolicyBundle.load(broken_copy(tmp_path))))
-        is None
-    )
+    assert await activate(published_event(published_revision(good, tampered))) is None
+    broken = PolicyBundle.load(broken_copy(tmp_path))
+    assert await activate(published_event(published_revision(broken))) is None
     no_bundle = published_revision(good).model_copy(update={"bundle": None})
-    assert await activate_published(current, no_bundle) is None
-    activated = await activate_published(current, published_revision(good))
+    assert await activate(published_event(no_bundle)) is None
+    activated = await activate(published_event(published_revision(good)))
     assert activated is not None and activated.revision == good.revision
+
+
+async def test_an_unsigned_or_wrongly_signed_revision_is_not_activated(tmp_path: Path) -> None:
+    current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
+    good = published_revision(PolicyBundle.load(policy_copy(tmp_path, "warn")))
+    signed = published_event(good)
+    relaxed = PolicyBundle.load(policy_copy(tmp_path, "dryrun"))
+    # The officer's signature on one revision, the content of another swapped in after signing.
+    swapped = signed.model_copy(
+        update={
+            "data": good.model_copy(update={"bundle": relaxed.files, "policy_revision": relaxed.revision})
+        }
+    )
+    refused = {
+        "unsigned": published_event(good, signer=None),
+        "signed by a tenant": published_event(good, signer=TEST_KEYS.tenants["mois"]),
+        "signed as someone else": published_event(
+            good.model_copy(update={"published_by": "intern@example.go.kr"})
+        ),
+        "changed after signing": swapped,
+    }
+    reasons = {
+        "unsigned": "unsigned",
+        "signed by a tenant": "has the tenant role, not the officer role",
+        "signed as someone else": "does not speak for 'intern@example.go.kr'",
+        "changed after signing": "bad signature",
+    }
+    for name, event in refused.items():
+        with capture_logs() as logs:
+            assert await activate_published(current, event, KEYRING) is None, name
+        [refusal] = [entry for entry in logs if entry["event"] == "policy_revision_refused"]
+        assert reasons[name] in refusal["reason"], (name, refusal)
+    assert await activate_published(current, signed, KEYRING) is not None

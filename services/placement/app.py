@@ -79,7 +79,7 @@ def build(settings: Settings) -> Service:
 
     # Every worker must switch, so each reads every published revision (from the start: the newest wins).
     async def policy_published(event: PolicyPublishedEvent) -> None:
-        engine = await activate_published(context.policy, event.data)
+        engine = await activate_published(context.policy, event, context.keyring)
         if engine is not None:
             context.policy = engine
 

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from contracts.events import PolicyRevisionPublished
+from contracts.events import PolicyPublishedEvent
 from services.shared.logging import get_logger
 from services.shared.policy import (
     EmbeddedRegoEngine,
@@ -21,6 +21,7 @@ from services.shared.policy import (
     PolicyEngineError,
     run_rego_tests,
 )
+from services.shared.signing import Keyring, KeyRole
 
 CHECK_SECONDS = 120.0
 
@@ -77,11 +78,17 @@ async def check_in_child_process(bundle: PolicyBundle) -> CheckResult:
 
 
 async def activate_published(
-    current: PolicyEngine, published: PolicyRevisionPublished
+    current: PolicyEngine, event: PolicyPublishedEvent, keyring: Keyring
 ) -> EmbeddedRegoEngine | None:
-    """The engine for a newly published revision, or None (logged) when it must not be activated."""
+    """The engine for a newly published revision, or None (logged) when it must not be activated: it must
+    be signed by the key of the compliance officer it names as publisher, and pass its tests."""
+    published = event.data
     log = get_logger(policy_revision=published.policy_revision, current_revision=current.revision)
     if published.policy_revision == current.revision:
+        return None
+    refusal = keyring.refusal(event, KeyRole.OFFICER, published.published_by)
+    if refusal is not None:
+        log.error("policy_revision_refused", reason=f"not signed by its publisher: {refusal}")
         return None
     if current.name != EmbeddedRegoEngine.name:
         log.error(

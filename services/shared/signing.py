@@ -86,12 +86,12 @@ class Keyring:
         """None if the event is signed by a known key of `role` that speaks for `party`; otherwise why."""
         signature = event.signature
         if signature is None:
-            return f"unsigned: a {event.type} must be signed by a {role.value} key of {party!r}"
+            return f"unsigned: a {event.type} must be signed with the {role.value} key of {party!r}"
         entry = self.entries.get(signature.key_id)
         if entry is None:
             return f"unknown key {signature.key_id!r}: it is not in the keyring"
         if entry.role is not role:
-            return f"key {signature.key_id!r} is a {entry.role.value} key, not a {role.value} key"
+            return f"key {signature.key_id!r} has the {entry.role.value} role, not the {role.value} role"
         if not entry.speaks_for(party):
             return f"key {signature.key_id!r} ({entry.principal}) does not speak for {party!r}"
         try:

@@ -114,6 +114,32 @@ class Explanation(Contract):
     sites: list[SiteAssessment]
 
 
+class PlacementClaim(Contract):
+    """What the marketplace attests about one placed run."""
+
+    job_id: uuid.UUID
+    tenant_id: Slug
+    attempt: int = Field(ge=1)
+    site_id: Slug
+    pool_id: Slug
+    site_attributes_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the site's attributes as offered, in the canonical form an auditor signs.",
+    )
+    site_verified_by: str | None = Field(description="The auditor key whose signature over them verified.")
+    policy_revision: str
+    decision_id: uuid.UUID
+    placed_at: AwareDatetime
+
+
+class PlacementAttestation(Contract):
+    """The claim, signed (Ed25519 over its canonical JSON) by a marketplace key in the keyring."""
+
+    claim: PlacementClaim
+    key_id: str = Field(min_length=1, max_length=200)
+    signature: str = Field(min_length=1, max_length=200)
+
+
 class JobPlaced(Contract):
     job_id: uuid.UUID
     tenant_id: Slug
@@ -136,6 +162,9 @@ class JobPlaced(Contract):
     price_krw_per_million_output_tokens: int | None = Field(default=None, ge=1)
     failed_sites: list[Slug] = Field(
         default_factory=list, description="Sites where earlier runs of this job failed, in order."
+    )
+    attestation: PlacementAttestation | None = Field(
+        default=None, description="The marketplace's signed statement of this placement; `sovereign attest`."
     )
 
 

@@ -189,6 +189,14 @@ def _auditor_keygen(args: argparse.Namespace) -> int:
     return auditor_keygen(Path(args.dir), args.key_id)
 
 
+def _attest_verify(args: argparse.Namespace) -> int:
+    from sovereign.attest_commands import attest_verify
+
+    events = Path(args.events) if args.events else None
+    keyring = Path(args.keyring) if args.keyring else None
+    return asyncio.run(attest_verify(events, keyring, args.month, _settings(args)))
+
+
 def _keys_new(args: argparse.Namespace) -> int:
     from services.shared.signing import KeyRole, make_key
 
@@ -347,13 +355,29 @@ def build_parser() -> argparse.ArgumentParser:
     connection_options(check)
     check.set_defaults(handler=_billing_check)
 
+    attest = commands.add_parser("attest", help="the marketplace's placement attestations").add_subparsers(
+        dest="attest_command", required=True
+    )
+    verify = attest.add_parser(
+        "verify", help="check placement attestations offline, from jobs.placed events and the public keys"
+    )
+    verify.add_argument(
+        "events",
+        nargs="?",
+        help="a jobs.placed event (JSON) or many (JSON lines), '-' for stdin; none: the topic",
+    )
+    verify.add_argument("--keyring", help="the keyring holding the marketplace's key (env SOVEREIGN_KEYRING)")
+    verify.add_argument("--month", type=_period, help="only the placements of this month (YYYY-MM, KST)")
+    connection_options(verify)
+    verify.set_defaults(handler=_attest_verify)
+
     keys = commands.add_parser("keys", help="signing keys of tenants, factories and officers").add_subparsers(
         dest="keys_command", required=True
     )
     new_key = keys.add_parser("new", help="make an Ed25519 key pair and list its public key in keyring.json")
     new_key.add_argument("--dir", required=True, help="where to write KEY_ID.key and keyring.json")
     new_key.add_argument("--key-id", required=True)
-    new_key.add_argument("--role", required=True, choices=["tenant", "factory", "officer"])
+    new_key.add_argument("--role", required=True, choices=["tenant", "factory", "officer", "marketplace"])
     new_key.add_argument("--principal", required=True, help="the tenant id, factory or officer name")
     new_key.add_argument("--site", action="append", default=[], help="a site a factory key speaks for")
     new_key.set_defaults(handler=_keys_new)

@@ -32,7 +32,8 @@ from services.shared.db import create_service_engine, unit_of_work, utc_now
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Signer
+from services.shared.signing import Keyring, Signer
+from sovereign.attest_commands import placements_on_topic, verify_placements
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.embedded import start_service
 from sovereign.history import collect_history
@@ -207,7 +208,9 @@ async def _drive(
                 tracker, requests, catalogue, invoices, billing, dead_letters, _decision_log(), violations
             )
         )
-        finished = tracker.all_terminal(job_ids) and not violations
+        print("\n== Placement attestations, checked offline from jobs.placed and the public keys")
+        attested = verify_placements(await placements_on_topic(settings), Keyring.load(keys.keyring), None)
+        finished = tracker.all_terminal(job_ids) and not violations and attested == 0
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
         return 0 if finished else 1
 

@@ -1,6 +1,6 @@
 """Throwaway keys for a run on one machine (the demo, the benchmark, the tests): a key per tenant, one
-factory key for every site and a compliance officer's key, made at start in a scratch directory. Keys
-never live in the repository."""
+factory key for every site, a compliance officer's key and the marketplace's, made at start in a scratch
+directory. Keys never live in the repository."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.shared.signing import KeyRole, Signer, make_key
 
 FACTORY_KEY_ID = "factory-demo"
 OFFICER_KEY_ID = "officer-demo"
+MARKETPLACE_KEY_ID = "marketplace-demo"
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ThrowawayKeys:
     tenants: dict[str, Signer]
     factory: Signer
     officer: Signer
+    marketplace: Signer
 
     @property
     def keyring(self) -> Path:
@@ -29,11 +31,14 @@ class ThrowawayKeys:
         return self.directory / f"{signer.key_id}.key"
 
     def service_env(self) -> dict[str, str]:
-        """Services' settings: all read the keyring; the factory agent signs with the factory key."""
+        """Services' settings: all read the keyring; the factory agent signs with the factory key, placement
+        attests with the marketplace key."""
         return {
             "SOVEREIGN_KEYRING": str(self.keyring),
             "SOVEREIGN_SIGNING_KEY": str(self.private_key(self.factory)),
             "SOVEREIGN_SIGNING_KEY_ID": self.factory.key_id,
+            "SOVEREIGN_ATTESTATION_KEY": str(self.private_key(self.marketplace)),
+            "SOVEREIGN_ATTESTATION_KEY_ID": self.marketplace.key_id,
         }
 
 
@@ -44,4 +49,5 @@ def throwaway_keys(directory: Path, tenant_ids: Iterable[str], site_ids: Iterabl
     }
     factory = make_key(directory, FACTORY_KEY_ID, KeyRole.FACTORY, "demo factories", sorted(set(site_ids)))
     officer = make_key(directory, OFFICER_KEY_ID, KeyRole.OFFICER, "cpo@example.go.kr")
-    return ThrowawayKeys(directory, tenants, factory, officer)
+    marketplace = make_key(directory, MARKETPLACE_KEY_ID, KeyRole.MARKETPLACE, "the marketplace")
+    return ThrowawayKeys(directory, tenants, factory, officer, marketplace)

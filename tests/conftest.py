@@ -142,6 +142,8 @@ def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object
         keyring_path=TEST_KEYS.keyring,
         signing_key_path=TEST_KEYS.private_key(TEST_KEYS.factory),
         signing_key_id=TEST_KEYS.factory.key_id,
+        attestation_key_path=TEST_KEYS.private_key(TEST_KEYS.marketplace),
+        attestation_key_id=TEST_KEYS.marketplace.key_id,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 

@@ -25,8 +25,10 @@ from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
+from services.shared.money import period_start
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Signer
+from sovereign.attest_commands import attest_verify
 from sovereign.submit import cancel_event
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag
@@ -192,3 +194,23 @@ async def test_unsigned_capacity_and_usage_reports_are_refused(market: Market) -
     assert f"must be signed with the factory key of {offer.site.site_id!r}" in offer_reason
     assert "has the tenant role, not the factory role" in usage_reason
     assert not tracker.trace(usage.job_id).rated
+
+
+async def test_an_auditor_verifies_the_months_placements_from_the_topic(
+    market: Market, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, tracker = market
+    request = job(client_id="attested")
+    await send(
+        settings,
+        "jobs.requested",
+        [envelope(request, TEST_KEYS.tenants["hanbit-ai"]).model_dump_json().encode()],
+    )
+    assert await wait_until(lambda: bool(tracker.trace(request.job_id).placed), within=30)
+    [placed] = tracker.trace(request.job_id).placed
+    assert placed.attestation is not None
+    month = period_start(placed.attestation.claim.placed_at).strftime("%Y-%m")
+    assert await attest_verify(None, None, month, settings) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    verified = int(summary.split()[0])
+    assert verified >= 1 and summary.endswith("verified; 0 failed")

@@ -18,7 +18,6 @@ from services.factory_agent.storage import TABLES
 from services.shared.attestation import load_attestations
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work, utc_now
-from services.shared.logging import get_logger
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
 from services.shared.signing import Signer
@@ -47,11 +46,6 @@ def build(settings: Settings) -> Service:
         if settings.signing_key_path
         else None,
     )
-    if context.signer is None:
-        get_logger(component="factory-agent").warning(
-            "factory_unsigned",
-            reason="no SOVEREIGN_SIGNING_KEY: placement and billing will refuse its events",
-        )
     # Offers go through the outbox like every other event: published as soon as the relay runs.
     service.on_start.append(partial(handlers.offer_capacity, context))
     consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))

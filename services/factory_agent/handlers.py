@@ -60,6 +60,10 @@ class FactoryContext:
 
 
 def offer_capacity(ctx: FactoryContext, session: Session) -> None:
+    if ctx.signer is None:
+        get_logger(component="factory-agent").warning(
+            "factory_unsigned", reason="no SOVEREIGN_SIGNING_KEY: placement and billing refuse its events"
+        )
     for site_id, offer in sorted(ctx.offers.items()):
         ctx.emit(
             session,

@@ -32,7 +32,7 @@ from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBu
 from services.shared.policy_check import activate_published
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
-from services.shared.signing import Keyring
+from services.shared.signing import Keyring, Signer
 
 NAME = "placement"
 # How often queued jobs are re-planned even when no capacity event arrives (deadlines expire meanwhile).
@@ -56,6 +56,9 @@ def build(settings: Settings) -> Service:
         auditor_keys=load_auditor_keys(settings.auditor_keys_path),
         keyring=Keyring.load(settings.keyring_path),
         signature_max_age=timedelta(seconds=settings.signature_max_age_seconds),
+        attester=Signer.load(settings.attestation_key_path, settings.attestation_key_id)
+        if settings.attestation_key_path
+        else None,
     )
     consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))

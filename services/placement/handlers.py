@@ -40,6 +40,8 @@ from contracts.events import (
     JobRequest,
     JobRequestedEvent,
     JobStartedEvent,
+    PlacementAttestation,
+    PlacementClaim,
     PolicyDecisionEvent,
     PolicyDecisionRecord,
     RejectionCode,
@@ -67,7 +69,7 @@ from services.placement.storage import (
     try_reserve,
     upsert_offer,
 )
-from services.shared.attestation import verification_failure
+from services.shared.attestation import attest_placement, site_attributes_sha256, verification_failure
 from services.shared.batch import PoisonMessage
 from services.shared.catalogue import Tenant
 from services.shared.db import defer_to_commit, insert_ignoring_duplicates, table_of, utc_now
@@ -76,7 +78,7 @@ from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox
 from services.shared.policy import PolicyEngine, PolicyEngineError
-from services.shared.signing import Keyring, KeyRole, staleness
+from services.shared.signing import Keyring, KeyRole, Signer, staleness
 
 CONSUMER = "placement"
 SOURCE = "service/placement"
@@ -103,6 +105,8 @@ class PlacementContext:
     policy_budget_ms: float = 250.0
     # The periodic pass re-plans a queued job only if nothing re-planned it for this long.
     queue_retry: timedelta = timedelta(seconds=60)
+    # The marketplace's key, signing each placement's attestation (none: placements go unattested).
+    attester: Signer | None = None
     # A request signed longer ago than this is rejected: the inbox remembers envelope ids, this bounds how
     # old a replayed one can be.
     signature_max_age: timedelta = timedelta(seconds=900)
@@ -401,7 +405,7 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
             _reject(session, job, request, RejectionCode.BUDGET_EXCEEDED, refusal, plan.explanation)
             return "rejected"
         if try_reserve(session, plan.chosen.pool_id, request.gpu_count):
-            _place(session, job, request, plan)
+            _place(session, ctx, job, request, plan)
             log.info(
                 "job_placed",
                 site_id=plan.chosen.site_id,
@@ -505,7 +509,7 @@ def _record_decision(
     )
 
 
-def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
+def _place(session: Session, ctx: PlacementContext, job: JobRow, request: JobRequest, plan: Plan) -> None:
     chosen = plan.chosen
     assert chosen is not None
     estimate = estimate_krw(request.gpu_count, request.expected_hours, chosen.price_krw_per_gpu_hour)
@@ -540,12 +544,34 @@ def _place(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> No
         explanation=plan.explanation,
         attempt=job.attempt,
         failed_sites=job.failed_sites,
+        attestation=_attestation(session, ctx, job, chosen.site_id, chosen.pool_id, plan.explanation),
         price_krw_per_million_input_tokens=chosen.price_krw_per_million_input_tokens if per_token else None,
         price_krw_per_million_output_tokens=chosen.price_krw_per_million_output_tokens if per_token else None,
     )
     add_to_outbox(
         session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id
     )
+
+
+def _attestation(
+    session: Session, ctx: PlacementContext, job: JobRow, site_id: str, pool_id: str, explanation: Explanation
+) -> PlacementAttestation | None:
+    if ctx.attester is None:
+        return None
+    market = load_market(session)
+    claim = PlacementClaim(
+        job_id=uuid.UUID(job.job_id),
+        tenant_id=job.tenant_id,
+        attempt=job.attempt,
+        site_id=site_id,
+        pool_id=pool_id,
+        site_attributes_sha256=site_attributes_sha256(market.sites[site_id]),
+        site_verified_by=market.verified_by.get(site_id),
+        policy_revision=explanation.policy_revision,
+        decision_id=explanation.decision_id,
+        placed_at=ctx.clock(),
+    )
+    return attest_placement(ctx.attester, claim)
 
 
 def _queue(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:

@@ -166,6 +166,8 @@ class Market:
 
     sites: dict[str, SiteAttributes]
     document: dict[str, Any]
+    # The listed auditor whose signature over each site's attributes verified (None: nobody vouched).
+    verified_by: dict[str, str | None]
 
 
 def load_market(session: Session) -> Market:
@@ -174,7 +176,7 @@ def load_market(session: Session) -> Market:
         rows = session.execute(select(SiteRow.site_id, SiteRow.attributes, SiteRow.verified_by)).all()
         sites = {row.site_id: SiteAttributes.model_validate(row.attributes) for row in rows}
         verifiers = {row.site_id: row.verified_by for row in rows}
-        market = Market(sites, sites_document(sites, load_pools(session), verifiers))
+        market = Market(sites, sites_document(sites, load_pools(session), verifiers), verifiers)
         session.info[MARKET_KEY] = market
     return market
 

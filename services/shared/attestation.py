@@ -4,13 +4,15 @@ attributes someone vouched for. Keys never live in the repository; `sovereign au
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from contracts.events import SiteAttestation, SiteAttributes
+from contracts.events import JobPlaced, PlacementAttestation, PlacementClaim, SiteAttestation, SiteAttributes
+from services.shared.signing import Keyring, KeyRole, Signer
 
 
 def signed_bytes(site: SiteAttributes) -> bytes:
@@ -53,3 +55,39 @@ def load_attestations(path: Path | None) -> dict[str, SiteAttestation]:
         return {}
     listed = json.loads(path.read_text(encoding="utf-8"))
     return {site_id: SiteAttestation.model_validate(entry) for site_id, entry in listed.items()}
+
+
+def site_attributes_sha256(site: SiteAttributes) -> str:
+    """The digest a placement attests: of the same bytes an auditor signs."""
+    return hashlib.sha256(signed_bytes(site)).hexdigest()
+
+
+def attest_placement(signer: Signer, claim: PlacementClaim) -> PlacementAttestation:
+    return PlacementAttestation(claim=claim, key_id=signer.key_id, signature=signer.signature_over(claim))
+
+
+def placement_attestation_failure(placed: JobPlaced, keyring: Keyring) -> str | None:
+    """None if a marketplace key signed exactly this placement's claim and the claim is this placement;
+    otherwise why not. Needs nothing but the event and the keyring."""
+    attestation = placed.attestation
+    if attestation is None:
+        return "the placement carries no attestation"
+    failure = keyring.signature_failure(
+        attestation.claim, attestation.key_id, attestation.signature, KeyRole.MARKETPLACE
+    )
+    if failure is not None:
+        return failure
+    claim = attestation.claim
+    stated = {
+        "job_id": placed.job_id,
+        "tenant_id": placed.tenant_id,
+        "attempt": placed.attempt,
+        "site_id": placed.site_id,
+        "pool_id": placed.pool_id,
+        "decision_id": placed.explanation.decision_id,
+        "policy_revision": placed.explanation.policy_revision,
+    }
+    differing = [name for name, value in stated.items() if getattr(claim, name) != value]
+    if differing:
+        return f"the event's {', '.join(differing)} differ from what the marketplace attested"
+    return None

@@ -86,6 +86,9 @@ class Settings:
     signing_key_path: Path | None = None
     signing_key_id: str = ""
     signature_max_age_seconds: float = 900.0
+    # Placement's marketplace key: it signs the attestation of every placement.
+    attestation_key_path: Path | None = None
+    attestation_key_id: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -121,6 +124,10 @@ class Settings:
             keyring_path=Path(env["SOVEREIGN_KEYRING"]) if env.get("SOVEREIGN_KEYRING") else None,
             signing_key_path=Path(env["SOVEREIGN_SIGNING_KEY"]) if env.get("SOVEREIGN_SIGNING_KEY") else None,
             signing_key_id=env.get("SOVEREIGN_SIGNING_KEY_ID", ""),
+            attestation_key_path=(
+                Path(env["SOVEREIGN_ATTESTATION_KEY"]) if env.get("SOVEREIGN_ATTESTATION_KEY") else None
+            ),
+            attestation_key_id=env.get("SOVEREIGN_ATTESTATION_KEY_ID", ""),
             signature_max_age_seconds=float(
                 env.get("SOVEREIGN_SIGNATURE_MAX_AGE_SECONDS", base.signature_max_age_seconds)
             ),

@@ -39,6 +39,7 @@ class KeyRole(StrEnum):
     TENANT = "tenant"  # signs its job requests and cancels
     FACTORY = "factory"  # signs its sites' capacity offers and usage reports
     OFFICER = "officer"  # a compliance officer: signs policy revisions
+    MARKETPLACE = "marketplace"  # placement: signs the attestation of every placement
 
 
 class KeyEntry(BaseModel):
@@ -87,18 +88,25 @@ class Keyring:
         signature = event.signature
         if signature is None:
             return f"unsigned: a {event.type} must be signed with the {role.value} key of {party!r}"
-        entry = self.entries.get(signature.key_id)
+        return self.signature_failure(event, signature.key_id, signature.value, role, party)
+
+    def signature_failure(
+        self, signed: BaseModel, key_id: str, value: str, role: KeyRole, party: str | None = None
+    ) -> str | None:
+        """None if `value` is the signature over `signed`'s canonical form by key_id, a known key of `role`
+        (that speaks for `party`, if given); otherwise why not."""
+        entry = self.entries.get(key_id)
         if entry is None:
-            return f"unknown key {signature.key_id!r}: it is not in the keyring"
+            return f"unknown key {key_id!r}: it is not in the keyring"
         if entry.role is not role:
-            return f"key {signature.key_id!r} has the {entry.role.value} role, not the {role.value} role"
-        if not entry.speaks_for(party):
-            return f"key {signature.key_id!r} ({entry.principal}) does not speak for {party!r}"
+            return f"key {key_id!r} has the {entry.role.value} role, not the {role.value} role"
+        if party is not None and not entry.speaks_for(party):
+            return f"key {key_id!r} ({entry.principal}) does not speak for {party!r}"
         try:
             public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(entry.public_key, validate=True))
-            public_key.verify(base64.b64decode(signature.value, validate=True), canonical_bytes(event))
+            public_key.verify(base64.b64decode(value, validate=True), canonical_bytes(signed))
         except (InvalidSignature, ValueError):
-            return f"bad signature: the envelope is not what key {signature.key_id!r} signed"
+            return f"bad signature: this is not what key {key_id!r} signed"
         return None
 
     def require(self, event: AnyEvent, role: KeyRole, party: str) -> None:
@@ -122,8 +130,9 @@ def staleness(signed_at: datetime, now: datetime, max_age: timedelta) -> str | N
 CLOCK_SKEW = timedelta(seconds=60)
 
 
-def canonical_bytes(event: AnyEvent) -> bytes:
-    content = event.model_dump(mode="json", exclude={"signature"})
+def canonical_bytes(signed: BaseModel) -> bytes:
+    """What a signature covers: the model as JSON (its `signature` field left out), keys sorted, compact."""
+    content = signed.model_dump(mode="json", exclude={"signature"})
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -139,9 +148,12 @@ class Signer:
             raise ValueError(f"{path} is not an Ed25519 private key")
         return cls(key_id, key)
 
+    def signature_over(self, signed: BaseModel) -> str:
+        return base64.b64encode(self.key.sign(canonical_bytes(signed))).decode()
+
     def sign(self, event: SignedEvent) -> SignedEvent:
-        value = base64.b64encode(self.key.sign(canonical_bytes(event))).decode()
-        return event.model_copy(update={"signature": EnvelopeSignature(key_id=self.key_id, value=value)})
+        signature = EnvelopeSignature(key_id=self.key_id, value=self.signature_over(event))
+        return event.model_copy(update={"signature": signature})
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:

@@ -1,0 +1,67 @@
+"""`sovereign attest verify`: check the marketplace's placement attestations offline, from the jobs.placed
+events alone and the keyring: one event in a file, a month of them, or the whole topic."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from contracts.events import JobPlacedEvent
+from services.shared.attestation import placement_attestation_failure
+from services.shared.money import period_start
+from services.shared.settings import Settings
+from services.shared.signing import Keyring
+from sovereign.watch import read_records
+
+
+def read_placements(path: Path) -> list[JobPlacedEvent]:
+    """One jobs.placed event (a JSON object) or many (JSON lines); '-' reads standard input."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    stripped = text.strip()
+    if stripped.startswith("{") and "\n{" not in stripped:
+        return [JobPlacedEvent.model_validate_json(stripped)]
+    return [JobPlacedEvent.model_validate_json(line) for line in stripped.splitlines() if line.strip()]
+
+
+async def placements_on_topic(settings: Settings) -> list[JobPlacedEvent]:
+    records = await read_records(settings.bootstrap_servers, ["jobs.placed"])
+    return [JobPlacedEvent.model_validate_json(r.value or b"") for r in records]
+
+
+def verify_placements(events: Iterable[JobPlacedEvent], keyring: Keyring, month: str | None) -> int:
+    """Print each placement that fails and a summary; 0 when every one (of the month, if given) verifies."""
+    checked = failed = 0
+    for event in events:
+        placed = event.data
+        claim = placed.attestation.claim if placed.attestation else None
+        moment = claim.placed_at if claim else event.time
+        if month is not None and period_start(moment).strftime("%Y-%m") != month:
+            continue
+        checked += 1
+        failure = placement_attestation_failure(placed, keyring)
+        if failure is not None:
+            failed += 1
+            print(f"FAIL  job {placed.job_id} run {placed.attempt} at {placed.site_id}: {failure}")
+    scope = f" placed in {month} (KST)" if month else ""
+    print(f"{checked - failed} of {checked} placements{scope} verified; {failed} failed")
+    return 1 if failed or checked == 0 else 0
+
+
+async def attest_verify(
+    path: Path | None, keyring_path: Path | None, month: str | None, settings: Settings
+) -> int:
+    keyring_file = keyring_path or settings.keyring_path
+    if keyring_file is None:
+        print("error: give --keyring (or SOVEREIGN_KEYRING): the marketplace's public keys", file=sys.stderr)
+        return 2
+    try:
+        keyring = Keyring.load(keyring_file)
+        events = read_placements(path) if path is not None else await placements_on_topic(settings)
+    except (OSError, ValueError, ValidationError, json.JSONDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return verify_placements(events, keyring, month)

@@ -666,6 +666,22 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
 # --- factory agent ----------------------------------------------------------------------------------
 
 
+def test_a_second_cancel_notice_before_the_placement_changes_nothing(database_url: tuple[str, str]) -> None:
+    """Found by the fuzz tests: the second notice for a job not placed here yet failed on its primary key."""
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
+    job_id = uuid.uuid4()
+    data = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam", reason="x")
+    for _ in range(2):
+        with unit_of_work(engine) as session:
+            factory.on_job_cancelled(
+                ctx, session, JobCancelledEvent.create(source="service/placement", subject="mois", data=data)
+            )
+    with unit_of_work(engine) as session:
+        factory.on_job_placed(ctx, session, placed_at_haenam(job_id))
+    assert outbox(engine, "jobs.started") == []
+
+
 def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)

@@ -33,7 +33,7 @@ from services.factory_agent.storage import (
     run_key,
     running_run,
 )
-from services.shared.db import as_utc
+from services.shared.db import as_utc, insert_ignoring_duplicates, table_of
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
@@ -141,7 +141,8 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
     job_id = str(cancelled.job_id)
     run = running_run(session, job_id)
     if run is None:
-        session.add(CancelledJob(job_id=job_id))
+        # Before its placement arrives; a second notice for the job (the fuzz tests sent one) changes nothing.
+        insert_ignoring_duplicates(session, table_of(CancelledJob), {"job_id": job_id})
         return
     if not finish_run(session, run.run_id, "cancelled"):
         return  # it had already finished

@@ -49,11 +49,16 @@ class Service:
     relay: OutboxRelay
     crash_points: CrashPoints
     worker_id: str = field(default_factory=new_worker_id)
-    # Topics consumed in the service's consumer groups (not broadcast subscriptions).
-    consumed: list[str] = field(default_factory=list)
+    # Each topic consumed in the service's consumer groups (not broadcast subscriptions): its event model and
+    # the handler its batches go through.
+    handlers: dict[str, tuple[type[Event], Callable[[Session, Any], None]]] = field(default_factory=dict)  # type: ignore[type-arg]
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Run once in a transaction when the service starts, before it consumes.
     on_start: list[Callable[[Session], None]] = field(default_factory=list)
+
+    @property
+    def consumed(self) -> list[str]:
+        return list(self.handlers)
 
 
 def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Service:
@@ -115,7 +120,7 @@ def consume(service: Service, model: type[EventT], handle: Callable[[Session, Ev
         decoder=_batch_decoder(model),
         **options,
     )(handler)
-    service.consumed.append(topic)
+    service.handlers[topic] = model, handle
 
 
 def document_publishers(broker: KafkaBroker, events: Sequence[type[Event]], service: str) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,173 @@
+"""Every consumer of every service, fed generated payloads (hypothesis): arbitrary bytes, arbitrary JSON,
+oversized records, and the topic's golden example with a field replaced, removed or added (re-signed by
+its rightful sender when the result is still a valid event, so the fuzzing reaches past the signature
+check). Whatever comes in, the consumer path (parse, then apply in a transaction) never raises and never
+hangs: each record is applied or refused with a reason, which the runtime sends to the dead-letter topic."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from contracts import AnyEvent
+from contracts.envelope import SLUG_PATTERN
+from contracts.pinning import EXAMPLES_DIR
+from services.shared.batch import MAX_EVENT_BYTES, handle_batch, parse_records
+from services.shared.runtime import Service
+from services.shared.signing import Signer
+from sovereign.cli import SERVICES
+from tests.conftest import TEST_KEYS, service_settings
+
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+INSTANT_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Service]]:
+    """Each service as `sovereign run` builds it (its handlers, keyring and SQLite database), not started."""
+    settings = service_settings("127.0.0.1:1", tmp_path_factory.mktemp("fuzz"))
+    built = [build(settings) for build in SERVICES.values()]
+    yield built
+    for service in built:
+        service.engine.dispose()
+
+
+def consumers(services: list[Service]) -> list[tuple[Service, str]]:
+    return [(service, topic) for service in services for topic in service.handlers]
+
+
+def sender(event: AnyEvent) -> Signer | None:
+    """Who may sign this event, among the test keys."""
+    tenant = getattr(event.data, "tenant_id", None)
+    if event.type in {"jobs.requested", "jobs.cancel"}:
+        return TEST_KEYS.tenants.get(str(tenant))
+    if event.type in {
+        "capacity.offered",
+        "capacity.updated",
+        "usage.reported",
+        "jobs.started",
+        "jobs.completed",
+    }:
+        return TEST_KEYS.factory
+    if event.type == "policy.published":
+        return TEST_KEYS.officer
+    return None
+
+
+def leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        return [leaf for key, value in node.items() for leaf in leaves(value, (*path, key))]
+    if isinstance(node, list):
+        return [leaf for index, value in enumerate(node) for leaf in leaves(value, (*path, index))]
+    return [path]
+
+
+def like(value: Any) -> st.SearchStrategy[Any]:
+    """Another value of the same kind: any integer, any float, any text, another id or instant."""
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int):
+        return st.integers(0, 10**6) | st.integers(-(2**70), 2**70)
+    if isinstance(value, float):
+        return st.floats(0, 1e6) | st.floats(allow_nan=False)
+    if isinstance(value, str):
+        if UUID_TEXT.fullmatch(value):
+            return st.uuids().map(str)
+        if INSTANT_TEXT.match(value):
+            return st.datetimes(timezones=st.just(UTC)).map(lambda moment: moment.isoformat())
+        return st.text(max_size=30) | st.from_regex(SLUG_PATTERN, fullmatch=True)
+    return JSON_VALUES
+
+
+@st.composite
+def mutated_example(draw: st.DrawFn, topic: str) -> bytes:
+    """The topic's golden example with one to three values changed: mostly to another value of the same
+    kind (so many stay valid events and reach the handler), sometimes removed, sometimes a key added."""
+    document: Any = json.loads((EXAMPLES_DIR / f"{topic}.json").read_text())
+    for path in draw(st.lists(st.sampled_from(leaves(document)), min_size=1, max_size=3, unique=True)):
+        *parents, last = path
+        node = document
+        for key in parents:
+            node = node[key]
+        action = draw(st.sampled_from(["like", "like", "like", "remove", "add"]))
+        if action == "like" or isinstance(node, list):
+            node[last] = draw(like(node[last]))
+        elif action == "remove":
+            del node[last]
+        else:
+            node[draw(st.text(min_size=1, max_size=12))] = draw(JSON_VALUES)
+    return json.dumps(document).encode()
+
+
+def payloads(topic: str) -> st.SearchStrategy[bytes]:
+    # Mostly near-valid events, which go deepest.
+    return st.one_of(
+        mutated_example(topic),
+        mutated_example(topic),
+        mutated_example(topic),
+        st.binary(max_size=200),
+        JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+        st.just(b"{" + b" " * (MAX_EVENT_BYTES + 1) + b"}"),
+    )
+
+
+def signed_if_valid(model: type[AnyEvent], payload: bytes) -> bytes:
+    """A mutation that is still a valid event, signed by its rightful sender: the fuzzing goes on past the
+    signature check into the handler itself."""
+    try:
+        event = model.model_validate_json(payload)
+    except ValidationError:
+        return payload
+    signer = sender(event)
+    return signer.sign(event).model_dump_json().encode() if signer else payload
+
+
+@settings(
+    max_examples=100,
+    deadline=timedelta(seconds=5),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_every_consumer_refuses_or_applies_whatever_it_is_fed(
+    services: list[Service], data: st.DataObject
+) -> None:
+    for service, topic in consumers(services):
+        model, handle = service.handlers[topic]
+        payload = signed_if_valid(model, data.draw(payloads(topic), label=f"{service.name} {topic}"))
+        record = SimpleNamespace(topic=topic, partition=0, offset=0, key=b"fuzz", value=payload, headers=[])
+        events, refused = parse_records(model, [record])
+        assert len(events) + len(refused) == 1, topic  # each record is an event or refused
+        refused += handle_batch(service.engine, handle, events)
+        assert len(refused) <= 1, topic
+        for _, error in refused:
+            assert str(error), f"{topic}: a refusal without a reason: {error!r}"
+
+
+def test_every_consumer_is_fuzzed(services: list[Service]) -> None:
+    """Each service's every consumer has a golden example to mutate, and the list is what the services
+    subscribe in their consumer groups."""
+    pairs = consumers(services)
+    assert all((EXAMPLES_DIR / f"{topic}.json").exists() for _, topic in pairs)
+    assert [topic for _, topic in pairs] == [topic for service in services for topic in service.consumed]
+    assert {topic for _, topic in pairs} >= {
+        "jobs.requested",
+        "jobs.cancel",
+        "usage.reported",
+        "capacity.offered",
+    }

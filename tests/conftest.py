@@ -222,7 +222,9 @@ def completed_at_haenam(
         usage_reports=reports,
         gpu_seconds=gpu_seconds,
     )
-    return JobCompletedEvent.create(source="factory/nacc-haenam", subject=tenant, data=data)
+    return TEST_KEYS.factory.sign(
+        JobCompletedEvent.create(source="factory/nacc-haenam", subject=tenant, data=data)
+    )
 
 
 def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job: Any) -> JobRequestedEvent:

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from contracts import AnyEvent
 from contracts.events import (
     CapacityOfferedEvent,
+    JobCompleted,
+    JobCompletedEvent,
     JobRequest,
     JobRequestedEvent,
     UsageReported,
@@ -187,13 +189,28 @@ async def test_unsigned_capacity_and_usage_reports_are_refused(market: Market) -
     tenant_usage: AnyEvent = TEST_KEYS.tenants["mois"].sign(
         UsageReportedEvent.create(source="factory/impostor", subject="mois", data=usage)
     )
+    # And ends a run that no factory ended, which would free its GPUs and bill it.
+    done = JobCompleted(
+        job_id=usage.job_id,
+        tenant_id="mois",
+        site_id=usage.site_id,
+        pool_id=usage.pool_id,
+        gpu_count=8,
+        status="succeeded",
+        usage_reports=1,
+        gpu_seconds=3600,
+    )
+    forged_end = JobCompletedEvent.create(source="factory/impostor", subject="mois", data=done)
     await send(settings, "capacity.offered", [unsigned_offer.model_dump_json().encode()])
     await send(settings, "usage.reported", [tenant_usage.model_dump_json().encode()])
+    await send(settings, "jobs.completed", [forged_end.model_dump_json().encode()])
     [(_, offer_reason)] = await dead_letters(settings, "capacity.offered", 1)
     [(_, usage_reason)] = await dead_letters(settings, "usage.reported", 1)
+    end_reasons = [reason for _, reason in await dead_letters(settings, "jobs.completed", 2)]
     assert f"must be signed with the factory key of {offer.site.site_id!r}" in offer_reason
     assert "has the tenant role, not the factory role" in usage_reason
-    assert not tracker.trace(usage.job_id).rated
+    assert len(end_reasons) == 2 and all("unsigned" in reason for reason in end_reasons)  # placement, billing
+    assert not tracker.trace(usage.job_id).rated and not tracker.trace(usage.job_id).billed
 
 
 async def test_an_auditor_verifies_the_months_placements_from_the_topic(

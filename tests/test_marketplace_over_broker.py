@@ -276,7 +276,9 @@ async def test_invoices_hold_when_usage_is_late_repeated_or_reordered_and_the_st
         issued = issue_invoice(context, session, "mois", "2027-03", datetime.now(UTC))
     billing_service.relay.wake()
     late = [usage(3, 1_800), usage(2, 7_200), usage(2, 7_200), usage(3, 1_800)]
-    done = JobCompletedEvent.create(source="factory/nacc-haenam", subject="mois", data=completed)
+    done = TEST_KEYS.factory.sign(
+        JobCompletedEvent.create(source="factory/nacc-haenam", subject="mois", data=completed)
+    )
     await produce(settings.bootstrap_servers, [*late, (done, str(job_id))], idempotent=False)
     assert await wait_until(lambda: bool(trace.billed), within=30)
     assert await wait_until(

@@ -197,8 +197,10 @@ def completion(
     done = JobCompleted(
         job_id=job_id, tenant_id=tenant_id, status=status, usage_reports=0, gpu_seconds=0, **run
     )
-    return JobCompletedEvent.create(
-        source=f"factory/{run['site_id']}", subject=tenant_id, data=done, event_id=event_id
+    return TEST_KEYS.factory.sign(
+        JobCompletedEvent.create(
+            source=f"factory/{run['site_id']}", subject=tenant_id, data=done, event_id=event_id
+        )
     )
 
 
@@ -416,7 +418,11 @@ def test_a_failed_run_is_retried_on_another_site_up_to_the_jobs_limit(
     )
     with unit_of_work(engine) as session:
         placement.on_job_started(
-            session, JobStartedEvent.create(source="factory/x", subject=first.tenant_id, data=started)
+            ctx,
+            session,
+            TEST_KEYS.factory.sign(
+                JobStartedEvent.create(source="factory/x", subject=first.tenant_id, data=started)
+            ),
         )
     with Session(engine) as session:
         assert session.get(JobRow, str(first.job_id)).state == "running"  # type: ignore[union-attr]

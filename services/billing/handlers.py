@@ -67,8 +67,8 @@ class BillingContext:
     fee_bps: int
     # Commercial terms: budgets and volume tiers.
     tenants: dict[str, Tenant] = field(default_factory=dict)
-    # Factories' keys: each usage report must be signed by a key of the factory running its site (with
-    # none, every report is refused).
+    # Factories' keys: each usage report and run end must be signed by a key of the factory running its
+    # site (with no keyring, all are refused).
     keyring: Keyring = field(default_factory=Keyring.empty)
 
 
@@ -98,6 +98,8 @@ def on_job_placed(ctx: BillingContext, session: Session, event: JobPlacedEvent) 
 
 
 def on_job_completed(ctx: BillingContext, session: Session, event: JobCompletedEvent) -> None:
+    # A forged end would bill a run before (or instead of) its usage.
+    ctx.keyring.require(event, KeyRole.FACTORY, event.data.site_id)
     if not claim_event(session, CONSUMER, event):
         return
     done = event.data

@@ -63,7 +63,7 @@ def build(settings: Settings) -> Service:
     consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
     consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
     consume(service, CapacityUpdatedEvent, partial(handlers.on_capacity_updated, context))
-    consume(service, JobStartedEvent, handlers.on_job_started)
+    consume(service, JobStartedEvent, partial(handlers.on_job_started, context))
     consume(service, JobBilledEvent, handlers.on_job_billed)
     consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
     consume(service, JobCancelEvent, partial(handlers.on_job_cancel, context))

@@ -95,8 +95,8 @@ SEEN_BEFORE = "an envelope with this id from this source was handled already: a 
 class PlacementContext:
     policy: PolicyEngine
     tenants: dict[str, Tenant]
-    # Tenants' keys sign requests and cancels; factories' keys sign capacity offers and updates (with none,
-    # all of these are refused).
+    # Tenants' keys sign requests and cancels; factories' keys sign capacity offers and updates and runs'
+    # starts and ends (with no keyring, all of these are refused).
     keyring: Keyring = field(default_factory=Keyring.empty)
     clock: Callable[[], datetime] = field(default=utc_now)
     # Listed auditors: a signed offer must verify against one of these or it is refused.
@@ -251,8 +251,9 @@ def on_capacity_updated(ctx: PlacementContext, session: Session, event: Capacity
     _replan_queue_at_commit(ctx, session)
 
 
-def on_job_started(session: Session, event: JobStartedEvent) -> None:
+def on_job_started(ctx: PlacementContext, session: Session, event: JobStartedEvent) -> None:
     """The factory started the run. Its end may overtake this (another topic): then nothing changes."""
+    ctx.keyring.require(event, KeyRole.FACTORY, event.data.site_id)
     if not claim_event(session, CONSUMER, event):
         return
     started = event.data
@@ -274,6 +275,8 @@ def on_job_billed(session: Session, event: JobBilledEvent) -> None:
 
 
 def on_job_completed(ctx: PlacementContext, session: Session, event: JobCompletedEvent) -> None:
+    # A forged end would free the GPUs of a run still going, or retry a job elsewhere.
+    ctx.keyring.require(event, KeyRole.FACTORY, event.data.site_id)
     if not claim_event(session, CONSUMER, event):
         return
     done = event.data

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from contracts.events import JobPlacedEvent
 from services.shared.attestation import placement_attestation_failure
+from services.shared.kafka import transport_security
 from services.shared.money import period_start
 from services.shared.settings import Settings
 from services.shared.signing import Keyring
@@ -28,7 +29,9 @@ def read_placements(path: Path) -> list[JobPlacedEvent]:
 
 
 async def placements_on_topic(settings: Settings) -> list[JobPlacedEvent]:
-    records = await read_records(settings.bootstrap_servers, ["jobs.placed"])
+    records = await read_records(
+        settings.bootstrap_servers, ["jobs.placed"], security=transport_security(settings)
+    )
     return [JobPlacedEvent.model_validate_json(r.value or b"") for r in records]
 
 

@@ -197,6 +197,14 @@ def _attest_verify(args: argparse.Namespace) -> int:
     return asyncio.run(attest_verify(events, keyring, args.month, _settings(args)))
 
 
+def _acls(args: argparse.Namespace) -> int:
+    from sovereign.acls import all_grants, render_script, render_table
+
+    grants = all_grants(Settings.from_env())
+    print(render_script(grants) if args.format == "script" else render_table(grants), end="")
+    return 0
+
+
 def _keys_new(args: argparse.Namespace) -> int:
     from services.shared.signing import KeyRole, make_key
 
@@ -370,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--month", type=_period, help="only the placements of this month (YYYY-MM, KST)")
     connection_options(verify)
     verify.set_defaults(handler=_attest_verify)
+
+    acls = commands.add_parser("acls", help="the Kafka ACLs each principal needs, derived from the code")
+    acls.add_argument("--format", choices=["table", "script"], default="table")
+    acls.set_defaults(handler=_acls)
 
     keys = commands.add_parser("keys", help="signing keys of tenants, factories and officers").add_subparsers(
         dest="keys_command", required=True

@@ -7,6 +7,7 @@ from pathlib import Path
 from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
 from services.governance.handlers import find_revision, what_if
 from services.governance.policy_diff import diff_bundles
+from services.shared.kafka import transport_security
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.policy_check import check_in_child_process
 from services.shared.settings import Settings
@@ -65,7 +66,12 @@ async def policy_publish(directory: Path, settings: Settings, published_by: str)
     event = signer.sign(
         PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published)
     )
-    await produce(settings.bootstrap_servers, [(event, PUBLICATION_KEY)], settings.idempotent_producer)
+    await produce(
+        settings.bootstrap_servers,
+        [(event, PUBLICATION_KEY)],
+        settings.idempotent_producer,
+        transport_security(settings),
+    )
     print(f"published revision {bundle.revision} ({result.tests_passed} tests passed), by {published_by}")
     return 0
 

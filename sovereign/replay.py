@@ -14,6 +14,7 @@ from faststream.kafka import TestKafkaBroker
 from sqlalchemy import delete
 
 from services.shared.db import unit_of_work
+from services.shared.kafka import transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.runtime import Service
 from services.shared.settings import Settings
@@ -26,7 +27,9 @@ async def replay(build: Callable[[Settings], Service], source: Settings, target:
     """Feed every event the service consumes from source's broker into a service built on target's database;
     returns how many events were replayed."""
     service = build(target)
-    records = await read_records(source.bootstrap_servers, service.consumed)
+    records = await read_records(
+        source.bootstrap_servers, service.consumed, security=transport_security(source)
+    )
     records.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
     async with TestKafkaBroker(service.broker) as broker:
         for record in records:

@@ -14,7 +14,7 @@ from sqlmodel import select
 from contracts import TOPICS, dead_letter_topic
 from services.shared.db import as_utc, table_of, utc_now
 from services.shared.health import WorkerRow, recent_workers, worker_state
-from services.shared.kafka import consumer_group
+from services.shared.kafka import consumer_group, transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import Settings
 from sovereign.databases import service_session
@@ -65,8 +65,11 @@ async def collect_status(
         status.lag = {topic: 0 for row in rows for topic in row.topics}
         groups |= {consumer_group(service, topic): [topic] for topic in status.lag}
         report.append(status)
-    lag = await lag_by_group(settings.bootstrap_servers, groups)
-    letters = each_record(settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS])
+    security = transport_security(settings)
+    lag = await lag_by_group(settings.bootstrap_servers, groups, security)
+    letters = each_record(
+        settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS], security=security
+    )
     by_consumer = Counter(
         [dict(record.headers or ()).get("dlq-consumer", b"").decode() async for record in letters]
     )

@@ -23,6 +23,7 @@ from contracts.events import (
     JobStartedEvent,
     UsageRatedEvent,
 )
+from services.shared.kafka import transport_security
 from services.shared.settings import Settings
 from services.shared.signing import Signer
 from sovereign.explain import render_explanation
@@ -57,8 +58,11 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     signer = tenant_signer(settings)
     if signer is not None:
         event = signer.sign(event)
-    async with EventWatcher(settings.bootstrap_servers, FOLLOWED) as watcher:
-        await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
+    security = transport_security(settings)
+    async with EventWatcher(settings.bootstrap_servers, FOLLOWED, security=security) as watcher:
+        await produce(
+            settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer, security
+        )
         print(f"submitted job {job_id} ({request.name}) for tenant {request.tenant_id}")
         deadline = time.monotonic() + wait_seconds
         async for batch in watcher.events():
@@ -115,6 +119,11 @@ def tenant_signer(settings: Settings) -> Signer | None:
 async def cancel(settings: Settings, tenant_id: str, job_id: uuid.UUID, reason: str) -> int:
     """Produce a tenant's cancel; placement honours it at any stage and answers with jobs.cancelled."""
     event = cancel_event(tenant_id, job_id, reason, tenant_signer(settings))
-    await produce(settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer)
+    await produce(
+        settings.bootstrap_servers,
+        [(event, str(job_id))],
+        settings.idempotent_producer,
+        transport_security(settings),
+    )
     print(f"asked to cancel job {job_id} for tenant {tenant_id}")
     return 0

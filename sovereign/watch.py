@@ -7,17 +7,28 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from faststream.security import BaseSecurity
 from pydantic import ValidationError
 
 from contracts import EVENT_MODELS, AnyEvent
+from services.shared.kafka import client_options
 
 
 class EventWatcher:
     """Reads the given topics from their current end (or from the beginning), decoding each event."""
 
-    def __init__(self, bootstrap_servers: str, topics: Sequence[str], from_beginning: bool = False):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Sequence[str],
+        from_beginning: bool = False,
+        security: BaseSecurity | None = None,
+    ):
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            **client_options(security),
         )
         self._topics = list(topics)
         self._from_beginning = from_beginning
@@ -65,9 +76,17 @@ class EventWatcher:
             yield decoded
 
 
-async def produce(bootstrap_servers: str, events: Sequence[tuple[AnyEvent, str]], idempotent: bool) -> None:
+async def produce(
+    bootstrap_servers: str,
+    events: Sequence[tuple[AnyEvent, str]],
+    idempotent: bool,
+    security: BaseSecurity | None = None,
+) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, enable_idempotence=idempotent, acks="all"
+        bootstrap_servers=bootstrap_servers,
+        enable_idempotence=idempotent,
+        acks="all",
+        **client_options(security),
     )
     await producer.start()
     try:
@@ -86,7 +105,7 @@ async def produce(bootstrap_servers: str, events: Sequence[tuple[AnyEvent, str]]
 
 
 async def each_record(
-    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
+    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500, security: BaseSecurity | None = None
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of the topics, from the beginning until nothing more arrives for quiet_ms."""
     consumer = AIOKafkaConsumer(
@@ -95,6 +114,7 @@ async def each_record(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **client_options(security),
     )
     await consumer.start()
     try:
@@ -107,34 +127,39 @@ async def each_record(
 
 
 async def read_records(
-    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
+    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500, security: BaseSecurity | None = None
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    return [record async for record in each_record(bootstrap_servers, topics, quiet_ms)]
+    return [record async for record in each_record(bootstrap_servers, topics, quiet_ms, security)]
 
 
 async def read_partition_ends(
-    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500
+    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500, security: BaseSecurity | None = None
 ) -> dict[TopicPartition, int]:
     """Each partition's end (last offset + 1), found by reading it through (without keeping the records).
 
     Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
     """
     ends: dict[TopicPartition, int] = {}
-    async for record in each_record(bootstrap_servers, topics, quiet_ms):
+    async for record in each_record(bootstrap_servers, topics, quiet_ms, security):
         partition = TopicPartition(record.topic, record.partition)
         ends[partition] = max(ends.get(partition, 0), record.offset + 1)
     return ends
 
 
-async def lag_by_group(bootstrap_servers: str, groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+async def lag_by_group(
+    bootstrap_servers: str, groups: Mapping[str, Sequence[str]], security: BaseSecurity | None = None
+) -> dict[str, int]:
     """For each consumer group, how many messages of its topics it has not committed yet."""
     topics = sorted({topic for group_topics in groups.values() for topic in group_topics})
-    ends = await read_partition_ends(bootstrap_servers, topics) if topics else {}
+    ends = await read_partition_ends(bootstrap_servers, topics, security=security) if topics else {}
     lag: dict[str, int] = {}
     for group, group_topics in groups.items():
         # A consumer that never subscribes joins no group: it only reads the group's committed offsets.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
+            bootstrap_servers=bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            **client_options(security),
         )
         await consumer.start()
         try:

@@ -63,6 +63,7 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         "decisions verify",
         "keys new --dir d --key-id k --role tenant --principal t",
         "attest verify placed.json --month 2026-11",
+        "acls --format script",
         "auditor keygen --dir d --key-id k",
         "auditor sign --key k --key-id k --out o",
         "usage --tenant t --period 2027-01",

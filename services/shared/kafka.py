@@ -17,9 +17,12 @@ from typing import Any
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy, BaseMiddleware
 from faststream.kafka import KafkaBroker
+from faststream.kafka.security import parse_security
 from faststream.message import StreamMessage
+from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from sqlalchemy.exc import IntegrityError
 
 from contracts import TOPICS, dead_letter_topic
@@ -33,6 +36,9 @@ from services.shared.settings import Settings
 # messages: the same message is retried with this longest pause until the database is back.
 MAX_RETRY_PAUSE_SECONDS = 5.0
 ERROR_HEADER_LIMIT = 2000
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
+SCRAM_MECHANISMS = {"SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
 
 def retry_pause(error: BaseException, attempt: int, batch: bool = False) -> float | None:
@@ -153,9 +159,38 @@ def subscriber_options(
     }
 
 
+def transport_security(settings: Settings) -> BaseSecurity | None:
+    """The configured Kafka transport, for FastStream; `client_options` turns it into aiokafka's options."""
+    protocol = settings.kafka_security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"KAFKA_SECURITY_PROTOCOL is {protocol!r}: use one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    if protocol == "PLAINTEXT":
+        return None
+    context = create_ssl_context(cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None)
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context)
+    scram = SCRAM_MECHANISMS.get(settings.kafka_sasl_mechanism)
+    if scram is None:
+        raise ValueError(
+            f"KAFKA_SASL_MECHANISM is {settings.kafka_sasl_mechanism!r}: use {' or '.join(SCRAM_MECHANISMS)}"
+        )
+    if not settings.kafka_username or settings.kafka_password_file is None:
+        raise ValueError("SASL_SSL needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE")
+    password = settings.kafka_password_file.read_text(encoding="utf-8").strip()
+    return scram(settings.kafka_username, password, ssl_context=context)
+
+
+def client_options(security: BaseSecurity | None) -> dict[str, Any]:
+    """aiokafka's keyword arguments for a transport (FastStream's own translation)."""
+    return parse_security(security)
+
+
 def build_broker(settings: Settings, service: str) -> KafkaBroker:
     return KafkaBroker(
         settings.bootstrap_servers,
+        security=transport_security(settings),
         client_id=f"sovereign-{service}",
         enable_idempotence=settings.idempotent_producer,
         acks="all",
@@ -168,8 +203,10 @@ def all_topics() -> list[str]:
     return [*TOPICS, *(dead_letter_topic(topic) for topic in TOPICS)]
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+async def ensure_topics(
+    bootstrap_servers: str, topics: Sequence[str], partitions: int, security: BaseSecurity | None = None
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(security))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

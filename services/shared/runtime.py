@@ -29,6 +29,7 @@ from services.shared.kafka import (
     ensure_topics,
     publish_outbox_rows,
     subscriber_options,
+    transport_security,
 )
 from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage, OutboxRelay
@@ -167,7 +168,12 @@ def _heartbeat(service: Service) -> Callable[[], Coroutine[Any, Any, None]]:
 @contextlib.asynccontextmanager
 async def running(service: Service) -> AsyncIterator[Service]:
     log = get_logger(component="runtime", worker_id=service.worker_id)
-    await ensure_topics(service.settings.bootstrap_servers, all_topics(), service.settings.topic_partitions)
+    await ensure_topics(
+        service.settings.bootstrap_servers,
+        all_topics(),
+        service.settings.topic_partitions,
+        transport_security(service.settings),
+    )
     with unit_of_work(service.engine) as session:
         register_worker(session, service.worker_id, service.consumed)
         for start in service.on_start:

@@ -86,6 +86,13 @@ class Settings:
     signing_key_path: Path | None = None
     signing_key_id: str = ""
     signature_max_age_seconds: float = 900.0
+    # Kafka transport: PLAINTEXT (the embedded broker), SSL, or SASL_SSL with SCRAM; the password is read
+    # from a file (a mounted secret), never from the environment.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str = ""
+    kafka_password_file: Path | None = None
+    kafka_ca_file: Path | None = None
     # Placement's marketplace key: it signs the attestation of every placement.
     attestation_key_path: Path | None = None
     attestation_key_id: str = ""
@@ -124,6 +131,13 @@ class Settings:
             keyring_path=Path(env["SOVEREIGN_KEYRING"]) if env.get("SOVEREIGN_KEYRING") else None,
             signing_key_path=Path(env["SOVEREIGN_SIGNING_KEY"]) if env.get("SOVEREIGN_SIGNING_KEY") else None,
             signing_key_id=env.get("SOVEREIGN_SIGNING_KEY_ID", ""),
+            kafka_security_protocol=env.get("KAFKA_SECURITY_PROTOCOL", base.kafka_security_protocol),
+            kafka_sasl_mechanism=env.get("KAFKA_SASL_MECHANISM", base.kafka_sasl_mechanism),
+            kafka_username=env.get("KAFKA_SASL_USERNAME", ""),
+            kafka_password_file=(
+                Path(env["KAFKA_SASL_PASSWORD_FILE"]) if env.get("KAFKA_SASL_PASSWORD_FILE") else None
+            ),
+            kafka_ca_file=Path(env["KAFKA_SSL_CA_FILE"]) if env.get("KAFKA_SSL_CA_FILE") else None,
             attestation_key_path=(
                 Path(env["SOVEREIGN_ATTESTATION_KEY"]) if env.get("SOVEREIGN_ATTESTATION_KEY") else None
             ),

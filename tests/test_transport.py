@@ -1,0 +1,86 @@
+"""The production transport: Kafka security settings, and ACLs derived from what the services subscribe to
+and publish (the README's table and deploy/kafka-acls.sh are that derivation, checked here)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from faststream.security import SASLScram512
+
+from services.shared.kafka import client_options, transport_security
+from services.shared.settings import REPO_ROOT, Settings
+from sovereign.acls import Grant, all_grants, render_script, render_table
+
+GRANTS = all_grants(Settings())
+
+
+def test_sasl_ssl_with_scram_reads_its_password_from_a_file(tmp_path: Path) -> None:
+    password = tmp_path / "placement.password"
+    password.write_text("s3cret\n")
+    settings = replace(
+        Settings(),
+        kafka_security_protocol="SASL_SSL",
+        kafka_username="placement",
+        kafka_password_file=password,
+    )
+    security = transport_security(settings)
+    assert isinstance(security, SASLScram512)
+    options = client_options(security)
+    assert options["security_protocol"] == "SASL_SSL" and options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("placement", "s3cret")
+    assert options["ssl_context"] is not None
+    assert transport_security(Settings()) is None and client_options(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kafka_security_protocol": "SASL_PLAINTEXT"}, "use one of PLAINTEXT, SSL, SASL_SSL"),
+        ({"kafka_security_protocol": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN"}, "use SCRAM-SHA-256 or"),
+    ],
+)
+def test_a_transport_that_would_send_secrets_in_the_clear_is_refused(
+    changes: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        transport_security(replace(Settings(), **changes))  # type: ignore[arg-type]
+
+
+def writers(topic: str) -> set[str]:
+    return {g.principal for g in GRANTS if g.operation == "Write" and g.resource == topic}
+
+
+def test_each_principal_may_write_only_what_it_produces() -> None:
+    assert writers("jobs.placed") == {"User:placement"}
+    assert writers("usage.reported") == writers("capacity.offered") == {"User:factory-agent"}
+    assert writers("policy.published") == {"User:officer"}
+    assert writers("jobs.billed") == {"User:billing"}
+    tenants = {g.principal for g in GRANTS if g.principal.startswith("User:tenant-")}
+    assert len(tenants) >= 5
+    assert writers("jobs.requested") == writers("jobs.cancel") == tenants
+    # A tenant reads nothing: every outcome topic carries every tenant's events.
+    assert not [g for g in GRANTS if g.principal in tenants and g.operation == "Read"]
+    assert {g.resource for g in GRANTS if g.principal == "User:auditor"} == {"jobs.placed"}
+
+
+def test_each_service_reads_what_it_subscribes_to_in_its_own_groups() -> None:
+    assert Grant("User:placement", "Read", "jobs.requested") in GRANTS
+    assert Grant("User:billing", "Read", "usage.reported") in GRANTS
+    assert Grant("User:placement", "Read", "usage.reported") not in GRANTS
+    groups = {g.principal: g.resource for g in GRANTS if g.resource.startswith("group:")}
+    assert groups == {
+        f"User:{name}": f"group:{name}." for name in ("placement", "factory-agent", "billing", "governance")
+    }
+
+
+def test_the_readme_table_and_the_acl_script_are_what_the_code_derives() -> None:
+    assert render_table(GRANTS) in (REPO_ROOT / "README.md").read_text(), (
+        "run `sovereign acls` into the README"
+    )
+    script = REPO_ROOT / "deploy" / "kafka-acls.sh"
+    assert script.read_text() == render_script(GRANTS), (
+        "run `sovereign acls --format script > deploy/kafka-acls.sh`"
+    )

@@ -18,12 +18,14 @@ import jsonschema
 import pytest
 import yaml
 
-from services.shared.settings import REPO_ROOT
+from services.shared.settings import REPO_ROOT, Settings
+from sovereign.acls import all_grants
 from sovereign.cli import SERVICES, build_parser
 from tests.conftest import TEST_KEYS
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
 APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
+BROKER_CONFIG = (REPO_ROOT / "deploy" / "kafka" / "server.properties").read_text()
 
 
 def compose_schema() -> dict[str, Any]:
@@ -52,7 +54,7 @@ def test_production_shape() -> None:
     services = COMPOSE["services"]
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
-    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper
+    assert "process.roles=broker,controller" in BROKER_CONFIG  # KRaft: no ZooKeeper
     assert not any("zookeeper" in name for name in services)
     assert services["opa"]["image"].startswith("openpolicyagent/opa:")
     assert "./policies:/policies:ro" in services["opa"]["volumes"]
@@ -65,6 +67,32 @@ def test_production_shape() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     for folder in ("contracts", "services", "sovereign", "policies", "catalogue"):
         assert f"COPY {folder} ./{folder}" in dockerfile
+
+
+def test_kafka_takes_clients_over_tls_with_scram_and_enforces_acls() -> None:
+    config = dict(line.split("=", 1) for line in BROKER_CONFIG.splitlines() if "=" in line and line[0] != "#")
+    advertised = config["advertised.listeners"].split(",")
+    assert advertised == ["SASL_SSL://kafka:9092"]  # the only listener clients are told about
+    assert config["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert config["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert config["allow.everyone.if.no.acl.found"] == "false"
+    services = COMPOSE["services"]
+    assert services["kafka"]["command"] == ["/bin/bash", "/deploy/kafka/start.sh"]
+    assert services["kafka-init"]["command"] == ["/bin/bash", "/deploy/kafka/init.sh"]
+    principals = {g.principal.removeprefix("User:") for g in all_grants(Settings())}
+    secrets = {f"kafka-{name}" for name in {"admin", *principals}}
+    assert set(COMPOSE["secrets"]) == secrets == set(services["kafka-init"]["secrets"])
+    for name, spec in APP_SERVICES.items():
+        env = spec["environment"]
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["KAFKA_CREATE_TOPICS"] == "false", name
+        assert env["KAFKA_SASL_USERNAME"] == name and spec["secrets"] == [f"kafka-{name}"], name
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka-{name}", name
+        assert depends(spec, "kafka-init") == "service_completed_successfully", name
+
+
+def depends(spec: dict[str, Any], service: str) -> str:
+    condition: str = spec["depends_on"][service]["condition"]
+    return condition
 
 
 def test_every_service_has_a_container_and_every_container_a_real_command() -> None:
@@ -96,6 +124,7 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
             "SOVEREIGN_DATA_DIR": str(tmp_path),
             "SOVEREIGN_DB_SCHEMA_PREFIX": prefix,
             **TEST_KEYS.service_env(),  # the files compose mounts at /keys
+            "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",  # Tansu here; compose's broker takes SASL_SSL
         }
         if url.startswith("sqlite"):
             del env["DATABASE_URL"]  # the embedded default: a SQLite file per service

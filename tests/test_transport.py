@@ -80,7 +80,7 @@ def test_the_readme_table_and_the_acl_script_are_what_the_code_derives() -> None
     assert render_table(GRANTS) in (REPO_ROOT / "README.md").read_text(), (
         "run `sovereign acls` into the README"
     )
-    script = REPO_ROOT / "deploy" / "kafka-acls.sh"
+    script = REPO_ROOT / "deploy" / "kafka" / "init.sh"
     assert script.read_text() == render_script(GRANTS), (
-        "run `sovereign acls --format script > deploy/kafka-acls.sh`"
+        "run `sovereign acls --format script > deploy/kafka/init.sh`"
     )

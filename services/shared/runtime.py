@@ -168,12 +168,13 @@ def _heartbeat(service: Service) -> Callable[[], Coroutine[Any, Any, None]]:
 @contextlib.asynccontextmanager
 async def running(service: Service) -> AsyncIterator[Service]:
     log = get_logger(component="runtime", worker_id=service.worker_id)
-    await ensure_topics(
-        service.settings.bootstrap_servers,
-        all_topics(),
-        service.settings.topic_partitions,
-        transport_security(service.settings),
-    )
+    if service.settings.create_topics:
+        await ensure_topics(
+            service.settings.bootstrap_servers,
+            all_topics(),
+            service.settings.topic_partitions,
+            transport_security(service.settings),
+        )
     with unit_of_work(service.engine) as session:
         register_worker(session, service.worker_id, service.consumed)
         for start in service.on_start:

@@ -93,6 +93,8 @@ class Settings:
     kafka_username: str = ""
     kafka_password_file: Path | None = None
     kafka_ca_file: Path | None = None
+    # Whether a service creates missing topics at start (with ACLs, an admin does: kafka-init).
+    create_topics: bool = True
     # Placement's marketplace key: it signs the attestation of every placement.
     attestation_key_path: Path | None = None
     attestation_key_id: str = ""
@@ -138,6 +140,7 @@ class Settings:
                 Path(env["KAFKA_SASL_PASSWORD_FILE"]) if env.get("KAFKA_SASL_PASSWORD_FILE") else None
             ),
             kafka_ca_file=Path(env["KAFKA_SSL_CA_FILE"]) if env.get("KAFKA_SSL_CA_FILE") else None,
+            create_topics=_flag(env.get("KAFKA_CREATE_TOPICS"), base.create_topics),
             attestation_key_path=(
                 Path(env["SOVEREIGN_ATTESTATION_KEY"]) if env.get("SOVEREIGN_ATTESTATION_KEY") else None
             ),

@@ -94,6 +94,18 @@ async def decide(settings: Settings, tracker: Tracker) -> tuple[str, str]:
     return ("placed" if trace.placed else "rejected"), explanation.policy_revision
 
 
+async def every_worker_decides(settings: Settings, tracker: Tracker, outcome: tuple[str, str]) -> bool:
+    """Eight decisions in a row give `outcome` (placed or rejected, under which revision). Each worker
+    verifies a revision in its own child process before switching, so the switch lands at slightly
+    different moments; once it has, every decision, whichever worker makes it, uses the new one."""
+    streak = 0
+    for _ in range(80):
+        streak = streak + 1 if await decide(settings, tracker) == outcome else 0
+        if streak == 8:
+            return True
+    return False
+
+
 def policy_copy(tmp_path: Path, exp01_mode: str) -> Path:
     copy = tmp_path / f"policies-{exp01_mode}"
     shutil.copytree(REPO_ROOT / "policies", copy)
@@ -111,14 +123,7 @@ async def test_publish_switches_every_worker_without_restart(placement: Placemen
     relaxed = policy_copy(tmp_path, "dryrun")
     assert await policy_publish(relaxed, signing_as(settings, TEST_KEYS.officer), TEST_KEYS_OFFICER) == 0
     revision = PolicyBundle.load(relaxed).revision
-    # Each worker verifies the revision in its own child process before switching, so the switch lands at
-    # slightly different moments; once it has, every decision, whichever worker makes it, uses the new one.
-    streak = 0
-    for _ in range(80):
-        streak = streak + 1 if await decide(settings, tracker) == ("placed", revision) else 0
-        if streak == 8:
-            break
-    assert streak == 8
+    assert await every_worker_decides(settings, tracker, ("placed", revision))
     assert all(any(s.consumer and s.consumer.assignment() for s in w.broker.subscribers) for w in workers)  # type: ignore[attr-defined]
 
 
@@ -139,12 +144,7 @@ async def test_an_unsigned_revision_on_the_topic_is_never_activated(
     residency.write_text(residency.read_text() + "\n# Republished by the officer.\n")
     assert await policy_publish(strict, signing_as(settings, TEST_KEYS.officer), TEST_KEYS_OFFICER) == 0
     revision = PolicyBundle.load(strict).revision
-    streak = 0
-    for _ in range(80):
-        streak = streak + 1 if await decide(settings, tracker) == ("rejected", revision) else 0
-        if streak == 8:
-            break
-    assert streak == 8
+    assert await every_worker_decides(settings, tracker, ("rejected", revision))
     assert revision in {d.policy_revision for d in tracker.decisions.values()}
     assert unsigned.revision not in {d.policy_revision for d in tracker.decisions.values()}
 

@@ -37,7 +37,7 @@ SignedEvent = TypeVar("SignedEvent", bound=AnyEvent)
 
 class KeyRole(StrEnum):
     TENANT = "tenant"  # signs its job requests and cancels
-    FACTORY = "factory"  # signs its sites' capacity offers and usage reports
+    FACTORY = "factory"  # signs its sites' capacity offers, runs' starts and ends, and usage reports
     OFFICER = "officer"  # a compliance officer: signs policy revisions
     MARKETPLACE = "marketplace"  # placement: signs the attestation of every placement
 

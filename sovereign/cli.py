@@ -212,7 +212,11 @@ def _keys_new(args: argparse.Namespace) -> int:
         print("error: a factory key needs at least one --site it speaks for", file=sys.stderr)
         return 2
     directory = Path(args.dir)
-    make_key(directory, args.key_id, KeyRole(args.role), args.principal, args.site)
+    try:
+        make_key(directory, args.key_id, KeyRole(args.role), args.principal, args.site)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(
         f"private key {directory / f'{args.key_id}.key'} (keep it secret); "
         f"public key listed in {directory / 'keyring.json'}"

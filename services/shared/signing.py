@@ -176,7 +176,10 @@ def add_to_keyring(path: Path, key_id: str, entry: KeyEntry) -> None:
 def make_key(
     directory: Path, key_id: str, role: KeyRole, principal: str, sites: Iterable[str] = ()
 ) -> Signer:
-    """A new key pair: the private key in DIRECTORY/KEY_ID.key, the public key in DIRECTORY/keyring.json."""
+    """A new key pair: the private key in DIRECTORY/KEY_ID.key, the public key in DIRECTORY/keyring.json.
+    An existing key is never replaced: signatures made with it would stop verifying."""
+    if (directory / f"{key_id}.key").exists():
+        raise FileExistsError(f"{directory / f'{key_id}.key'} exists: choose another key id")
     key = Ed25519PrivateKey.generate()
     write_private_key(key, directory / f"{key_id}.key")
     entry = KeyEntry(

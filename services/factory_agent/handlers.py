@@ -48,7 +48,7 @@ class FactoryContext:
     time_scale: float
     # Share of runs that fail at each site (simulated hardware faults); absent sites never fail.
     failure_rates: dict[str, float] = field(default_factory=dict)
-    # The factory's key: placement and billing refuse its offers and usage reports unsigned.
+    # The factory's key: placement and billing refuse its offers, runs' starts and ends and usage unsigned.
     signer: Signer | None = None
 
     def source(self, site_id: str) -> str:

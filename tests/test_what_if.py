@@ -24,9 +24,9 @@ from contracts.events import (
     JobRequestedEvent,
     PolicyNonCompliance,
     PolicyNonComplianceEvent,
-    PolicyPublishedEvent,
 )
 from services.governance import handlers as governance
+from services.governance.handlers import find_revision
 from services.governance.policy_diff import diff_bundles
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.what_if import WhatIfReport
@@ -38,8 +38,9 @@ from services.shared.inbox import ProcessedEvent
 from services.shared.outbox import OutboxMessage
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT, Settings
+from services.shared.signing import SignatureRefused
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
-from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_revision
+from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_event, published_revision
 
 SHIPPED = REPO_ROOT / "policies"
 
@@ -186,12 +187,24 @@ def test_a_published_revision_can_be_named_by_its_id(settings: Settings, tmp_pat
     published = published_revision(bundle)
     engine = governance_engine(settings)
     with unit_of_work(engine) as session:
-        governance.on_policy_published(
-            session,
-            PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published),
-        )
+        governance.on_policy_published(KEYRING, session, published_event(published))
     assert load_bundle(bundle.revision[:12], settings).revision == bundle.revision
     assert diff_bundles(PolicyBundle.load(SHIPPED), bundle) == ["FIN-03: mode 'warn' -> 'dryrun'"]
+
+
+def test_governance_keeps_no_revision_its_officer_did_not_sign(settings: Settings, tmp_path: Path) -> None:
+    bundle = PolicyBundle.load(
+        candidate(tmp_path, lambda data: data["rules"]["EXP-03"].update(mode="dryrun"))
+    )
+    engine = governance_engine(settings)
+    for forged in (
+        published_event(published_revision(bundle), signer=None),
+        published_event(published_revision(bundle), signer=TEST_KEYS.tenants["mois"]),
+    ):
+        with pytest.raises(SignatureRefused), unit_of_work(engine) as session:
+            governance.on_policy_published(KEYRING, session, forged)
+    with Session(engine) as session:
+        assert find_revision(session, bundle.revision) is None
 
 
 def test_diff_names_logic_and_shared_helper_changes(tmp_path: Path) -> None:
@@ -216,10 +229,7 @@ def publish_to_governance(settings: Settings, policies: Path) -> list[PolicyNonC
     with Session(engine) as session:
         before = len(list(session.exec(select(OutboxMessage))))
     with unit_of_work(engine) as session:
-        governance.on_policy_published(
-            session,
-            PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published),
-        )
+        governance.on_policy_published(KEYRING, session, published_event(published))
     with Session(engine) as session:
         rows = list(session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))))[before:]
     return [PolicyNonComplianceEvent.model_validate_json(r.payload).data for r in rows]

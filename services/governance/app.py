@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from contracts.events import (
     JobCompletedEvent,
     JobPlacedEvent,
@@ -15,6 +17,7 @@ from services.governance import handlers
 from services.governance.storage import TABLES
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
+from services.shared.signing import Keyring
 
 NAME = "governance"
 
@@ -22,7 +25,11 @@ NAME = "governance"
 def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
     consume(service, PolicyDecisionEvent, handlers.on_policy_decision)
-    consume(service, PolicyPublishedEvent, handlers.on_policy_published)
+    consume(
+        service,
+        PolicyPublishedEvent,
+        partial(handlers.on_policy_published, Keyring.load(settings.keyring_path)),
+    )
     consume(service, JobPlacedEvent, handlers.on_job_outcome)
     consume(service, JobQueuedEvent, handlers.on_job_outcome)
     consume(service, JobRejectedEvent, handlers.on_job_outcome)

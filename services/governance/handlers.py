@@ -36,6 +36,7 @@ from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
+from services.shared.signing import Keyring, KeyRole
 
 CONSUMER = "governance"
 SOURCE = "service/governance"
@@ -84,8 +85,10 @@ def on_job_completed(session: Session, event: JobCompletedEvent) -> None:
     )
 
 
-def on_policy_published(session: Session, event: PolicyPublishedEvent) -> None:
-    """Keep the revision, then re-check every job still running under an earlier one."""
+def on_policy_published(keyring: Keyring, session: Session, event: PolicyPublishedEvent) -> None:
+    """Keep the revision, then re-check every job still running under an earlier one. Only a revision its
+    publishing officer signed enters the history (as only such a revision is ever activated)."""
+    keyring.require(event, KeyRole.OFFICER, event.data.published_by)
     if not claim_event(session, CONSUMER, event):
         return
     published = event.data

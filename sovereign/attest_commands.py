@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from contracts.events import JobPlacedEvent
 from services.shared.attestation import placement_attestation_failure
 from services.shared.kafka import transport_security
-from services.shared.money import period_start
+from services.shared.money import period_of
 from services.shared.settings import Settings
 from services.shared.signing import Keyring
 from sovereign.watch import read_records
@@ -42,7 +42,7 @@ def verify_placements(events: Iterable[JobPlacedEvent], keyring: Keyring, month:
         placed = event.data
         claim = placed.attestation.claim if placed.attestation else None
         moment = claim.placed_at if claim else event.time
-        if month is not None and period_start(moment).strftime("%Y-%m") != month:
+        if month is not None and period_of(moment) != month:
             continue
         checked += 1
         failure = placement_attestation_failure(placed, keyring)

@@ -27,7 +27,7 @@ from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
-from services.shared.money import period_start
+from services.shared.money import period_of
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Signer
 from sovereign.attest_commands import attest_verify
@@ -226,7 +226,7 @@ async def test_an_auditor_verifies_the_months_placements_from_the_topic(
     assert await wait_until(lambda: bool(tracker.trace(request.job_id).placed), within=30)
     [placed] = tracker.trace(request.job_id).placed
     assert placed.attestation is not None
-    month = period_start(placed.attestation.claim.placed_at).strftime("%Y-%m")
+    month = period_of(placed.attestation.claim.placed_at)
     assert await attest_verify(None, None, month, settings) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     verified = int(summary.split()[0])

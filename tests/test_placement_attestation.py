@@ -20,7 +20,7 @@ from services.shared.attestation import (
 )
 from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work
-from services.shared.money import period_start
+from services.shared.money import period_of
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Signer
 from sovereign.attest_commands import attest_verify
@@ -97,7 +97,7 @@ async def test_attest_verify_checks_a_months_placements_offline(
     events = [place(engine, tenant) for tenant in ("hanbit-ai", "mois", "hanil-bank")]
     attested = events[0].data.attestation
     assert attested is not None
-    month = period_start(attested.claim.placed_at).strftime("%Y-%m")
+    month = period_of(attested.claim.placed_at)
     good = tmp_path / "placed.jsonl"
     good.write_text("".join(e.model_dump_json() + "\n" for e in events))
     settings = Settings(keyring_path=TEST_KEYS.keyring)

@@ -13,7 +13,7 @@ from sqlmodel import Field, Session, SQLModel, col, func, select
 from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState, sites_document
 from services.shared.db import as_utc, empty_json_list, table_of, upsert_insert, utc_now
-from services.shared.money import period_start
+from services.shared.money import period_of
 
 
 class SiteRow(SQLModel, table=True):
@@ -256,10 +256,6 @@ def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[
     return list(session.exec(query.order_by(col(JobRow.state), col(JobRow.requested_at), col(JobRow.job_id))))
 
 
-def period_of(moment: datetime) -> str:
-    return period_start(as_utc(moment)).strftime("%Y-%m")
-
-
 def add_commitment(session: Session, job: JobRow, delta_krw: int) -> None:
     """Move the job's tenant's commitments for the period of its request by delta_krw, whenever the job's
     estimate or billed amount changes by that much."""
@@ -267,7 +263,11 @@ def add_commitment(session: Session, job: JobRow, delta_krw: int) -> None:
         return
     session.execute(
         _add_commitment_statement(upsert_insert(session)),
-        {"tenant_id": job.tenant_id, "period": period_of(job.requested_at), "committed_krw": delta_krw},
+        {
+            "tenant_id": job.tenant_id,
+            "period": period_of(as_utc(job.requested_at)),
+            "committed_krw": delta_krw,
+        },
     )
 
 
@@ -287,7 +287,7 @@ def committed_krw(session: Session, tenant_id: str, requested_since: datetime | 
     table = table_of(CommitmentRow)
     query = select(func.coalesce(func.sum(table.c.committed_krw), 0)).where(table.c.tenant_id == tenant_id)
     if requested_since is not None:
-        query = query.where(table.c.period >= period_of(requested_since))
+        query = query.where(table.c.period >= period_of(as_utc(requested_since)))
     return int(session.execute(query).scalar_one())
 
 

@@ -83,10 +83,6 @@ def bench_catalogue(directory: Path) -> Path:
     return directory
 
 
-def site_ids(catalogue: Path) -> list[str]:
-    return [offer.site.site_id for offer in load_catalogue(catalogue).offers]
-
-
 def bench_jobs(count: int, seed: int) -> list[JobRequest]:
     return [
         r.model_copy(
@@ -304,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     catalogue = bench_catalogue(workdir / "catalogue")
-    sites = len(site_ids(catalogue))
+    loaded = load_catalogue(catalogue)
+    sites = len(loaded.site_ids)
     print(
         f"sovereign bench: {sites} sites, burst of {args.jobs} jobs, "
         f"{args.rate:g} jobs/s for {args.seconds:g} s"
@@ -316,8 +313,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     ]
     # The burst, then a load below the measured saturation (half the decided rate), then the target load.
     jobs = bench_jobs(2 * args.jobs + int(args.rate * args.seconds), seed=11)
-    tenants = load_catalogue(catalogue).tenants
-    keys = throwaway_keys(workdir / "keys", [*tenants, *(j.tenant_id for j in jobs)], site_ids(catalogue))
+    keys = throwaway_keys(workdir / "keys", [*loaded.tenants, *(j.tenant_id for j in jobs)], loaded.site_ids)
     # Signed before any clock starts, as tenants sign their own requests.
     events = request_events(jobs, keys.tenants)
     payload = events[0][0].model_dump_json().encode()

@@ -8,13 +8,10 @@ import json
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    load_pem_private_key,
-)
 
 from services.shared.attestation import sign_site
 from services.shared.catalogue import load_catalogue
-from services.shared.signing import public_key_text, write_private_key
+from services.shared.signing import Signer, public_key_text, write_private_key
 
 
 def auditor_keygen(directory: Path, key_id: str) -> int:
@@ -31,9 +28,10 @@ def auditor_keygen(directory: Path, key_id: str) -> int:
 
 
 def auditor_sign(key_path: Path, key_id: str, catalogue_dir: Path, out: Path, skip: list[str]) -> int:
-    key = load_pem_private_key(key_path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        print(f"error: {key_path} is not an Ed25519 private key")
+    try:
+        key = Signer.load(key_path, key_id).key
+    except ValueError as error:
+        print(f"error: {error}")
         return 2
     signed = {
         offer.site.site_id: sign_site(key, key_id, offer.site).model_dump()

@@ -77,7 +77,7 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
         demo_keys = throwaway_keys(
             keys,
             [template.tenant_id for template in TEMPLATES],
-            [offer.site.site_id for offer in load_catalogue(REPO_ROOT / "catalogue").offers],
+            load_catalogue(REPO_ROOT / "catalogue").site_ids,
         )
         env = {
             **os.environ,

@@ -48,11 +48,12 @@ POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # compliance officer.
 _KEY_DIR = Path(tempfile.mkdtemp(prefix="sovereign-test-keys-"))
 atexit.register(shutil.rmtree, _KEY_DIR, True)
+_CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 TEST_KEYS = throwaway_keys(
     _KEY_DIR,
-    [*(t.tenant_id for t in TEMPLATES), *load_catalogue(REPO_ROOT / "catalogue").tenants, "nobody"],
+    [*(t.tenant_id for t in TEMPLATES), *_CATALOGUE.tenants, "nobody"],
     # and a second Gwangju hall that a storage test brings online.
-    [*(offer.site.site_id for offer in load_catalogue(REPO_ROOT / "catalogue").offers), "nadc-gwangju-2"],
+    [*_CATALOGUE.site_ids, "nadc-gwangju-2"],
 )
 KEYRING = Keyring.load(TEST_KEYS.keyring)
 TEST_KEYS_OFFICER = KEYRING.entries[TEST_KEYS.officer.key_id].principal

@@ -30,7 +30,7 @@ def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
     catalogue = load_catalogue(settings.catalogue_dir)
     wanted = set(settings.factory_sites)
-    unknown = (wanted | set(settings.site_failure_rates)) - {offer.site.site_id for offer in catalogue.offers}
+    unknown = (wanted | set(settings.site_failure_rates)) - set(catalogue.site_ids)
     if unknown:
         raise ValueError(f"unknown sites for the factory agent: {', '.join(sorted(unknown))}")
     attestations = load_attestations(settings.site_attestations_path)

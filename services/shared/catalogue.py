@@ -55,6 +55,10 @@ class Catalogue:
     offers: list[CapacityOffered]
     tenants: dict[str, Tenant]
 
+    @property
+    def site_ids(self) -> list[str]:
+        return [offer.site.site_id for offer in self.offers]
+
     def site_offer(self, site_id: str) -> CapacityOffered | None:
         return next((offer for offer in self.offers if offer.site.site_id == site_id), None)
 

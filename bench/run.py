@@ -319,7 +319,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     payload = events[0][0].model_dump_json().encode()
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         bootstrap = broker.bootstrap_servers
-        await ensure_topics(bootstrap, all_topics(), 4)
+        await ensure_topics(bootstrap, all_topics(loaded.tenants), 4)
         ceiling = await relay_ceiling(bootstrap, [(str(i).encode(), payload) for i in range(args.jobs)])
         print(f"  ceiling: {ceiling:,.0f} jobs/s through one raw aiokafka hop ({len(payload)}-byte payloads)")
         processes = start_services(bootstrap, catalogue, workdir, keys)

@@ -605,6 +605,46 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
 
 TOPICS: tuple[str, ...] = tuple(EVENT_MODELS)
 
+# The shared topics carry every tenant's events. Each tenant also has a stream of its own, the only outcome
+# topic its principal may read, with a copy of every event about its jobs, runs, usage and bills.
+TENANT_STREAM_PREFIX = "tenant."
+# What the marketplace's services tell a tenant: written for the shared topic and for the tenant's stream in
+# the same transaction.
+TOLD_TO_TENANT: frozenset[str] = frozenset(
+    {
+        "jobs.placed",
+        "jobs.queued",
+        "jobs.rejected",
+        "jobs.cancelled",
+        "jobs.billed",
+        "billing.usage",
+        "invoices.issued",
+        "billing.budget",
+        "policy.noncompliance",
+    }
+)
+# A factory's reports on a tenant's runs: relayed to the tenant's stream by placement once it has verified
+# them, so a factory never writes into a tenant's stream itself.
+RELAYED_TO_TENANT: frozenset[str] = frozenset({"jobs.started", "jobs.completed"})
+TENANT_STREAM_TYPES = TOLD_TO_TENANT | RELAYED_TO_TENANT
+
 
 def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
+
+
+def tenant_stream(tenant_id: str) -> str:
+    return f"{TENANT_STREAM_PREFIX}{tenant_id}"
+
+
+def stream_tenant(topic: str) -> str | None:
+    """The tenant whose stream the topic is, or None for a shared topic."""
+    return topic.removeprefix(TENANT_STREAM_PREFIX) if topic.startswith(TENANT_STREAM_PREFIX) else None
+
+
+def model_for(topic: str, event_type: str | None) -> type[Event] | None:  # type: ignore[type-arg]
+    """The model of a record: its topic's, or on a tenant's stream that of the type it carries (its
+    `event_type` header); None for anything else."""
+    if stream_tenant(topic) is None:
+        return EVENT_MODELS.get(topic)
+    return EVENT_MODELS.get(event_type or "") if event_type in TENANT_STREAM_TYPES else None

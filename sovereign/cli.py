@@ -50,9 +50,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
+    from services.shared.catalogue import load_catalogue
     from sovereign.embedded import serve_embedded_broker
 
-    return serve_embedded_broker(args.port, args.partitions)
+    tenants = load_catalogue(Settings.from_env().catalogue_dir).tenants
+    return serve_embedded_broker(args.port, args.partitions, tenants)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -198,10 +200,15 @@ def _attest_verify(args: argparse.Namespace) -> int:
 
 
 def _acls(args: argparse.Namespace) -> int:
+    from services.shared.catalogue import load_catalogue
     from sovereign.acls import all_grants, render_script, render_table
 
-    grants = all_grants(Settings.from_env())
-    print(render_script(grants) if args.format == "script" else render_table(grants), end="")
+    settings = Settings.from_env()
+    grants = all_grants(settings)
+    if args.format == "script":
+        print(render_script(grants, load_catalogue(settings.catalogue_dir).tenants), end="")
+    else:
+        print(render_table(grants), end="")
     return 0
 
 

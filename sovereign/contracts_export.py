@@ -28,7 +28,8 @@ def asyncapi_documents() -> dict[str, dict[str, Any]]:
             spec = AsyncAPI(
                 service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0"
             )
-            documents[name] = one_event_per_message(json.loads(spec.to_specification().to_json()))
+            document = one_event_per_message(json.loads(spec.to_specification().to_json()))
+            documents[name] = with_tenant_parameter(document)
             service.engine.dispose()
     return documents
 
@@ -43,6 +44,16 @@ def one_event_per_message(document: dict[str, Any]) -> dict[str, Any]:
         if name.endswith(":Message:Payload") and wrapper.get("type") == "array":
             message["payload"] = wrapper["items"]
             del schemas[name]
+    return document
+
+
+def with_tenant_parameter(document: dict[str, Any]) -> dict[str, Any]:
+    """AsyncAPI 3 wants each parameter of a channel's address declared: the tenants' streams have one."""
+    for channel in document.get("channels", {}).values():
+        if "{tenant_id}" in channel.get("address", ""):
+            channel["parameters"] = {
+                "tenant_id": {"description": "A tenant of the registry; each has a stream of its own."}
+            }
     return document
 
 

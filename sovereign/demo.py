@@ -37,7 +37,7 @@ from sovereign.attest_commands import placements_on_topic, verify_placements
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.embedded import start_service
 from sovereign.history import collect_history
-from sovereign.invariants import check
+from sovereign.invariants import check, tenant_streams
 from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.report import render_report
 from sovereign.submit import cancel_event
@@ -62,7 +62,8 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
     )
     with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
         print(f"  broker   Tansu on {broker.bootstrap_servers} (memory storage)")
-        asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(), Settings().topic_partitions))
+        tenants = load_catalogue(REPO_ROOT / "catalogue").tenants
+        asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(tenants), Settings().topic_partitions))
         keys = RUN_DIR / "keys"
         # Throwaway auditor keys for this run; sk-aws-ulsan's attributes are left unvouched.
         auditor_keygen(keys, "kisa-demo-auditor")
@@ -202,10 +203,20 @@ async def _drive(
         )
         settings = Settings(bootstrap_servers=bootstrap, data_dir=RUN_DIR / "data", idempotent_producer=False)
         # The forged request is the one dead letter expected.
-        violations = check(await collect_history(settings), expected_dead_letters=1)
+        history = await collect_history(settings)
+        violations = check(history, expected_dead_letters=1)
+        streams = {tenant: len(records) for tenant, records in history.tenant_streams.items()}
         print(
             render_report(
-                tracker, requests, catalogue, invoices, billing, dead_letters, _decision_log(), violations
+                tracker,
+                requests,
+                catalogue,
+                invoices,
+                billing,
+                dead_letters,
+                _decision_log(),
+                violations,
+                (streams, tenant_streams(history)),
             )
         )
         print("\n== Placement attestations, checked offline from jobs.placed and the public keys")

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from services.shared.embedded_broker import EmbeddedBroker
@@ -44,12 +44,12 @@ def start_service(name: str, env: Mapping[str, str], log_path: Path) -> subproce
         )
 
 
-def serve_embedded_broker(port: int | None, partitions: int) -> int:
+def serve_embedded_broker(port: int | None, partitions: int, tenant_ids: Iterable[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with EmbeddedBroker(port) as broker:
-        asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(), partitions))
+        asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(tenant_ids), partitions))
         print(broker.bootstrap_servers, flush=True)
         print(
             f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers} KAFKA_IDEMPOTENT_PRODUCER=false",

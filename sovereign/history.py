@@ -1,15 +1,16 @@
-"""Collecting a history for the invariant checker: every event on the topics (poison left out) and the rows
-of every service's database."""
+"""Collecting a history for the invariant checker: every event on the topics (poison left out), every record
+on the tenants' streams, and the rows of every service's database."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Table, func
 from sqlmodel import Session, SQLModel, select
 
-from contracts import EVENT_MODELS, TOPICS, dead_letter_topic
+from contracts import EVENT_MODELS, TOPICS, dead_letter_topic, model_for, stream_tenant, tenant_stream
 from contracts.events import JobRequestedEvent
 from services.billing.check import check_billing
 from services.billing.storage import TABLES as BILLING_TABLES
@@ -27,7 +28,7 @@ from services.shared.policy import PolicyBundle
 from services.shared.settings import Settings
 from sovereign.databases import service_session
 from sovereign.invariants import DeadLetter, History
-from sovereign.watch import read_records
+from sovereign.watch import header, read_records
 
 SERVICE_TABLES: dict[str, list[Table]] = {
     "placement": PLACEMENT_TABLES,
@@ -66,10 +67,21 @@ async def collect_history(settings: Settings) -> History:
         if isinstance(event, JobRequestedEvent):  # the job id derives from tenant and client request id
             document["data"]["job_id"] = str(event.data.job_id)
         history.events.setdefault(record.topic, []).append(document)
+    tenants = load_catalogue(settings.catalogue_dir).tenants
+    history.tenant_streams = {tenant: [] for tenant in tenants}
+    for record in await read_records(settings.bootstrap_servers, [tenant_stream(t) for t in tenants]):
+        tenant = stream_tenant(record.topic)
+        assert tenant is not None
+        model = model_for(record.topic, header(record, "event_type"))
+        # Only the outbox writes here: anything that is not an event a stream carries is itself a finding.
+        streamed: dict[str, Any] = {"undecodable": (record.value or b"")[:200]}
+        if model is not None:
+            with contextlib.suppress(ValidationError):
+                streamed = model.model_validate_json(record.value or b"").model_dump(mode="json")
+        history.tenant_streams[tenant].append(streamed)
     history.known_revisions = {PolicyBundle.load(settings.policy_dir).revision} | {
         e["data"]["policy_revision"] for e in history.events.get("policy.published", [])
     }
-    tenants = load_catalogue(settings.catalogue_dir).tenants
     for service, tables in SERVICE_TABLES.items():
         with service_session(settings, service, [table_of(OutboxMessage), *tables]) as session:
             history.outbox_backlog[service] = session.exec(

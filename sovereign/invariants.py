@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from contracts.events import TENANT_STREAM_TYPES
+
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "rejected"})
 ACTIVE_STATES = frozenset({"placed", "running", "cancelling"})
 # A cancel honoured at one of these stages ends the job; at "placed" the factory's completion ends it.
@@ -59,6 +61,9 @@ class History:
     # What `sovereign billing check` found when the history was collected.
     billing_problems: list[str] = field(default_factory=list)
     known_revisions: set[str] = field(default_factory=set)
+    # Registered tenant -> the records on its own stream: envelopes as JSON objects, and a record that is not
+    # an event a stream carries as {"undecodable": its first bytes}.
+    tenant_streams: dict[str, list[Row]] = field(default_factory=dict)
 
     def distinct(self, topic: str) -> list[Row]:
         """Each event once: a republished event (outbox repair) keeps its source and id."""
@@ -85,6 +90,7 @@ def check(history: History, expected_dead_letters: int = 0) -> list[Violation]:
         *decisions(history),
         *billing(history),
         *tenant_isolation(history),
+        *tenant_streams(history),
         *nothing_lost(history, expected_dead_letters),
     ]
 
@@ -253,8 +259,7 @@ def billing(history: History) -> list[Violation]:
 
 
 def tenant_isolation(history: History) -> list[Violation]:
-    """Invariant 5, on the streams: every event on a tenant's stream names that tenant as its subject, so a
-    consumer filtering by subject never reads another tenant's jobs or usage."""
+    """Invariant 5, on the shared topics: every event about a tenant names that tenant as its subject."""
     return [
         Violation(
             5,
@@ -265,6 +270,39 @@ def tenant_isolation(history: History) -> list[Violation]:
         for event in history.distinct(topic)
         if event["subject"] != event["data"].get("tenant_id", event["subject"])
     ]
+
+
+def tenant_streams(history: History) -> list[Violation]:
+    """Invariants 5 and 6 on the tenants' own streams (all a tenant may read): each carries only events about
+    its tenant, and every event the marketplace told a registered tenant, or relayed to it from a factory, is
+    on that tenant's stream too."""
+    found: list[Violation] = []
+    streamed: dict[str, set[tuple[str, str]]] = {}
+    for tenant, records in sorted(history.tenant_streams.items()):
+        streamed[tenant] = set()
+        for record in records:
+            if "undecodable" in record:
+                found.append(
+                    Violation(5, tenant, f"its stream carries a record that is no tenant's event: {record}")
+                )
+            elif record["data"].get("tenant_id") != tenant or record["subject"] != tenant:
+                found.append(
+                    Violation(
+                        5,
+                        tenant,
+                        f"its stream carries {record['type']} {record['id']} about "
+                        f"{record['data'].get('tenant_id')!r} (subject {record['subject']!r})",
+                    )
+                )
+            else:
+                streamed[tenant].add((record["source"], record["id"]))
+    for topic in sorted(TENANT_STREAM_TYPES):
+        for event in history.distinct(topic):
+            tenant = event["data"]["tenant_id"]
+            if tenant in streamed and (event["source"], event["id"]) not in streamed[tenant]:
+                subject = str(event["data"].get("job_id", tenant))
+                found.append(Violation(6, subject, f"{topic} {event['id']} never reached {tenant}'s stream"))
+    return found
 
 
 def nothing_lost(history: History, expected_dead_letters: int) -> list[Violation]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from contracts.events import InvoiceIssued, JobBilled, JobRequest
 from services.billing.check import CheckReport
@@ -46,7 +46,9 @@ def render_report(
     dead_letters: int,
     decision_log: tuple[int, str | None] | None = None,
     violations: Sequence[Violation] | None = None,
+    streams: tuple[Mapping[str, int], Sequence[Violation]] | None = None,
 ) -> str:
+    """`streams`: how many events each tenant's own stream carries, and what is wrong with them."""
     traces = {r.job_id: tracker.trace(r.job_id) for r in requests}
     by_job = {r.job_id: r for r in requests}
     sites = {o.site.site_id: o.site for o in catalogue.offers}
@@ -217,6 +219,14 @@ def render_report(
             f"{len(tracker.decisions)} decisions and its hash chain verifies"
             + ("" if broken is None else f" (broken at {broken})")
         )
+    if streams is not None:
+        counts, problems = streams
+        out.append(
+            f"  {'ok ' if not problems else 'FAIL'} each tenant's own stream carries every event about its "
+            "jobs and none about anyone else's: "
+            + ", ".join(f"{tenant} {count}" for tenant, count in sorted(counts.items()))
+        )
+        out.extend(f"       {problem}" for problem in problems[:5])
     if violations is not None:
         out.append(
             f"  {'ok ' if not violations else 'FAIL'} the six invariants hold over every topic and the four "

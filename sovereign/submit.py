@@ -10,9 +10,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from contracts import tenant_stream
 from contracts.events import (
     JobBilledEvent,
     JobCancelEvent,
+    JobCancelledEvent,
     JobCancelRequested,
     JobCompletedEvent,
     JobPlacedEvent,
@@ -27,17 +29,7 @@ from services.shared.kafka import transport_security
 from services.shared.settings import Settings
 from services.shared.signing import Signer
 from sovereign.explain import render_explanation
-from sovereign.watch import EventWatcher, produce
-
-FOLLOWED = [
-    "jobs.placed",
-    "jobs.queued",
-    "jobs.rejected",
-    "jobs.started",
-    "jobs.completed",
-    "jobs.billed",
-    "billing.usage",
-]
+from sovereign.watch import EventWatcher, UnknownTopicError, produce
 
 
 def read_request(path: Path) -> JobRequest:
@@ -59,45 +51,60 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     if signer is not None:
         event = signer.sign(event)
     security = transport_security(settings)
-    async with EventWatcher(settings.bootstrap_servers, FOLLOWED, security=security) as watcher:
-        await produce(
-            settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer, security
-        )
-        print(f"submitted job {job_id} ({request.name}) for tenant {request.tenant_id}")
-        deadline = time.monotonic() + wait_seconds
-        async for batch in watcher.events():
-            for seen in batch:
-                data = seen.data
-                if getattr(data, "job_id", None) != job_id:
-                    continue
-                if isinstance(seen, JobPlacedEvent):
-                    print(f"placed on {seen.data.site_id}:\n{render_explanation(seen.data.explanation)}")
-                elif isinstance(seen, JobQueuedEvent):
-                    print(f"queued: {seen.data.reason}\n{render_explanation(seen.data.explanation)}")
-                elif isinstance(seen, JobRejectedEvent):
-                    print(f"rejected ({seen.data.code.value}): {seen.data.reason}")
-                    if seen.data.explanation:
-                        print(render_explanation(seen.data.explanation))
+    # The tenant's own stream: all a tenant may read, and everything about its jobs.
+    stream = tenant_stream(request.tenant_id)
+    try:
+        async with EventWatcher(settings.bootstrap_servers, [stream], security=security) as watcher:
+            await produce(
+                settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer, security
+            )
+            print(f"submitted job {job_id} ({request.name}) for tenant {request.tenant_id}")
+            return await _follow(watcher, job_id, wait_seconds)
+    except UnknownTopicError:
+        print(f"error: no stream {stream}: is {request.tenant_id!r} in the tenant registry?", file=sys.stderr)
+        return 2
+
+
+async def _follow(watcher: EventWatcher, job_id: uuid.UUID, wait_seconds: float) -> int:
+    """Print what happens to the job until it is billed (0), rejected or cancelled before it ran (1), or the
+    wait is over (3)."""
+    deadline = time.monotonic() + wait_seconds
+    async for batch in watcher.events():
+        for seen in batch:
+            data = seen.data
+            if getattr(data, "job_id", None) != job_id:
+                continue
+            if isinstance(seen, JobPlacedEvent):
+                print(f"placed on {seen.data.site_id}:\n{render_explanation(seen.data.explanation)}")
+            elif isinstance(seen, JobQueuedEvent):
+                print(f"queued: {seen.data.reason}\n{render_explanation(seen.data.explanation)}")
+            elif isinstance(seen, JobRejectedEvent):
+                print(f"rejected ({seen.data.code.value}): {seen.data.reason}")
+                if seen.data.explanation:
+                    print(render_explanation(seen.data.explanation))
+                return 1
+            elif isinstance(seen, JobCancelledEvent):
+                print(f"cancelled ({seen.data.stage}){': ' + seen.data.reason if seen.data.reason else ''}")
+                if seen.data.stage != "placed":  # a placed job is still billed for what it ran
                     return 1
-                elif isinstance(seen, JobStartedEvent):
-                    print(f"started at {seen.data.site_id} on {seen.data.gpu_count} GPUs")
-                elif isinstance(seen, UsageRatedEvent):
-                    print(
-                        f"usage #{seen.data.seq}: {seen.data.gpu_seconds:,} GPU-s"
-                        f" = {seen.data.amount_krw:,} KRW"
-                    )
-                elif isinstance(seen, JobCompletedEvent):
-                    print(f"completed ({seen.data.status}) after {seen.data.usage_reports} usage reports")
-                elif isinstance(seen, JobBilledEvent):
-                    print(
-                        f"billed {seen.data.amount_krw:,} KRW for {seen.data.gpu_seconds:,} GPU-seconds at "
-                        f"{seen.data.price_krw_per_gpu_hour:,} KRW/GPU-h"
-                    )
-                    return 0
-            if time.monotonic() > deadline:
-                print(f"no final outcome within {wait_seconds:.0f}s", file=sys.stderr)
-                return 3
-            await asyncio.sleep(0)
+            elif isinstance(seen, JobStartedEvent):
+                print(f"started at {seen.data.site_id} on {seen.data.gpu_count} GPUs")
+            elif isinstance(seen, UsageRatedEvent):
+                print(
+                    f"usage #{seen.data.seq}: {seen.data.gpu_seconds:,} GPU-s = {seen.data.amount_krw:,} KRW"
+                )
+            elif isinstance(seen, JobCompletedEvent):
+                print(f"completed ({seen.data.status}) after {seen.data.usage_reports} usage reports")
+            elif isinstance(seen, JobBilledEvent):
+                print(
+                    f"billed {seen.data.amount_krw:,} KRW for {seen.data.gpu_seconds:,} GPU-seconds at "
+                    f"{seen.data.price_krw_per_gpu_hour:,} KRW/GPU-h"
+                )
+                return 0
+        if time.monotonic() > deadline:
+            print(f"no final outcome within {wait_seconds:.0f}s", file=sys.stderr)
+            return 3
+        await asyncio.sleep(0)
     return 3
 
 

@@ -10,8 +10,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from faststream.security import BaseSecurity
 from pydantic import ValidationError
 
-from contracts import EVENT_MODELS, AnyEvent
+from contracts import AnyEvent, model_for
 from services.shared.kafka import client_options
+
+
+class UnknownTopicError(LookupError):
+    """A topic to watch that the broker does not have."""
 
 
 class EventWatcher:
@@ -36,15 +40,11 @@ class EventWatcher:
 
     async def __aenter__(self) -> EventWatcher:
         await self._consumer.start()
-        partitions: list[TopicPartition] = []
-        for topic in self._topics:
-            for _ in range(50):  # metadata for a just-created topic can lag a moment
-                found = self._consumer.partitions_for_topic(topic)
-                if found:
-                    break
-                await self._consumer.topics()  # refreshes cluster metadata
-                await asyncio.sleep(0.1)
-            partitions += [TopicPartition(topic, p) for p in sorted(found or [])]
+        try:
+            partitions = await self._partitions()
+        except UnknownTopicError:
+            await self._consumer.stop()
+            raise
         self._consumer.assign(partitions)
         if self._from_beginning:
             await self._consumer.seek_to_beginning(*partitions)
@@ -53,6 +53,20 @@ class EventWatcher:
             for partition in partitions:  # resolve the end offsets now, before anything is produced
                 await self._consumer.position(partition)
         return self
+
+    async def _partitions(self) -> list[TopicPartition]:
+        partitions: list[TopicPartition] = []
+        for topic in self._topics:
+            for _ in range(50):  # metadata for a just-created topic can lag a moment
+                found = self._consumer.partitions_for_topic(topic)
+                if found:
+                    break
+                await self._consumer.topics()  # refreshes cluster metadata
+                await asyncio.sleep(0.1)
+            else:
+                raise UnknownTopicError(topic)
+            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        return partitions
 
     async def __aexit__(
         self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -66,7 +80,7 @@ class EventWatcher:
             decoded: list[AnyEvent] = []
             for records in batches.values():
                 for record in records:
-                    model = EVENT_MODELS.get(record.topic)
+                    model = model_for(record.topic, header(record, "event_type"))
                     if model is None:
                         continue
                     try:
@@ -74,6 +88,11 @@ class EventWatcher:
                     except ValidationError:
                         self.undecodable += 1
             yield decoded
+
+
+def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    value = dict(record.headers or ()).get(name)
+    return value.decode("utf-8", "replace") if value is not None else None
 
 
 async def produce(

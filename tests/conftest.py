@@ -102,7 +102,7 @@ async def kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     broker = EmbeddedBroker(log_path=log_path)
     broker.start()
     try:
-        await ensure_topics(broker.bootstrap_servers, all_topics(), partitions=4)
+        await ensure_topics(broker.bootstrap_servers, all_topics(_CATALOGUE.tenants), partitions=4)
         yield broker.bootstrap_servers
     finally:
         broker.stop()

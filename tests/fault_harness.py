@@ -270,7 +270,8 @@ async def running_cluster(
     service_env = embedded_service_env(broker.bootstrap_servers, settings.data_dir, **variables)
     cluster = Cluster(root, settings, service_env)
     try:
-        await ensure_topics(broker.bootstrap_servers, all_topics(), settings.topic_partitions)
+        topics = all_topics(load_catalogue(settings.catalogue_dir).tenants)
+        await ensure_topics(broker.bootstrap_servers, topics, settings.topic_partitions)
         counts = {service: 1 for service in SERVICES} | dict(workers or {})
         armed = crash_at or {}
         started = [cluster.start(s, i, armed.get(s, "")) for s, n in counts.items() for i in range(n)]

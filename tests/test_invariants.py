@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from contracts.events import TENANT_STREAM_TYPES
 from services.shared.health import STALE_AFTER, WorkerRow, worker_state
 from sovereign.invariants import DeadLetter, History, check
 
@@ -86,6 +87,21 @@ def clean_history() -> History:
 
 def test_a_clean_history_passes() -> None:
     assert check(clean_history()) == []
+
+
+def test_a_clean_history_with_its_tenant_streams_passes() -> None:
+    history = _streamed(clean_history())
+    assert {e["type"] for e in history.tenant_streams["mois"]} == {
+        "jobs.placed",
+        "jobs.rejected",
+        "jobs.started",
+        "jobs.completed",
+        "jobs.billed",
+    }
+    assert check(history) == []
+    # A copy published twice (the outbox relay repairing a crash) is the same event.
+    history.tenant_streams["mois"].append(copy.deepcopy(history.tenant_streams["mois"][0]))
+    assert check(history) == []
 
 
 def test_a_republished_event_is_not_a_second_effect() -> None:
@@ -184,6 +200,34 @@ def _placed_without_event(h: History) -> None:
     h.events["jobs.placed"].clear()
 
 
+def _streamed(h: History) -> History:
+    """The history as the tenants' streams would have it: mois's copy of every event it is told or relayed,
+    and hanbit-ai's empty stream."""
+    h.tenant_streams = {
+        "mois": [copy.deepcopy(e) for topic in sorted(TENANT_STREAM_TYPES) for e in h.events.get(topic, [])],
+        "hanbit-ai": [],
+    }
+    return h
+
+
+def _foreign_event_on_a_stream(h: History) -> None:
+    _streamed(h).tenant_streams["hanbit-ai"].append(copy.deepcopy(h.events["jobs.billed"][0]))
+
+
+def _foreign_subject_on_a_stream(h: History) -> None:
+    _streamed(h).tenant_streams["mois"][0]["subject"] = "hanbit-ai"
+
+
+def _not_an_event_on_a_stream(h: History) -> None:
+    _streamed(h).tenant_streams["hanbit-ai"].append({"undecodable": b"{"})
+
+
+def _never_reached_the_stream(h: History) -> None:
+    billed = h.events["jobs.billed"][0]["id"]
+    streams = _streamed(h).tenant_streams
+    streams["mois"] = [e for e in streams["mois"] if e["id"] != billed]
+
+
 def _dead_letter(h: History) -> None:
     h.dead_letters.append(DeadLetter("jobs.requested.dlq", {"dlq-error-type": "ValidationError"}, b"{"))
 
@@ -207,6 +251,10 @@ def _dead_letter(h: History) -> None:
         (_billed_twice, 4),
         (_billing_check_failed, 4),
         (_wrong_subject, 5),
+        (_foreign_event_on_a_stream, 5),
+        (_foreign_subject_on_a_stream, 5),
+        (_not_an_event_on_a_stream, 5),
+        (_never_reached_the_stream, 6),
         (_outbox_left, 6),
         (_placed_without_event, 6),
         (_dead_letter, 6),

@@ -7,7 +7,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from contracts.events import JobKind, JobRequest, RejectionCode, RuleViolation, SiteVerdict
-from services.placement.logic import PoolState, only_waits_for_capacity, parse_verdicts, plan_placement
+from services.placement.logic import (
+    PoolState,
+    only_waits_for_capacity,
+    parse_verdicts,
+    plan_placement,
+    site_of_run,
+)
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DECISION = uuid.UUID(int=1)
@@ -208,3 +214,14 @@ def test_a_queued_job_only_waits_while_every_feasible_pool_is_full() -> None:
     assert not only_waits_for_capacity(job(), [pool("c-1", "c", status="withdrawn")])
     assert not only_waits_for_capacity(job(accelerator_model="H100"), [full])
     assert not only_waits_for_capacity(job(), [])
+
+
+def test_each_run_of_a_job_is_known_by_the_site_it_was_placed_at() -> None:
+    # Runs 1 and 2 failed at haenam and gwangju; run 3 is placed at pangyo.
+    failed = ["nacc-haenam", "nadc-gwangju"]
+    assert [site_of_run("skt-pangyo", 3, failed, attempt) for attempt in (1, 2, 3)] == [*failed, "skt-pangyo"]
+    assert site_of_run("skt-pangyo", 3, failed, 4) is None  # never placed
+    assert site_of_run("skt-pangyo", 3, failed, 0) is None
+    # Retried after a failure and waiting: the new run has no site yet, the failed one keeps its own.
+    assert site_of_run(None, 2, ["nacc-haenam"], 2) is None
+    assert site_of_run(None, 2, ["nacc-haenam"], 1) == "nacc-haenam"

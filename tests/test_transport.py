@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from faststream.security import SASLScram512
 
+from contracts import stream_tenant
+from services.shared.catalogue import load_catalogue
 from services.shared.kafka import client_options, transport_security
 from services.shared.settings import REPO_ROOT, Settings
-from sovereign.acls import Grant, all_grants, render_script, render_table
+from sovereign.acls import EVERY_TENANT_STREAM, Grant, all_grants, render_script, render_table
 
 GRANTS = all_grants(Settings())
 
@@ -61,16 +63,36 @@ def test_each_principal_may_write_only_what_it_produces() -> None:
     tenants = {g.principal for g in GRANTS if g.principal.startswith("User:tenant-")}
     assert len(tenants) >= 5
     assert writers("jobs.requested") == writers("jobs.cancel") == tenants
-    # A tenant reads nothing: every outcome topic carries every tenant's events.
-    assert not [g for g in GRANTS if g.principal in tenants and g.operation == "Read"]
+    # Only the services that tell tenants (or relay factories' reports) write into tenants' streams.
+    assert writers(EVERY_TENANT_STREAM) == {"User:placement", "User:billing", "User:governance"}
+    streams_written = {g.resource for g in GRANTS if g.operation == "Write" and stream_tenant(g.resource)}
+    assert streams_written == {EVERY_TENANT_STREAM}
     assert {g.resource for g in GRANTS if g.principal == "User:auditor"} == {"jobs.placed"}
+
+
+def test_a_tenant_reads_its_own_stream_and_nothing_else() -> None:
+    """Every shared outcome topic carries every tenant's events: a tenant reads only its own stream, a
+    literal topic (tenant.mois does not cover tenant.mois-2), in groups under its own prefix."""
+    for tenant in load_catalogue(REPO_ROOT / "catalogue").tenants:
+        principal = f"User:tenant-{tenant}"
+        reads = {g.resource for g in GRANTS if g.principal == principal and g.operation == "Read"}
+        assert reads == {f"tenant.{tenant}", f"group:tenant.{tenant}."}
+    assert not [g for g in GRANTS if g.operation == "Read" and g.resource == EVERY_TENANT_STREAM]
+    script = render_script(GRANTS, ["mois"])
+    assert "--allow-principal User:tenant-mois --operation Read --topic tenant.mois\n" in script
+    assert "--topic tenant.mois --partitions" in script
+    assert "User:placement --operation Write --topic tenant. --resource-pattern-type prefixed" in script
 
 
 def test_each_service_reads_what_it_subscribes_to_in_its_own_groups() -> None:
     assert Grant("User:placement", "Read", "jobs.requested") in GRANTS
     assert Grant("User:billing", "Read", "usage.reported") in GRANTS
     assert Grant("User:placement", "Read", "usage.reported") not in GRANTS
-    groups = {g.principal: g.resource for g in GRANTS if g.resource.startswith("group:")}
+    groups = {
+        g.principal: g.resource
+        for g in GRANTS
+        if g.resource.startswith("group:") and not g.principal.startswith("User:tenant-")
+    }
     assert groups == {
         f"User:{name}": f"group:{name}." for name in ("placement", "factory-agent", "billing", "governance")
     }
@@ -81,6 +103,7 @@ def test_the_readme_table_and_the_acl_script_are_what_the_code_derives() -> None
         "run `sovereign acls` into the README"
     )
     script = REPO_ROOT / "deploy" / "kafka" / "init.sh"
-    assert script.read_text() == render_script(GRANTS), (
+    tenants = load_catalogue(REPO_ROOT / "catalogue").tenants
+    assert script.read_text() == render_script(GRANTS, tenants), (
         "run `sovereign acls --format script > deploy/kafka/init.sh`"
     )

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from contracts import EVENT_MODELS
+from contracts import EVENT_MODELS, tenant_stream
 from contracts.events import (
     CapacityOfferedEvent,
     JobKind,
@@ -222,6 +222,9 @@ def test_diff_names_logic_and_shared_helper_changes(tmp_path: Path) -> None:
     ]
 
 
+NONCOMPLIANCE = "policy.noncompliance"
+
+
 def publish_to_governance(settings: Settings, policies: Path) -> list[PolicyNonCompliance]:
     bundle = PolicyBundle.load(policies)
     published = published_revision(bundle)
@@ -232,7 +235,13 @@ def publish_to_governance(settings: Settings, policies: Path) -> list[PolicyNonC
         governance.on_policy_published(KEYRING, session, published_event(published))
     with Session(engine) as session:
         rows = list(session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))))[before:]
-    return [PolicyNonComplianceEvent.model_validate_json(r.payload).data for r in rows]
+    findings = [
+        PolicyNonComplianceEvent.model_validate_json(r.payload) for r in rows if r.topic == NONCOMPLIANCE
+    ]
+    # Each finding is also on the stream of the tenant whose job it is about.
+    told = [(r.topic, r.payload) for r in rows if r.topic != NONCOMPLIANCE]
+    assert told == [(tenant_stream(f.data.tenant_id), f.model_dump_json().encode()) for f in findings]
+    return [finding.data for finding in findings]
 
 
 def test_a_new_revision_rechecks_running_jobs(settings: Settings, tmp_path: Path) -> None:

@@ -41,6 +41,13 @@ BIN=/opt/kafka/bin BOOTSTRAP=kafka:9092 ADMIN_CONFIG=/tmp/admin.properties
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic policy.noncompliance.dlq --partitions 4 --replication-factor 1
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic invoices.issued.dlq --partitions 4 --replication-factor 1
 "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic billing.budget.dlq --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.globex-sg --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.hanbit-ai --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.hanil-bank --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.mois --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.nia --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.pacific-robotics --partitions 4 --replication-factor 1
+"$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --create --if-not-exists --topic tenant.seoul-univ-hospital --partitions 4 --replication-factor 1
 "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --alter --entity-type users --entity-name auditor --add-config "SCRAM-SHA-512=[password=$(cat /run/secrets/kafka-auditor)]"
 "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --alter --entity-type users --entity-name billing --add-config "SCRAM-SHA-512=[password=$(cat /run/secrets/kafka-billing)]"
 "$BIN/kafka-configs.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --alter --entity-type users --entity-name factory-agent --add-config "SCRAM-SHA-512=[password=$(cat /run/secrets/kafka-factory-agent)]"
@@ -84,6 +91,7 @@ BIN=/opt/kafka/bin BOOTSTRAP=kafka:9092 ADMIN_CONFIG=/tmp/admin.properties
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:billing --operation Write --topic jobs.billed
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:billing --operation Write --topic jobs.completed.dlq
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:billing --operation Write --topic jobs.placed.dlq
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:billing --operation Write --topic tenant. --resource-pattern-type prefixed
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:billing --operation Write --topic usage.reported.dlq
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:factory-agent --operation Read --topic billing.budget.dlq
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:factory-agent --operation Read --topic billing.usage.dlq
@@ -146,6 +154,7 @@ BIN=/opt/kafka/bin BOOTSTRAP=kafka:9092 ADMIN_CONFIG=/tmp/admin.properties
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:governance --operation Write --topic policy.decisions.dlq
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:governance --operation Write --topic policy.noncompliance
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:governance --operation Write --topic policy.published.dlq
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:governance --operation Write --topic tenant. --resource-pattern-type prefixed
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:officer --operation Write --topic policy.published
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:placement --operation Read --topic billing.budget.dlq
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:placement --operation Read --topic billing.usage.dlq
@@ -189,17 +198,32 @@ BIN=/opt/kafka/bin BOOTSTRAP=kafka:9092 ADMIN_CONFIG=/tmp/admin.properties
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:placement --operation Write --topic jobs.started.dlq
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:placement --operation Write --topic policy.decisions
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:placement --operation Write --topic policy.published.dlq
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:placement --operation Write --topic tenant. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-globex-sg --operation Read --group tenant.globex-sg. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-globex-sg --operation Read --topic tenant.globex-sg
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-globex-sg --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-globex-sg --operation Write --topic jobs.requested
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanbit-ai --operation Read --group tenant.hanbit-ai. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanbit-ai --operation Read --topic tenant.hanbit-ai
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanbit-ai --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanbit-ai --operation Write --topic jobs.requested
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanil-bank --operation Read --group tenant.hanil-bank. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanil-bank --operation Read --topic tenant.hanil-bank
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanil-bank --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-hanil-bank --operation Write --topic jobs.requested
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-mois --operation Read --group tenant.mois. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-mois --operation Read --topic tenant.mois
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-mois --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-mois --operation Write --topic jobs.requested
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-nia --operation Read --group tenant.nia. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-nia --operation Read --topic tenant.nia
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-nia --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-nia --operation Write --topic jobs.requested
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-pacific-robotics --operation Read --group tenant.pacific-robotics. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-pacific-robotics --operation Read --topic tenant.pacific-robotics
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-pacific-robotics --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-pacific-robotics --operation Write --topic jobs.requested
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-seoul-univ-hospital --operation Read --group tenant.seoul-univ-hospital. --resource-pattern-type prefixed
+"$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-seoul-univ-hospital --operation Read --topic tenant.seoul-univ-hospital
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-seoul-univ-hospital --operation Write --topic jobs.cancel
 "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$ADMIN_CONFIG" --add --allow-principal User:tenant-seoul-univ-hospital --operation Write --topic jobs.requested

@@ -15,7 +15,6 @@ from contracts.events import (
 )
 from services.billing import handlers
 from services.billing.storage import TABLES
-from services.shared.catalogue import load_catalogue
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
 from services.shared.signing import Keyring
@@ -27,7 +26,7 @@ def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
     context = handlers.BillingContext(
         fee_bps=settings.marketplace_fee_bps,
-        tenants=load_catalogue(settings.catalogue_dir).tenants,
+        tenants=service.catalogue.tenants,
         keyring=Keyring.load(settings.keyring_path),
     )
     consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))

@@ -16,7 +16,6 @@ from contracts.events import (
 from services.factory_agent import handlers
 from services.factory_agent.storage import TABLES
 from services.shared.attestation import load_attestations
-from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work, utc_now
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
@@ -28,7 +27,7 @@ TICK_SECONDS = 0.1
 
 def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
-    catalogue = load_catalogue(settings.catalogue_dir)
+    catalogue = service.catalogue
     wanted = set(settings.factory_sites)
     unknown = (wanted | set(settings.site_failure_rates)) - set(catalogue.site_ids)
     if unknown:

@@ -25,7 +25,6 @@ from contracts.events import (
 from services.placement import handlers
 from services.placement.storage import TABLES
 from services.shared.attestation import load_auditor_keys
-from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work
 from services.shared.kafka import subscriber_options
 from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngine
@@ -50,7 +49,7 @@ def build(settings: Settings) -> Service:
     )
     context = handlers.PlacementContext(
         policy=engine,
-        tenants=load_catalogue(settings.catalogue_dir).tenants,
+        tenants=service.catalogue.tenants,
         policy_budget_ms=settings.policy_budget_ms,
         queue_retry=timedelta(seconds=settings.queue_retry_seconds),
         auditor_keys=load_auditor_keys(settings.auditor_keys_path),
@@ -78,6 +77,7 @@ def build(settings: Settings) -> Service:
             CapacityRejectedEvent,
         ],
         NAME,
+        relayed_to_tenants=[JobStartedEvent, JobCompletedEvent],
     )
 
     # Every worker must switch, so each reads every published revision (from the start: the newest wins).

@@ -29,6 +29,7 @@ from contracts.events import (
     JobCancelEvent,
     JobCancelled,
     JobCancelledEvent,
+    JobCompleted,
     JobCompletedEvent,
     JobKind,
     JobPlaced,
@@ -39,6 +40,7 @@ from contracts.events import (
     JobRejectedEvent,
     JobRequest,
     JobRequestedEvent,
+    JobStarted,
     JobStartedEvent,
     PlacementAttestation,
     PlacementClaim,
@@ -54,6 +56,7 @@ from services.placement.logic import (
     parse_verdicts,
     plan_placement,
     policy_input,
+    site_of_run,
 )
 from services.placement.storage import (
     DecisionRow,
@@ -65,6 +68,7 @@ from services.placement.storage import (
     load_pools,
     queued_jobs,
     release,
+    site_of_tenants_run,
     transition,
     try_reserve,
     upsert_offer,
@@ -76,7 +80,7 @@ from services.shared.db import defer_to_commit, insert_ignoring_duplicates, tabl
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
-from services.shared.outbox import add_to_outbox
+from services.shared.outbox import add_to_outbox, relay_to_tenant
 from services.shared.policy import PolicyEngine, PolicyEngineError
 from services.shared.signing import Keyring, KeyRole, Signer, staleness
 
@@ -257,7 +261,10 @@ def on_job_started(ctx: PlacementContext, session: Session, event: JobStartedEve
     if not claim_event(session, CONSUMER, event):
         return
     started = event.data
+    placed_at = site_of_tenants_run(session, str(started.job_id), started.tenant_id, started.attempt)
+    _require_its_own_run(started, placed_at)
     transition(session, str(started.job_id), {"placed"}, "running", at_attempt=started.attempt)
+    relay_to_tenant(session, event, str(started.job_id))
 
 
 def on_job_billed(session: Session, event: JobBilledEvent) -> None:
@@ -282,8 +289,13 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     done = event.data
     job = session.get(JobRow, str(done.job_id))
     log = get_logger(job_id=str(done.job_id), attempt=done.attempt)
+    placed_at = None
+    if job is not None and job.tenant_id == done.tenant_id:
+        placed_at = site_of_run(job.site_id, job.attempt, job.failed_sites, done.attempt)
+    _require_its_own_run(done, placed_at)
+    relay_to_tenant(session, event, str(done.job_id))
     if job is None or job.pool_id is None or job.attempt != done.attempt:
-        log.warning("completion_for_unknown_run")
+        log.warning("end_of_an_earlier_run_ignored", current_attempt=job.attempt if job else None)
         return
     pool_id = job.pool_id
     request = JobRequest.model_validate(job.request)
@@ -313,6 +325,16 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
             release(session, pool_id, job.gpu_count)
             log.info("capacity_released", pool_id=pool_id, gpus=job.gpu_count)
     _replan_queue_at_commit(ctx, session)
+
+
+def _require_its_own_run(report: JobStarted | JobCompleted, placed_at: str | None) -> None:
+    """A factory key speaks for its sites, and a site only for the runs placed there: a report on any other
+    run (of another site or tenant, or never placed) changes nothing and reaches no tenant's stream."""
+    if placed_at != report.site_id:
+        raise PoisonMessage(
+            f"run {report.attempt} of job {report.job_id} of tenant {report.tenant_id} was not placed at "
+            f"{report.site_id}, which reports on it"
+        )
 
 
 def _replan_queue_at_commit(ctx: PlacementContext, session: Session, market_changed: bool = False) -> None:

@@ -203,6 +203,16 @@ def ranking_key(pool: PoolState, preferred_regions: Sequence[str] = ()) -> tuple
     )
 
 
+def site_of_run(
+    current_site: str | None, current_attempt: int, failed_sites: Sequence[str], attempt: int
+) -> str | None:
+    """Where run `attempt` of a job was placed: an earlier run at the site it failed at (a job is retried
+    only after a failed run), the current run at the job's site (None while it is not placed)."""
+    if attempt == current_attempt:
+        return current_site
+    return failed_sites[attempt - 1] if 1 <= attempt <= len(failed_sites) else None
+
+
 def only_waits_for_capacity(
     job: JobRequest, pools: Sequence[PoolState], failed_sites: Sequence[str] = ()
 ) -> bool:

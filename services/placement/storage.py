@@ -11,7 +11,7 @@ from sqlalchemy import JSON, BigInteger, Column, Table, bindparam, update
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
-from services.placement.logic import PoolState, sites_document
+from services.placement.logic import PoolState, site_of_run, sites_document
 from services.shared.db import as_utc, empty_json_list, table_of, upsert_insert, utc_now
 from services.shared.money import period_of
 
@@ -245,6 +245,20 @@ def transition(
     else:
         result = session.execute(_TRANSITION_OF_RUN, {**parameters, "match_attempt": at_attempt})
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+_RUN_FACTS = select(JobRow.tenant_id, JobRow.site_id, JobRow.attempt, JobRow.failed_sites).where(
+    col(JobRow.job_id) == bindparam("job_id")
+)
+
+
+def site_of_tenants_run(session: Session, job_id: str, tenant_id: str, attempt: int) -> str | None:
+    """Where that run of the tenant's job was placed; None if the job is not the tenant's or the run was
+    never placed."""
+    row = session.execute(_RUN_FACTS, {"job_id": job_id}).first()
+    if row is None or row.tenant_id != tenant_id:
+        return None
+    return site_of_run(row.site_id, row.attempt, row.failed_sites, attempt)
 
 
 def jobs_in(session: Session, state: str | None, tenant_id: str | None) -> list[JobRow]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from faststream.message import StreamMessage
 from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from sqlalchemy.exc import IntegrityError
 
-from contracts import TOPICS, dead_letter_topic
+from contracts import TOPICS, dead_letter_topic, stream_tenant, tenant_stream
 from services.shared.batch import MAX_INTEGRITY_ATTEMPTS, Record, oversized
 from services.shared.db import is_transient_database_error
 from services.shared.logging import get_logger
@@ -199,8 +199,13 @@ def build_broker(settings: Settings, service: str) -> KafkaBroker:
     )
 
 
-def all_topics() -> list[str]:
-    return [*TOPICS, *(dead_letter_topic(topic) for topic in TOPICS)]
+def all_topics(tenant_ids: Iterable[str]) -> list[str]:
+    """The shared topics, their dead-letter topics and the streams of the given tenants."""
+    return [
+        *TOPICS,
+        *(dead_letter_topic(topic) for topic in TOPICS),
+        *(tenant_stream(tenant) for tenant in sorted(tenant_ids)),
+    ]
 
 
 async def ensure_topics(
@@ -220,16 +225,27 @@ async def ensure_topics(
         await admin.close()
 
 
-async def publish_outbox_rows(broker: KafkaBroker, rows: Sequence[OutboxMessage]) -> None:
-    """Enqueue all rows in order, then wait for every acknowledgement (aiokafka batches them)."""
-    pending = [
-        await broker.publish(
-            row.payload,
-            row.topic,
-            key=row.key.encode(),
-            headers={**row.headers, "content-type": "application/json"},
-            no_confirm=True,
+async def publish_outbox_rows(
+    broker: KafkaBroker, tenants_with_streams: frozenset[str], rows: Sequence[OutboxMessage]
+) -> None:
+    """Enqueue all rows in order, then wait for every acknowledgement (aiokafka batches them). A row for the
+    stream of a tenant the registry does not know is dropped: that topic does not exist, and waiting for it
+    would hold up everything behind it."""
+    pending = []
+    for row in rows:
+        tenant = stream_tenant(row.topic)
+        if tenant is not None and tenant not in tenants_with_streams:
+            get_logger(component="outbox_relay").info(
+                "tenant_stream_skipped", topic=row.topic, event_id=row.headers.get("event_id")
+            )
+            continue
+        pending.append(
+            await broker.publish(
+                row.payload,
+                row.topic,
+                key=row.key.encode(),
+                headers={**row.headers, "content-type": "application/json"},
+                no_confirm=True,
+            )
         )
-        for row in rows
-    ]
     await asyncio.gather(*pending)

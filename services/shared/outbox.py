@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, delete, insert, or_, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from contracts import AnyEvent
+from contracts import AnyEvent, tenant_stream
+from contracts.events import TOLD_TO_TENANT
 from services.shared.db import table_of, unit_of_work, utc_now
 from services.shared.logging import get_logger
 
@@ -41,20 +42,30 @@ _INSERT_OUTBOX = insert(table_of(OutboxMessage))
 
 
 def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
+    """Write the event for its topic and, if it is one the marketplace tells a tenant, for that tenant's
+    stream too."""
+    topics = [event.type]
+    if event.type in TOLD_TO_TENANT:
+        topics.append(tenant_stream(event.data.tenant_id))
+    _insert(session, topics, event, key)
+
+
+def relay_to_tenant(session: Session, event: AnyEvent, key: str) -> None:
+    """Write another party's event (a factory's report on a run) for its tenant's stream only."""
+    _insert(session, [tenant_stream(event.data.tenant_id)], event, key)
+
+
+def _insert(session: Session, topics: list[str], event: AnyEvent, key: str) -> None:
     # A plain INSERT (no ORM object): rows keep the order they were added in, which the relay publishes in.
+    payload = event.model_dump_json().encode()
+    headers = {"event_id": str(event.id), "event_type": event.type, "schema_version": event.schema_version}
+    now = utc_now()
     session.execute(
         _INSERT_OUTBOX,
-        {
-            "topic": event.type,
-            "key": key,
-            "payload": event.model_dump_json().encode(),
-            "headers": {
-                "event_id": str(event.id),
-                "event_type": event.type,
-                "schema_version": event.schema_version,
-            },
-            "created_at": utc_now(),
-        },
+        [
+            {"topic": topic, "key": key, "payload": payload, "headers": headers, "created_at": now}
+            for topic in topics
+        ],
     )
 
 

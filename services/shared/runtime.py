@@ -16,8 +16,10 @@ from faststream.message import StreamMessage
 from sqlalchemy import Engine, Table
 from sqlmodel import Session
 
-from contracts import Event
+from contracts import Event, tenant_stream
+from contracts.events import TOLD_TO_TENANT
 from services.shared.batch import handle_batch, parse_records
+from services.shared.catalogue import Catalogue, load_catalogue
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
 from services.shared.health import HEARTBEAT_SECONDS, WorkerRow, mark_worker, new_worker_id, register_worker
@@ -49,6 +51,8 @@ class Service:
     engine: Engine
     relay: OutboxRelay
     crash_points: CrashPoints
+    # Its sites and the tenant registry; each registered tenant has a stream of its own.
+    catalogue: Catalogue
     worker_id: str = field(default_factory=new_worker_id)
     # Each topic consumed in the service's consumer groups (not broadcast subscriptions): its event model and
     # the handler its batches go through.
@@ -72,14 +76,21 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
         schema_prefix=settings.database_schema_prefix,
     )
     crash_points = CrashPoints(settings.crash_points)
+    catalogue = load_catalogue(settings.catalogue_dir)
     relay = OutboxRelay(
         engine,
-        partial(publish_outbox_rows, broker),
+        partial(publish_outbox_rows, broker, frozenset(catalogue.tenants)),
         settings.outbox_poll_seconds,
         after_publish=partial(crash_points.reached, OUTBOX_PUBLISHED),
     )
     return Service(
-        name=name, settings=settings, broker=broker, engine=engine, relay=relay, crash_points=crash_points
+        name=name,
+        settings=settings,
+        broker=broker,
+        engine=engine,
+        relay=relay,
+        crash_points=crash_points,
+        catalogue=catalogue,
     )
 
 
@@ -124,12 +135,31 @@ def consume(service: Service, model: type[EventT], handle: Callable[[Session, Ev
     service.handlers[topic] = model, handle
 
 
-def document_publishers(broker: KafkaBroker, events: Sequence[type[Event]], service: str) -> None:  # type: ignore[type-arg]
-    """Declare what the service publishes (through its outbox) so the AsyncAPI document shows it."""
+# How the AsyncAPI documents and the ACLs name the tenant streams a service writes.
+TENANT_STREAMS_CHANNEL = tenant_stream("{tenant_id}")
+
+
+def document_publishers(
+    broker: KafkaBroker,
+    events: Sequence[type[Event]],  # type: ignore[type-arg]
+    service: str,
+    relayed_to_tenants: Sequence[type[Event]] = (),  # type: ignore[type-arg]
+) -> None:
+    """Declare what the service publishes (through its outbox) so the AsyncAPI document shows it: each event
+    on its topic and, if the marketplace tells tenants of it or the service relays it, on tenants' streams."""
     for model in events:
         topic = model.model_fields["type"].default
         broker.publisher(
             topic, schema=model, title=f"{service}:{topic}", description="Published through the outbox."
+        )
+    told = [model for model in events if model.model_fields["type"].default in TOLD_TO_TENANT]
+    for model in [*told, *relayed_to_tenants]:
+        topic = model.model_fields["type"].default
+        broker.publisher(
+            TENANT_STREAMS_CHANNEL,
+            schema=model,
+            title=f"{service}:{TENANT_STREAMS_CHANNEL}:{topic}",
+            description=f"A copy of each {topic} on the stream of the tenant it is about.",
         )
 
 
@@ -171,7 +201,7 @@ async def running(service: Service) -> AsyncIterator[Service]:
     if service.settings.create_topics:
         await ensure_topics(
             service.settings.bootstrap_servers,
-            all_topics(),
+            all_topics(service.catalogue.tenants),
             service.settings.topic_partitions,
             transport_security(service.settings),
         )

@@ -28,13 +28,17 @@ class EnvelopeSignature(Contract):
 
 
 class Event(Contract, Generic[DataT]):
-    """Envelope. `type` is also the Kafka topic; `subject` is the tenant (or site, for capacity events)."""
+    """Envelope. `type` is also the shared Kafka topic (a tenant's own stream carries copies of several
+    types); `subject` is the tenant (or site, for capacity events)."""
 
     # Major.minor of the data contract: a minor bump only adds optional fields.
     SCHEMA_VERSION: ClassVar[str] = "1.1"
 
     id: uuid.UUID = Field(description="Unique event id; consumers deduplicate on (source, id).")
-    type: str = Field(description="Event type, equal to the topic it is published on.")
+    type: str = Field(
+        description="Event type, equal to the shared topic it is published on; copies of events about a "
+        "tenant are also on the tenant's own stream, tenant.<tenant_id>."
+    )
     source: str = Field(min_length=1, max_length=200, description="Producer, e.g. 'service/placement'.")
     subject: str = Field(min_length=1, max_length=200, description="Tenant id (site id for capacity).")
     time: AwareDatetime

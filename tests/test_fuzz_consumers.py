@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +26,7 @@ from contracts.envelope import SLUG_PATTERN
 from contracts.pinning import EXAMPLES_DIR
 from services.shared.batch import MAX_EVENT_BYTES, handle_batch, parse_records
 from services.shared.runtime import Service
+from services.shared.settings import REPO_ROOT
 from services.shared.signing import Signer
 from sovereign.cli import SERVICES
 from tests.conftest import TEST_KEYS, service_settings
@@ -171,3 +175,34 @@ def test_every_consumer_is_fuzzed(services: list[Service]) -> None:
         "usage.reported",
         "capacity.offered",
     }
+
+
+def test_coverage_guided_fuzzing_of_every_consumer_finds_no_crash(
+    services: list[Service], tmp_path: Path
+) -> None:
+    """atheris (libFuzzer) for 20 seconds over the same consumer path, guided by the coverage of the services'
+    and contracts' code: an exception escaping the path, a refusal without a reason, or a hang stops it with
+    a non-zero exit and the input that did it."""
+    pytest.importorskip("atheris", reason="atheris ships wheels for x86_64 Linux only")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.fuzz_consumers_atheris",
+            str(tmp_path / "corpus"),
+            "-max_total_time=20",
+            "-timeout=10",
+            f"-artifact_prefix={tmp_path}/",
+            "-print_final_stats=1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("INFO: Instrumenting")]
+    assert result.returncode == 0, "\n".join(lines[-40:])
+    runs = re.search(r"stat::number_of_executed_units: (\d+)", result.stderr)
+    assert runs and int(runs.group(1)) > 1000, "\n".join(lines[-20:])
+    # Beyond the two seeds per consumer: the coverage led it to inputs of its own.
+    assert len(list((tmp_path / "corpus").iterdir())) > 2 * len(consumers(services))

@@ -6,6 +6,7 @@ hangs: each record is applied or refused with a reason, which the runtime sends 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -23,13 +24,16 @@ from pydantic import ValidationError
 
 from contracts import AnyEvent
 from contracts.envelope import SLUG_PATTERN
+from contracts.events import PolicyPublishedEvent
 from contracts.pinning import EXAMPLES_DIR
 from services.shared.batch import MAX_EVENT_BYTES, handle_batch, parse_records
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.policy_check import activate_published
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT
 from services.shared.signing import Signer
 from sovereign.cli import SERVICES
-from tests.conftest import TEST_KEYS, service_settings
+from tests.conftest import KEYRING, TEST_KEYS, TEST_KEYS_OFFICER, service_settings
 
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 INSTANT_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
@@ -206,3 +210,33 @@ def test_coverage_guided_fuzzing_of_every_consumer_finds_no_crash(
     assert runs and int(runs.group(1)) > 1000, "\n".join(lines[-20:])
     # Beyond the two seeds per consumer: the coverage led it to inputs of its own.
     assert len(list((tmp_path / "corpus").iterdir())) > 2 * len(consumers(services))
+
+
+@pytest.fixture(scope="module")
+def current_engine() -> EmbeddedRegoEngine:
+    return EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
+
+
+@settings(
+    max_examples=100,
+    deadline=timedelta(seconds=5),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=payloads("policy.published"), as_the_officer=st.booleans())
+def test_the_broadcast_policy_subscriber_refuses_or_activates_whatever_it_is_fed(
+    current_engine: EmbeddedRegoEngine, payload: bytes, as_the_officer: bool
+) -> None:
+    """Every placement worker's own subscriber to policy.published (outside the consumer groups): what does
+    not parse is refused by FastStream's parser and dead-lettered by the middleware; what parses is
+    activated or refused, never raised. Half the events name the test officer as publisher, so they get
+    past the signature check to the bundle's checks."""
+    try:
+        event = PolicyPublishedEvent.model_validate_json(payload)
+    except ValidationError:
+        return
+    if as_the_officer:
+        event = event.model_copy(
+            update={"data": event.data.model_copy(update={"published_by": TEST_KEYS_OFFICER})}
+        )
+    activated = asyncio.run(activate_published(current_engine, TEST_KEYS.officer.sign(event), KEYRING))
+    assert activated is None or activated.revision == event.data.policy_revision

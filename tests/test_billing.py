@@ -183,6 +183,29 @@ def test_tiers_vat_and_tokens_on_an_issued_invoice(engine: Engine) -> None:
         assert check_billing(session, TENANTS).ok
 
 
+def test_a_factory_cannot_bill_a_run_placed_at_another_site(engine: Engine) -> None:
+    """Its key lists its own sites and validly signs for them: usage and ends it reports for a run placed
+    elsewhere are refused, and the run's own site still bills it."""
+    job_id = uuid.uuid4()
+    deliver(engine, placed_at_haenam(job_id))
+    elsewhere = usage(job_id, 1, 3600).data.model_copy(update={"site_id": "skt-gasan"})
+    forged_usage = TEST_KEYS.factory.sign(
+        UsageReportedEvent.create(source="factory/skt-gasan", subject="mois", data=elsewhere)
+    )
+    done = completed_at_haenam(job_id, 1)
+    forged_end = TEST_KEYS.factory.sign(
+        done.model_copy(
+            update={"id": uuid.uuid4(), "data": done.data.model_copy(update={"site_id": "skt-gasan"})}
+        )
+    )
+    for forged in (forged_usage, forged_end):
+        with pytest.raises(PoisonMessage, match=f"run 1 of job {job_id} is at nacc-haenam, not at skt-gasan"):
+            deliver(engine, forged)
+    deliver(engine, usage(job_id, 1, 1800), done)
+    [billed] = [r for r in outbox_rows(engine) if r.topic == "jobs.billed"]
+    assert f'"amount_krw":{charge_krw(1800, 7600)}'.encode() in billed.payload
+
+
 def outbox_rows(engine: Engine) -> list[OutboxMessage]:
     with Session(engine) as session:
         return list(session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))))

@@ -72,7 +72,12 @@ class BillingContext:
     keyring: Keyring = field(default_factory=Keyring.empty)
 
 
-def _charge_for(session: Session, job_id: str, attempt: int, tenant_id: str, site_id: str) -> ChargeRow:
+def _charge_for(
+    session: Session, job_id: str, attempt: int, tenant_id: str, site_id: str, placement: bool = False
+) -> ChargeRow:
+    """The run's charge, created by whichever event about it comes first. A factory's report must come from
+    the run's site: its key speaks for its own sites, not for runs placed elsewhere. The placement itself
+    says where the run is."""
     charge = lock_charge(session, job_id, attempt)
     if charge is None:
         charge = ChargeRow(job_id=job_id, attempt=attempt, tenant_id=tenant_id, site_id=site_id)
@@ -80,6 +85,10 @@ def _charge_for(session: Session, job_id: str, attempt: int, tenant_id: str, sit
         session.flush()
     elif charge.tenant_id != tenant_id:
         raise PoisonMessage(f"job {job_id} belongs to tenant {charge.tenant_id}, not {tenant_id}")
+    elif charge.site_id != site_id and not placement:
+        raise PoisonMessage(
+            f"run {attempt} of job {job_id} is at {charge.site_id}, not at {site_id}, which reports on it"
+        )
     return charge
 
 
@@ -87,7 +96,13 @@ def on_job_placed(ctx: BillingContext, session: Session, event: JobPlacedEvent) 
     if not claim_event(session, CONSUMER, event):
         return
     placed = event.data
-    charge = _charge_for(session, str(placed.job_id), placed.attempt, placed.tenant_id, placed.site_id)
+    charge = _charge_for(
+        session, str(placed.job_id), placed.attempt, placed.tenant_id, placed.site_id, placement=True
+    )
+    if charge.site_id != placed.site_id:  # reports from another site came first: nothing can undo them here
+        get_logger(job_id=charge.job_id, attempt=charge.attempt).error(
+            "reports_from_another_site_before_placement", reported_by=charge.site_id, placed_at=placed.site_id
+        )
     charge.site_id = placed.site_id
     charge.accelerator_model = placed.accelerator_model
     charge.policy_revision = placed.explanation.policy_revision

@@ -4,8 +4,10 @@ cannot write into it, and a tenant the registry does not know has none."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -26,11 +28,11 @@ from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import KeyRole
-from sovereign.submit import cancel_event
+from sovereign.submit import cancel_event, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, header, produce, read_records
 from sovereign.workload import generate, request_events
-from tests.conftest import KEYRING, TEST_KEYS, run_services, service_settings, wait_until_async
+from tests.conftest import KEYRING, TEST_KEYS, run_services, service_settings, signing_as, wait_until_async
 from tests.test_flow_over_broker import job
 from tests.test_identity_over_broker import dead_letters, send
 
@@ -152,16 +154,25 @@ async def test_a_factory_cannot_report_on_a_run_placed_elsewhere_or_write_into_a
     )
     # The right site, but claiming the job is another tenant's: it would land in that tenant's stream.
     other_tenant = other_site.model_copy(update={"site_id": placed.site_id, "tenant_id": "mois"})
+    # The right run, in an envelope addressed to another tenant.
+    own_run = other_site.model_copy(update={"site_id": placed.site_id})
     forged = [
-        TEST_KEYS.factory.sign(JobStartedEvent.create(source="factory/x", subject=d.tenant_id, data=d))
-        for d in (other_site, other_tenant)
+        TEST_KEYS.factory.sign(JobStartedEvent.create(source="factory/x", subject=subject, data=data))
+        for data, subject in (
+            (other_site, request.tenant_id),
+            (other_tenant, "mois"),
+            (own_run, "mois"),
+        )
     ]
     await send(settings, "jobs.started", [event.model_dump_json().encode() for event in forged])
-    reasons = dict(await dead_letters(settings, "jobs.started", 2))
+    reasons = dict(await dead_letters(settings, "jobs.started", len(forged)))
     assert [reasons[event.model_dump_json().encode()] for event in forged] == [
-        f"PoisonMessage: run 1 of job {request.job_id} of tenant {tenant} was not placed at {site}, which "
-        "reports on it"
-        for tenant, site in ((request.tenant_id, elsewhere), ("mois", placed.site_id))
+        *(
+            f"PoisonMessage: run 1 of job {request.job_id} of tenant {tenant} was not placed at {site}, "
+            "which reports on it"
+            for tenant, site in ((request.tenant_id, elsewhere), ("mois", placed.site_id))
+        ),
+        f"PoisonMessage: a report on tenant {request.tenant_id}'s run sent with subject mois",
     ]
     assert await wait_until_async(
         lambda: consumer_lag(
@@ -180,3 +191,16 @@ async def test_a_factory_cannot_report_on_a_run_placed_elsewhere_or_write_into_a
         return sum(e.type == "jobs.started" and e.data.job_id == request.job_id for e in events)
 
     assert await wait_until_async(started_on_the_stream, lambda count: count == 1, within=30)
+
+
+async def test_submit_refuses_a_tenant_without_a_stream_before_sending_anything(
+    market: Market, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, tracker = market
+    request = job(tenant="nobody", client_id="no-stream-to-follow")
+    job_file = tmp_path / "job.json"
+    job_file.write_text(request.model_dump_json())
+    assert await submit(job_file, signing_as(settings, TEST_KEYS.tenants["nobody"]), wait_seconds=5) == 2
+    assert "no stream tenant.nobody: is 'nobody' in the tenant registry?" in capsys.readouterr().err
+    await asyncio.sleep(1)
+    assert not tracker.trace(request.job_id).requests

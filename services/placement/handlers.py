@@ -29,7 +29,6 @@ from contracts.events import (
     JobCancelEvent,
     JobCancelled,
     JobCancelledEvent,
-    JobCompleted,
     JobCompletedEvent,
     JobKind,
     JobPlaced,
@@ -40,7 +39,6 @@ from contracts.events import (
     JobRejectedEvent,
     JobRequest,
     JobRequestedEvent,
-    JobStarted,
     JobStartedEvent,
     PlacementAttestation,
     PlacementClaim,
@@ -262,7 +260,7 @@ def on_job_started(ctx: PlacementContext, session: Session, event: JobStartedEve
         return
     started = event.data
     placed_at = site_of_tenants_run(session, str(started.job_id), started.tenant_id, started.attempt)
-    _require_its_own_run(started, placed_at)
+    _require_its_own_run(event, placed_at)
     transition(session, str(started.job_id), {"placed"}, "running", at_attempt=started.attempt)
     relay_to_tenant(session, event, str(started.job_id))
 
@@ -292,7 +290,7 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     placed_at = None
     if job is not None and job.tenant_id == done.tenant_id:
         placed_at = site_of_run(job.site_id, job.attempt, job.failed_sites, done.attempt)
-    _require_its_own_run(done, placed_at)
+    _require_its_own_run(event, placed_at)
     relay_to_tenant(session, event, str(done.job_id))
     if job is None or job.pool_id is None or job.attempt != done.attempt:
         log.warning("end_of_an_earlier_run_ignored", current_attempt=job.attempt if job else None)
@@ -327,9 +325,13 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     _replan_queue_at_commit(ctx, session)
 
 
-def _require_its_own_run(report: JobStarted | JobCompleted, placed_at: str | None) -> None:
+def _require_its_own_run(event: JobStartedEvent | JobCompletedEvent, placed_at: str | None) -> None:
     """A factory key speaks for its sites, and a site only for the runs placed there: a report on any other
-    run (of another site or tenant, or never placed) changes nothing and reaches no tenant's stream."""
+    run (of another site or tenant, or never placed) changes nothing and reaches no tenant's stream, nor
+    does one whose envelope names another tenant as its subject."""
+    report = event.data
+    if event.subject != report.tenant_id:
+        raise PoisonMessage(f"a report on tenant {report.tenant_id}'s run sent with subject {event.subject}")
     if placed_at != report.site_id:
         raise PoisonMessage(
             f"run {report.attempt} of job {report.job_id} of tenant {report.tenant_id} was not placed at "

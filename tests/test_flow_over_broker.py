@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,18 +24,15 @@ from contracts.events import (
     JobRequestedEvent,
     UsageReportedEvent,
 )
-from services.billing import app as billing_app
-from services.factory_agent import app as factory_app
 from services.factory_agent.simulation import usage_event_id
-from services.governance import app as governance_app
 from services.governance.handlers import DecisionQuery, find_decisions, verify_log
-from services.placement import app as placement_app
 from services.shared.attestation import sign_site
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
 from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
+from sovereign.cli import SERVICES
 from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import EventWatcher, consumer_lag, produce
@@ -52,12 +50,7 @@ Marketplace = tuple[Settings, Tracker, Service]
 @pytest.fixture(scope="module")
 async def marketplace(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Marketplace]:
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=TIME_SCALE)
-    builders = [
-        lambda: placement_app.build(settings),
-        lambda: factory_app.build(settings),
-        lambda: billing_app.build(settings),
-        lambda: governance_app.build(settings),
-    ]
+    builders = [partial(build, settings) for build in SERVICES.values()]  # each as `sovereign run` builds it
     async with run_services(builders) as services, following(kafka, Tracker()) as tracker:
         yield settings, tracker, services[-1]
 

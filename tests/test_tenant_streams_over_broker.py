@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,12 @@ from contracts.events import (
     JobStarted,
     JobStartedEvent,
 )
-from services.billing import app as billing_app
-from services.factory_agent import app as factory_app
-from services.governance import app as governance_app
-from services.placement import app as placement_app
 from services.shared.attestation import placement_attestation_failure
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import KeyRole
+from sovereign.cli import SERVICES
 from sovereign.submit import cancel_event, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, header, produce, read_records
@@ -45,12 +43,7 @@ REGISTERED = sorted(load_catalogue(REPO_ROOT / "catalogue").tenants)
 @pytest.fixture(scope="module")
 async def market(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Market]:
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=360_000.0)
-    builders = [
-        lambda: placement_app.build(settings),
-        lambda: factory_app.build(settings),
-        lambda: billing_app.build(settings),
-        lambda: governance_app.build(settings),
-    ]
+    builders = [partial(build, settings) for build in SERVICES.values()]  # each as `sovereign run` builds it
     async with run_services(builders), following(kafka, Tracker()) as tracker:
         yield settings, tracker
 

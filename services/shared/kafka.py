@@ -225,27 +225,34 @@ async def ensure_topics(
         await admin.close()
 
 
+def _destinations(row: OutboxMessage, tenants_with_streams: frozenset[str]) -> list[str]:
+    """The row's topic and the tenant's stream it also goes to. The stream of a tenant the registry does not
+    know is left out: that topic does not exist, and waiting for it would hold up everything behind it."""
+    destinations = []
+    for topic in (row.topic, row.also_to):
+        tenant = stream_tenant(topic) if topic is not None else None
+        if tenant is not None and tenant not in tenants_with_streams:
+            get_logger(component="outbox_relay").info(
+                "tenant_stream_skipped", topic=topic, event_id=row.headers.get("event_id")
+            )
+        elif topic is not None:
+            destinations.append(topic)
+    return destinations
+
+
 async def publish_outbox_rows(
     broker: KafkaBroker, tenants_with_streams: frozenset[str], rows: Sequence[OutboxMessage]
 ) -> None:
-    """Enqueue all rows in order, then wait for every acknowledgement (aiokafka batches them). A row for the
-    stream of a tenant the registry does not know is dropped: that topic does not exist, and waiting for it
-    would hold up everything behind it."""
-    pending = []
-    for row in rows:
-        tenant = stream_tenant(row.topic)
-        if tenant is not None and tenant not in tenants_with_streams:
-            get_logger(component="outbox_relay").info(
-                "tenant_stream_skipped", topic=row.topic, event_id=row.headers.get("event_id")
-            )
-            continue
-        pending.append(
-            await broker.publish(
-                row.payload,
-                row.topic,
-                key=row.key.encode(),
-                headers={**row.headers, "content-type": "application/json"},
-                no_confirm=True,
-            )
+    """Enqueue all rows in order, then wait for every acknowledgement (aiokafka batches them)."""
+    pending = [
+        await broker.publish(
+            row.payload,
+            topic,
+            key=row.key.encode(),
+            headers={**row.headers, "content-type": "application/json"},
+            no_confirm=True,
         )
+        for row in rows
+        for topic in _destinations(row, tenants_with_streams)
+    ]
     await asyncio.gather(*pending)

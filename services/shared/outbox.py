@@ -28,6 +28,8 @@ class OutboxMessage(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     topic: str = Field(max_length=200)
+    # A second topic the same event goes to: the stream of the tenant it is about, for what tenants are told.
+    also_to: str | None = Field(default=None, max_length=200)
     key: str = Field(max_length=200)
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -43,29 +45,32 @@ _INSERT_OUTBOX = insert(table_of(OutboxMessage))
 
 def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
     """Write the event for its topic and, if it is one the marketplace tells a tenant, for that tenant's
-    stream too."""
-    topics = [event.type]
-    if event.type in TOLD_TO_TENANT:
-        topics.append(tenant_stream(event.data.tenant_id))
-    _insert(session, topics, event, key)
+    stream too (one row, published to both)."""
+    also_to = tenant_stream(event.data.tenant_id) if event.type in TOLD_TO_TENANT else None
+    _insert(session, event.type, also_to, event, key)
 
 
 def relay_to_tenant(session: Session, event: AnyEvent, key: str) -> None:
     """Write another party's event (a factory's report on a run) for its tenant's stream only."""
-    _insert(session, [tenant_stream(event.data.tenant_id)], event, key)
+    _insert(session, tenant_stream(event.data.tenant_id), None, event, key)
 
 
-def _insert(session: Session, topics: list[str], event: AnyEvent, key: str) -> None:
+def _insert(session: Session, topic: str, also_to: str | None, event: AnyEvent, key: str) -> None:
     # A plain INSERT (no ORM object): rows keep the order they were added in, which the relay publishes in.
-    payload = event.model_dump_json().encode()
-    headers = {"event_id": str(event.id), "event_type": event.type, "schema_version": event.schema_version}
-    now = utc_now()
     session.execute(
         _INSERT_OUTBOX,
-        [
-            {"topic": topic, "key": key, "payload": payload, "headers": headers, "created_at": now}
-            for topic in topics
-        ],
+        {
+            "topic": topic,
+            "also_to": also_to,
+            "key": key,
+            "payload": event.model_dump_json().encode(),
+            "headers": {
+                "event_id": str(event.id),
+                "event_type": event.type,
+                "schema_version": event.schema_version,
+            },
+            "created_at": utc_now(),
+        },
     )
 
 

@@ -5,29 +5,32 @@ example, sometimes the bytes themselves); a record that is still a valid event i
 rightful sender, so mutations reach past the signature check into the handlers. An exception escaping
 that path, or a refusal without a reason, is a crash: libFuzzer stops and writes the input to a file.
 
-    python -m tests.fuzz_consumers_atheris CORPUS_DIR -max_total_time=30   # what the test runs
+    python -m tests.fuzz_consumers_atheris CORPUS_DIR -max_total_time=20   # what the test runs
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import atheris
 
 with atheris.instrument_imports(include=["services", "contracts"]):
     from contracts.pinning import EXAMPLES_DIR
-    from services.shared.batch import handle_batch, parse_records
     from services.shared.runtime import Service
     from sovereign.cli import SERVICES
     from tests.conftest import service_settings
-    from tests.test_fuzz_consumers import INSTANT_TEXT, UUID_TEXT, consumers, leaves, signed_if_valid
+    from tests.test_fuzz_consumers import (
+        INSTANT_TEXT,
+        UUID_TEXT,
+        consume_as_the_runtime_does,
+        consumers,
+        leaves,
+    )
 
 
 def build_services(data_dir: Path) -> list[tuple[Service, str]]:
@@ -90,30 +93,22 @@ def fuzz_one(pairs: list[tuple[Service, str]], data: bytes) -> None:
     if len(data) < 2:
         return
     service, topic = pairs[data[0] % len(pairs)]
-    model, handle = service.handlers[topic]
-    if data[1] % RAW_SHARE == RAW:  # arbitrary bytes are the hypothesis test's share: here, a few
+    if data[1] % RAW_SHARE == RAW:  # raw bytes are mostly the hypothesis test's: a few here
         payload = data[2:]
     else:
-        example = (EXAMPLES_DIR / f"{topic}.json").read_bytes()
-        payload = edited(example, data[2:])
-    record = SimpleNamespace(
-        topic=topic, partition=0, offset=0, key=b"fuzz", value=signed_if_valid(model, payload), headers=[]
-    )
-    events, refused = parse_records(model, [record])
-    if len(events) + len(refused) != 1:
-        raise AssertionError(f"{topic}: a record was neither an event nor refused")
-    refused += handle_batch(service.engine, handle, events)
-    for _, error in refused:
-        if not str(error):
-            raise AssertionError(f"{topic}: a refusal without a reason: {error!r}")
+        payload = edited((EXAMPLES_DIR / f"{topic}.json").read_bytes(), data[2:])
+    consume_as_the_runtime_does(service, topic, payload)
 
 
 def main(argv: list[str]) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="sovereign-atheris-"))
-    pairs = build_services(scratch / "data")
-    corpora = [arg for arg in argv[1:] if not arg.startswith("-")]
+    corpora = [Path(arg) for arg in argv[1:] if not arg.startswith("-")]
+    if not corpora:
+        sys.exit("usage: python -m tests.fuzz_consumers_atheris CORPUS_DIR [libFuzzer options]")
+    # libFuzzer ends the process itself: the services' databases go beside the corpus, not in a temporary
+    # directory nothing would remove.
+    pairs = build_services(corpora[0].parent / f"{corpora[0].name}-databases")
     for corpus in corpora:
-        write_seeds(Path(corpus), pairs)
+        write_seeds(corpus, pairs)
     atheris.Setup(argv, lambda data: fuzz_one(pairs, data))
     atheris.Fuzz()
 

@@ -146,6 +146,21 @@ def signed_if_valid(model: type[AnyEvent], payload: bytes) -> bytes:
     return signer.sign(event).model_dump_json().encode() if signer else payload
 
 
+def consume_as_the_runtime_does(service: Service, topic: str, payload: bytes) -> None:
+    """One record (re-signed while it is a valid event) through the consumer's path: it is an event or
+    refused, then applied or refused, and every refusal says why."""
+    model, handle = service.handlers[topic]
+    record = SimpleNamespace(
+        topic=topic, partition=0, offset=0, key=b"fuzz", value=signed_if_valid(model, payload), headers=[]
+    )
+    events, refused = parse_records(model, [record])
+    assert len(events) + len(refused) == 1, topic
+    refused += handle_batch(service.engine, handle, events)
+    assert len(refused) <= 1, topic
+    for _, error in refused:
+        assert str(error), f"{topic}: a refusal without a reason: {error!r}"
+
+
 @settings(
     max_examples=100,
     deadline=timedelta(seconds=5),
@@ -156,15 +171,9 @@ def test_every_consumer_refuses_or_applies_whatever_it_is_fed(
     services: list[Service], data: st.DataObject
 ) -> None:
     for service, topic in consumers(services):
-        model, handle = service.handlers[topic]
-        payload = signed_if_valid(model, data.draw(payloads(topic), label=f"{service.name} {topic}"))
-        record = SimpleNamespace(topic=topic, partition=0, offset=0, key=b"fuzz", value=payload, headers=[])
-        events, refused = parse_records(model, [record])
-        assert len(events) + len(refused) == 1, topic  # each record is an event or refused
-        refused += handle_batch(service.engine, handle, events)
-        assert len(refused) <= 1, topic
-        for _, error in refused:
-            assert str(error), f"{topic}: a refusal without a reason: {error!r}"
+        consume_as_the_runtime_does(
+            service, topic, data.draw(payloads(topic), label=f"{service.name} {topic}")
+        )
 
 
 def test_every_consumer_is_fuzzed(services: list[Service]) -> None:

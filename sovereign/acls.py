@@ -22,7 +22,7 @@ from services.shared.settings import Settings
 class Grant:
     principal: str
     operation: str  # Read or Write (each implies Describe)
-    resource: str  # a topic, or a consumer-group prefix ending in "."
+    resource: str  # a topic, a topic prefix ending in "*", or "group:" and a consumer-group prefix
 
 
 # A grant on every tenant's stream: a prefixed ACL, which only the marketplace's own services get.

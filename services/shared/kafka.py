@@ -229,14 +229,14 @@ def _destinations(row: OutboxMessage, tenants_with_streams: frozenset[str]) -> l
     """The row's topic and the tenant's stream it also goes to. The stream of a tenant the registry does not
     know is left out: that topic does not exist, and waiting for it would hold up everything behind it."""
     destinations = []
-    for topic in (row.topic, row.also_to):
-        tenant = stream_tenant(topic) if topic is not None else None
-        if tenant is not None and tenant not in tenants_with_streams:
+    for topic in filter(None, (row.topic, row.also_to)):
+        tenant = stream_tenant(topic)
+        if tenant is None or tenant in tenants_with_streams:
+            destinations.append(topic)
+        else:
             get_logger(component="outbox_relay").info(
                 "tenant_stream_skipped", topic=topic, event_id=row.headers.get("event_id")
             )
-        elif topic is not None:
-            destinations.append(topic)
     return destinations
 
 

@@ -8,9 +8,10 @@ import contextlib
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from contracts.events import (
     JobCompleted,
@@ -39,9 +39,13 @@ from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Keyring, Signer
 from sovereign.keys import throwaway_keys
+from sovereign.stack.postgres import LocalPostgres, answers
 from sovereign.workload import TEMPLATES
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Where the suite looks for a PostgreSQL server before it starts its own.
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# In CI a test that needs PostgreSQL or the production stack never skips: such a skip fails the run.
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Throwaway keys for the whole run (never in the repository): every workload and catalogue tenant and
 # "nobody" (a key holder the tenant registry does not know), one factory key for every catalogue site, a
@@ -83,16 +87,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("fault_seed", seeds, ids=[f"seed={seed}" for seed in seeds])
 
 
-def _postgres_reachable() -> bool:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """In CI, a skipped PostgreSQL variant or production-stack test is a failure, not a pass."""
+    report: pytest.TestReport = yield
+    callspec = getattr(item, "callspec", None)
+    needs_real_parts = item.get_closest_marker("production_stack") is not None or (
+        callspec is not None and callspec.params.get("database_url") == "postgres"
+    )
+    if IN_CI and report.skipped and needs_real_parts:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run it: {report.longrepr}"
+    return report
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The PostgreSQL server at DATABASE_URL (or 127.0.0.1:5432) when one answers, else our own."""
+    configured = os.environ.get("DATABASE_URL", DEFAULT_POSTGRES_URL).replace(
+        "postgresql://", "postgresql+psycopg://", 1
+    )
+    if answers(configured):
+        yield configured
+        return
+    server = LocalPostgres()
     try:
-        with create_engine(POSTGRES_URL).connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-    except OperationalError:
-        return False
-
-
-POSTGRES_AVAILABLE = _postgres_reachable()
+        server.start()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"no PostgreSQL answers at {configured} and none could be started: {error}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -110,20 +138,19 @@ async def kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(url, schema prefix) on SQLite and, when it is reachable, on PostgreSQL (a schema per test)."""
+    """(url, schema prefix) on SQLite and on PostgreSQL (a schema per test)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}", ""
         return
-    if not POSTGRES_AVAILABLE:
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    url: str = request.getfixturevalue("postgres_url")
     prefix = f"t{uuid.uuid4().hex[:10]}_"
-    yield POSTGRES_URL, prefix
-    drop_schemas(prefix)
+    yield url, prefix
+    drop_schemas(url, prefix)
 
 
-def drop_schemas(prefix: str) -> None:
+def drop_schemas(url: str, prefix: str) -> None:
     """Drop the PostgreSQL schemas a test's services made under its prefix."""
-    engine = create_engine(POSTGRES_URL)
+    engine = create_engine(url)
     with engine.begin() as connection:
         schemas = connection.execute(
             text("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE :p"),

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Apache Kafka and the OPA server, for the production-stack tests (cached after the first run).
+scripts/setup-production-stack.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy contracts services sovereign tests bench

@@ -200,15 +200,24 @@ def _attest_verify(args: argparse.Namespace) -> int:
 
 
 def _acls(args: argparse.Namespace) -> int:
-    from services.shared.catalogue import load_catalogue
-    from sovereign.acls import all_grants, render_script, render_table
+    from sovereign.acls import all_grants, render_table
 
-    settings = Settings.from_env()
-    grants = all_grants(settings)
-    if args.format == "script":
-        print(render_script(grants, load_catalogue(settings.catalogue_dir).tenants), end="")
-    else:
-        print(render_table(grants), end="")
+    print(render_table(all_grants(Settings.from_env())), end="")
+    return 0
+
+
+def _kafka_init(args: argparse.Namespace) -> int:
+    from sovereign.kafka_init import KafkaInitError, kafka_init
+
+    settings = _settings(args)
+    try:
+        report = asyncio.run(kafka_init(settings, Path(args.secrets_dir), settings.topic_partitions))
+    except (KafkaInitError, OSError, ValueError) as error:
+        print(f"kafka-init failed: {error}", file=sys.stderr)
+        return 1
+    print(f"kafka-init: {report.topics} topics, {len(report.users)} SCRAM users, {report.acls} ACLs")
+    if report.missing_passwords:
+        print(f"no password file, so no login, for: {', '.join(report.missing_passwords)}", file=sys.stderr)
     return 0
 
 
@@ -391,8 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_attest_verify)
 
     acls = commands.add_parser("acls", help="the Kafka ACLs each principal needs, derived from the code")
-    acls.add_argument("--format", choices=["table", "script"], default="table")
     acls.set_defaults(handler=_acls)
+
+    kafka_init = commands.add_parser(
+        "kafka-init",
+        help="as the Kafka admin: every topic, a SCRAM credential per principal, the ACLs",
+    )
+    kafka_init.add_argument(
+        "--secrets-dir",
+        default="/run/secrets",
+        help="where each principal's password is, as kafka-<principal> (default: compose's /run/secrets)",
+    )
+    connection_options(kafka_init)
+    kafka_init.set_defaults(handler=_kafka_init)
 
     keys = commands.add_parser("keys", help="signing keys of tenants, factories and officers").add_subparsers(
         dest="keys_command", required=True

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,15 @@ import yaml
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.acls import all_grants
 from sovereign.cli import SERVICES, build_parser
-from tests.conftest import TEST_KEYS
+from tests.conftest import TEST_KEYS, drop_schemas
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
-APP_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
+# The marketplace's services (kafka-init is built from the same image but runs once).
+APP_SERVICES = {
+    name: spec
+    for name, spec in COMPOSE["services"].items()
+    if spec.get("command", [])[:2] == ["sovereign", "run"]
+}
 BROKER_CONFIG = (REPO_ROOT / "deploy" / "kafka" / "server.properties").read_text()
 
 
@@ -72,13 +78,21 @@ def test_production_shape() -> None:
 def test_kafka_takes_clients_over_tls_with_scram_and_enforces_acls() -> None:
     config = dict(line.split("=", 1) for line in BROKER_CONFIG.splitlines() if "=" in line and line[0] != "#")
     advertised = config["advertised.listeners"].split(",")
-    assert advertised == ["SASL_SSL://kafka:9092"]  # the only listener clients are told about
+    assert advertised == ["SASL_SSL://@ADVERTISED_HOST@:@PORT@"]  # the only listener clients are told about
+    start = (REPO_ROOT / "deploy" / "kafka" / "start.sh").read_text()
+    # start.sh fills it in with compose's host and port unless told otherwise (the suite runs it on loopback).
+    assert 'KAFKA_ADVERTISED_HOST="${KAFKA_ADVERTISED_HOST:-kafka}"' in start
+    assert 'KAFKA_PORT="${KAFKA_PORT:-9092}"' in start
     assert config["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
     assert config["authorizer.class.name"].endswith("StandardAuthorizer")
     assert config["allow.everyone.if.no.acl.found"] == "false"
     services = COMPOSE["services"]
     assert services["kafka"]["command"] == ["/bin/bash", "/deploy/kafka/start.sh"]
-    assert services["kafka-init"]["command"] == ["/bin/bash", "/deploy/kafka/init.sh"]
+    init = services["kafka-init"]
+    args = build_parser().parse_args(init["command"][1:])
+    assert (init["command"][0], args.command, args.secrets_dir) == ("sovereign", "kafka-init", "/run/secrets")
+    assert init["environment"]["KAFKA_SASL_USERNAME"] == "admin"
+    assert init["environment"]["KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka-admin"
     principals = {g.principal.removeprefix("User:") for g in all_grants(Settings())}
     secrets = {f"kafka-{name}" for name in {"admin", *principals}}
     assert set(COMPOSE["secrets"]) == secrets == set(services["kafka-init"]["secrets"])
@@ -110,9 +124,10 @@ def test_every_service_has_a_container_and_every_container_a_real_command() -> N
 
 @pytest.mark.broker
 def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
-    kafka: str, tmp_path: Path, database_url: tuple[str, str]
+    kafka: str, tmp_path: Path, postgres_url: str
 ) -> None:
-    url, prefix = database_url
+    """On PostgreSQL, as compose gives every service a DATABASE_URL."""
+    url, prefix = postgres_url, f"c{uuid.uuid4().hex[:10]}_"
     processes = []
     envs = {}
     for name, spec in sorted(APP_SERVICES.items()):
@@ -125,11 +140,8 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
             "SOVEREIGN_DB_SCHEMA_PREFIX": prefix,
             **TEST_KEYS.service_env(),  # the files compose mounts at /keys
             "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",  # Tansu here; compose's broker takes SASL_SSL
+            "DATABASE_URL": url,
         }
-        if url.startswith("sqlite"):
-            del env["DATABASE_URL"]  # the embedded default: a SQLite file per service
-        else:
-            env["DATABASE_URL"] = url
         # The container's PATH has the project's `sovereign`; here it is the same entry point via -m.
         command = [sys.executable, "-m", *spec["command"]]
         envs[name] = env
@@ -161,6 +173,7 @@ def test_every_service_starts_with_its_compose_command_and_stops_cleanly(
         for _, process in processes:
             if process.poll() is None:
                 process.kill()
+        drop_schemas(url, prefix)
 
 
 def _wait_for_line(process: subprocess.Popen[bytes], marker: bytes, within: float) -> bool:

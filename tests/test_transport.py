@@ -1,5 +1,5 @@
 """The production transport: Kafka security settings, and ACLs derived from what the services subscribe to
-and publish (the README's table and deploy/kafka-acls.sh are that derivation, checked here)."""
+and publish (the README's table and `sovereign kafka-init` are that derivation, checked here)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from contracts import stream_tenant
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import client_options, transport_security
 from services.shared.settings import REPO_ROOT, Settings
-from sovereign.acls import EVERY_TENANT_STREAM, Grant, all_grants, render_script, render_table
+from sovereign.acls import EVERY_TENANT_STREAM, Grant, all_grants, render_table
 
 GRANTS = all_grants(Settings())
 
@@ -78,10 +78,7 @@ def test_a_tenant_reads_its_own_stream_and_nothing_else() -> None:
         reads = {g.resource for g in GRANTS if g.principal == principal and g.operation == "Read"}
         assert reads == {f"tenant.{tenant}", f"group:tenant.{tenant}."}
     assert not [g for g in GRANTS if g.operation == "Read" and g.resource == EVERY_TENANT_STREAM]
-    script = render_script(GRANTS, ["mois"])
-    assert "--allow-principal User:tenant-mois --operation Read --topic tenant.mois\n" in script
-    assert "--topic tenant.mois --partitions" in script
-    assert "User:placement --operation Write --topic tenant. --resource-pattern-type prefixed" in script
+    assert Grant("User:placement", "Write", EVERY_TENANT_STREAM) in GRANTS
 
 
 def test_each_service_reads_what_it_subscribes_to_in_its_own_groups() -> None:
@@ -98,12 +95,8 @@ def test_each_service_reads_what_it_subscribes_to_in_its_own_groups() -> None:
     }
 
 
-def test_the_readme_table_and_the_acl_script_are_what_the_code_derives() -> None:
+def test_the_readme_table_is_what_the_code_derives() -> None:
+    """kafka-init grants these same ACLs (`sovereign kafka-init`, tested on Apache Kafka)."""
     assert render_table(GRANTS) in (REPO_ROOT / "README.md").read_text(), (
         "run `sovereign acls` into the README"
-    )
-    script = REPO_ROOT / "deploy" / "kafka" / "init.sh"
-    tenants = load_catalogue(REPO_ROOT / "catalogue").tenants
-    assert script.read_text() == render_script(GRANTS, tenants), (
-        "run `sovereign acls --format script > deploy/kafka/init.sh`"
     )

@@ -42,7 +42,7 @@ from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.report import render_report
 from sovereign.submit import cancel_event
 from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import consumer_lag, produce, read_partition_ends, read_records
+from sovereign.watch import consumer_lag, partition_ends, produce, read_records
 from sovereign.workload import TEMPLATES, generate, request_events
 
 RUN_DIR = REPO_ROOT / "var" / "demo"
@@ -249,7 +249,7 @@ def _report_crash(processes: Processes) -> int:
 
 
 async def _count_dead_letters(bootstrap: str) -> int:
-    ends = await read_partition_ends(bootstrap, [dead_letter_topic(t) for t in TOPICS])
+    ends = await partition_ends(bootstrap, [dead_letter_topic(t) for t in TOPICS])
     return sum(ends.values())
 
 

@@ -23,6 +23,7 @@ from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow
 from services.shared.catalogue import load_catalogue
 from services.shared.db import table_of
+from services.shared.kafka import transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.policy import PolicyBundle
 from services.shared.settings import Settings
@@ -44,7 +45,10 @@ def _rows(session: Session, model: type[SQLModel]) -> list[dict[str, Any]]:
 
 async def collect_history(settings: Settings) -> History:
     history = History()
-    letters = await read_records(settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS])
+    security = transport_security(settings)
+    letters = await read_records(
+        settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS], security=security
+    )
     poisoned = set()
     for record in letters:
         headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
@@ -56,7 +60,7 @@ async def collect_history(settings: Settings) -> History:
                 headers.get("dlq-original-offset"),
             )
         )
-    for record in await read_records(settings.bootstrap_servers, TOPICS):
+    for record in await read_records(settings.bootstrap_servers, TOPICS, security=security):
         if (record.topic, str(record.partition), str(record.offset)) in poisoned:
             continue
         try:
@@ -69,7 +73,8 @@ async def collect_history(settings: Settings) -> History:
         history.events.setdefault(record.topic, []).append(document)
     tenants = load_catalogue(settings.catalogue_dir).tenants
     history.tenant_streams = {tenant: [] for tenant in tenants}
-    for record in await read_records(settings.bootstrap_servers, [tenant_stream(t) for t in tenants]):
+    streams = [tenant_stream(t) for t in tenants]
+    for record in await read_records(settings.bootstrap_servers, streams, security=security):
         tenant = stream_tenant(record.topic)
         assert tenant is not None
         model = model_for(record.topic, header(record, "event_type"))

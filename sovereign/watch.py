@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from faststream.security import BaseSecurity
 from pydantic import ValidationError
 
@@ -123,12 +124,61 @@ async def produce(
         await producer.stop()
 
 
+# The cluster id Tansu 0.6 reports (Apache Kafka's is a random base64 UUID).
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+async def is_tansu(bootstrap_servers: str, security: BaseSecurity | None = None) -> bool:
+    """Whether the broker is Tansu, whose ListOffsets(latest) answers short of a partition's end."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(security))
+    await admin.start()
+    try:
+        return bool((await admin.describe_cluster())["cluster_id"] == TANSU_CLUSTER_ID)
+    finally:
+        await admin.close()
+
+
+async def _listed_ends(
+    bootstrap_servers: str, topics: Sequence[str], security: BaseSecurity | None
+) -> dict[TopicPartition, int]:
+    """ListOffsets(latest) for every partition of the topics."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(security))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if not topic["error_code"]
+        for partition in topic["partitions"]
+    ]
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, **client_options(security))
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
 async def each_record(
     bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500, security: BaseSecurity | None = None
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of the topics, from the beginning until nothing more arrives for quiet_ms."""
+    """Every record of the topics from the beginning: up to each partition's end on Apache Kafka; on Tansu,
+    whose ends fall short, until nothing more arrives for quiet_ms."""
+    ends = (
+        None
+        if await is_tansu(bootstrap_servers, security)
+        else await _listed_ends(bootstrap_servers, topics, security)
+    )
+    remaining = {partition: end for partition, end in (ends or {}).items() if end}
+    if ends is not None and not remaining:
+        return  # nothing to read (and a consumer stopped with nothing assigned raises CancelledError)
     consumer = AIOKafkaConsumer(
-        *topics,
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
@@ -137,10 +187,21 @@ async def each_record(
     )
     await consumer.start()
     try:
-        while batches := await consumer.getmany(timeout_ms=quiet_ms):
-            for batch in batches.values():
+        if ends is None:
+            consumer.subscribe(list(topics))
+            while batches := await consumer.getmany(timeout_ms=quiet_ms):
+                for batch in batches.values():
+                    for record in batch:
+                        yield record
+            return
+        consumer.assign(list(remaining))
+        while remaining:
+            for batch in (await consumer.getmany(*remaining, timeout_ms=quiet_ms)).values():
                 for record in batch:
                     yield record
+            for partition in list(remaining):
+                if await consumer.position(partition) >= remaining[partition]:
+                    del remaining[partition]
     finally:
         await consumer.stop()
 
@@ -151,15 +212,16 @@ async def read_records(
     return [record async for record in each_record(bootstrap_servers, topics, quiet_ms, security)]
 
 
-async def read_partition_ends(
-    bootstrap_servers: str, topics: Sequence[str], quiet_ms: int = 500, security: BaseSecurity | None = None
+async def partition_ends(
+    bootstrap_servers: str, topics: Sequence[str], security: BaseSecurity | None = None
 ) -> dict[TopicPartition, int]:
-    """Each partition's end (last offset + 1), found by reading it through (without keeping the records).
-
-    Tansu 0.6 answers ListOffsets(latest) with an offset short of the end, so end_offsets() cannot be trusted.
-    """
+    """Each partition's end (last offset + 1) that holds anything: ListOffsets(latest), except on Tansu,
+    where each partition is read through (without keeping the records)."""
+    if not await is_tansu(bootstrap_servers, security):
+        listed = await _listed_ends(bootstrap_servers, topics, security)
+        return {partition: end for partition, end in listed.items() if end}
     ends: dict[TopicPartition, int] = {}
-    async for record in each_record(bootstrap_servers, topics, quiet_ms, security):
+    async for record in each_record(bootstrap_servers, topics, security=security):
         partition = TopicPartition(record.topic, record.partition)
         ends[partition] = max(ends.get(partition, 0), record.offset + 1)
     return ends
@@ -170,7 +232,7 @@ async def lag_by_group(
 ) -> dict[str, int]:
     """For each consumer group, how many messages of its topics it has not committed yet."""
     topics = sorted({topic for group_topics in groups.values() for topic in group_topics})
-    ends = await read_partition_ends(bootstrap_servers, topics, security=security) if topics else {}
+    ends = await partition_ends(bootstrap_servers, topics, security=security) if topics else {}
     lag: dict[str, int] = {}
     for group, group_topics in groups.items():
         # A consumer that never subscribes joins no group: it only reads the group's committed offsets.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from aiokafka.errors import KafkaConnectionError
 from sqlalchemy import Engine, Table, func
 from sqlmodel import Session, col, select
 
@@ -34,12 +36,13 @@ from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, database_url_for, table_of
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.health import WorkerRow
-from services.shared.kafka import all_topics, ensure_topics
+from services.shared.kafka import all_topics, ensure_topics, transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.embedded import embedded_service_env, start_service
 from sovereign.history import SERVICE_TABLES, collect_history
 from sovereign.invariants import TERMINAL_STATES, History, Violation, check
+from sovereign.stack.kafka import ADMIN, LocalKafka
 from sovereign.status import collect_status
 from sovereign.submit import cancel_event
 from sovereign.watch import produce
@@ -47,6 +50,8 @@ from sovereign.workload import generate, request_events
 from tests.conftest import TEST_KEYS
 
 SERVICES = tuple(SERVICE_TABLES)
+# The principal a factory's own events go out as (the factory agent's, as in compose).
+FACTORY_PRINCIPAL = "factory-agent"
 # Simulated hours per real second: the longest workload job (48 h) runs for 4 s.
 TIME_SCALE = 12 * 3600.0
 # Faster failure detection than the production default, so a killed member's partitions move on sooner.
@@ -72,8 +77,10 @@ class Worker:
 @dataclass
 class Cluster:
     root: Path
-    settings: Settings  # how the harness reads the databases
+    settings: Settings  # how the harness reads the databases and the topics
     service_env: dict[str, str]  # how the services are started
+    # Apache Kafka with SASL and ACLs, or None for Tansu: then each process is its own principal.
+    kafka: LocalKafka | None = None
     workers: list[Worker] = field(default_factory=list)
     starts: int = 0
     supervised: bool = False  # a supervisor restarts dead workers
@@ -85,10 +92,37 @@ class Cluster:
         self.starts += 1
         log_path = self.root / "logs" / f"{service}-{index}-{self.starts}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        process = start_service(service, {**self.service_env, "SOVEREIGN_CRASH_AT": crash_at}, log_path)
+        env = {**self.service_env, **self.principal_env(service), "SOVEREIGN_CRASH_AT": crash_at}
+        process = start_service(service, env, log_path)
         worker = Worker(service, index, process, log_path, crash_at)
         self.workers = [w for w in self.workers if (w.service, w.index) != (service, index)] + [worker]
         return worker
+
+    def principal_env(self, principal: str) -> dict[str, str]:
+        """The transport settings compose gives a service, on Apache Kafka (none on Tansu)."""
+        return {} if self.kafka is None else self.kafka.client_env(principal)
+
+    async def produce_as(self, principal: str, events: Sequence[tuple[AnyEvent, str]]) -> None:
+        """Send events as a tenant or a factory would: as its own principal on Apache Kafka. A tenant the
+        registry does not know has no principal there: its requests go in as the admin's, to be refused by
+        placement as they would be from anyone."""
+        if self.kafka is None:
+            await produce(self.settings.bootstrap_servers, events, idempotent=False)
+            return
+        if not self.kafka.password_file(principal).exists():
+            principal = ADMIN
+        security = transport_security(self.kafka.settings_for(principal))
+        # A sender retries while the broker is down (a crash test restarts it); a copy sent twice is what
+        # the services' idempotence is for.
+        deadline = asyncio.get_running_loop().time() + 90
+        while True:
+            try:
+                await produce(self.settings.bootstrap_servers, events, idempotent=True, security=security)
+                return
+            except KafkaConnectionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(1)
 
     def worker(self, service: str, index: int = 0) -> Worker:
         return next(w for w in self.workers if (w.service, w.index) == (service, index))
@@ -237,23 +271,29 @@ async def running_cluster(
     catalogue_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     crash_at: Mapping[str, str] | None = None,
+    kafka: LocalKafka | None = None,
 ) -> AsyncIterator[Cluster]:
-    """A fresh broker and every service as processes (`workers` says how many of each; 1 by default).
+    """A fresh Tansu broker, or the given Apache Kafka (started and initialised), and every service as
+    processes (`workers` says how many of each; 1 by default).
 
     database: (url, schema prefix) for PostgreSQL, else SQLite files; service_database_url lets the services
     reach that database another way (through a fault-injecting proxy) while the harness reads it directly.
     crash_at arms crash points in a service's first process (SOVEREIGN_CRASH_AT).
     """
-    broker = EmbeddedBroker(log_path=root / "logs" / "tansu.log")
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    broker.start()
+    broker = EmbeddedBroker(log_path=root / "logs" / "tansu.log") if kafka is None else None
     settings = Settings(
-        bootstrap_servers=broker.bootstrap_servers,
         data_dir=root / "data",
         idempotent_producer=False,
         catalogue_dir=catalogue_dir or REPO_ROOT / "catalogue",
         keyring_path=TEST_KEYS.keyring,
     )
+    if broker is not None:
+        broker.start()
+        settings = replace(settings, bootstrap_servers=broker.bootstrap_servers)
+    else:
+        assert kafka is not None
+        settings = kafka.settings_for(ADMIN, settings)  # the harness reads everything, as the admin
     if database is not None:
         settings = replace(settings, database_url=database[0], database_schema_prefix=database[1])
     variables = {
@@ -267,11 +307,12 @@ async def running_cluster(
         **({"SOVEREIGN_DB_SCHEMA_PREFIX": database[1]} if database else {}),
         **(env or {}),
     }
-    service_env = embedded_service_env(broker.bootstrap_servers, settings.data_dir, **variables)
-    cluster = Cluster(root, settings, service_env)
+    service_env = embedded_service_env(settings.bootstrap_servers, settings.data_dir, **variables)
+    cluster = Cluster(root, settings, service_env, kafka)
     try:
-        topics = all_topics(load_catalogue(settings.catalogue_dir).tenants)
-        await ensure_topics(broker.bootstrap_servers, topics, settings.topic_partitions)
+        if broker is not None:
+            topics = all_topics(load_catalogue(settings.catalogue_dir).tenants)
+            await ensure_topics(broker.bootstrap_servers, topics, settings.topic_partitions)
         counts = {service: 1 for service in SERVICES} | dict(workers or {})
         armed = crash_at or {}
         started = [cluster.start(s, i, armed.get(s, "")) for s, n in counts.items() for i in range(n)]
@@ -280,7 +321,8 @@ async def running_cluster(
         yield cluster
     finally:
         await cluster.stop_all()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
 
 
 # --- the seeded workload ---------------------------------------------------------------------------------
@@ -349,7 +391,6 @@ async def drive(cluster: Cluster, workload: Workload, seed: int, catalogue_dir: 
     and capacity changes among them. (Placement decides with the sites offered so far, so a request sent
     before the offers would be judged against part of the market.)"""
     rng = random.Random(seed)
-    bootstrap = cluster.settings.bootstrap_servers
     sites = len(load_catalogue(catalogue_dir).offers)
     deadline = asyncio.get_running_loop().time() + 90
     while cluster.count("placement", select(func.count()).select_from(SiteRow)) < sites:
@@ -366,7 +407,15 @@ async def drive(cluster: Cluster, workload: Workload, seed: int, catalogue_dir: 
     while events:
         burst = events[: rng.randint(1, 8)]
         events = events[len(burst) :]
-        await produce(bootstrap, burst, idempotent=False)
+        for principal, sent in itertools.groupby(burst, key=lambda item: sender(item[0])):
+            await cluster.produce_as(principal, list(sent))
         await asyncio.sleep(rng.uniform(0.0, 0.3))
     restores = [(restore_capacity(c, catalogue_dir), c.data.site_id) for c in workload.capacity_changes]
-    await produce(bootstrap, restores, idempotent=False)
+    await cluster.produce_as(FACTORY_PRINCIPAL, restores)
+
+
+def sender(event: AnyEvent) -> str:
+    """The Kafka principal that sends an event: a tenant's own, or the factory agent's for capacity."""
+    if event.source.startswith("tenant/"):
+        return f"tenant-{event.source.removeprefix('tenant/')}"
+    return FACTORY_PRINCIPAL

@@ -1,7 +1,8 @@
 """A stand-in OPA server for the fault suite: OPA's data API for the placement decision, answered by the
 same Rego on the in-process engine, with a fault mode read from a file on every request.
 
-Modes: ok (decide), fail (HTTP 500), hang (answer nothing for a minute). Killing the process is the crash.
+Modes: ok (decide), fail (HTTP 500), the one fault the real OPA server cannot be made to give (its hang and
+crash are tested on the real server).
 Run: python -m tests.opa_double PORT MODE_FILE
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -26,9 +26,6 @@ def serve(port: int, mode_file: Path) -> None:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             mode = mode_file.read_text().strip()
-            if mode == "hang":
-                time.sleep(60)
-                return
             if mode == "fail" or self.path != DECISION_PATH:
                 self.send_error(500, "injected failure")
                 return

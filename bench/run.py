@@ -1,6 +1,10 @@
-"""Placement throughput and latency against the broker's own ceiling, in one run on the embedded broker.
+"""Placement throughput and latency against the broker's own ceiling, in one run on one broker.
 
-    .venv/bin/python -m bench.run [--jobs 2000] [--rate 200] [--seconds 10] [--out bench/results/latest.json]
+    .venv/bin/python -m bench.run [--broker tansu|kafka] [--jobs 2000] [--rate 200] [--seconds 10]
+                                  [--out bench/results/latest.json]
+
+--broker kafka runs everything on Apache Kafka as compose configures it (SASL_SSL, SCRAM, ACLs, each service
+its own principal with the idempotent producer), the ceiling included, so Tansu-only effects stand apart.
 
 1. Ceiling: a raw aiokafka relay (consume a batch, produce it on, commit) moving payloads the size of a job
    request from one topic to another, on the same broker, in jobs per second.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -24,23 +29,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faststream.security import BaseSecurity
 
 from contracts.events import JobRequest, JobRequestedEvent
 from services.placement.logic import offered_pools, policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
-from services.shared.kafka import all_topics, ensure_topics
+from services.shared.kafka import all_topics, client_options, ensure_topics, transport_security
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 from sovereign.embedded import embedded_service_env, start_service
 from sovereign.keys import ThrowawayKeys, throwaway_keys
+from sovereign.stack.kafka import ADMIN, LocalKafka
 from sovereign.watch import EventWatcher, produce
 from sovereign.workload import generate, request_events
 
@@ -105,9 +112,12 @@ def percentile(values: Sequence[float], share: float) -> float:
 # --- 1. the ceiling ---------------------------------------------------------------------------------------
 
 
-async def relay_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]]) -> float:
+async def relay_ceiling(
+    bootstrap: str, payloads: list[tuple[bytes, bytes]], security: BaseSecurity | None
+) -> float:
     """Jobs per second through one raw consume-produce-commit hop, from the first send to the last arrival."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    options = client_options(security)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
     await admin.start()
     await admin.create_topics(
         [NewTopic(t, num_partitions=4, replication_factor=1) for t in ("bench.in", "bench.out")]
@@ -119,12 +129,13 @@ async def relay_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]]) -> 
         group_id="bench-relay",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **options,
     )
-    relay_out = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    relay_out = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
     sink = AIOKafkaConsumer(
-        "bench.out", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        "bench.out", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", **options
     )
-    source = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    source = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
     for client in (relay_in, relay_out, sink, source):
         await client.start()
     try:
@@ -162,7 +173,7 @@ async def relay_ceiling(bootstrap: str, payloads: list[tuple[bytes, bytes]]) -> 
 
 
 def start_services(
-    bootstrap: str, catalogue: Path, workdir: Path, keys: ThrowawayKeys
+    bootstrap: str, catalogue: Path, workdir: Path, keys: ThrowawayKeys, kafka: LocalKafka | None
 ) -> list[subprocess.Popen[bytes]]:
     env = embedded_service_env(
         bootstrap,
@@ -173,12 +184,18 @@ def start_services(
         LOG_LEVEL="WARNING",
     )
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    return [start_service(name, env, workdir / "logs" / f"{name}.log") for name in SERVICES]
+    return [
+        start_service(
+            name, {**env, **(kafka.client_env(name) if kafka else {})}, workdir / "logs" / f"{name}.log"
+        )
+        for name in SERVICES
+    ]
 
 
-async def wait_for_offers(bootstrap: str, sites: int) -> None:
+async def wait_for_offers(bootstrap: str, sites: int, security: BaseSecurity | None) -> None:
     """Until every site's capacity offer is on the topic (the factory agent is up)."""
-    async with EventWatcher(bootstrap, ["capacity.offered"], from_beginning=True) as watcher:
+    watcher_of_offers = EventWatcher(bootstrap, ["capacity.offered"], from_beginning=True, security=security)
+    async with watcher_of_offers as watcher:
         seen: set[str] = set()
         async for batch in watcher.events():
             seen |= {e.subject for e in batch}
@@ -186,16 +203,16 @@ async def wait_for_offers(bootstrap: str, sites: int) -> None:
                 return
 
 
-async def burst(bootstrap: str, events: Requests) -> tuple[float, float]:
+async def burst(bootstrap: str, events: Requests, security: BaseSecurity | None) -> tuple[float, float]:
     """Send every job at once; (jobs decided per second, placed jobs billed per second), each from the first
     send to the last decision or bill."""
     wanted = {event.data.job_id for event, _ in events}
     decided: dict[object, float] = {}
     billed: dict[object, float] = {}
     placed: set[object] = set()
-    async with EventWatcher(bootstrap, [*DECISIONS, "jobs.billed"]) as watcher:
+    async with EventWatcher(bootstrap, [*DECISIONS, "jobs.billed"], security=security) as watcher:
         started = time.perf_counter()
-        await produce(bootstrap, events, idempotent=False)
+        await produce(bootstrap, events, idempotent=security is not None, security=security)
         async for batch in watcher.events():
             now = time.perf_counter()
             for event in batch:
@@ -217,13 +234,15 @@ async def burst(bootstrap: str, events: Requests) -> tuple[float, float]:
     return len(decided) / (max(decided.values()) - started), len(billed) / (max(billed.values()) - started)
 
 
-async def offered_load(bootstrap: str, events: Requests, rate: float) -> list[float]:
+async def offered_load(
+    bootstrap: str, events: Requests, rate: float, security: BaseSecurity | None
+) -> list[float]:
     """Send jobs at `rate` per second; each placed job's request-to-placed latency in milliseconds."""
     sent: dict[object, float] = {}
     latencies: list[float] = []
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_options(security))
     await producer.start()
-    async with EventWatcher(bootstrap, ["jobs.placed"]) as watcher:
+    async with EventWatcher(bootstrap, ["jobs.placed"], security=security) as watcher:
 
         async def send() -> None:
             started = time.perf_counter()
@@ -287,8 +306,34 @@ def decision_times_us(catalogue: Path, repeats: int) -> list[float]:
 # --- the run ----------------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def bench_broker(
+    kind: str, workdir: Path, tenants: Iterable[str]
+) -> AsyncIterator[tuple[str, BaseSecurity | None, LocalKafka | None]]:
+    """(bootstrap servers, the bench's own transport, the Kafka node if any): Tansu with the topics made,
+    or Apache Kafka started by deploy/kafka/start.sh and initialised by kafka-init, the bench as its admin."""
+    if kind == "tansu":
+        with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+            await ensure_topics(broker.bootstrap_servers, all_topics(tenants), 4)
+            yield broker.bootstrap_servers, None, None
+        return
+    kafka = LocalKafka(workdir / "kafka")
+    try:
+        await asyncio.to_thread(kafka.start)
+        await kafka.init()
+        yield kafka.bootstrap_servers, transport_security(kafka.settings_for(ADMIN)), kafka
+    finally:
+        kafka.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="the embedded Tansu, or Apache Kafka as compose configures it (SASL_SSL, ACLs)",
+    )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput burst")
     parser.add_argument("--rate", type=float, default=200.0, help="offered load for the latency run, jobs/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
@@ -303,7 +348,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     loaded = load_catalogue(catalogue)
     sites = len(loaded.site_ids)
     print(
-        f"sovereign bench: {sites} sites, burst of {args.jobs} jobs, "
+        f"sovereign bench on {args.broker}: {sites} sites, burst of {args.jobs} jobs, "
         f"{args.rate:g} jobs/s for {args.seconds:g} s"
     )
     decisions = decision_times_us(catalogue, 2000)
@@ -317,23 +362,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     # Signed before any clock starts, as tenants sign their own requests.
     events = request_events(jobs, keys.tenants)
     payload = events[0][0].model_dump_json().encode()
-    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
-        bootstrap = broker.bootstrap_servers
-        await ensure_topics(bootstrap, all_topics(loaded.tenants), 4)
-        ceiling = await relay_ceiling(bootstrap, [(str(i).encode(), payload) for i in range(args.jobs)])
+    async with bench_broker(args.broker, workdir, loaded.tenants) as (bootstrap, security, kafka):
+        ceiling = await relay_ceiling(
+            bootstrap, [(str(i).encode(), payload) for i in range(args.jobs)], security
+        )
         print(f"  ceiling: {ceiling:,.0f} jobs/s through one raw aiokafka hop ({len(payload)}-byte payloads)")
-        processes = start_services(bootstrap, catalogue, workdir, keys)
+        processes = start_services(bootstrap, catalogue, workdir, keys, kafka)
         try:
-            await asyncio.wait_for(wait_for_offers(bootstrap, sites), 90)
+            await asyncio.wait_for(wait_for_offers(bootstrap, sites, security), 90)
             await asyncio.sleep(6)  # the consumer groups' first join
-            decided, billed = await burst(bootstrap, events[: args.jobs])
+            decided, billed = await burst(bootstrap, events[: args.jobs], security)
             print(f"  burst: {decided:,.0f} decided/s, {billed:,.0f} billed/s")
             below = max(1.0, round(decided / 2))
             unsaturated = await offered_load(
-                bootstrap, events[args.jobs : args.jobs + int(below * args.seconds)], below
+                bootstrap, events[args.jobs : args.jobs + int(below * args.seconds)], below, security
             )
             print(f"  {below:g}/s offered: p50 {percentile(unsaturated, 0.5):,.0f} ms")
-            latencies = await offered_load(bootstrap, events[2 * args.jobs :], args.rate)
+            latencies = await offered_load(bootstrap, events[2 * args.jobs :], args.rate, security)
         finally:
             for process in processes:
                 process.terminate()
@@ -369,6 +414,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         json.dumps(
             {
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "broker": args.broker,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}",
                 "latency_samples": len(latencies),

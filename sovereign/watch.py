@@ -35,6 +35,8 @@ class EventWatcher:
             group_id=None,
             **client_options(security),
         )
+        self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._topics = list(topics)
         self._from_beginning = from_beginning
         self.undecodable = 0
@@ -56,18 +58,13 @@ class EventWatcher:
         return self
 
     async def _partitions(self) -> list[TopicPartition]:
-        partitions: list[TopicPartition] = []
-        for topic in self._topics:
-            for _ in range(50):  # metadata for a just-created topic can lag a moment
-                found = self._consumer.partitions_for_topic(topic)
-                if found:
-                    break
-                await self._consumer.topics()  # refreshes cluster metadata
-                await asyncio.sleep(0.1)
-            else:
-                raise UnknownTopicError(topic)
-            partitions += [TopicPartition(topic, p) for p in sorted(found)]
-        return partitions
+        for _ in range(50):  # metadata for a just-created topic can lag a moment
+            found = await topic_partitions(self._bootstrap_servers, self._topics, self._security)
+            missing = [topic for topic in self._topics if not found.get(topic)]
+            if not missing:
+                return [partition for topic in self._topics for partition in found[topic]]
+            await asyncio.sleep(0.1)
+        raise UnknownTopicError(missing[0])
 
     async def __aexit__(
         self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -138,22 +135,29 @@ async def is_tansu(bootstrap_servers: str, security: BaseSecurity | None = None)
         await admin.close()
 
 
-async def _listed_ends(
-    bootstrap_servers: str, topics: Sequence[str], security: BaseSecurity | None
-) -> dict[TopicPartition, int]:
-    """ListOffsets(latest) for every partition of the topics."""
+async def topic_partitions(
+    bootstrap_servers: str, topics: Sequence[str], security: BaseSecurity | None = None
+) -> dict[str, list[TopicPartition]]:
+    """Each existing topic's partitions, from the broker's metadata (a missing topic is left out)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(security))
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
     finally:
         await admin.close()
-    partitions = [
-        TopicPartition(topic["topic"], partition["partition"])
+    return {
+        topic["topic"]: sorted(TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"])
         for topic in described
-        if not topic["error_code"]
-        for partition in topic["partitions"]
-    ]
+        if not topic["error_code"] and topic["partitions"]
+    }
+
+
+async def _listed_ends(
+    bootstrap_servers: str, topics: Sequence[str], security: BaseSecurity | None
+) -> dict[TopicPartition, int]:
+    """ListOffsets(latest) for every partition of the topics."""
+    found = await topic_partitions(bootstrap_servers, topics, security)
+    partitions = [partition for of_topic in found.values() for partition in of_topic]
     if not partitions:
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, **client_options(security))

@@ -83,6 +83,14 @@ def make_tls(directory: Path, hosts: list[str]) -> None:
     (directory / "kafka.pem").chmod(0o600)
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, never starting with "-" (kafka-storage would
+    take it for an option, as Kafka's own random-uuid knows)."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
+
+
 class LocalKafka:
     """One KRaft node started by deploy/kafka/start.sh, its data kept across restarts until `remove`."""
 
@@ -97,7 +105,7 @@ class LocalKafka:
         self.port = free_loopback_port()
         self.controller_port = free_loopback_port()
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id = new_cluster_id()
         self._process: subprocess.Popen[bytes] | None = None
         for directory in (self.secrets_dir, self.data_dir, self.config_dir):
             directory.mkdir(parents=True, exist_ok=True)
@@ -248,8 +256,8 @@ async def probe_write(
         request_timeout_ms=10_000,
         **client_options(transport_security(settings or kafka.settings_for(principal))),
     )
-    await producer.start()
     try:
+        await producer.start()
         for topic in topics:
             await producer.send_and_wait(topic, b"acl probe", key=b"probe")
     finally:
@@ -267,8 +275,8 @@ async def probe_read(kafka: LocalKafka, principal: str, topics: list[str], group
         auto_offset_reset="earliest",
         **client_options(transport_security(kafka.settings_for(principal))),
     )
-    await consumer.start()
     try:
+        await consumer.start()
         await consumer.getmany(timeout_ms=1000)
         if group is not None:
             await consumer.commit()

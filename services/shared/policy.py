@@ -176,16 +176,24 @@ class EmbeddedRegoEngine:
 
 
 class OpaServerEngine:
-    """An OPA server, through opa-python-client. The server must run this bundle (compose mounts policies/),
-    so decisions are recorded under the local bundle's revision."""
+    """An OPA server, through opa-python-client, deciding under this bundle's revision only once it has
+    shown that it runs exactly this bundle: its modules are the bundle's .rego files and its data the
+    bundle's documents. The check is repeated every REVISION_CHECK_SECONDS and after any failure; a server
+    that runs anything else (another revision, a restart that reloaded older files) is given this bundle
+    again, and until it matches every decision fails closed. `publish` makes the server run a new revision
+    through OPA's policy and data APIs."""
 
     name = "opa"
+    REVISION_CHECK_SECONDS = 5.0
 
     def __init__(self, url: str, bundle: PolicyBundle, timeout_seconds: float = 1.0):
         parsed = urlparse(url)
         if parsed.scheme not in {"http", "https"} or not parsed.hostname:
             raise PolicyEngineError(f"OPA_URL {url!r} is not an http(s) URL")
+        self.url = url
+        self.bundle = bundle
         self.revision = bundle.revision
+        self._timeout = timeout_seconds
         # No retries: a slow or failing server must fail the decision closed, not stall placement.
         self._client = OpaClient(
             host=parsed.hostname,
@@ -194,15 +202,89 @@ class OpaServerEngine:
             timeout=timeout_seconds,
             retries=0,
         )
+        self._checked_at: float | None = None
+        self._log = get_logger(component="policy", engine="opa", revision=bundle.revision)
 
     def decide(self, policy_input: dict[str, Any]) -> dict[str, dict[str, Any]]:
         try:
+            self._ensure_serving()
             response = self._client.query_rule(
                 input_data=policy_input, package_path="sovereign/placement", rule_name="decision"
             )
+        except PolicyEngineError:
+            self._checked_at = None
+            raise
         except Exception as error:
+            self._checked_at = None
             raise PolicyEngineError(f"the OPA server did not decide: {error}") from error
         return verdicts_by_site(response.get("result") if isinstance(response, dict) else None)
+
+    def _ensure_serving(self) -> None:
+        now = time.monotonic()
+        if self._checked_at is not None and now - self._checked_at < self.REVISION_CHECK_SECONDS:
+            return
+        difference = self.difference()
+        if difference is not None:
+            self._log.warning("opa_server_runs_other_policies", difference=difference)
+            self._install()
+            difference = self.difference()
+            if difference is not None:
+                raise PolicyEngineError(f"the OPA server does not run revision {self.revision}: {difference}")
+        self._checked_at = now
+
+    def difference(self) -> str | None:
+        """How what the server runs differs from this bundle, or None when it runs exactly the bundle."""
+        served = sorted(module.get("raw", "") for module in self._modules())
+        wanted = sorted(text for path, text in self.bundle.files.items() if path.endswith(".rego"))
+        if served != wanted:
+            extra, missing = len(set(served) - set(wanted)), len(set(wanted) - set(served))
+            return f"{extra} module(s) not in the revision, {missing} of its module(s) missing"
+        for key, document in self.bundle.data.items():
+            if self._client.get_data(key).get("result") != document:
+                return f"data.{key} differs from the revision's"
+        return None
+
+    def _modules(self) -> list[dict[str, Any]]:
+        response = self._client._session.get(f"{self._client.root_url}/policies", timeout=self._timeout)
+        response.raise_for_status()
+        modules: list[dict[str, Any]] = response.json().get("result", [])
+        return modules
+
+    def _install(self) -> None:
+        """The bundle's modules and data documents on the server. OPA compiles all its modules at every
+        change, so each module replaces the one at its path in place (the id it was loaded under, or its
+        path), unchanged ones are left alone, and modules the revision does not have go last."""
+        wanted = {path: text for path, text in self.bundle.files.items() if path.endswith(".rego")}
+        served = {module["id"]: module.get("raw", "") for module in self._modules()}
+        ids = {
+            path: next((i for i in served if i == path or i.endswith(f"/{path}")), path) for path in wanted
+        }
+        for path, text in sorted(wanted.items()):
+            if served.get(ids[path]) != text:
+                self._client.update_policy_from_string(text, ids[path])
+        for module_id in set(served) - set(ids.values()):
+            self._client.delete_policy(module_id)
+        for key, document in self.bundle.data.items():
+            # Through the session: the client's own call takes objects only, and a document may be a list.
+            response = self._client._session.put(
+                f"{self._client.root_url}/data/{key}", json=document, timeout=self._timeout
+            )
+            response.raise_for_status()
+        self._log.info("opa_server_given_revision", modules=len(wanted))
+
+    def publish(self, bundle: PolicyBundle) -> OpaServerEngine:
+        """An engine for a new revision, once the server runs it (checked, as before any decision)."""
+        engine = OpaServerEngine(self.url, bundle, self._timeout)
+        try:
+            engine._install()
+            engine._ensure_serving()
+        except PolicyEngineError:
+            raise
+        except Exception as error:
+            raise PolicyEngineError(
+                f"the OPA server did not take revision {bundle.revision}: {error}"
+            ) from error
+        return engine
 
 
 def _compile_program(bundle: PolicyBundle) -> tuple[Any | None, str | None]:

@@ -16,6 +16,7 @@ from contracts.events import PolicyPublishedEvent
 from services.shared.logging import get_logger
 from services.shared.policy import (
     EmbeddedRegoEngine,
+    OpaServerEngine,
     PolicyBundle,
     PolicyEngine,
     PolicyEngineError,
@@ -79,9 +80,10 @@ async def check_in_child_process(bundle: PolicyBundle) -> CheckResult:
 
 async def activate_published(
     current: PolicyEngine, event: PolicyPublishedEvent, keyring: Keyring
-) -> EmbeddedRegoEngine | None:
+) -> PolicyEngine | None:
     """The engine for a newly published revision, or None (logged) when it must not be activated: it must
-    be signed by the key of the compliance officer it names as publisher, and pass its tests."""
+    be signed by the key of the compliance officer it names as publisher, and pass its tests. On the OPA
+    backend, the server is given the revision through its policy and data APIs and must be seen to run it."""
     published = event.data
     log = get_logger(policy_revision=published.policy_revision, current_revision=current.revision)
     if published.policy_revision == current.revision:
@@ -89,11 +91,6 @@ async def activate_published(
     refusal = keyring.refusal(event, KeyRole.OFFICER, published.published_by)
     if refusal is not None:
         log.error("policy_revision_refused", reason=f"not signed by its publisher: {refusal}")
-        return None
-    if current.name != EmbeddedRegoEngine.name:
-        log.error(
-            "policy_revision_refused", reason="switching revisions is done by redeploying the OPA server"
-        )
         return None
     if published.bundle is None:
         log.error("policy_revision_refused", reason="the event carries no bundle")
@@ -108,9 +105,20 @@ async def activate_published(
     if not result.ok:
         log.error("policy_revision_refused", reason=result.detail)
         return None
-    engine = EmbeddedRegoEngine(bundle)
+    engine: PolicyEngine
+    if isinstance(current, OpaServerEngine):
+        try:
+            engine = await asyncio.to_thread(current.publish, bundle)
+        except PolicyEngineError as error:
+            log.error("policy_revision_refused", reason=f"the OPA server did not take it: {error}")
+            return None
+    else:
+        engine = EmbeddedRegoEngine(bundle)
     log.info(
-        "policy_revision_activated", tests_passed=result.tests_passed, published_by=published.published_by
+        "policy_revision_activated",
+        engine=engine.name,
+        tests_passed=result.tests_passed,
+        published_by=published.published_by,
     )
     return engine
 

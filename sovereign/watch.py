@@ -58,7 +58,7 @@ class EventWatcher:
         return self
 
     async def _partitions(self) -> list[TopicPartition]:
-        for _ in range(50):  # metadata for a just-created topic can lag a moment
+        for _ in range(20):  # metadata for a just-created topic can lag a moment
             found = await topic_partitions(self._bootstrap_servers, self._topics, self._security)
             missing = [topic for topic in self._topics if not found.get(topic)]
             if not missing:
@@ -138,17 +138,20 @@ async def is_tansu(bootstrap_servers: str, security: BaseSecurity | None = None)
 async def topic_partitions(
     bootstrap_servers: str, topics: Sequence[str], security: BaseSecurity | None = None
 ) -> dict[str, list[TopicPartition]]:
-    """Each existing topic's partitions, from the broker's metadata (a missing topic is left out)."""
+    """Each existing topic's partitions, from the broker's metadata (a missing topic is left out). The
+    metadata of every topic is asked for: a request naming topics lets a broker that auto-creates topics
+    (Tansu does) create the missing ones."""
+    wanted = set(topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(security))
     await admin.start()
     try:
-        described = await admin.describe_topics(list(topics))
+        described = await admin.describe_topics(None)
     finally:
         await admin.close()
     return {
         topic["topic"]: sorted(TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"])
         for topic in described
-        if not topic["error_code"] and topic["partitions"]
+        if topic["topic"] in wanted and not topic["error_code"] and topic["partitions"]
     }
 
 

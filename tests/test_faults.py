@@ -40,7 +40,7 @@ from services.shared.embedded_broker import free_loopback_port
 from services.shared.settings import REPO_ROOT
 from sovereign.cli import SERVICES as SERVICE_BUILDERS
 from sovereign.history import SERVICE_TABLES
-from sovereign.invariants import check
+from sovereign.invariants import History, check
 from sovereign.replay import REPLAYABLE, replay
 from sovereign.status import collect_status, render_status
 from sovereign.submit import cancel_event
@@ -250,26 +250,37 @@ async def test_a_failing_policy_engine_places_nothing_and_jobs_wait(tmp_path: Pa
             mode.write_text("fail")
             await produce(bootstrap, request_events(batches[1], TEST_KEYS.tenants), idempotent=False)
             faulted = {str(r.job_id) for r in batches[1]}
-            await wait_for(partial(all_in_states, cluster, faulted, HELD), "fail: jobs held")
-            with Session(cluster.engine("placement")) as session:
-                held = session.exec(select(JobRow).where(col(JobRow.job_id).in_(faulted))).all()
-            reasons = [row.reason for row in held if row.state == "queued"]
-            assert reasons and all("policy" in reason for reason in reasons), reasons
-            history = await cluster.history()
-            placed_meanwhile = {str(e["data"]["job_id"]) for e in history.distinct("jobs.placed")} & faulted
-            assert not placed_meanwhile, f"placed without the engine: {placed_meanwhile}"
+            await assert_held_for_the_policy_engine(cluster, faulted, "fail")
             mode.write_text("ok")
             await cluster.settle(workload.job_ids)
             history = await cluster.history()
-            outcomes = {str(e["data"]["job_id"]) for e in history.distinct("jobs.placed")} | {
-                str(e["data"]["job_id"]) for e in history.distinct("jobs.rejected")
-            }
-            assert faulted <= outcomes  # decided again once the engine was back
+            assert faulted <= decided(history)  # decided again once the engine was back
             violations = check(history)
             assert not violations, "\n".join(map(str, violations))
     finally:
         engine.kill()
         engine.wait()
+
+
+async def assert_held_for_the_policy_engine(cluster: Cluster, job_ids: set[str], fault: str) -> None:
+    """Placement holds every job (queued for the policy engine, or rejected before any policy ran) and has
+    placed none."""
+    await wait_for(partial(all_in_states, cluster, job_ids, HELD), f"{fault}: jobs held")
+    with Session(cluster.engine("placement")) as session:
+        held = session.exec(select(JobRow).where(col(JobRow.job_id).in_(job_ids))).all()
+    reasons = [row.reason for row in held if row.state == "queued"]
+    assert reasons and all("policy" in reason for reason in reasons), reasons
+    placed_meanwhile = job_ids_on(await cluster.history(), "jobs.placed") & job_ids
+    assert not placed_meanwhile, f"placed without the engine: {placed_meanwhile}"
+
+
+def job_ids_on(history: History, topic: str) -> set[str]:
+    return {str(event["data"]["job_id"]) for event in history.distinct(topic)}
+
+
+def decided(history: History) -> set[str]:
+    """The jobs placed or rejected."""
+    return job_ids_on(history, "jobs.placed") | job_ids_on(history, "jobs.rejected")
 
 
 def start_stand_in_opa(port: int, mode: Path) -> subprocess.Popen[bytes]:

@@ -20,7 +20,7 @@ from contracts.events import (
 )
 from services.placement import app as placement_app
 from services.shared.catalogue import load_catalogue
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
 from services.shared.policy_check import activate_published
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
@@ -169,7 +169,7 @@ async def test_a_worker_activates_only_a_tested_bundle_that_matches_its_revision
     current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
     good = PolicyBundle.load(policy_copy(tmp_path, "warn"))
 
-    async def activate(event: PolicyPublishedEvent) -> EmbeddedRegoEngine | None:
+    async def activate(event: PolicyPublishedEvent) -> PolicyEngine | None:
         return await activate_published(current, event, KEYRING)
 
     tampered = {**good.files, "data.json": good.files["data.json"].replace('"warn"', '"dryrun"')}

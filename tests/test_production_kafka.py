@@ -33,10 +33,8 @@ pytestmark = pytest.mark.production_stack
 CATALOGUE = REPO_ROOT / "catalogue"
 
 
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[LocalKafka]:
-    """A broker as compose starts it, with kafka-init run once, for the ACL probes (they write records no
-    service should consume, so the lifecycle runs on a broker of its own)."""
+def initialised_kafka() -> Iterator[LocalKafka]:
+    """A broker as compose starts it, with kafka-init run once; removed, data and all, afterwards."""
     broker = LocalKafka()
     try:
         broker.start()
@@ -44,6 +42,13 @@ def kafka() -> Iterator[LocalKafka]:
         yield broker
     finally:
         broker.remove()
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[LocalKafka]:
+    """For the ACL probes: they write records no service should consume, so the lifecycle runs on a broker
+    of its own."""
+    yield from initialised_kafka()
 
 
 @pytest.fixture
@@ -175,13 +180,7 @@ async def test_a_client_that_does_not_trust_the_broker_certificate_gets_nothing(
 
 @pytest.fixture
 def crashing_kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    try:
-        broker.start()
-        asyncio.run(broker.init())
-        yield broker
-    finally:
-        broker.remove()
+    yield from initialised_kafka()
 
 
 async def test_the_whole_lifecycle_through_a_kill_9_of_the_broker_keeps_every_invariant(

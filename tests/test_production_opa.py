@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from services.placement.storage import DecisionRow, JobRow
+from services.placement.storage import DecisionRow
 from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
 from services.shared.policy_check import activate_published
 from sovereign.invariants import check
@@ -22,7 +21,7 @@ from sovereign.watch import produce
 from sovereign.workload import request_events
 from tests.conftest import KEYRING, TEST_KEYS, published_event, published_revision
 from tests.fault_harness import running_cluster, seeded_workload
-from tests.test_faults import CATALOGUE, HELD, all_in_states, wait_for
+from tests.test_faults import CATALOGUE, assert_held_for_the_policy_engine, decided
 from tests.test_opa_parity import BUNDLE, cases, normalised
 from tests.test_policy_publish import policy_copy
 
@@ -45,23 +44,12 @@ async def test_placement_on_the_opa_server_fails_closed_while_it_hangs_or_is_dow
             for fault, batch in zip(("hang", "crash"), batches[1:], strict=True):
                 server.pause() if fault == "hang" else server.kill()
                 await produce(bootstrap, request_events(batch, TEST_KEYS.tenants), idempotent=False)
-                waiting = {str(r.job_id) for r in batch}
-                await wait_for(partial(all_in_states, cluster, waiting, HELD), f"{fault}: jobs held")
-                with Session(cluster.engine("placement")) as session:
-                    held = session.exec(select(JobRow).where(col(JobRow.job_id).in_(waiting))).all()
-                reasons = [row.reason for row in held if row.state == "queued"]
-                assert reasons and all("policy" in reason for reason in reasons), reasons
-            faulted = {str(r.job_id) for batch in batches[1:] for r in batch}
-            history = await cluster.history()
-            placed_meanwhile = {str(e["data"]["job_id"]) for e in history.distinct("jobs.placed")} & faulted
-            assert not placed_meanwhile, f"placed without the engine: {placed_meanwhile}"
+                await assert_held_for_the_policy_engine(cluster, {str(r.job_id) for r in batch}, fault)
             server.start()  # on the same port, as a restarted container
             await cluster.settle(workload.job_ids)
             history = await cluster.history()
-            outcomes = {str(e["data"]["job_id"]) for e in history.distinct("jobs.placed")} | {
-                str(e["data"]["job_id"]) for e in history.distinct("jobs.rejected")
-            }
-            assert faulted <= outcomes  # decided again once the server was back
+            faulted = {str(r.job_id) for batch in batches[1:] for r in batch}
+            assert faulted <= decided(history)  # decided again once the server was back
             violations = check(history)
             assert not violations, "\n".join(map(str, violations))
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from contracts.events import JobKind, JobRequest
+from contracts.events import JobKind, JobRequest, JobRequestedEvent
 from services.placement.logic import policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import free_loopback_port
@@ -107,10 +107,21 @@ def test_opa_s_own_test_runner_passes_the_rego_suite() -> None:
     )
 
 
+def golden_case() -> dict[str, Any]:
+    """The golden jobs.requested example, as placement would ask about it."""
+    market = sites_document({offer.site.site_id: offer.site for offer in CATALOGUE.offers}, catalogue_pools())
+    event = JobRequestedEvent.model_validate_json(
+        (REPO_ROOT / "contracts/examples/jobs.requested.json").read_text()
+    )
+    tenant = CATALOGUE.tenants[event.data.tenant_id].model_dump(mode="json", exclude_none=True)
+    return policy_input(event.data, tenant, market, NOW)
+
+
 def parity_documents() -> list[dict[str, Any]]:
-    """The hand-made cases and the demo's realistic jobs on three dates (certificates lapse as time goes
-    on, so later dates bring other rules into play): a few hundred inputs."""
-    return cases() + [
+    """The golden example, the hand-made cases and the demo's realistic jobs on three dates (certificates
+    lapse as time goes on, so later dates bring other rules into play): a few hundred inputs. The Rego
+    tests' own inputs run on OPA through `opa test` and on regorus through `sovereign policy test`."""
+    return [golden_case(), *cases()] + [
         document for days in (0, 400, 1200) for document in workload_cases(NOW + timedelta(days=days))
     ]
 

@@ -3,7 +3,7 @@ SASL_SSL connection the services use: every topic (the tenants' streams too), a 
 principal that has a password file, and the ACLs of `sovereign acls`.
 
 It speaks the Kafka admin protocol itself (three requests) rather than running Kafka's command-line tools,
-which start a JVM per topic, user and ACL: some 200 JVMs, minutes of a start-up, against under a second."""
+which start a JVM per topic, user and ACL: some 200 JVMs, minutes of a start-up, against about a second."""
 
 from __future__ import annotations
 

@@ -19,6 +19,18 @@ def free_loopback_port() -> int:
         return port
 
 
+def terminate(process: subprocess.Popen[bytes], within: float) -> None:
+    """SIGTERM a process we started and wait for it; SIGKILL it if it is still there after `within` s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedBroker:
     def __init__(self, port: int | None = None, log_path: Path | None = None):
         self.port = port or free_loopback_port()
@@ -61,13 +73,8 @@ class EmbeddedBroker:
         raise RuntimeError(f"tansu did not accept connections on {self.bootstrap_servers} within {timeout}s")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            terminate(self._process, within=5)
         if self._log_file is not None:
             self._log_file.close()
 

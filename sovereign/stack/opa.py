@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from services.shared.embedded_broker import free_loopback_port
+from services.shared.embedded_broker import free_loopback_port, terminate
 from services.shared.settings import REPO_ROOT
 from sovereign.stack.installation import installation
 
@@ -65,9 +65,5 @@ class LocalOpa:
             self._process.wait()
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self._process is not None:
+            terminate(self._process, within=10)

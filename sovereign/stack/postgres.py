@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from services.shared.embedded_broker import free_loopback_port
+from services.shared.embedded_broker import free_loopback_port, terminate
 
 # PostgreSQL refuses to run as root; this account owns the data directory of a server we start.
 _UNPRIVILEGED_USER = "nobody"
@@ -132,11 +132,7 @@ class LocalPostgres:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()  # a smart shutdown: PostgreSQL waits for its clients, then exits
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            # SIGTERM is PostgreSQL's smart shutdown: it waits for its clients, then exits.
+            terminate(self._process, within=15)
         shutil.rmtree(self._data_root, ignore_errors=True)

@@ -17,7 +17,8 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 class Contract(BaseModel):
     """Base for every payload: unknown fields are an error, so a typo never passes silently."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a number that is not finite fails every comparison a rule makes.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EnvelopeSignature(Contract):

@@ -5,13 +5,56 @@ from __future__ import annotations
 import uuid
 from datetime import date
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+import iso3166
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StringConstraints, model_validator
 
 from contracts.envelope import SLUG_PATTERN, Contract, Event
 
 Slug = str
+
+# ISO 3166-1 alpha-2, as the iso3166 package lists it (Kosovo's user-assigned XK included).
+ISO_COUNTRIES: frozenset[str] = frozenset(iso3166.countries_by_alpha2)
+
+
+COUNTRY_PATTERN = r"^[A-Za-z]{2}$"
+
+
+def _upper_case(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+# A country code in any case on input, upper case once parsed. Whether it is on the ISO list is checked
+# where a refusal can be answered (`unknown_countries`) and by the policy, which denies an unknown code.
+CountryCode = Annotated[
+    str,
+    BeforeValidator(_upper_case),
+    Field(
+        pattern=COUNTRY_PATTERN,
+        description="ISO 3166-1 alpha-2 country code, in any case.",
+        # Stated again for the schema, which leaves out the pattern of a type with a before-validator.
+        json_schema_extra={"pattern": COUNTRY_PATTERN},
+    ),
+]
+
+
+def unknown_country(code: str | None) -> bool:
+    return code is not None and code not in ISO_COUNTRIES
+
+
+def _on_the_list(code: str) -> str:
+    if unknown_country(code):
+        raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+# A country code that must be on the list where it is read (the tenant registry).
+KnownCountryCode = Annotated[CountryCode, AfterValidator(_on_the_list)]
+
+
+# An id or an approval on file: blank is none.
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ChargeModel = Literal["gpu_hour", "tokens"]
 # Billing periods are calendar months in Korea Standard Time.
 PERIOD_PATTERN = r"^(\d{4}-(0[1-9]|1[0-2]))?$"
@@ -358,9 +401,7 @@ class Pool(Contract):
     pool_id: Slug = Field(pattern=SLUG_PATTERN)
     accelerator_model: str = Field(min_length=1, max_length=50)
     generation: int = Field(ge=1, description="Ordinal accelerator generation, e.g. Hopper 9, Blackwell 10.")
-    accelerator_origin: str = Field(
-        min_length=2, max_length=2, description="ISO country of the chip's designer."
-    )
+    accelerator_origin: CountryCode = Field(description="ISO country of the chip's designer.")
     gpu_count: int = Field(ge=0)
     price_krw_per_gpu_hour: int = Field(ge=1)
     price_krw_per_million_input_tokens: int | None = Field(
@@ -373,14 +414,14 @@ class Pool(Contract):
 
 class SiteAttributes(Contract):
     site_id: Slug = Field(pattern=SLUG_PATTERN)
-    name: str
-    country: str = Field(min_length=2, max_length=2)
-    region: str
-    operator: str
-    operator_country: str = Field(min_length=2, max_length=2)
+    name: str = Field(min_length=1, max_length=200)
+    country: CountryCode
+    region: str = Field(min_length=1, max_length=100)
+    operator: str = Field(min_length=1, max_length=200)
+    operator_country: CountryCode
     operator_type: Literal["government", "public", "private"]
-    ops_staff_country: str = Field(min_length=2, max_length=2)
-    management_country: str = Field(min_length=2, max_length=2)
+    ops_staff_country: CountryCode
+    management_country: CountryCode
     internet_facing: bool
     csap: CsapCertificate | None = None
     separation: Literal["physical", "logical"]
@@ -407,6 +448,17 @@ class CapacityOffered(Contract):
     attestation: SiteAttestation | None = Field(
         default=None, description="Absent: attributes not vouched for."
     )
+
+    def unknown_countries(self) -> list[str]:
+        """The country codes of this offer that are not on the ISO 3166-1 list, each with its field."""
+        site = self.site
+        stated = {
+            "country": site.country,
+            "operator_country": site.operator_country,
+            "ops_staff_country": site.ops_staff_country,
+            "management_country": site.management_country,
+        } | {f"pools.{pool.pool_id}.accelerator_origin": pool.accelerator_origin for pool in self.pools}
+        return [f"{field} {code!r}" for field, code in stated.items() if unknown_country(code)]
 
 
 class CapacityRejected(Contract):
@@ -544,7 +596,7 @@ class UsageRatedEvent(Event[UsageRated]):
 
 
 class CapacityOfferedEvent(Event[CapacityOffered]):
-    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    SCHEMA_VERSION: ClassVar[str] = "1.4"
     type: Literal["capacity.offered"] = "capacity.offered"
 
 

@@ -8,6 +8,7 @@ import rego.v1
 import data.sovereign.exemptions
 
 rule_families := [
+	data.sovereign.completeness.violations,
 	data.sovereign.residency.violations,
 	data.sovereign.csap.violations,
 	data.sovereign.n2sf.violations,

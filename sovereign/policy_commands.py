@@ -31,11 +31,20 @@ def policy_test(directory: Path) -> int:
         status = "PASS" if result.passed else "FAIL"
         detail = f"  ({result.error})" if result.error else ""
         print(f"{status}  {result.name}  {result.duration_ms:.2f} ms{detail}")
+    if run.reads:
+        print("\nwhat each rule reads (* absent means none on file; every other one, absent, denies):")
+        for rule, attributes in sorted(run.reads.items()):
+            marked = [f"{name}*" if name in run.optional else name for name in attributes]
+            print(f"  {rule:8} {', '.join(marked)}")
+    for problem in run.data_problems:
+        print(f"FAIL  {problem}")
     passed = sum(r.passed for r in run.results)
     print(f"\n{passed} passed, {len(run.results) - passed} failed")
     print(f"rules exercised: {len(run.exercised)} of {len(run.exercised) + len(run.not_exercised)}")
     for rule in sorted(run.not_exercised):
         print(f"  never fired in any test: {rule}")
+    if run.data_problems:
+        print(f"data.json refused: {len(run.data_problems)} problem(s)")
     print(f"policy revision {bundle.revision}")
     return 0 if run.ok else 1
 

@@ -270,3 +270,14 @@ def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job
     )
     event = JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
     return TEST_KEYS.tenants[tenant].sign(event) if tenant in TEST_KEYS.tenants else event
+
+
+def normalised(verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Verdicts per site, findings in a fixed order: to compare engines that list them differently."""
+    return {
+        site: {
+            key: sorted(map(str, value)) if isinstance(value, list) else value
+            for key, value in verdict.items()
+        }
+        for site, verdict in verdicts.items()
+    }

@@ -4,6 +4,7 @@ and the OPA server (built from OPA's Go module by set-up, run as compose runs it
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contracts.events import JobKind, JobRequest, JobRequestedEvent
 from services.placement.logic import policy_input, sites_document
@@ -21,9 +24,11 @@ from services.shared.settings import REPO_ROOT
 from sovereign.stack.installation import installation
 from sovereign.stack.opa import LocalOpa
 from sovereign.workload import generate
-from tests.conftest import catalogue_pools
+from tests.conftest import catalogue_pools, normalised
+from tests.test_policy_properties import PROPERTY, requests, worse_evidence
 
 BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
+INTERPRETED = EmbeddedRegoEngine(BUNDLE, compile_program=False)
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
@@ -70,16 +75,6 @@ def workload_cases(now: datetime) -> list[dict[str, Any]]:
         for job in generate(120, seed=now.day, now=now)
         if job.tenant_id in CATALOGUE.tenants
     ]
-
-
-def normalised(decision: dict[str, Any]) -> dict[str, Any]:
-    return {
-        site: {
-            key: sorted(map(str, value)) if isinstance(value, list) else value
-            for key, value in verdict.items()
-        }
-        for site, verdict in decision.items()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +133,21 @@ def test_regorus_compiled_and_interpreted_and_the_opa_server_decide_alike(opa_se
         assert answer == normalised(interpreted.decide(document))
         assert normalised(server.decide(document)) == answer
     assert compiled.interpreted_after_failure == 0
+
+
+@pytest.mark.production_stack
+@PROPERTY
+@given(requests, st.randoms(use_true_random=False))
+def test_the_opa_server_decides_generated_and_broken_inputs_as_regorus(
+    opa_server: str, document: dict[str, Any], rng: random.Random
+) -> None:
+    """The hostile inputs of the property tests (evidence removed, nulled, blanked, in odd case) on the
+    server too: OPA and regorus read an undefined reference under `not` differently, and only running
+    both shows a rule that leans on either reading."""
+    server = OpaServerEngine(opa_server, BUNDLE, timeout_seconds=10)
+    _, worse = worse_evidence(document, rng)
+    for each in (document, worse):
+        assert normalised(server.decide(each)) == normalised(INTERPRETED.decide(each))
 
 
 def test_an_unreachable_opa_server_fails_the_decision_closed() -> None:
@@ -205,15 +215,25 @@ def test_compiled_program_and_interpreter_agree_on_exemptions_and_modes() -> Non
     assert compiled.interpreted_after_failure == 0
 
 
-def test_past_the_machine_s_instruction_limit_the_interpreter_answers() -> None:
+def eighty_four_sites() -> dict[str, Any]:
+    document = cases()[0]
+    # Six copies of each catalogue site: 84 sites, past the 25,000 instructions the machine allows at once.
+    sites = {f"{site_id}-{n}": site for site_id, site in document["sites"].items() for n in range(6)}
+    return {**document, "sites": sites}
+
+
+def test_many_sites_run_on_the_machine_a_few_at_a_time_and_decide_as_the_interpreter() -> None:
     compiled = EmbeddedRegoEngine(BUNDLE)
     interpreted = EmbeddedRegoEngine(BUNDLE, compile_program=False)
-    document = cases()[0]
-    # Six copies of each catalogue site: 84 sites, past the 25,000 instructions the machine allows.
-    many = {
-        **document,
-        "sites": {f"{site_id}-{n}": site for site_id, site in document["sites"].items() for n in range(6)},
-    }
-    assert compiled.evaluate(many) == interpreted.evaluate(many)
-    assert compiled.interpreted_after_failure == 1
+    many = eighty_four_sites()
+    assert normalised(compiled.decide(many)) == normalised(interpreted.decide(many))
+    assert compiled.interpreted_after_failure == 0
     assert len(compiled.decide(many)) == 84
+
+
+def test_past_the_machine_s_instruction_limit_the_interpreter_answers() -> None:
+    compiled = EmbeddedRegoEngine(BUNDLE)
+    compiled.SITES_PER_RUN = 1000  # one run over every site
+    many = eighty_four_sites()
+    assert normalised(compiled.decide(many)) == normalised(EmbeddedRegoEngine(BUNDLE).decide(many))
+    assert compiled.interpreted_after_failure == 1

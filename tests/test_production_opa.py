@@ -19,10 +19,10 @@ from sovereign.invariants import check
 from sovereign.stack.opa import LocalOpa
 from sovereign.watch import produce
 from sovereign.workload import request_events
-from tests.conftest import KEYRING, TEST_KEYS, published_event, published_revision
+from tests.conftest import KEYRING, TEST_KEYS, normalised, published_event, published_revision
 from tests.fault_harness import running_cluster, seeded_workload
 from tests.test_faults import CATALOGUE, assert_held_for_the_policy_engine, decided
-from tests.test_opa_parity import BUNDLE, cases, normalised
+from tests.test_opa_parity import BUNDLE, cases
 from tests.test_policy_publish import policy_copy
 
 pytestmark = pytest.mark.production_stack

@@ -211,9 +211,7 @@ def test_diff_names_logic_and_shared_helper_changes(tmp_path: Path) -> None:
     copy = tmp_path / "p"
     shutil.copytree(SHIPPED, copy)
     sovereignty = copy / "sovereignty" / "sovereignty.rego"
-    sovereignty.write_text(
-        sovereignty.read_text().replace('site[attribute] != "KR"', 'site[attribute] != "JP"')
-    )
+    sovereignty.write_text(sovereignty.read_text().replace('country != "KR"', 'country != "JP"'))
     csap = copy / "csap" / "csap.rego"
     csap.write_text(csap.read_text().replace("((30 * 24)", "((45 * 24)"))
     assert diff_bundles(PolicyBundle.load(SHIPPED), PolicyBundle.load(copy)) == [

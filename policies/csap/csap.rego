@@ -3,11 +3,15 @@ package sovereign.csap
 
 import rego.v1
 
+import data.sovereign.evidence
 import data.sovereign.facts
 
 grade_rank := {"none": 0, "low": 1, "medium": 2, "high": 3}
 
-required_grade := object.get(input.job, "csap_grade", "none")
+required_grade := grade if {
+	grade := facts.job.csap_grade
+	grade_rank[grade]
+} else := "none"
 
 job_needs_csap if required_grade != "none"
 
@@ -15,27 +19,30 @@ lower_grade(a, b) := a if {
 	grade_rank[a] <= grade_rank[b]
 } else := b
 
-# CSAP-04: a SaaS or PaaS takes at most the grade of the IaaS it runs on.
-effective_grade(site) := "none" if {
-	not site.csap
-} else := site.csap.grade if {
+# CSAP-04: a SaaS or PaaS takes at most the grade of the IaaS it runs on. A malformed certificate is
+# denied by the completeness check; here it counts for nothing.
+effective_grade(site) := site.csap.grade if {
 	site.csap.service_model == "IaaS"
-} else := lower_grade(site.csap.grade, object.get(site.csap, "iaas_grade", "none"))
+	grade_rank[site.csap.grade]
+} else := lower_grade(site.csap.grade, site.csap.iaas_grade) if {
+	grade_rank[site.csap.grade]
+	grade_rank[site.csap.iaas_grade]
+} else := "none"
+
+# When the certificate ends: 24:00 KST on its expiry date.
+expiry_ns(site) := evidence.date_end_ns(site.csap, "expires")
+
+# The grade a site holds through the job's deadline; an expired certificate holds none.
+unexpired_grade(site) := effective_grade(site) if {
+	expiry_ns(site) >= facts.deadline_ns
+} else := "none"
+
+# Every CSAP grade needs the site, its data and backups, and its operations staff in Korea.
+korean_premises := {"country": "the site", "ops_staff_country": "its operations staff"}
 
 thirty_days_ns := ((30 * 24) * 3600) * 1000000000
 
-deadline_ns := time.parse_rfc3339_ns(input.job.deadline)
-
-now_ns := time.parse_rfc3339_ns(input.now)
-
-# Each certified site's expiry, parsed once per decision rather than once per rule.
-expiry_ns[site_id] := facts.end_of_day_ns(site.csap.expires) if {
-	job_needs_csap
-	some site_id, site in input.sites
-	site.csap
-}
-
-# CSAP-01: the site's (effective) grade is at least the grade the job's system requires.
+# CSAP-01: the site's (effective) grade is at least the grade the job's system requires ...
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
@@ -48,18 +55,29 @@ violations contains finding if {
 	}
 }
 
+# ... on premises in Korea.
+violations contains finding if {
+	job_needs_csap
+	some site_id, site in input.sites
+	some attribute, what in korean_premises
+	country := evidence.country(site, attribute)
+	country != "KR"
+	finding := {
+		"rule": "CSAP-01",
+		"site": site_id,
+		"message": sprintf("%s: %s is in %s; every CSAP grade needs it in Korea", [site_id, what, country]),
+	}
+}
+
 # CSAP-02: medium- and high-grade jobs need physical separation from other customers.
 violations contains finding if {
 	required_grade in {"medium", "high"}
 	some site_id, site in input.sites
-	site.separation != "physical"
+	site.separation == "logical"
 	finding := {
 		"rule": "CSAP-02",
 		"site": site_id,
-		"message": sprintf(
-			"%s separates customers %sly; a %s-grade job needs physical separation",
-			[site_id, site.separation, required_grade],
-		),
+		"message": sprintf("%s separates customers logically; a %s-grade job needs physical separation", [site_id, required_grade]),
 	}
 }
 
@@ -69,7 +87,7 @@ violations contains finding if {
 	some site_id, site in input.sites
 	missing := [name |
 		some name in ["external_network_blocked", "integrated_audit_log"]
-		not site[name]
+		site[name] == false
 	]
 	count(missing) > 0
 	finding := {
@@ -83,13 +101,13 @@ violations contains finding if {
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	expiry_ns[site_id] < deadline_ns
+	expiry_ns(site) < facts.deadline_ns
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,
 		"message": sprintf(
-			"%s's CSAP certificate expires on %s, before the job's deadline %s",
-			[site_id, site.csap.expires, input.job.deadline],
+			"%s's CSAP certificate expires on %s (24:00 KST), before the job's deadline %s",
+			[site_id, site.csap.expires, facts.job.deadline],
 		),
 	}
 }
@@ -98,8 +116,8 @@ violations contains finding if {
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	expiry_ns[site_id] >= deadline_ns
-	expiry_ns[site_id] - now_ns < thirty_days_ns
+	expiry_ns(site) >= facts.deadline_ns
+	expiry_ns(site) - facts.now_ns < thirty_days_ns
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,

@@ -68,3 +68,25 @@ test_csap05_expiry_within_30_days_warns if {
 }
 
 test_csap05_valid_certificate_allowed if not "CSAP-05" in rules_for("medium", medium_physical)
+
+# Every CSAP grade needs the site and its operations staff in Korea.
+test_csap01_certified_site_abroad_denied if "CSAP-01" in rules_for("low", object.union(high_site, {"country": "JP"}))
+
+test_csap01_foreign_operations_staff_denied if {
+	"CSAP-01" in rules_for("low", object.union(high_site, {"ops_staff_country": "US"}))
+}
+
+# A certificate lasts until 24:00 KST on its expiry date: 15:00 UTC that day.
+expiring_on(day) := object.union(medium_physical, {"csap": {"grade": "medium", "service_model": "IaaS", "expires": day}})
+
+deadline_rules(deadline) := found if {
+	due := object.union(job("medium"), {"deadline": deadline})
+	findings := csap.violations with input as fx.request(due, fx.tenant("government"), {"s": expiring_on("2027-03-01")})
+	found := {f.rule | some f in findings; not f.warn_only}
+}
+
+test_csap05_deadline_before_midnight_kst_allowed if not "CSAP-05" in deadline_rules("2027-03-01T14:59:59Z")
+
+test_csap05_deadline_after_midnight_kst_denied if "CSAP-05" in deadline_rules("2027-03-01T15:00:01Z")
+
+test_csap05_deadline_in_kst_after_midnight_denied if "CSAP-05" in deadline_rules("2027-03-02T00:00:01+09:00")

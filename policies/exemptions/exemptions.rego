@@ -4,15 +4,18 @@ package sovereign.exemptions
 
 import rego.v1
 
+import data.sovereign.evidence
 import data.sovereign.facts
 
-# Exemptions in force for this tenant now: an approver and a reason are required, and an expired one is void.
+# Exemptions in force for this tenant now: a rule, an approver and a reason are required, an expired one is
+# void (it lasts until 24:00 KST on its expiry date), and a malformed one is void too.
 in_force contains exemption if {
 	some exemption in data.exemptions
-	exemption.tenant == input.tenant.tenant_id
-	exemption.approver != ""
-	exemption.reason != ""
-	facts.end_of_day_ns(exemption.expires) >= time.parse_rfc3339_ns(input.now)
+	evidence.text(exemption, "tenant") == evidence.text(facts.tenant, "tenant_id")
+	evidence.text(exemption, "rule")
+	evidence.text(exemption, "approver")
+	evidence.text(exemption, "reason")
+	evidence.date_end_ns(exemption, "expires") > facts.now_ns
 }
 
 # An exemption names a rule and may narrow itself to one site.

@@ -40,3 +40,15 @@ test_exp03_open_weights_allowed if {
 	open := object.union(frontier, {"open_weights": true})
 	not "EXP-03" in rules(open, fx.tenant("startup"), fx.foreign_site)
 }
+
+# Codes in any case: "cn" is China (EXP-01), and so is a tenant's "cn" headquarters (EXP-02).
+test_exp01_lower_case_chinese_origin_denied if "EXP-01" in rules(fx.job, fx.tenant("startup"), with_pool("cn"))
+
+test_exp01_hong_kong_design_denied if "EXP-01" in rules(fx.job, fx.tenant("startup"), with_pool("HK"))
+
+test_exp02_lower_case_d5_headquarters_denied if {
+	tenant := object.union(fx.tenant("enterprise"), {"hq_country": "cn"})
+	"EXP-02" in rules(fx.job, tenant, fx.korean_site)
+}
+
+test_exp02_korean_headquarters_without_parent_allowed if not "EXP-02" in rules(fx.job, fx.tenant("enterprise"), fx.korean_site)

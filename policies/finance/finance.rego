@@ -3,10 +3,12 @@ package sovereign.finance
 
 import rego.v1
 
+import data.sovereign.evidence
 import data.sovereign.facts
 
-financial_tenant if input.tenant.sector == "finance"
+financial_tenant if facts.sector == "finance"
 
+# Unique identification data includes resident registration numbers (facts.categories adds them).
 credit_or_identity := {"credit", "unique_id"} & facts.categories
 
 # FIN-01: personal credit or unique-identification data: compute and its management plane in Korea (Art. 14-2).
@@ -14,7 +16,8 @@ violations contains finding if {
 	financial_tenant
 	count(credit_or_identity) > 0
 	some site_id, site in input.sites
-	some place, country in {"computing": site.country, "management plane": site.management_country}
+	some place, attribute in {"computing": "country", "management plane": "management_country"}
+	country := evidence.country(site, attribute)
 	country != "KR"
 	finding := {
 		"rule": "FIN-01",
@@ -23,24 +26,25 @@ violations contains finding if {
 	}
 }
 
-# FIN-02: a financial tenant's generative-AI job with internet egress needs a regulatory-sandbox approval.
+# FIN-02: a financial tenant's generative-AI job with internet egress (external AI APIs included) needs a
+# regulatory-sandbox approval id on file.
 violations contains finding if {
 	financial_tenant
-	input.job.generative_ai
-	input.job.internet_egress
-	not input.tenant.sandbox_approval
+	facts.job.generative_ai == true
+	facts.egress
+	not evidence.text(facts.tenant, "sandbox_approval")
 	some site_id, _ in input.sites
 	finding := {
 		"rule": "FIN-02",
 		"site": site_id,
-		"message": sprintf("%s has no FSC regulatory-sandbox approval for generative AI with internet access", [input.tenant.tenant_id]),
+		"message": sprintf("%s has no FSC regulatory-sandbox approval on file for generative AI with internet access", [facts.tenant_name]),
 	}
 }
 
 # FIN-03: important financial workloads are reported to the FSS within three months of use (2023 rule).
 violations contains finding if {
 	financial_tenant
-	input.job.importance == "important"
+	facts.job.importance == "important"
 	some site_id, _ in input.sites
 	finding := {
 		"rule": "FIN-03",

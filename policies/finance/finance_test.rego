@@ -39,3 +39,36 @@ test_fin03_important_workload_warns if {
 }
 
 test_fin03_normal_workload_allowed if not "FIN-03" in rules(fx.job, fx.tenant("finance"), fx.korean_site)
+
+# Unique identification data includes resident registration numbers.
+test_fin01_bank_rrn_data_abroad_denied if {
+	rrn := fx.with_datasets([fx.dataset({"contains_rrn": true, "personal_info": true})])
+	"FIN-01" in fin_rules(rrn, fx.tenant("finance"), fx.foreign_site)
+}
+
+test_fin01_bank_rrn_data_managed_abroad_denied if {
+	rrn := fx.with_datasets([fx.dataset({"contains_rrn": true})])
+	"FIN-01" in fin_rules(rrn, fx.tenant("finance"), object.union(fx.korean_site, {"management_country": "US"}))
+}
+
+test_fin02_blank_sandbox_approval_denied if {
+	tenant := object.union(fx.tenant("finance"), {"sandbox_approval": "  "})
+	"FIN-02" in fin_rules(genai_with({"internet_egress": true}), tenant, fx.korean_site)
+}
+
+# Egress is any internet egress, external AI APIs included.
+test_fin02_external_ai_apis_count_as_egress_denied if {
+	"FIN-02" in fin_rules(genai_with({"external_ai_apis": true}), fx.tenant("finance"), fx.korean_site)
+}
+
+test_fin02_approval_on_file_allowed if {
+	tenant := object.union(fx.tenant("finance"), {"sandbox_approval": "FSC-2026-001"})
+	not "FIN-02" in fin_rules(genai_with({"external_ai_apis": true}), tenant, fx.korean_site)
+}
+
+genai_with(fields) := object.union(object.union(fx.job, {"generative_ai": true}), fields)
+
+fin_rules(job_doc, tenant_doc, site) := found if {
+	findings := finance.violations with input as fx.request(job_doc, tenant_doc, {"s": site})
+	found := fx.rules_at(findings, "s")
+}

@@ -3,17 +3,19 @@ package sovereign.health
 
 import rego.v1
 
+import data.sovereign.evidence
 import data.sovereign.facts
 
 # HLT-01: electronic medical records stay in Korea.
 violations contains finding if {
 	"emr" in facts.categories
 	some site_id, site in input.sites
-	not facts.site_in_korea(site)
+	country := facts.country(site)
+	country != "KR"
 	finding := {
 		"rule": "HLT-01",
 		"site": site_id,
-		"message": sprintf("%s is in %s; electronic medical records stay in Korea", [site_id, site.country]),
+		"message": sprintf("%s is in %s; electronic medical records stay in Korea", [site_id, country]),
 	}
 }
 
@@ -21,7 +23,7 @@ violations contains finding if {
 violations contains finding if {
 	"genomic" in facts.categories
 	some site_id, site in input.sites
-	not site.closed_environment
+	site.closed_environment == false
 	finding := {
 		"rule": "HLT-02",
 		"site": site_id,
@@ -29,14 +31,14 @@ violations contains finding if {
 	}
 }
 
-# ... and a data review board's approval on file.
+# ... and a data review board's approval id on file.
 violations contains finding if {
 	"genomic" in facts.categories
-	not input.tenant.review_board_approval
+	not evidence.text(facts.tenant, "review_board_approval")
 	some site_id, _ in input.sites
 	finding := {
 		"rule": "HLT-02",
 		"site": site_id,
-		"message": sprintf("%s has no data review board approval on file for genomic data", [input.tenant.tenant_id]),
+		"message": sprintf("%s has no data review board approval on file for genomic data", [facts.tenant_name]),
 	}
 }

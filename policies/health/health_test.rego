@@ -25,3 +25,16 @@ test_hlt02_genomic_data_at_open_site_denied if {
 test_hlt02_genomic_data_without_approval_denied if "HLT-02" in rules(job("genomic"), fx.tenant("health"), fx.korean_site)
 
 test_hlt02_genomic_data_closed_site_with_approval_allowed if not "HLT-02" in rules(job("genomic"), approved, fx.korean_site)
+
+test_hlt02_blank_review_board_approval_denied if {
+	tenant := object.union(fx.tenant("health"), {"review_board_approval": ""})
+	job := fx.with_datasets([fx.dataset({"categories": ["genomic"]})])
+	some f in health.violations with input as fx.request(job, tenant, {"s": fx.korean_site})
+	f.rule == "HLT-02"
+}
+
+test_hlt01_category_in_odd_case_denied if {
+	job := fx.with_datasets([fx.dataset({"categories": ["EMR"]})])
+	some f in health.violations with input as fx.request(job, fx.tenant("health"), {"s": fx.foreign_site})
+	f.rule == "HLT-01"
+}

@@ -1,31 +1,58 @@
-# Facts about the job that several rule families read.
+# Facts about the job and the tenant that several rule families read. They may assume well-formed input:
+# the completeness check (completeness.rego) denies under every rule that reads a malformed value.
 package sovereign.facts
 
 import rego.v1
 
-datasets := object.get(input.job, "datasets", [])
+import data.sovereign.evidence
 
-categories := {category |
+# The job and the tenant as objects, whatever the caller sent: an absent part reads as empty.
+job := input.job if is_object(input.job) else := {}
+
+tenant := input.tenant if is_object(input.tenant) else := {}
+
+datasets := job.datasets if is_array(job.datasets) else := []
+
+categories contains category if {
 	some dataset in datasets
-	some category in object.get(dataset, "categories", [])
+	some category in evidence.lowered(dataset.categories)
 }
 
+# Unique identification data includes resident registration numbers (FIN-01).
+categories contains "unique_id" if contains_rrn
+
+# Personal information includes resident registration numbers and pseudonymised personal data.
 has_personal_info if {
 	some dataset in datasets
-	dataset.personal_info
+	some facet in ["personal_info", "pseudonymised", "contains_rrn"]
+	dataset[facet] == true
 }
 
 is_pseudonymised if {
 	some dataset in datasets
-	dataset.pseudonymised
+	dataset.pseudonymised == true
 }
 
 contains_rrn if {
 	some dataset in datasets
-	dataset.contains_rrn
+	dataset.contains_rrn == true
 }
 
-site_in_korea(site) if site.country == "KR"
+# Egress is any internet egress, external AI APIs included.
+egress if job.internet_egress == true
 
-# Certificates, exemptions and the like are valid through the whole of their expiry date.
-end_of_day_ns(day) := time.parse_rfc3339_ns(sprintf("%sT23:59:59Z", [day]))
+egress if job.external_ai_apis == true
+
+deadline_ns := evidence.timestamp_ns(job, "deadline")
+
+now_ns := evidence.timestamp_ns(input, "now")
+
+tenant_name := evidence.label(tenant, "tenant_id", "the tenant")
+
+sector := evidence.one_of(tenant, "sector", known_sectors)
+
+known_sectors := {"government", "public", "finance", "health", "enterprise", "startup"}
+
+country(site) := evidence.country(site, "country")
+
+in_korea(site) if country(site) == "KR"

@@ -4,20 +4,22 @@ package sovereign.locality
 
 import rego.v1
 
+import data.sovereign.evidence
 import data.sovereign.facts
 
 restricted := {"map", "core_technology"} & facts.categories
 
-unlicensed := restricted - {licence | some licence in object.get(input.tenant, "export_licences", [])}
+unlicensed := restricted - evidence.lowered(object.get(facts.tenant, "export_licences", []))
 
 # LOC-01: map data or national core technology stays in Korea unless a licence or approval is on file.
 violations contains finding if {
 	count(unlicensed) > 0
 	some site_id, site in input.sites
-	not facts.site_in_korea(site)
+	country := facts.country(site)
+	country != "KR"
 	finding := {
 		"rule": "LOC-01",
 		"site": site_id,
-		"message": sprintf("%s is in %s; %s data may not leave Korea without a licence on file", [site_id, site.country, concat(" and ", sort(unlicensed))]),
+		"message": sprintf("%s is in %s; %s data may not leave Korea without a licence on file", [site_id, country, concat(" and ", sort(unlicensed))]),
 	}
 }

@@ -38,3 +38,33 @@ test_n2sf03_s_grade_low_csap_denied if {
 }
 
 test_n2sf03_s_grade_korean_medium_cloud_allowed if not "N2SF-03" in rules(graded(["S"]), private_open)
+
+# N2SF-03 reads the effective, unexpired grade: a medium certificate that ends before the deadline holds none.
+test_n2sf03_s_grade_at_expired_certificate_denied if {
+	expired := object.union(fx.korean_site, {"csap": {"grade": "high", "service_model": "IaaS", "expires": "2026-11-01"}})
+	"N2SF-03" in rules(graded(["S"]), expired)
+}
+
+test_n2sf03_s_grade_certificate_ending_before_deadline_denied if {
+	ending := object.union(fx.korean_site, {"csap": {"grade": "high", "service_model": "IaaS", "expires": "2027-05-31"}})
+	"N2SF-03" in rules(graded(["S"]), ending)
+}
+
+test_n2sf03_s_grade_with_internet_egress_denied if {
+	"N2SF-03" in rules(object.union(graded(["S"]), {"internet_egress": true}), fx.korean_site)
+}
+
+test_n2sf03_s_grade_certified_site_with_foreign_staff_denied if {
+	"N2SF-03" in rules(graded(["S"]), object.union(fx.korean_site, {"ops_staff_country": "US"}))
+}
+
+# C-grade data needs what S-grade data needs, and more: raising the grade never allows more.
+test_n2sf03_c_grade_needs_what_s_grade_needs_denied if {
+	low := object.union(public_closed, {"csap": {"grade": "low", "service_model": "IaaS", "expires": "2029-01-01"}})
+	"N2SF-03" in rules(graded(["C"]), low)
+}
+
+# "Government or public" means Korean ones.
+test_n2sf02_c_grade_at_foreign_public_operator_denied if {
+	"N2SF-02" in rules(graded(["C"]), object.union(public_closed, {"operator_country": "US"}))
+}

@@ -59,3 +59,29 @@ test_pipa04_rrn_with_basis_and_encryption_allowed if {
 	tenant := object.union(fx.tenant("finance"), {"rrn_legal_basis": true})
 	not "PIPA-04" in rules(rrn_job, tenant, fx.korean_site)
 }
+
+# Personal information includes resident registration numbers and pseudonymised personal data.
+test_pipa01_rrn_data_not_marked_personal_abroad_denied if {
+	found := pipa_rules(fx.with_datasets([fx.dataset({"contains_rrn": true})]), fx.tenant("enterprise"), fx.foreign_site)
+	"PIPA-01" in found
+}
+
+test_pipa01_pseudonymised_data_not_marked_personal_abroad_denied if {
+	found := pipa_rules(fx.with_datasets([fx.dataset({"pseudonymised": true})]), fx.tenant("enterprise"), fx.foreign_site)
+	"PIPA-01" in found
+}
+
+test_pipa01_lawful_ground_in_odd_case_allowed if {
+	grounded := object.union(fx.tenant("enterprise"), {"transfer_basis": ["Consent"]})
+	not "PIPA-01" in pipa_rules(fx.with_datasets([fx.dataset({"personal_info": true})]), grounded, fx.foreign_site)
+}
+
+test_pipa02_pseudonymised_data_to_suspended_country_denied if {
+	found := pipa_rules(fx.with_datasets([fx.dataset({"pseudonymised": true})]), fx.tenant("enterprise"), fx.foreign_site) with data.country_lists.pipa_suspended as ["JP"]
+	"PIPA-02" in found
+}
+
+pipa_rules(job_doc, tenant_doc, site) := found if {
+	findings := pipa.violations with input as fx.request(job_doc, tenant_doc, {"s": site})
+	found := fx.rules_at(findings, "s")
+}

@@ -9,15 +9,16 @@ public_sectors := {"government", "public"}
 
 # RES-01: public-sector jobs run only at sites in Korea (CSAP requires a Korean location).
 violations contains finding if {
-	input.tenant.sector in public_sectors
+	facts.sector in public_sectors
 	some site_id, site in input.sites
-	not facts.site_in_korea(site)
+	country := facts.country(site)
+	country != "KR"
 	finding := {
 		"rule": "RES-01",
 		"site": site_id,
 		"message": sprintf(
 			"%s is in %s; %s is a %s-sector tenant and its jobs must run in Korea",
-			[site_id, site.country, input.tenant.tenant_id, input.tenant.sector],
+			[site_id, country, facts.tenant_name, facts.sector],
 		),
 	}
 }

@@ -20,6 +20,7 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from contracts.events import (
+    CapacityOffered,
     CapacityOfferedEvent,
     CapacityRejected,
     CapacityRejectedEvent,
@@ -54,6 +55,7 @@ from services.placement.logic import (
     parse_verdicts,
     plan_placement,
     policy_input,
+    probe_request,
     site_of_run,
 )
 from services.placement.storage import (
@@ -223,7 +225,9 @@ def on_capacity_offered(ctx: PlacementContext, session: Session, event: Capacity
         return
     offer = event.data
     attestation = offer.attestation
-    failure = verification_failure(offer.site, attestation, ctx.auditor_keys) if attestation else None
+    failure = _unknown_countries(offer) or (
+        verification_failure(offer.site, attestation, ctx.auditor_keys) if attestation else None
+    )
     if failure is not None:
         rejected = CapacityRejected(site_id=offer.site.site_id, reason=failure)
         add_to_outbox(
@@ -236,6 +240,11 @@ def on_capacity_offered(ctx: PlacementContext, session: Session, event: Capacity
     upsert_offer(session, offer)
     get_logger(site_id=event.data.site.site_id).info("capacity_offered", pools=len(event.data.pools))
     _replan_queue_at_commit(ctx, session, market_changed=True)
+
+
+def _unknown_countries(offer: CapacityOffered) -> str | None:
+    unknown = offer.unknown_countries()
+    return f"not ISO 3166-1 alpha-2 country codes: {', '.join(unknown)}" if unknown else None
 
 
 def on_capacity_updated(ctx: PlacementContext, session: Session, event: CapacityUpdatedEvent) -> None:
@@ -409,6 +418,13 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     try:
         decision = ctx.policy.decide(document)
     except PolicyEngineError as error:
+        probe = policy_input(probe_request(request, now), tenant_document, market.document, now)
+        if _engine_answers(ctx, probe):
+            # The engine decides other requests over this market: it is this request it cannot evaluate.
+            log.warning("policy_cannot_evaluate_request", error=str(error))
+            reason = f"the policy cannot evaluate this request ({error}); it was not placed"
+            _reject(session, job, request, RejectionCode.INVALID_REQUEST, reason)
+            return "rejected"
         log.error("policy_engine_failed", error=str(error))
         return _wait_for_policy(
             session, ctx, job, request, decision_id, f"the policy engine failed ({error})"
@@ -452,6 +468,14 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     assert plan.code is not None
     _reject(session, job, request, plan.code, plan.reason, plan.explanation)
     return "rejected"
+
+
+def _engine_answers(ctx: PlacementContext, document: dict[str, Any]) -> bool:
+    try:
+        ctx.policy.decide(document)
+    except PolicyEngineError:
+        return False
+    return True
 
 
 def _wait_for_policy(

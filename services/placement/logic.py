@@ -9,13 +9,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from contracts.events import (
     CapacityOffered,
     ExemptedFinding,
     Explanation,
+    JobKind,
     JobRequest,
     RejectionCode,
     RuleViolation,
@@ -97,6 +98,20 @@ def policy_input(
         "sites": sites,
         "now": now.isoformat(),
     }
+
+
+def probe_request(request: JobRequest, now: datetime) -> JobRequest:
+    """The plainest request the tenant could send: when the engine decides it but failed on `request`,
+    the failure is the request's own, not an outage."""
+    return JobRequest(
+        tenant_id=request.tenant_id,
+        client_request_id="probe",
+        name="probe",
+        kind=JobKind.INFERENCE,
+        gpu_count=1,
+        expected_hours=1,
+        deadline=now + timedelta(days=1),
+    )
 
 
 def sites_document(

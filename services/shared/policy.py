@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import jsonschema
 import pydantic_core
 import regorus
 from opa_client.opa import OpaClient
@@ -23,6 +24,8 @@ from opa_client.opa import OpaClient
 from services.shared.logging import get_logger
 
 DECISION_RULE = "data.sovereign.placement.decision"
+# The decision's parts: the sites it judged, the findings kept with their mode, the findings waived.
+DECISION_PARTS = ("judged", "kept", "waived")
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]+)\b", re.MULTILINE)
 _PACKAGE = re.compile(r"^package\s+([A-Za-z0-9_.]+)", re.MULTILINE)
 
@@ -100,12 +103,14 @@ class PolicyEngine(Protocol):
         ...
 
 
+def _is_decision(answer: Any) -> bool:
+    return isinstance(answer, dict) and all(isinstance(answer.get(part), list) for part in DECISION_PARTS)
+
+
 def verdicts_by_site(decision: Any) -> dict[str, dict[str, Any]]:
     """Group the policy's flat answer by site. A finding in deny mode denies its site; warn and dryrun
     findings are reported as warnings. A malformed answer is an engine failure, so callers fail closed."""
-    if not isinstance(decision, dict) or not all(
-        isinstance(decision.get(part), list) for part in ("judged", "kept", "waived")
-    ):
+    if not _is_decision(decision):
         raise PolicyEngineError(f"{DECISION_RULE} is undefined or not an object of judged, kept and waived")
     verdicts: dict[str, dict[str, Any]] = {
         site_id: {"allowed": True, "violations": [], "warnings": [], "exempted": []}
@@ -135,9 +140,15 @@ class EmbeddedRegoEngine:
     """regorus (Rust) in-process, compiled once per revision. The decision rule runs as a program on
     regorus's virtual machine, about twice as fast as its interpreter, which answers instead when the
     compiler refuses the bundle or the program fails; the two agree (tests/test_opa_parity.py). The
-    machine stops a program after 25,000 instructions (not configurable from Python): about 40 sites with
-    this catalogue, fewer with many exemptions in force. `compiled` says whether there is a program and
-    `interpreted_after_failure` counts the decisions the interpreter took over."""
+    machine stops a program after 25,000 instructions (not configurable from Python), so a decision over
+    many sites is evaluated SITES_PER_RUN sites at a time: the policy judges each site on its own, and the
+    answers of the runs are one answer. `compiled` says whether there is a program and
+    `interpreted_after_failure` counts the runs the interpreter took over."""
+
+    # Measured on tests/test_opa_parity.py's exemption cases (three in force per tenant): runs of 8 sites
+    # passed the limit, runs of 6 did not. Sites with many findings can still pass it; the interpreter
+    # answers for those.
+    SITES_PER_RUN = 6
 
     name = "regorus"
 
@@ -156,6 +167,20 @@ class EmbeddedRegoEngine:
 
     def evaluate(self, policy_input: dict[str, Any]) -> Any:
         """The decision rule's value, as OPA's data API would answer it."""
+        sites = policy_input.get("sites")
+        if not isinstance(sites, dict) or len(sites) <= self.SITES_PER_RUN:
+            return self._evaluate_run(policy_input)
+        items = list(sites.items())
+        answers = [
+            self._evaluate_run({**policy_input, "sites": dict(items[start : start + self.SITES_PER_RUN])})
+            for start in range(0, len(items), self.SITES_PER_RUN)
+        ]
+        malformed = [answer for answer in answers if not _is_decision(answer)]
+        if malformed:
+            return malformed[0]  # verdicts_by_site refuses it: one bad run fails the whole decision closed
+        return {part: [item for answer in answers for item in answer[part]] for part in DECISION_PARTS}
+
+    def _evaluate_run(self, policy_input: dict[str, Any]) -> Any:
         document = pydantic_core.to_json(policy_input).decode()  # the input is kilobytes: Rust's encoder
         if self._vm is not None:
             try:
@@ -315,6 +340,35 @@ def _compile(bundle: PolicyBundle, include_tests: bool) -> Any:
     return engine
 
 
+DATA_SCHEMA = json.loads((Path(__file__).parent / "policy_data.schema.json").read_text(encoding="utf-8"))
+
+
+def data_problems(bundle: PolicyBundle) -> list[str]:
+    """What makes the bundle's data unusable: its JSON Schema's complaints, then what a schema cannot say
+    (an exemption for a rule the catalogue lacks, a listed country that is not on the ISO list)."""
+    data = bundle.data
+    validator = jsonschema.Draft202012Validator(DATA_SCHEMA, format_checker=jsonschema.FormatChecker())
+    problems = [
+        f"data.json {'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in sorted(
+            validator.iter_errors(data), key=lambda error: list(map(str, error.absolute_path))
+        )
+    ]
+    if problems:
+        return problems
+    rules, lists = data["rules"], data["country_lists"]
+    for index, exemption in enumerate(data["exemptions"]):
+        if exemption["rule"] not in rules:
+            problems.append(f"data.json exemptions/{index}: rule {exemption['rule']} is not in the catalogue")
+    known = set(lists["iso_3166_1_alpha_2"])
+    for name, codes in lists.items():
+        if isinstance(codes, list) and (unknown := sorted(set(codes) - known)):
+            problems.append(
+                f"data.json country_lists/{name}: not ISO 3166-1 alpha-2 codes: {', '.join(unknown)}"
+            )
+    return problems
+
+
 @dataclass(frozen=True)
 class RegoTestResult:
     name: str
@@ -329,10 +383,20 @@ class RegoTestRun:
     # Catalogue rules that produced a finding in at least one test, and those that never did.
     exercised: set[str]
     not_exercised: set[str]
+    data_problems: list[str] = field(default_factory=list)
+    # What each rule reads ("site.country"), and of those the ones whose absence has a meaning (no
+    # certificate, no approval on file): the rest are checked to deny when absent, as results.
+    reads: dict[str, list[str]] = field(default_factory=dict)
+    optional: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
-        return all(r.passed for r in self.results) and not self.not_exercised and bool(self.results)
+        return (
+            all(r.passed for r in self.results)
+            and not self.not_exercised
+            and bool(self.results)
+            and not self.data_problems
+        )
 
 
 _RULE_ID = re.compile(r'"rule":\s*"([A-Z0-9]+-[0-9]+)"')
@@ -364,7 +428,68 @@ def run_rego_tests(bundle: PolicyBundle) -> RegoTestRun:
     exercised = {
         rule for rule, lines in rule_lines.items() if any(line in covered.get(p, set()) for p, line in lines)
     }
-    return RegoTestRun(results, exercised, set(rule_lines) - exercised)
+    reads, optional, absence_results = _absence_checks(engine)
+    return RegoTestRun(
+        results + absence_results,
+        exercised,
+        set(rule_lines) - exercised,
+        data_problems(bundle),
+        reads,
+        optional,
+    )
+
+
+COMPLETENESS = "data.sovereign.completeness"
+COMPLETE_REQUEST = "data.sovereign.test_fixtures.complete_request"
+
+
+def _absence_checks(engine: Any) -> tuple[dict[str, list[str]], set[str], list[RegoTestResult]]:
+    """For each attribute a rule reads (completeness.needs) that must be present, the fixtures' complete
+    request without it: the decision must hold a finding of the rule (in its mode) against every site.
+    Nothing to check in a bundle without them."""
+    try:
+        needs = json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.needs"))
+        optional = set(json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.optional")))
+        complete = json.loads(engine.eval_rule_as_json(COMPLETE_REQUEST))
+    except Exception:
+        return {}, set(), []
+    reads = {
+        rule: sorted(f"{part}.{name}" for part, names in parts.items() for name in names)
+        for rule, parts in needs.items()
+    }
+    results = []
+    for rule, attributes in sorted(reads.items()):
+        for attribute in attributes:
+            if attribute in optional:
+                continue
+            part, name = attribute.split(".", 1)
+            started = time.perf_counter()
+            document = _without(complete, part, name)
+            engine.set_input_json(json.dumps(document))
+            decision = json.loads(engine.eval_rule_as_json(DECISION_RULE))
+            denied = {f["site"] for f in decision["kept"] if f["rule"] == rule}
+            missing = sorted(set(document["sites"]) - denied)
+            results.append(
+                RegoTestResult(
+                    f"absence: {rule} without {attribute} finds against every site",
+                    not missing,
+                    f"no {rule} finding at {', '.join(missing)}" if missing else None,
+                    (time.perf_counter() - started) * 1000,
+                )
+            )
+    return reads, optional, results
+
+
+def _without(request: dict[str, Any], part: str, name: str) -> dict[str, Any]:
+    if part == "request":
+        return {key: value for key, value in request.items() if key != name}
+    if part == "site":
+        sites = {
+            site_id: {k: v for k, v in site.items() if k != name}
+            for site_id, site in request["sites"].items()
+        }
+        return {**request, "sites": sites}
+    return {**request, part: {k: v for k, v in request[part].items() if k != name}}
 
 
 def finding_lines(bundle: PolicyBundle) -> dict[str, list[tuple[str, int]]]:

@@ -40,7 +40,11 @@ def check_directory(directory: Path) -> CheckResult:
     except PolicyEngineError as error:
         return CheckResult(False, 0, str(error))
     failed = [f"{r.name}: {r.error}" for r in run.results if not r.passed]
-    problems = failed + [f"rule {rule} never fires in any test" for rule in sorted(run.not_exercised)]
+    problems = (
+        run.data_problems
+        + failed
+        + [f"rule {rule} never fires in any test" for rule in sorted(run.not_exercised)]
+    )
     passed = sum(r.passed for r in run.results)
     return CheckResult(run.ok, passed, "; ".join(problems) or f"{passed} tests passed")
 

@@ -1,0 +1,303 @@
+"""Property tests that try to break fail-closed placement: jobs, tenants and sites generated from the
+catalogue's vocabulary, then made worse (evidence removed, nulled, blanked, its case changed) or more
+sensitive. Neither may ever allow a site that was denied, the answer may not depend on order, and regorus's
+compiled program and its interpreter give the same answer (the OPA server too: tests/test_opa_parity.py).
+
+Seeded and bounded here; SOVEREIGN_PROPERTY_EXAMPLES=5000 runs longer (hypothesis prints the seed of a
+failure, and `--hypothesis-seed` replays it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, verdicts_by_site
+from services.shared.settings import REPO_ROOT
+from tests.conftest import normalised
+
+EXAMPLES = int(os.environ.get("SOVEREIGN_PROPERTY_EXAMPLES", "120"))
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    derandomize=EXAMPLES <= 120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
+NOW = "2026-11-22T00:00:00+00:00"
+
+# Exemptions in force for some of the generated tenants: removing any one never allows more.
+EXEMPTIONS = [
+    {"tenant": "t-startup", "rule": "EXP-01", "expires": "2027-06-30", "approver": "cpo", "reason": "pilot"},
+    {
+        "tenant": "t-finance",
+        "rule": "FIN-01",
+        "site": "s1",
+        "expires": "2027-06-30",
+        "approver": "cpo",
+        "reason": "r",
+    },
+    {"tenant": "t-government", "rule": "RES-01", "expires": "2026-11-22", "approver": "cpo", "reason": "r"},
+    {"tenant": "t-health", "rule": "HLT-02", "expires": "2027-01-31", "approver": "cpo", "reason": "r"},
+]
+
+
+def engine_with(exemptions: list[dict[str, Any]], compile_program: bool = True) -> EmbeddedRegoEngine:
+    files = dict(BUNDLE.files)
+    data = json.loads(files["data.json"])
+    data["exemptions"] = exemptions
+    files["data.json"] = json.dumps(data)
+    return EmbeddedRegoEngine(PolicyBundle(files), compile_program=compile_program)
+
+
+ENGINE = engine_with(EXEMPTIONS)
+INTERPRETER = engine_with(EXEMPTIONS, compile_program=False)
+WITHOUT_ONE_EXEMPTION = [engine_with(EXEMPTIONS[:i] + EXEMPTIONS[i + 1 :]) for i in range(len(EXEMPTIONS))]
+
+COUNTRIES = ["KR", "KR", "KR", "JP", "US", "SG", "DE", "CN", "HK", "RU", "kr", "Kr", "us"]
+GRADES = ["low", "medium", "high"]
+CATEGORIES = ["general", "credit", "unique_id", "emr", "genomic", "map", "core_technology", "EMR", "Map"]
+SITE_CODES = ["country", "operator_country", "ops_staff_country", "management_country"]
+
+
+def allowed(engine: EmbeddedRegoEngine, document: dict[str, Any]) -> set[str]:
+    return {site_id for site_id, verdict in engine.decide(document).items() if verdict["allowed"]}
+
+
+certificates = st.one_of(
+    st.none(),
+    st.builds(
+        lambda grade, model, iaas, expires: {
+            "grade": grade,
+            "service_model": model,
+            **({"iaas_grade": iaas} if model != "IaaS" else {}),
+            "expires": expires,
+        },
+        st.sampled_from(GRADES),
+        st.sampled_from(["IaaS", "IaaS", "PaaS", "SaaS"]),
+        st.sampled_from(GRADES),
+        st.sampled_from(["2026-11-30", "2026-12-20", "2027-03-31", "2028-12-31", "2030-12-31"]),
+    ),
+)
+
+pools = st.lists(
+    st.fixed_dictionaries(
+        {
+            "pool_id": st.sampled_from(["p1", "p2", "p3"]),
+            "accelerator_model": st.sampled_from(["B200", "H100", "Ascend 910C", "MI300X"]),
+            "generation": st.integers(8, 11),
+            "accelerator_origin": st.sampled_from(["US", "US", "KR", "CN", "cn", "HK"]),
+        }
+    ),
+    min_size=1,
+    max_size=2,
+)
+
+sites = st.fixed_dictionaries(
+    {
+        **{code: st.sampled_from(COUNTRIES) for code in SITE_CODES},
+        "region": st.just("seoul"),
+        "operator_type": st.sampled_from(["government", "public", "private", "private"]),
+        "internet_facing": st.booleans(),
+        "separation": st.sampled_from(["physical", "logical"]),
+        "integrated_audit_log": st.booleans(),
+        "external_network_blocked": st.booleans(),
+        "encryption_at_rest": st.booleans(),
+        "holds_reid_key": st.booleans(),
+        "closed_environment": st.booleans(),
+        "verified": st.booleans(),
+        "csap": certificates,
+        "pools": pools,
+    }
+).map(lambda site: {key: value for key, value in site.items() if value is not None})
+
+datasets = st.fixed_dictionaries(
+    {
+        "name": st.just("d"),
+        "n2sf_grade": st.sampled_from(["O", "O", "S", "C"]),
+        "categories": st.lists(st.sampled_from(CATEGORIES), max_size=2),
+        "personal_info": st.booleans(),
+        "pseudonymised": st.booleans(),
+        "contains_rrn": st.booleans(),
+    }
+)
+
+jobs = st.fixed_dictionaries(
+    {
+        "tenant_id": st.just("t"),
+        "client_request_id": st.just("c"),
+        "name": st.just("n"),
+        "kind": st.sampled_from(["training", "fine_tuning", "inference", "batch"]),
+        "gpu_count": st.just(8),
+        "expected_hours": st.just(4.0),
+        "deadline": st.sampled_from(
+            ["2026-12-01T00:00:00+00:00", "2027-02-01T00:00:00Z", "2028-06-01T09:00:00+09:00"]
+        ),
+        "csap_grade": st.sampled_from(["none", "none", *GRADES]),
+        "datasets": st.lists(datasets, max_size=3),
+        "purpose": st.sampled_from(["service", "statistics", "research", "public_archiving", "commercial"]),
+        "consent_obtained": st.booleans(),
+        "generative_ai": st.booleans(),
+        "internet_egress": st.booleans(),
+        "external_ai_apis": st.booleans(),
+        "importance": st.sampled_from(["normal", "important"]),
+        "training_ops": st.one_of(st.none(), st.sampled_from([1e20, 3e26])),
+        "open_weights": st.booleans(),
+    }
+).map(lambda job: {key: value for key, value in job.items() if value is not None})
+
+tenants = st.builds(
+    lambda sector, fields: {"tenant_id": f"t-{sector}", "name": "T", "sector": sector, **fields},
+    st.sampled_from(["government", "public", "finance", "health", "enterprise", "startup"]),
+    st.fixed_dictionaries(
+        {
+            "hq_country": st.sampled_from(["KR", "KR", "US", "CN", "kr"]),
+            "sovereignty_level": st.sampled_from(["L1", "L1", "L2", "L3"]),
+            "transfer_basis": st.lists(
+                st.sampled_from(["consent", "contract", "adequacy", "CONSENT"]), max_size=2
+            ),
+            "rrn_legal_basis": st.booleans(),
+            "export_licences": st.lists(st.sampled_from(["map", "core_technology"]), max_size=2),
+            "requires_verified_sites": st.booleans(),
+        },
+        optional={
+            "parent_hq_country": st.sampled_from(["KR", "US", "RU"]),
+            "sandbox_approval": st.sampled_from(["FSC-2026-1", " ", ""]),
+            "review_board_approval": st.sampled_from(["IRB-7", ""]),
+        },
+    ),
+)
+
+requests = st.builds(
+    lambda job, tenant, market: {
+        "job": {**job, "tenant_id": tenant["tenant_id"]},
+        "tenant": tenant,
+        "sites": {f"s{index}": site for index, site in enumerate(market)},
+        "now": NOW,
+    },
+    jobs,
+    tenants,
+    st.lists(sites, min_size=1, max_size=4),
+)
+
+
+def worse_evidence(document: dict[str, Any], rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """One piece of evidence removed, nulled or blanked, or one code's case changed."""
+    changed = copy.deepcopy(document)
+    choice = rng.randrange(4)
+    if choice == 0:  # a site attribute removed, nulled or blanked
+        site_id = rng.choice(sorted(changed["sites"]))
+        site = changed["sites"][site_id]
+        attribute = rng.choice(sorted(site))
+        how = rng.choice(["removed", "null", "blank"])
+        if how == "removed":
+            del site[attribute]
+        else:
+            site[attribute] = None if how == "null" else ""
+        return f"{site_id}.{attribute} {how}", changed
+    if choice == 1:  # a pool's origin removed or blanked
+        site_id = rng.choice(sorted(changed["sites"]))
+        pool = rng.choice(changed["sites"][site_id]["pools"])
+        pool["accelerator_origin"] = rng.choice([None, "", "  "])
+        return f"{site_id} pool origin blanked", changed
+    if choice == 2:  # a tenant ground, approval or licence removed, nulled or blanked
+        tenant = changed["tenant"]
+        key = rng.choice(["transfer_basis", "export_licences", "sandbox_approval", "review_board_approval"])
+        value = tenant.get(key)
+        if isinstance(value, list) and value:
+            value.pop(rng.randrange(len(value)))
+        else:
+            tenant[key] = rng.choice([None, "", " "])
+        return f"tenant {key} taken away", changed
+    # a code's case changed: sites' and tenants' country codes, enum values too
+    site = changed["sites"][rng.choice(sorted(changed["sites"]))]
+    key = rng.choice([*SITE_CODES, "operator_type", "separation"])
+    if isinstance(site.get(key), str):
+        site[key] = site[key].swapcase()
+    return f"case of {key} changed", changed
+
+
+def more_sensitive(document: dict[str, Any], rng: random.Random, extra: dict[str, Any]) -> dict[str, Any]:
+    changed = copy.deepcopy(document)
+    job = changed["job"]
+    choice = rng.randrange(5)
+    if choice == 0 and job["datasets"]:
+        dataset = rng.choice(job["datasets"])
+        dataset[rng.choice(["personal_info", "pseudonymised", "contains_rrn"])] = True
+    elif choice == 1:
+        ranks = ["none", *GRADES]
+        job["csap_grade"] = ranks[min(3, ranks.index(job["csap_grade"]) + 1)]
+    elif choice == 2 and job["datasets"]:
+        dataset = rng.choice(job["datasets"])
+        dataset["n2sf_grade"] = {"O": "S", "S": "C", "C": "C"}[dataset["n2sf_grade"]]
+    elif choice == 3:
+        job["datasets"].append(extra)
+    else:
+        job[rng.choice(["internet_egress", "external_ai_apis"])] = True
+    return changed
+
+
+@PROPERTY
+@given(requests, st.randoms(use_true_random=False))
+def test_worse_evidence_never_allows_a_denied_site(document: dict[str, Any], rng: random.Random) -> None:
+    before = allowed(ENGINE, document)
+    change, worse = worse_evidence(document, rng)
+    assert allowed(ENGINE, worse) <= before, change
+
+
+@PROPERTY
+@given(requests, st.integers(0, len(EXEMPTIONS) - 1))
+def test_removing_an_exemption_never_allows_a_denied_site(document: dict[str, Any], index: int) -> None:
+    assert allowed(WITHOUT_ONE_EXEMPTION[index], document) <= allowed(ENGINE, document)
+
+
+@PROPERTY
+@given(requests, st.randoms(use_true_random=False), datasets)
+def test_a_more_sensitive_job_never_allows_more_sites(
+    document: dict[str, Any], rng: random.Random, extra: dict[str, Any]
+) -> None:
+    assert allowed(ENGINE, more_sensitive(document, rng, extra)) <= allowed(ENGINE, document)
+
+
+@PROPERTY
+@given(requests, st.randoms(use_true_random=False))
+def test_the_answer_does_not_depend_on_order(document: dict[str, Any], rng: random.Random) -> None:
+    shuffled = copy.deepcopy(document)
+    items = list(shuffled["sites"].items())
+    rng.shuffle(items)
+    shuffled["sites"] = dict(items)
+    rng.shuffle(shuffled["job"]["datasets"])
+    assert ENGINE.decide(shuffled) == ENGINE.decide(document)
+    reversed_exemptions = engine_with(list(reversed(EXEMPTIONS))) if rng.random() < 0.05 else None
+    if reversed_exemptions is not None:
+        assert reversed_exemptions.decide(document) == ENGINE.decide(document)
+
+
+@PROPERTY
+@given(requests, st.randoms(use_true_random=False))
+def test_compiled_program_and_interpreter_agree(document: dict[str, Any], rng: random.Random) -> None:
+    _, worse = worse_evidence(document, rng)
+    for each in (document, worse):
+        # Straight from the program: a run past its instruction limit (many findings, exemptions in force)
+        # would have the interpreter answer for it, and compare the interpreter with itself.
+        program = compiled_answer(each)
+        if program is not None:
+            assert normalised(verdicts_by_site(program)) == normalised(INTERPRETER.decide(each))
+
+
+def compiled_answer(document: dict[str, Any]) -> Any:
+    machine = ENGINE._vm
+    assert machine is not None, "the bundle compiles to a program"
+    machine.set_input_json(json.dumps(document))
+    try:
+        return json.loads(machine.execute())
+    except RuntimeError as error:
+        assert "instruction limit" in str(error)
+        return None

@@ -178,6 +178,10 @@ certificate(document, key) if {
 	iaas_grade_stated(value)
 }
 
+certificate_or_none(site) if absent(site, "csap")
+
+certificate_or_none(site) if certificate(site, "csap")
+
 iaas_grade_stated(value) if value.service_model == "IaaS"
 
 iaas_grade_stated(value) if value.iaas_grade in csap_grades
@@ -208,7 +212,25 @@ reads(rule_parts, part, name) if name in object.get(rule_parts, part, set())
 
 holder_gaps := {"tenant": gaps("tenant", facts.tenant), "job": gaps("job", facts.job), "request": gaps("request", input)}
 
-site_gaps(site) := gaps("site", site) if is_object(site) else := {name | some [part, name] in checked; part == "site"}
+# The usual case first, in one body: a site whose every checked attribute is well-formed has no gaps.
+# The absence checks of `sovereign policy test` fail if this misses an attribute the tables check.
+site_gaps(site) := set() if {
+	evidence.country(site, "country")
+	evidence.country(site, "operator_country")
+	evidence.country(site, "ops_staff_country")
+	evidence.country(site, "management_country")
+	site.operator_type in closed_sets.site.operator_type
+	site.separation in closed_sets.site.separation
+	is_boolean(site.internet_facing)
+	is_boolean(site.integrated_audit_log)
+	is_boolean(site.external_network_blocked)
+	is_boolean(site.encryption_at_rest)
+	is_boolean(site.holds_reid_key)
+	is_boolean(site.closed_environment)
+	is_boolean(site.verified)
+	certificate_or_none(site)
+	pool_list(site, "pools")
+} else := gaps("site", site) if is_object(site) else := {name | some [part, name] in checked; part == "site"}
 
 holder_names := {"tenant": facts.tenant_name, "job": "the job", "request": "the request"}
 

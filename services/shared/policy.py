@@ -103,6 +103,18 @@ class PolicyEngine(Protocol):
         ...
 
 
+_INSTRUCTION_LIMIT = "exceeded maximum instruction limit"
+
+
+def _merged(answers: list[Any]) -> Any:
+    """The answers of runs over parts of the sites as one answer; a malformed one is returned as it is,
+    for verdicts_by_site to refuse: one bad run fails the whole decision closed."""
+    malformed = [answer for answer in answers if not _is_decision(answer)]
+    if malformed or len(answers) == 1:
+        return (malformed or answers)[0]
+    return {part: [item for answer in answers for item in answer[part]] for part in DECISION_PARTS}
+
+
 def _is_decision(answer: Any) -> bool:
     return isinstance(answer, dict) and all(isinstance(answer.get(part), list) for part in DECISION_PARTS)
 
@@ -141,14 +153,14 @@ class EmbeddedRegoEngine:
     regorus's virtual machine, about twice as fast as its interpreter, which answers instead when the
     compiler refuses the bundle or the program fails; the two agree (tests/test_opa_parity.py). The
     machine stops a program after 25,000 instructions (not configurable from Python), so a decision over
-    many sites is evaluated SITES_PER_RUN sites at a time: the policy judges each site on its own, and the
-    answers of the runs are one answer. `compiled` says whether there is a program and
-    `interpreted_after_failure` counts the runs the interpreter took over."""
+    many sites is evaluated SITES_PER_RUN sites at a time, and a run the machine stops is split in two:
+    the policy judges each site on its own, and the answers of the runs are one answer. `compiled` says
+    whether there is a program and `interpreted_after_failure` counts the runs the interpreter took over."""
 
-    # Measured on tests/test_opa_parity.py's exemption cases (three in force per tenant): runs of 8 sites
-    # passed the limit, runs of 6 did not. Sites with many findings can still pass it; the interpreter
-    # answers for those.
-    SITES_PER_RUN = 6
+    # Measured on the parity cases (tests/test_opa_parity.py): 14 to 67 catalogue sites fit one run, the
+    # fewest for a job that many rules find against everywhere. A run past the limit is split, at the
+    # cost of the run the machine stopped.
+    SITES_PER_RUN = 16
 
     name = "regorus"
 
@@ -168,25 +180,33 @@ class EmbeddedRegoEngine:
     def evaluate(self, policy_input: dict[str, Any]) -> Any:
         """The decision rule's value, as OPA's data API would answer it."""
         sites = policy_input.get("sites")
-        if not isinstance(sites, dict) or len(sites) <= self.SITES_PER_RUN:
-            return self._evaluate_run(policy_input)
+        if not isinstance(sites, dict):
+            return self._evaluate_run(policy_input, None)
         items = list(sites.items())
-        answers = [
-            self._evaluate_run({**policy_input, "sites": dict(items[start : start + self.SITES_PER_RUN])})
-            for start in range(0, len(items), self.SITES_PER_RUN)
+        runs = [
+            items[start : start + self.SITES_PER_RUN] for start in range(0, len(items), self.SITES_PER_RUN)
         ]
-        malformed = [answer for answer in answers if not _is_decision(answer)]
-        if malformed:
-            return malformed[0]  # verdicts_by_site refuses it: one bad run fails the whole decision closed
-        return {part: [item for answer in answers for item in answer[part]] for part in DECISION_PARTS}
+        return _merged([self._evaluate_run(policy_input, run) for run in runs or [[]]])
 
-    def _evaluate_run(self, policy_input: dict[str, Any]) -> Any:
-        document = pydantic_core.to_json(policy_input).decode()  # the input is kilobytes: Rust's encoder
+    def _evaluate_run(self, policy_input: dict[str, Any], sites: list[tuple[str, Any]] | None) -> Any:
+        """One run over some sites (all of the input's, with None). A run the machine stops at its
+        instruction limit is split in two; a single site past it, or any other failure of the program, is
+        the interpreter's."""
+        whole = policy_input if sites is None else {**policy_input, "sites": dict(sites)}
+        document = pydantic_core.to_json(whole).decode()  # the input is kilobytes: Rust's encoder
         if self._vm is not None:
             try:
                 self._vm.set_input_json(document)
                 return json.loads(self._vm.execute())
             except Exception as error:
+                if sites is not None and len(sites) > 1 and _INSTRUCTION_LIMIT in str(error):
+                    half = len(sites) // 2
+                    return _merged(
+                        [
+                            self._evaluate_run(policy_input, sites[:half]),
+                            self._evaluate_run(policy_input, sites[half:]),
+                        ]
+                    )
                 self.interpreted_after_failure += 1
                 # Once per engine: past the instruction cap every decision would say the same.
                 if self.interpreted_after_failure == 1:

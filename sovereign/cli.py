@@ -84,7 +84,8 @@ def _contracts(args: argparse.Namespace) -> int:
 def _policy_test(args: argparse.Namespace) -> int:
     from sovereign.policy_commands import policy_test
 
-    return policy_test(Path(args.dir) if args.dir else Settings.from_env().policy_dir)
+    settings = Settings.from_env()
+    return policy_test(Path(args.dir) if args.dir else settings.policy_dir, settings.catalogue_dir)
 
 
 def _decisions_list(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
 from services.governance.handlers import find_revision, what_if
 from services.governance.policy_diff import diff_bundles
+from services.shared.catalogue import CatalogueError, load_catalogue
 from services.shared.kafka import transport_security
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.policy_check import check_in_child_process
@@ -19,8 +20,18 @@ from sovereign.watch import produce
 PUBLICATION_KEY = "policies"
 
 
-def policy_test(directory: Path) -> int:
-    """Run every Rego test; report each and which catalogue rules fired. Non-zero on any failure."""
+def registry_problem(catalogue_dir: Path) -> str | None:
+    """Why the tenant registry (and the sites) the policy reads would not load, or None."""
+    try:
+        load_catalogue(catalogue_dir)
+    except CatalogueError as error:
+        return str(error)
+    return None
+
+
+def policy_test(directory: Path, catalogue_dir: Path | None = None) -> int:
+    """Run every Rego test; report each and which catalogue rules fired, and check the registry the
+    policy reads (catalogue_dir). Non-zero on any failure."""
     try:
         bundle = PolicyBundle.load(directory)
         run = run_rego_tests(bundle)
@@ -45,8 +56,11 @@ def policy_test(directory: Path) -> int:
         print(f"  never fired in any test: {rule}")
     if run.data_problems:
         print(f"data.json refused: {len(run.data_problems)} problem(s)")
+    refused_registry = registry_problem(catalogue_dir) if catalogue_dir is not None else None
+    if refused_registry is not None:
+        print(f"FAIL  registry: {refused_registry}")
     print(f"policy revision {bundle.revision}")
-    return 0 if run.ok else 1
+    return 0 if run.ok and refused_registry is None else 1
 
 
 async def policy_publish(directory: Path, settings: Settings, published_by: str) -> int:
@@ -60,6 +74,10 @@ async def policy_publish(directory: Path, settings: Settings, published_by: str)
         bundle = PolicyBundle.load(directory)
     except PolicyEngineError as error:
         print(f"refused: {error}")
+        return 1
+    refused_registry = registry_problem(settings.catalogue_dir)
+    if refused_registry is not None:
+        print(f"refused: the registry the policy reads does not load: {refused_registry}")
         return 1
     result = await check_in_child_process(bundle)
     if not result.ok:

@@ -123,6 +123,16 @@ def test_a_registry_entry_with_an_unknown_country_is_a_load_error_naming_it(tmp_
     assert (tenant.hq_country, tenant.parent_hq_country) == ("US", "CN")
 
 
+def test_policy_test_refuses_a_registry_that_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = copy_catalogue(tmp_path)
+    assert policy_test(POLICY_DIR, directory) == 0
+    edit_tenants(directory, {"sandbox_approval": " "})
+    assert policy_test(POLICY_DIR, directory) == 1
+    assert "FAIL  registry: " in capsys.readouterr().out
+
+
 def test_a_site_with_an_unknown_country_is_a_load_error(tmp_path: Path) -> None:
     directory = copy_catalogue(tmp_path)
     path = directory / "sites.json"

@@ -221,6 +221,29 @@ def test_compiled_program_and_interpreter_agree_on_exemptions_and_modes() -> Non
     assert compiled.interpreted_after_failure == 0
 
 
+def exempting(expires: Any) -> PolicyBundle:
+    files = dict(BUNDLE.files)
+    data = json.loads(files["data.json"])
+    exemption = {"tenant": "mois", "rule": "RES-01", "approver": "cpo", "reason": "pilot", "expires": expires}
+    data["exemptions"] = [exemption]
+    files["data.json"] = json.dumps(data)
+    return PolicyBundle(files)
+
+
+@pytest.mark.parametrize("expires", ["soon", "2027-02-30", 20270630, None, "2300-01-01"])
+def test_an_exemption_whose_expiry_is_not_a_date_is_void_in_both_engines(expires: Any) -> None:
+    """Refused at publication (data.json's schema); an engine fed such data anyway voids it, and neither
+    fails the evaluation."""
+    bundle = exempting(expires)
+    document = cases()[0]
+    assert document["tenant"]["tenant_id"] == "mois"
+    assert EmbeddedRegoEngine(exempting("2027-06-30")).evaluate(document)["waived"]  # a real date would waive
+    for engine in (EmbeddedRegoEngine(bundle), EmbeddedRegoEngine(bundle, compile_program=False)):
+        answer = engine.evaluate(document)
+        assert answer["waived"] == [] and engine.interpreted_after_failure == 0
+        assert normalised(verdicts_by_site(answer)) == normalised(EmbeddedRegoEngine(BUNDLE).decide(document))
+
+
 def eighty_four_sites() -> dict[str, Any]:
     document = cases()[0]
     # Six copies of each catalogue site: 84 sites, past the 25,000 instructions the machine allows at once.

@@ -31,7 +31,7 @@ from sovereign.stack.installation import installation
 from sovereign.stack.opa import LocalOpa
 from sovereign.workload import generate
 from tests.conftest import catalogue_pools, normalised
-from tests.test_policy_properties import PROPERTY, requests, worse_evidence
+from tests.test_policy_properties import EXAMPLES, bounded, requests, worse_evidence
 
 BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
 INTERPRETED = EmbeddedRegoEngine(BUNDLE, compile_program=False)
@@ -142,7 +142,7 @@ def test_regorus_compiled_and_interpreted_and_the_opa_server_decide_alike(opa_se
 
 
 @pytest.mark.production_stack
-@PROPERTY
+@bounded(EXAMPLES // 2)  # each example is two requests to the server
 @given(requests, st.randoms(use_true_random=False))
 def test_the_opa_server_decides_generated_and_broken_inputs_as_regorus(
     opa_server: str, document: dict[str, Any], rng: random.Random

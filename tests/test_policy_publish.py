@@ -159,9 +159,9 @@ async def test_a_revision_failing_its_tests_is_not_published(placement: Placemen
 def broken_copy(tmp_path: Path) -> Path:
     broken = policy_copy(tmp_path, "deny")
     residency = broken / "residency" / "residency.rego"
-    residency.write_text(
-        residency.read_text().replace("not facts.site_in_korea(site)", "facts.site_in_korea(site)")
-    )
+    rule = residency.read_text()
+    assert 'country != "KR"' in rule  # the change below must change something
+    residency.write_text(rule.replace('country != "KR"', 'country == "KR"'))
     return broken
 
 

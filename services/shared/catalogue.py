@@ -83,11 +83,9 @@ def _validated(model: type[ModelT], path: Path, index: int, entry: Any) -> Model
     try:
         return model.model_validate(entry)
     except ValidationError as error:
-        name = (
-            entry.get("tenant_id") or entry.get("site", {}).get("site_id")
-            if isinstance(entry, dict)
-            else None
-        )
+        fields: dict[str, Any] = entry if isinstance(entry, dict) else {}
+        site = fields.get("site")
+        name = fields.get("tenant_id") or (site.get("site_id") if isinstance(site, dict) else None)
         problems = "; ".join(
             f"{'.'.join(map(str, problem['loc'])) or '<entry>'}: {problem['msg']}"
             for problem in error.errors()

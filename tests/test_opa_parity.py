@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import regorus
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,11 +21,14 @@ from services.placement.logic import policy_input, sites_document
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.policy import (
+    COMPLETE_REQUEST,
     EmbeddedRegoEngine,
     OpaServerEngine,
     PolicyBundle,
     PolicyEngineError,
+    run_rego_tests,
     verdicts_by_site,
+    without_attribute,
 )
 from services.shared.settings import REPO_ROOT
 from sovereign.stack.installation import installation
@@ -154,6 +158,35 @@ def test_the_opa_server_decides_generated_and_broken_inputs_as_regorus(
     _, worse = worse_evidence(document, rng)
     for each in (document, worse):
         assert normalised(server.decide(each)) == normalised(INTERPRETED.decide(each))
+
+
+@pytest.mark.production_stack
+def test_every_absence_denies_on_the_program_and_the_opa_server_too(opa_server: str) -> None:
+    """`policy test`'s absence checks run on the interpreter; the same requests on the two other engines."""
+    run = run_rego_tests(BUNDLE)
+    with_tests = regorus.Engine()
+    for path, text in BUNDLE.files.items():
+        if path.endswith(".rego"):
+            with_tests.add_policy(path, text)
+    with_tests.add_data(BUNDLE.data)
+    complete = json.loads(with_tests.eval_rule_as_json(COMPLETE_REQUEST))
+    compiled = EmbeddedRegoEngine(BUNDLE)
+    server = OpaServerEngine(opa_server, BUNDLE, timeout_seconds=10)
+    checked = 0
+    for rule, attributes in run.reads.items():
+        for attribute in sorted(set(attributes) - run.optional):
+            document = without_attribute(complete, *attribute.split(".", 1))
+            for engine in (compiled, server):
+                verdicts = engine.decide(document)
+                found = {
+                    site
+                    for site, verdict in verdicts.items()
+                    if any(finding["rule"] == rule for finding in verdict["violations"] + verdict["warnings"])
+                }
+                assert found == set(document["sites"]), (engine.name, rule, attribute)
+            checked += 1
+    assert checked == sum(r.name.startswith("absence: ") for r in run.results) > 60
+    assert compiled.interpreted_after_failure == 0
 
 
 def test_an_unreachable_opa_server_fails_the_decision_closed() -> None:

@@ -484,7 +484,7 @@ def _absence_checks(engine: Any) -> tuple[dict[str, list[str]], set[str], list[R
                 continue
             part, name = attribute.split(".", 1)
             started = time.perf_counter()
-            document = _without(complete, part, name)
+            document = without_attribute(complete, part, name)
             engine.set_input_json(json.dumps(document))
             decision = json.loads(engine.eval_rule_as_json(DECISION_RULE))
             denied = {f["site"] for f in decision["kept"] if f["rule"] == rule}
@@ -500,7 +500,7 @@ def _absence_checks(engine: Any) -> tuple[dict[str, list[str]], set[str], list[R
     return reads, optional, results
 
 
-def _without(request: dict[str, Any], part: str, name: str) -> dict[str, Any]:
+def without_attribute(request: dict[str, Any], part: str, name: str) -> dict[str, Any]:
     if part == "request":
         return {key: value for key, value in request.items() if key != name}
     if part == "site":

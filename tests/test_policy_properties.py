@@ -56,12 +56,17 @@ EXEMPTIONS = [
 ]
 
 
-def engine_with(exemptions: list[dict[str, Any]], compile_program: bool = True) -> EmbeddedRegoEngine:
+def bundle_with(exemptions: list[dict[str, Any]]) -> PolicyBundle:
+    """The shipped bundle with these exemptions in its data instead of its own."""
     files = dict(BUNDLE.files)
     data = json.loads(files["data.json"])
     data["exemptions"] = exemptions
     files["data.json"] = json.dumps(data)
-    return EmbeddedRegoEngine(PolicyBundle(files), compile_program=compile_program)
+    return PolicyBundle(files)
+
+
+def engine_with(exemptions: list[dict[str, Any]], compile_program: bool = True) -> EmbeddedRegoEngine:
+    return EmbeddedRegoEngine(bundle_with(exemptions), compile_program=compile_program)
 
 
 ENGINE = engine_with(EXEMPTIONS)

@@ -408,6 +408,7 @@ class RegoTestRun:
     # certificate, no approval on file): the rest are checked to deny when absent, as results.
     reads: dict[str, list[str]] = field(default_factory=dict)
     optional: set[str] = field(default_factory=set)
+    absence: list[AbsenceCase] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -448,14 +449,15 @@ def run_rego_tests(bundle: PolicyBundle) -> RegoTestRun:
     exercised = {
         rule for rule, lines in rule_lines.items() if any(line in covered.get(p, set()) for p, line in lines)
     }
-    reads, optional, absence_results = _absence_checks(engine)
+    reads, optional, absence = _absence_cases(engine)
     return RegoTestRun(
-        results + absence_results,
+        results + [_absence_result(engine, case) for case in absence],
         exercised,
         set(rule_lines) - exercised,
         data_problems(bundle),
         reads,
         optional,
+        absence,
     )
 
 
@@ -463,10 +465,31 @@ COMPLETENESS = "data.sovereign.completeness"
 COMPLETE_REQUEST = "data.sovereign.test_fixtures.complete_request"
 
 
-def _absence_checks(engine: Any) -> tuple[dict[str, list[str]], set[str], list[RegoTestResult]]:
-    """For each attribute a rule reads (completeness.needs) that must be present, the fixtures' complete
-    request without it: the decision must hold a finding of the rule (in its mode) against every site.
-    Nothing to check in a bundle without them."""
+@dataclass(frozen=True)
+class AbsenceCase:
+    """The fixtures' complete request without one attribute a rule needs: whatever the engine, its
+    decision must hold a finding of the rule (in the rule's mode) against every site."""
+
+    rule: str
+    attribute: str
+    request: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"absence: {self.rule} without {self.attribute} finds against every site"
+
+    def sites_without_finding(self, verdicts: dict[str, dict[str, Any]]) -> list[str]:
+        found = {
+            site_id
+            for site_id, verdict in verdicts.items()
+            if any(f["rule"] == self.rule for f in verdict["violations"] + verdict["warnings"])
+        }
+        return sorted(set(self.request["sites"]) - found)
+
+
+def _absence_cases(engine: Any) -> tuple[dict[str, list[str]], set[str], list[AbsenceCase]]:
+    """What each rule reads (completeness.needs), which of that may be absent, and a case for each of the
+    rest. Nothing in a bundle without them."""
     try:
         needs = json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.needs"))
         optional = set(json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.optional")))
@@ -477,30 +500,26 @@ def _absence_checks(engine: Any) -> tuple[dict[str, list[str]], set[str], list[R
         rule: sorted(f"{part}.{name}" for part, names in parts.items() for name in names)
         for rule, parts in needs.items()
     }
-    results = []
-    for rule, attributes in sorted(reads.items()):
-        for attribute in attributes:
-            if attribute in optional:
-                continue
-            part, name = attribute.split(".", 1)
-            started = time.perf_counter()
-            document = without_attribute(complete, part, name)
-            engine.set_input_json(json.dumps(document))
-            decision = json.loads(engine.eval_rule_as_json(DECISION_RULE))
-            denied = {f["site"] for f in decision["kept"] if f["rule"] == rule}
-            missing = sorted(set(document["sites"]) - denied)
-            results.append(
-                RegoTestResult(
-                    f"absence: {rule} without {attribute} finds against every site",
-                    not missing,
-                    f"no {rule} finding at {', '.join(missing)}" if missing else None,
-                    (time.perf_counter() - started) * 1000,
-                )
-            )
-    return reads, optional, results
+    cases = [
+        AbsenceCase(rule, attribute, _without_attribute(complete, *attribute.split(".", 1)))
+        for rule, attributes in sorted(reads.items())
+        for attribute in attributes
+        if attribute not in optional
+    ]
+    return reads, optional, cases
 
 
-def without_attribute(request: dict[str, Any], part: str, name: str) -> dict[str, Any]:
+def _absence_result(engine: Any, case: AbsenceCase) -> RegoTestResult:
+    started = time.perf_counter()
+    engine.set_input_json(json.dumps(case.request))
+    missing = case.sites_without_finding(
+        verdicts_by_site(json.loads(engine.eval_rule_as_json(DECISION_RULE)))
+    )
+    detail = f"no {case.rule} finding at {', '.join(missing)}" if missing else None
+    return RegoTestResult(case.name, not missing, detail, (time.perf_counter() - started) * 1000)
+
+
+def _without_attribute(request: dict[str, Any], part: str, name: str) -> dict[str, Any]:
     if part == "request":
         return {key: value for key, value in request.items() if key != name}
     if part == "site":

@@ -17,7 +17,6 @@ Slug = str
 # ISO 3166-1 alpha-2, as the iso3166 package lists it (Kosovo's user-assigned XK included).
 ISO_COUNTRIES: frozenset[str] = frozenset(iso3166.countries_by_alpha2)
 
-
 COUNTRY_PATTERN = r"^[A-Za-z]{2}$"
 
 
@@ -39,8 +38,8 @@ CountryCode = Annotated[
 ]
 
 
-def unknown_country(code: str | None) -> bool:
-    return code is not None and code not in ISO_COUNTRIES
+def unknown_country(code: str) -> bool:
+    return code not in ISO_COUNTRIES
 
 
 def _on_the_list(code: str) -> str:
@@ -55,6 +54,7 @@ KnownCountryCode = Annotated[CountryCode, AfterValidator(_on_the_list)]
 
 # An id or an approval on file: blank is none.
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
 ChargeModel = Literal["gpu_hour", "tokens"]
 # Billing periods are calendar months in Korea Standard Time.
 PERIOD_PATTERN = r"^(\d{4}-(0[1-9]|1[0-2]))?$"

@@ -29,7 +29,7 @@ from services.governance.handlers import verify_log
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.shared.catalogue import Tenant, load_catalogue
 from services.shared.db import create_service_engine, unit_of_work, utc_now
-from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.embedded_broker import CLIENT_ENV, EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Keyring, Signer
@@ -86,7 +86,7 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
             "SOVEREIGN_AUDITOR_KEYS": str(keys / "auditors.json"),
             "SOVEREIGN_SITE_ATTESTATIONS": str(keys / "attestations.json"),
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "KAFKA_IDEMPOTENT_PRODUCER": "false",
+            **CLIENT_ENV,
             "SOVEREIGN_DATA_DIR": str(RUN_DIR / "data"),
             "SOVEREIGN_TIME_SCALE": str(time_scale),
             # A simulated hardware fault: a quarter of the runs at Haenam fail half-way and are retried.

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.embedded_broker import CLIENT_ENV, EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
 from services.shared.settings import REPO_ROOT
 
@@ -26,7 +26,7 @@ def embedded_service_env(bootstrap_servers: str, data_dir: Path, **variables: st
     return {
         **inherited,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-        "KAFKA_IDEMPOTENT_PRODUCER": "false",  # Tansu rejects the idempotent producer
+        **CLIENT_ENV,
         "SOVEREIGN_DATA_DIR": str(data_dir),
         **variables,
     }

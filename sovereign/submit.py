@@ -54,7 +54,10 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     # The tenant's own stream: all a tenant may read, and everything about its jobs.
     stream = tenant_stream(request.tenant_id)
     try:
-        async with EventWatcher(settings.bootstrap_servers, [stream], security=security) as watcher:
+        watching = EventWatcher(
+            settings.bootstrap_servers, [stream], security, fetch_max_wait_ms=settings.fetch_max_wait_ms
+        )
+        async with watching as watcher:
             await produce(
                 settings.bootstrap_servers, [(event, str(job_id))], settings.idempotent_producer, security
             )

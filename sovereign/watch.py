@@ -12,6 +12,7 @@ from faststream.security import BaseSecurity
 from pydantic import ValidationError
 
 from contracts import AnyEvent, model_for
+from services.shared.embedded_broker import FETCH_MAX_WAIT_MS
 from services.shared.kafka import client_options
 
 
@@ -28,11 +29,14 @@ class EventWatcher:
         topics: Sequence[str],
         from_beginning: bool = False,
         security: BaseSecurity | None = None,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ):
+        # A watcher is there to see events as they come: its fetches are short on any broker.
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             enable_auto_commit=False,
             group_id=None,
+            fetch_max_wait_ms=fetch_max_wait_ms,
             **client_options(security),
         )
         self._bootstrap_servers = bootstrap_servers

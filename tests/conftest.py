@@ -32,7 +32,7 @@ from contracts.events import (
 )
 from services.placement.logic import PoolState, offered_pools
 from services.shared.catalogue import load_catalogue
-from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.embedded_broker import FETCH_MAX_WAIT_MS, EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
 from services.shared.policy import PolicyBundle
 from services.shared.runtime import Service, running
@@ -166,6 +166,7 @@ def service_settings(bootstrap_servers: str, data_dir: Path, **overrides: object
         bootstrap_servers=bootstrap_servers,
         data_dir=data_dir,
         idempotent_producer=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         outbox_poll_seconds=0.2,
         keyring_path=TEST_KEYS.keyring,
         signing_key_path=TEST_KEYS.private_key(TEST_KEYS.factory),

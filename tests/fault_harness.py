@@ -34,7 +34,7 @@ from services.factory_agent.storage import RunRow
 from services.placement.storage import JobRow, SiteRow
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, database_url_for, table_of
-from services.shared.embedded_broker import EmbeddedBroker
+from services.shared.embedded_broker import FETCH_MAX_WAIT_MS, EmbeddedBroker
 from services.shared.health import WorkerRow
 from services.shared.kafka import all_topics, ensure_topics, transport_security
 from services.shared.outbox import OutboxMessage
@@ -285,6 +285,7 @@ async def running_cluster(
     settings = Settings(
         data_dir=root / "data",
         idempotent_producer=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         catalogue_dir=catalogue_dir or REPO_ROOT / "catalogue",
         keyring_path=TEST_KEYS.keyring,
     )

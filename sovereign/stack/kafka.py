@@ -156,6 +156,7 @@ class LocalKafka:
             kafka_ca_file=self.tls_dir / "ca.pem",
             create_topics=False,
             idempotent_producer=True,
+            fetch_max_wait_ms=Settings.fetch_max_wait_ms,
         )
 
     def client_env(self, principal: str) -> dict[str, str]:
@@ -170,6 +171,7 @@ class LocalKafka:
             "KAFKA_SASL_PASSWORD_FILE": str(settings.kafka_password_file),
             "KAFKA_CREATE_TOPICS": "false",
             "KAFKA_IDEMPOTENT_PRODUCER": "true",
+            "KAFKA_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
         }
 
     def start(self, timeout: float = 90.0) -> None:

@@ -513,6 +513,12 @@ class PolicyDecisionRecord(Contract):
         default=None,
         description="The policy input as evaluated (job, tenant, every site, time), for audit and replay.",
     )
+    cached_sites: list[str] = Field(
+        default_factory=list,
+        description="The sites whose verdict the deciding worker had already computed for the same "
+        "revision, policy-relevant job attributes, tenant, site document and day, and took from memory "
+        "instead of evaluating again.",
+    )
 
 
 class PolicyRevisionPublished(Contract):
@@ -609,7 +615,7 @@ class CapacityUpdatedEvent(Event[CapacityUpdated]):
 
 
 class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["policy.decisions"] = "policy.decisions"
 
 

@@ -626,6 +626,7 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
     class BrokenEngine:
         name = "broken"
         revision = "r"
+        bundle = PolicyBundle({})
 
         def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
             raise PolicyEngineError("engine crashed")
@@ -639,6 +640,7 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
     class SlowEngine:
         name = "slow"
         revision = "r"
+        bundle = PolicyBundle({})
 
         def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
             time.sleep(0.05)

@@ -83,6 +83,7 @@ from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox, relay_to_tenant
 from services.shared.policy import PolicyEngine, PolicyEngineError
 from services.shared.signing import Keyring, KeyRole, Signer, staleness
+from services.shared.verdict_cache import VerdictCache
 
 CONSUMER = "placement"
 SOURCE = "service/placement"
@@ -107,6 +108,8 @@ class PlacementContext:
     auditor_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     # A decision slower than this is not used: the job waits and is decided again (fail closed).
     policy_budget_ms: float = 250.0
+    # This worker's verdicts of the current revision, so a decision evaluates only sites it has not judged.
+    verdicts: VerdictCache = field(default_factory=VerdictCache)
     # The periodic pass re-plans a queued job only if nothing re-planned it for this long.
     queue_retry: timedelta = timedelta(seconds=60)
     # The marketplace's key, signing each placement's attestation (none: placements go unattested).
@@ -416,7 +419,7 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
     document = policy_input(request, tenant_document, market.document, now)
     started = time.perf_counter()
     try:
-        decision = ctx.policy.decide(document)
+        decision = ctx.verdicts.decide(ctx.policy, document, market.site_digests)
     except PolicyEngineError as error:
         probe = policy_input(probe_request(request, now), tenant_document, market.document, now)
         if _engine_answers(ctx, probe):
@@ -436,8 +439,8 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
             f"the policy evaluation took {duration_us / 1000:.0f} ms, over its {ctx.policy_budget_ms:.0f} ms"
         )
         return _wait_for_policy(session, ctx, job, request, decision_id, f"{took} budget")
-    verdicts = parse_verdicts(decision, set(market.sites))
-    _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us)
+    verdicts = parse_verdicts(decision.verdicts, set(market.sites))
+    _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us, decision.cached_sites)
 
     plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now, job.failed_sites)
     for _ in range(RESERVE_ATTEMPTS):
@@ -527,6 +530,7 @@ def _record_decision(
     document: dict[str, Any],
     verdicts: dict[str, SiteVerdict],
     duration_us: int,
+    cached_sites: frozenset[str],
 ) -> None:
     input_sha256 = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
     record = PolicyDecisionRecord(
@@ -539,6 +543,7 @@ def _record_decision(
         duration_us=duration_us,
         sites=sorted(verdicts.values(), key=lambda v: v.site_id),
         input=document,
+        cached_sites=sorted(cached_sites),
     )
     # The input (the whole market, kilobytes) travels in the event to the audit log; kept here by digest.
     session.execute(

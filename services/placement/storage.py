@@ -14,6 +14,7 @@ from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState, site_of_run, sites_document
 from services.shared.db import as_utc, empty_json_list, table_of, upsert_insert, utc_now
 from services.shared.money import period_of
+from services.shared.verdict_cache import site_digest
 
 
 class SiteRow(SQLModel, table=True):
@@ -168,6 +169,8 @@ class Market:
     document: dict[str, Any]
     # The listed auditor whose signature over each site's attributes verified (None: nobody vouched).
     verified_by: dict[str, str | None]
+    # Each site's part of `document` by digest, which the verdict cache remembers verdicts under.
+    site_digests: dict[str, str]
 
 
 def load_market(session: Session) -> Market:
@@ -176,7 +179,9 @@ def load_market(session: Session) -> Market:
         rows = session.execute(select(SiteRow.site_id, SiteRow.attributes, SiteRow.verified_by)).all()
         sites = {row.site_id: SiteAttributes.model_validate(row.attributes) for row in rows}
         verifiers = {row.site_id: row.verified_by for row in rows}
-        market = Market(sites, sites_document(sites, load_pools(session), verifiers), verifiers)
+        document = sites_document(sites, load_pools(session), verifiers)
+        digests = {site_id: site_digest(site) for site_id, site in document.items()}
+        market = Market(sites, document, verifiers, digests)
         session.info[MARKET_KEY] = market
     return market
 

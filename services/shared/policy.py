@@ -97,6 +97,8 @@ class PolicyBundle:
 class PolicyEngine(Protocol):
     name: str
     revision: str
+    # What it decides under: the revision is this bundle's.
+    bundle: PolicyBundle
 
     def decide(self, policy_input: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """A verdict per judged site: allowed, violations, warnings and exempted findings."""
@@ -165,6 +167,7 @@ class EmbeddedRegoEngine:
     name = "regorus"
 
     def __init__(self, bundle: PolicyBundle, compile_program: bool = True):
+        self.bundle = bundle
         self.revision = bundle.revision
         self._engine = _compile(bundle, include_tests=False)
         self._vm, refusal = _compile_program(bundle) if compile_program else (None, None)
@@ -487,14 +490,38 @@ class AbsenceCase:
         return sorted(set(self.request["sites"]) - found)
 
 
+def _needs(engine: Any) -> dict[str, dict[str, list[str]]] | None:
+    """completeness.needs: what each rule reads, by part of the input; None in a bundle without it."""
+    try:
+        needs: dict[str, dict[str, list[str]]] = json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.needs"))
+    except Exception:
+        return None
+    return needs
+
+
+def declared_reads(bundle: PolicyBundle) -> dict[str, set[str]] | None:
+    """Every attribute some rule of the bundle reads, by part of the input (job, tenant, site, request);
+    None when the bundle does not declare them."""
+    needs = _needs(_compile(bundle, include_tests=False))
+    if needs is None:
+        return None
+    reads: dict[str, set[str]] = {}
+    for parts in needs.values():
+        for part, names in parts.items():
+            reads.setdefault(part, set()).update(names)
+    return reads
+
+
 def _absence_cases(engine: Any) -> tuple[dict[str, list[str]], set[str], list[AbsenceCase]]:
     """What each rule reads (completeness.needs), which of that may be absent, and a case for each of the
     rest. Nothing in a bundle without them."""
+    needs = _needs(engine)
     try:
-        needs = json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.needs"))
         optional = set(json.loads(engine.eval_rule_as_json(f"{COMPLETENESS}.optional")))
         complete = json.loads(engine.eval_rule_as_json(COMPLETE_REQUEST))
     except Exception:
+        return {}, set(), []
+    if needs is None:
         return {}, set(), []
     reads = {
         rule: sorted(f"{part}.{name}" for part, names in parts.items() for name in names)

@@ -55,7 +55,10 @@ async def submit(path: Path, settings: Settings, wait_seconds: float) -> int:
     stream = tenant_stream(request.tenant_id)
     try:
         watching = EventWatcher(
-            settings.bootstrap_servers, [stream], security, fetch_max_wait_ms=settings.fetch_max_wait_ms
+            settings.bootstrap_servers,
+            [stream],
+            security=security,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         async with watching as watcher:
             await produce(

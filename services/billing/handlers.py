@@ -39,13 +39,13 @@ from services.billing.storage import (
     BudgetAlertRow,
     ChargeRow,
     InvoiceRow,
-    PostingRow,
     UsageLineRow,
     charged_krw,
     invoice_lines,
     line_by_event,
     lock_charge,
     lock_invoice,
+    post,
     unrated_lines,
     usage_line,
 )
@@ -202,15 +202,12 @@ def settle(ctx: BillingContext, session: Session, charge: ChargeRow) -> None:
         line.usage_period = usage_period
         line.invoice_period = invoice.period
         invoice.subtotal_krw += amount
-        for posting in postings_for(amount, ctx.fee_bps, charge.tenant_id, charge.site_id):
-            session.add(
-                PostingRow(
-                    transaction_id=line.event_id,
-                    job_id=charge.job_id,
-                    account=posting.account,
-                    amount_krw=posting.amount_krw,
-                )
-            )
+        post(
+            session,
+            line.event_id,
+            charge.job_id,
+            postings_for(amount, ctx.fee_bps, charge.tenant_id, charge.site_id),
+        )
         charge.rated_seq = line.seq
         charge.rated_gpu_seconds += line.gpu_seconds
         charge.rated_input_tokens += line.input_tokens
@@ -365,14 +362,12 @@ def issue_invoice(
             f"the lines of {tenant_id}'s {period} invoice add up to {issued.subtotal_krw} KRW but its "
             f"running subtotal says {invoice.subtotal_krw}; run `sovereign billing check`"
         )
-    for posting in invoice_postings(tenant_id, issued.volume_discount_krw, issued.vat_krw):
-        session.add(
-            PostingRow(
-                transaction_id=f"invoice:{invoice.invoice_id}",
-                account=posting.account,
-                amount_krw=posting.amount_krw,
-            )
-        )
+    post(
+        session,
+        f"invoice:{invoice.invoice_id}",
+        None,
+        invoice_postings(tenant_id, issued.volume_discount_krw, issued.vat_krw),
+    )
     invoice.status = "issued"
     invoice.issued_at = now
     invoice.volume_discount_krw = issued.volume_discount_krw

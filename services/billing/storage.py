@@ -7,13 +7,14 @@ Won amounts and usage counts are 64-bit (BigInteger): one large run bills more t
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Table, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Table, UniqueConstraint, insert
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
-from services.billing.rating import Rate, Usage
+from services.billing.rating import Posting, Rate, Usage
 from services.shared.db import table_of, utc_now
 
 INVOICE_NAMESPACE = uuid.UUID("3e0f5a51-7c2d-4b8e-a0f4-9d21c6b7e845")
@@ -161,6 +162,26 @@ def lock_invoice(session: Session, tenant_id: str, period: str) -> InvoiceRow:
         session.add(invoice)
         session.flush()
     return invoice
+
+
+_INSERT_POSTING = insert(table_of(PostingRow))
+
+
+def post(session: Session, transaction_id: str, job_id: str | None, postings: Sequence[Posting]) -> None:
+    """One ledger transaction, in one statement (no ORM objects to flush)."""
+    now = utc_now()
+    rows = [
+        {
+            "transaction_id": transaction_id,
+            "job_id": job_id,
+            "account": posting.account,
+            "amount_krw": posting.amount_krw,
+            "posted_at": now,
+        }
+        for posting in postings
+    ]
+    if rows:
+        session.execute(_INSERT_POSTING, rows)
 
 
 def usage_line(session: Session, job_id: str, attempt: int, seq: int) -> UsageLineRow | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from contracts.events import (
@@ -32,6 +32,7 @@ from services.governance.storage import (
     lock_head,
 )
 from services.governance.what_if import WhatIfReport, replay, summarise
+from services.shared.db import table_of
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
@@ -155,34 +156,45 @@ def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:
         "time": event.time.isoformat(),
         "decision": record.model_dump(mode="json"),
     }
-    entry = DecisionLogEntry(
-        seq=head.seq + 1,
-        decision_id=decision_id,
-        job_id=str(record.job_id),
-        tenant_id=record.tenant_id,
-        policy_revision=record.policy_revision,
-        decided_at=event.time,
-        content=content,
-        previous_hash=head.entry_hash,
-        entry_hash=chain_hash(head.entry_hash, content),
+    seq, entry_hash = head.seq + 1, chain_hash(head.entry_hash, content)
+    # Core statements, each built once: an append is two inserts, however many findings it has.
+    session.execute(
+        _INSERT_ENTRY,
+        {
+            "seq": seq,
+            "decision_id": decision_id,
+            "job_id": str(record.job_id),
+            "tenant_id": record.tenant_id,
+            "policy_revision": record.policy_revision,
+            "decided_at": event.time,
+            "content": content,
+            "previous_hash": head.entry_hash,
+            "entry_hash": entry_hash,
+        },
     )
-    session.add(entry)
-    for verdict in record.sites:
-        outcomes: list[tuple[str, str]] = [(v.rule, v.mode) for v in [*verdict.violations, *verdict.warnings]]
-        outcomes += [(e.rule, "exempted") for e in verdict.exempted]
-        for rule, outcome in sorted(set(outcomes)):
-            session.add(
-                DecisionFinding(
-                    decision_id=decision_id,
-                    site_id=verdict.site_id,
-                    rule=rule,
-                    outcome=outcome,
-                    site_allowed=verdict.allowed,
-                )
-            )
-    head.seq = entry.seq
-    head.entry_hash = entry.entry_hash
-    get_logger(decision_id=decision_id, job_id=entry.job_id).info("decision_logged", seq=entry.seq)
+    findings = [
+        {
+            "decision_id": decision_id,
+            "site_id": verdict.site_id,
+            "rule": rule,
+            "outcome": outcome,
+            "site_allowed": verdict.allowed,
+        }
+        for verdict in record.sites
+        for rule, outcome in sorted(
+            {(v.rule, v.mode) for v in [*verdict.violations, *verdict.warnings]}
+            | {(e.rule, "exempted") for e in verdict.exempted}
+        )
+    ]
+    if findings:
+        session.execute(_INSERT_FINDING, findings)
+    head.seq = seq
+    head.entry_hash = entry_hash
+    get_logger(decision_id=decision_id, job_id=str(record.job_id)).info("decision_logged", seq=seq)
+
+
+_INSERT_ENTRY = insert(table_of(DecisionLogEntry))
+_INSERT_FINDING = insert(table_of(DecisionFinding))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -67,7 +68,8 @@ class VerdictCache:
         self.capacity = capacity
         self._revision: str | None = None
         self._job_reads: frozenset[str] | None = None
-        self._verdicts: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # Oldest first: the one evicted when the cache is full.
+        self._verdicts: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
 
     def decide(
         self,
@@ -79,7 +81,7 @@ class VerdictCache:
         `site_digests` (each site's `site_digest`, computed once per market) saves hashing every site."""
         if engine.revision != self._revision:
             self._revision = engine.revision
-            self._verdicts = {}
+            self._verdicts = OrderedDict()
             reads = declared_reads(engine.bundle)
             self._job_reads = frozenset(reads.get("job", ())) if reads is not None else None
         sites = policy_input.get("sites")
@@ -121,5 +123,5 @@ class VerdictCache:
 
     def _remember(self, key: tuple[str, str, str], verdict: dict[str, Any]) -> None:
         if len(self._verdicts) >= self.capacity:
-            del self._verdicts[next(iter(self._verdicts))]  # the oldest
+            self._verdicts.popitem(last=False)
         self._verdicts[key] = verdict

@@ -1,7 +1,7 @@
 """Placement throughput and latency against the broker's own ceiling, in one run on one broker.
 
     .venv/bin/python -m bench.run [--broker tansu|kafka] [--jobs 2000] [--seconds 10]
-                                  [--out bench/results/latest.json]
+                                  [--fetch-max-wait-ms MS] [--out bench/results/latest.json]
 
 --broker kafka runs everything on Apache Kafka as compose configures it (SASL_SSL, SCRAM, ACLs, each service
 its own principal with the idempotent producer), the ceiling included, so Tansu-only effects stand apart.
@@ -183,8 +183,15 @@ async def relay_ceiling(
 
 
 def start_services(
-    bootstrap: str, catalogue: Path, workdir: Path, keys: ThrowawayKeys, kafka: LocalKafka | None
+    bootstrap: str,
+    catalogue: Path,
+    workdir: Path,
+    keys: ThrowawayKeys,
+    kafka: LocalKafka | None,
+    fetch_max_wait_ms: int | None,
 ) -> dict[str, subprocess.Popen[bytes]]:
+    """The four services as processes; with fetch_max_wait_ms, that instead of the broker's setting."""
+    fetch = {"KAFKA_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)} if fetch_max_wait_ms is not None else {}
     env = embedded_service_env(
         bootstrap,
         workdir / "data",
@@ -196,7 +203,9 @@ def start_services(
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     return {
         name: start_service(
-            name, {**env, **(kafka.client_env(name) if kafka else {})}, workdir / "logs" / f"{name}.log"
+            name,
+            {**env, **(kafka.client_env(name) if kafka else {}), **fetch},
+            workdir / "logs" / f"{name}.log",
         )
         for name in SERVICES
     }
@@ -413,6 +422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the embedded Tansu, or Apache Kafka as compose configures it (SASL_SSL, ACLs)",
     )
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput burst")
+    parser.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=None,
+        help="the services' KAFKA_FETCH_MAX_WAIT_MS instead of the broker's setting, to measure its cost",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each offered-load run")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/latest.json")
     args = parser.parse_args(argv)
@@ -473,7 +488,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             bootstrap, [(str(i).encode(), payload) for i in range(args.jobs)], security
         )
         print(f"  ceiling: {ceiling:,.0f} jobs/s through one raw aiokafka hop ({len(payload)}-byte payloads)")
-        processes = start_services(bootstrap, catalogue, workdir, keys, kafka)
+        processes = start_services(bootstrap, catalogue, workdir, keys, kafka, args.fetch_max_wait_ms)
         try:
             await asyncio.wait_for(wait_for_offers(bootstrap, sites, security), 90)
             await asyncio.sleep(6)  # the consumer groups' first join

@@ -13,6 +13,7 @@ from faststream.specification import AsyncAPI
 
 from contracts.events import EVENT_MODELS
 from contracts.pinning import ASYNCAPI_DIR, SCHEMA_DIR, current_schema, export_schemas, render, schema_path
+from services.shared.runtime import Service
 from services.shared.settings import Settings
 
 
@@ -28,22 +29,31 @@ def asyncapi_documents() -> dict[str, dict[str, Any]]:
             spec = AsyncAPI(
                 service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0"
             )
-            document = one_event_per_message(json.loads(spec.to_specification().to_json()))
+            document = one_event_per_topic(json.loads(spec.to_specification().to_json()), service)
             documents[name] = with_tenant_parameter(document)
             service.engine.dispose()
     return documents
 
 
-def one_event_per_message(document: dict[str, Any]) -> dict[str, Any]:
-    """Consumers take their topic in batches, so FastStream documents each subscribed payload as an array
-    of events; on the wire every message is one event. Point each such payload at its event's schema."""
-    schemas = document.get("components", {}).get("schemas", {})
-    for message in document.get("components", {}).get("messages", {}).values():
-        name = message.get("payload", {}).get("$ref", "").rpartition("/")[2]
-        wrapper = schemas.get(name, {})
-        if name.endswith(":Message:Payload") and wrapper.get("type") == "array":
-            message["payload"] = wrapper["items"]
-            del schemas[name]
+def one_event_per_topic(document: dict[str, Any], service: Service) -> dict[str, Any]:
+    """A service consumes all its topics with one batch subscriber, so FastStream documents each consumed
+    topic's payload as an array of any of the service's events, and names its receive operations after the
+    subscription. On the wire each message of a topic is one event of that topic's model: point each
+    consumed topic's payload at that schema, and name each receive operation after its channel."""
+    components = document.get("components", {})
+    for channel_id, channel in document.get("channels", {}).items():
+        consumed = service.handlers.get(channel.get("address", ""))
+        if consumed is None:
+            continue
+        for reference in channel.get("messages", {}).values():
+            message = components["messages"][reference["$ref"].rpartition("/")[2]]
+            message["payload"] = {"$ref": f"#/components/schemas/{consumed[0].__name__}"}
+        operations = document.get("operations", {})
+        if f"{channel_id}Subscribe" in operations:
+            operations[channel_id] = operations.pop(f"{channel_id}Subscribe")
+    schemas = components.get("schemas", {})
+    for name in [name for name in schemas if name.endswith(":Message:Payload")]:
+        del schemas[name]
     return document
 
 

@@ -260,7 +260,7 @@ async def _caught_up(
     for _ in range(int(within / 0.2)):
         if _died(processes):
             return False
-        if not await consumer_lag(bootstrap, consumer_group(service, topic), topic):
+        if not await consumer_lag(bootstrap, consumer_group(service), topic):
             return True
         await asyncio.sleep(0.2)
     return False

@@ -63,7 +63,7 @@ async def collect_status(
             for row in rows
         ]
         status.lag = {topic: 0 for row in rows for topic in row.topics}
-        groups |= {consumer_group(service, topic): [topic] for topic in status.lag}
+        groups[consumer_group(service)] = list(status.lag)
         report.append(status)
     security = transport_security(settings)
     lag = await lag_by_group(settings.bootstrap_servers, groups, security)
@@ -74,7 +74,7 @@ async def collect_status(
         [dict(record.headers or ()).get("dlq-consumer", b"").decode() async for record in letters]
     )
     for status in report:
-        status.lag = {topic: lag[consumer_group(status.service, topic)] for topic in status.lag}
+        status.lag = lag[consumer_group(status.service)]
         status.dead_letters = by_consumer[status.service]
     return report
 

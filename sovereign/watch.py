@@ -240,11 +240,11 @@ async def partition_ends(
 
 async def lag_by_group(
     bootstrap_servers: str, groups: Mapping[str, Sequence[str]], security: BaseSecurity | None = None
-) -> dict[str, int]:
-    """For each consumer group, how many messages of its topics it has not committed yet."""
+) -> dict[str, dict[str, int]]:
+    """For each consumer group, how many messages of each of its topics it has not committed yet."""
     topics = sorted({topic for group_topics in groups.values() for topic in group_topics})
     ends = await partition_ends(bootstrap_servers, topics, security=security) if topics else {}
-    lag: dict[str, int] = {}
+    lag: dict[str, dict[str, int]] = {}
     for group, group_topics in groups.items():
         # A consumer that never subscribes joins no group: it only reads the group's committed offsets.
         consumer = AIOKafkaConsumer(
@@ -255,10 +255,10 @@ async def lag_by_group(
         )
         await consumer.start()
         try:
-            lag[group] = 0
+            lag[group] = dict.fromkeys(group_topics, 0)
             for partition, end in ends.items():
                 if partition.topic in group_topics:
-                    lag[group] += max(0, end - (await consumer.committed(partition) or 0))
+                    lag[group][partition.topic] += max(0, end - (await consumer.committed(partition) or 0))
         finally:
             await consumer.stop()
     return lag
@@ -266,4 +266,4 @@ async def lag_by_group(
 
 async def consumer_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
     """How many messages of `topic` the consumer group has not committed yet."""
-    return (await lag_by_group(bootstrap_servers, {group_id: [topic]}))[group_id]
+    return (await lag_by_group(bootstrap_servers, {group_id: [topic]}))[group_id][topic]

@@ -178,7 +178,7 @@ async def test_redelivered_usage_is_billed_once(marketplace: Marketplace) -> Non
         await producer.stop()
     partition = TopicPartition("usage.reported", sent[-1].partition)
     assert await wait_until_async(
-        lambda: committed_offset(settings.bootstrap_servers, "billing.usage.reported", partition),
+        lambda: committed_offset(settings.bootstrap_servers, consumer_group("billing"), partition),
         lambda offset: offset > sent[-1].offset,
         within=30,
     )
@@ -330,7 +330,7 @@ async def test_a_cancel_that_overtakes_its_request_stops_it(marketplace: Marketp
     )
     assert await wait_until(lambda: bool(trace.cancelled), within=30)
     await produce(settings.bootstrap_servers, request_events([request], TEST_KEYS.tenants), idempotent=False)
-    group = consumer_group("placement", "jobs.requested")
+    group = consumer_group("placement")
     assert await wait_until_async(
         lambda: consumer_lag(settings.bootstrap_servers, group, "jobs.requested"),
         lambda lag: lag == 0,

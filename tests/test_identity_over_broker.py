@@ -139,9 +139,7 @@ async def test_a_stale_request_is_rejected_and_a_replayed_one_changes_nothing(ma
     # Someone copies the signed envelope onto the topic again, byte for byte.
     await send(settings, "jobs.requested", [original, original])
     assert await wait_until_async(
-        lambda: consumer_lag(
-            settings.bootstrap_servers, consumer_group("placement", "jobs.requested"), "jobs.requested"
-        ),
+        lambda: consumer_lag(settings.bootstrap_servers, consumer_group("placement"), "jobs.requested"),
         lambda lag: lag == 0,
         within=30,
     )

@@ -93,7 +93,7 @@ async def market(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     async with run_services(builders) as services, following(kafka, Tracker()) as tracker:
         assert await wait_until(lambda: len(tracker.sites_offered) == 3, within=30)
         # Every test assumes placement has taken in all three offers.
-        group = consumer_group("placement", "capacity.offered")
+        group = consumer_group("placement")
         assert await wait_until_async(
             lambda: consumer_lag(kafka, group, "capacity.offered"), lambda lag: lag == 0, within=30
         )

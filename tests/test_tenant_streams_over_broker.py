@@ -168,9 +168,7 @@ async def test_a_factory_cannot_report_on_a_run_placed_elsewhere_or_write_into_a
         f"PoisonMessage: a report on tenant {request.tenant_id}'s run sent with subject mois",
     ]
     assert await wait_until_async(
-        lambda: consumer_lag(
-            settings.bootstrap_servers, consumer_group("placement", "jobs.started"), "jobs.started"
-        ),
+        lambda: consumer_lag(settings.bootstrap_servers, consumer_group("placement"), "jobs.started"),
         lambda lag: lag == 0,
         within=30,
     )

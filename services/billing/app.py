@@ -29,9 +29,14 @@ def build(settings: Settings) -> Service:
         tenants=service.catalogue.tenants,
         keyring=Keyring.load(settings.keyring_path),
     )
-    consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
-    consume(service, UsageReportedEvent, partial(handlers.on_usage_reported, context))
-    consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
+    consume(
+        service,
+        {
+            JobPlacedEvent: partial(handlers.on_job_placed, context),
+            UsageReportedEvent: partial(handlers.on_usage_reported, context),
+            JobCompletedEvent: partial(handlers.on_job_completed, context),
+        },
+    )
     # Invoices are issued by `sovereign invoice --issue` in billing's database; this relay publishes them.
     document_publishers(
         service.broker,

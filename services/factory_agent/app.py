@@ -47,8 +47,13 @@ def build(settings: Settings) -> Service:
     )
     # Offers go through the outbox like every other event: published as soon as the relay runs.
     service.on_start.append(partial(handlers.offer_capacity, context))
-    consume(service, JobPlacedEvent, partial(handlers.on_job_placed, context))
-    consume(service, JobCancelledEvent, partial(handlers.on_job_cancelled, context))
+    consume(
+        service,
+        {
+            JobPlacedEvent: partial(handlers.on_job_placed, context),
+            JobCancelledEvent: partial(handlers.on_job_cancelled, context),
+        },
+    )
     document_publishers(
         service.broker, [CapacityOfferedEvent, JobStartedEvent, UsageReportedEvent, JobCompletedEvent], NAME
     )

@@ -24,15 +24,16 @@ NAME = "governance"
 
 def build(settings: Settings) -> Service:
     service = new_service(NAME, settings, TABLES)
-    consume(service, PolicyDecisionEvent, handlers.on_policy_decision)
     consume(
         service,
-        PolicyPublishedEvent,
-        partial(handlers.on_policy_published, Keyring.load(settings.keyring_path)),
+        {
+            PolicyDecisionEvent: handlers.on_policy_decision,
+            PolicyPublishedEvent: partial(handlers.on_policy_published, Keyring.load(settings.keyring_path)),
+            JobPlacedEvent: handlers.on_job_outcome,
+            JobQueuedEvent: handlers.on_job_outcome,
+            JobRejectedEvent: handlers.on_job_outcome,
+            JobCompletedEvent: handlers.on_job_completed,
+        },
     )
-    consume(service, JobPlacedEvent, handlers.on_job_outcome)
-    consume(service, JobQueuedEvent, handlers.on_job_outcome)
-    consume(service, JobRejectedEvent, handlers.on_job_outcome)
-    consume(service, JobCompletedEvent, handlers.on_job_completed)
     document_publishers(service.broker, [PolicyNonComplianceEvent], NAME)
     return service

@@ -59,13 +59,18 @@ def build(settings: Settings) -> Service:
         if settings.attestation_key_path
         else None,
     )
-    consume(service, JobRequestedEvent, partial(handlers.on_job_requested, context))
-    consume(service, CapacityOfferedEvent, partial(handlers.on_capacity_offered, context))
-    consume(service, CapacityUpdatedEvent, partial(handlers.on_capacity_updated, context))
-    consume(service, JobStartedEvent, partial(handlers.on_job_started, context))
-    consume(service, JobBilledEvent, handlers.on_job_billed)
-    consume(service, JobCompletedEvent, partial(handlers.on_job_completed, context))
-    consume(service, JobCancelEvent, partial(handlers.on_job_cancel, context))
+    consume(
+        service,
+        {
+            JobRequestedEvent: partial(handlers.on_job_requested, context),
+            CapacityOfferedEvent: partial(handlers.on_capacity_offered, context),
+            CapacityUpdatedEvent: partial(handlers.on_capacity_updated, context),
+            JobStartedEvent: partial(handlers.on_job_started, context),
+            JobBilledEvent: handlers.on_job_billed,
+            JobCompletedEvent: partial(handlers.on_job_completed, context),
+            JobCancelEvent: partial(handlers.on_job_cancel, context),
+        },
+    )
     document_publishers(
         service.broker,
         [
@@ -88,7 +93,7 @@ def build(settings: Settings) -> Service:
 
     service.broker.subscriber(
         "policy.published",
-        **subscriber_options(NAME, "policy.published", settings, broadcast=True),
+        **subscriber_options(NAME, settings, broadcast_topic="policy.published"),
     )(policy_published)
 
     async def sweep_queue() -> None:

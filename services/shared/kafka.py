@@ -138,17 +138,19 @@ async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException,
     )
 
 
-def consumer_group(service: str, topic: str) -> str:
-    # One group per (service, topic): workers of a service share each topic's partitions, and a member
-    # joining for one topic never forces a rebalance of another.
-    return f"{service}.{topic}"
+def consumer_group(service: str) -> str:
+    # One group per service, over every topic it consumes: its workers share each topic's partitions.
+    return f"{service}.events"
 
 
 def subscriber_options(
-    service: str, topic: str, settings: Settings, broadcast: bool = False
+    service: str, settings: Settings, broadcast_topic: str | None = None
 ) -> dict[str, Any]:
-    """Consumer settings; a broadcast subscriber has a group of its own, so every worker reads everything."""
-    group = consumer_group(service, topic) + (f".{uuid.uuid4().hex[:12]}" if broadcast else "")
+    """Consumer settings; a broadcast subscriber (of one topic) has a group of its own, so every worker reads
+    everything."""
+    group = (
+        f"{service}.{broadcast_topic}.{uuid.uuid4().hex[:12]}" if broadcast_topic else consumer_group(service)
+    )
     return {
         "group_id": group,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
@@ -156,7 +158,7 @@ def subscriber_options(
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.session_timeout_ms // 3,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-        "title": f"{service}:{topic}",
+        "title": f"{service}:{broadcast_topic}" if broadcast_topic else service,
     }
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Union
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from contracts import Event, tenant_stream
 from contracts.events import TOLD_TO_TENANT
-from services.shared.batch import handle_batch, parse_records
+from services.shared.batch import Refusal, handle_batch, parse_records
 from services.shared.catalogue import Catalogue, load_catalogue
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
@@ -40,7 +40,6 @@ from services.shared.settings import Settings
 SHUTDOWN_DRAIN_SECONDS = 5.0
 # A background loop that fails (the database went away, say) is restarted after this pause.
 BACKGROUND_RESTART_SECONDS = 1.0
-EventT = TypeVar("EventT", bound=Event)  # type: ignore[type-arg]
 
 
 @dataclass
@@ -94,25 +93,42 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
     )
 
 
-def _batch_decoder(model: type[EventT]) -> Callable[[StreamMessage[Any]], Awaitable[list[EventT]]]:
-    """Parse each record of a batch alone, so one bad record is refused alone. The handler's `events`
-    (which also gives the AsyncAPI document its payload schema) are the good ones; the pairs of record
-    and event, and the refusals, travel on the message."""
+Handlers = Mapping[type[Event[Any]], Callable[[Session, Any], None]]
 
-    async def decode(message: StreamMessage[Any]) -> list[EventT]:
-        events, refused = parse_records(model, message.raw_message)
+
+def _batch_decoder(
+    models: Mapping[str, type[Event[Any]]],
+) -> Callable[[StreamMessage[Any]], Awaitable[list[Event[Any]]]]:
+    """Parse each record of a batch alone, as an event of its topic's model, so one bad record is refused
+    alone. The handler's `events` are the good ones; the pairs of record and event, and the refusals,
+    travel on the message."""
+
+    async def decode(message: StreamMessage[Any]) -> list[Event[Any]]:
+        events: list[tuple[Any, Event[Any]]] = []
+        refused: list[Refusal] = []
+        for record in message.raw_message:
+            parsed, refusals = parse_records(models[record.topic], [record])
+            events += parsed
+            refused += refusals
         message.parsed_batch = events, refused  # type: ignore[attr-defined]
         return [event for _, event in events]
 
     return decode
 
 
-def consume(service: Service, model: type[EventT], handle: Callable[[Session, EventT], None]) -> None:
-    """Subscribe `handle` to the model's topic. What the topic has ready (up to the batch size) is handled
-    in one transaction; then dead letters are sent, offsets committed and the outbox relay woken."""
-    topic = model.model_fields["type"].default
+def consume(service: Service, handlers: Handlers) -> None:
+    """Subscribe the service to each model's topic with one consumer, in one consumer group: what its
+    topics have ready (up to the batch size, from any of them) is handled in one transaction, each event by
+    its model's handler; then dead letters are sent, offsets committed and the outbox relay woken. One
+    consumer per service, not per topic: each consumer fetches on its own, and an idle one polls the broker
+    every fetch_max_wait_ms."""
+    models = {model.model_fields["type"].default: model for model in handlers}
+    by_model = dict(handlers)
 
-    async def handler(events: list[EventT], message: KafkaMessage) -> None:
+    def handle(session: Session, event: Event[Any]) -> None:
+        by_model[type(event)](session, event)
+
+    async def handler(events: list[Event[Any]], message: KafkaMessage) -> None:
         parsed, refused = message.parsed_batch  # type: ignore[attr-defined]
         refused = refused + handle_batch(service.engine, handle, parsed)
         service.crash_points.reached(HANDLER_COMMITTED)
@@ -120,19 +136,23 @@ def consume(service: Service, model: type[EventT], handle: Callable[[Session, Ev
             await dead_letter(service.broker, record, error, service.name)
         service.relay.wake()
 
-    # FastStream reads the annotation to document the payload (the events are already parsed).
-    handler.__annotations__ = {"events": list[model], "message": KafkaMessage, "return": None}  # type: ignore[valid-type]
-    handler.__name__ = f"on_{topic.replace('.', '_')}"
-    options = subscriber_options(service.name, topic, service.settings)
+    # FastStream reads the annotation to document the payload of each topic (the export narrows it to the
+    # topic's own event); the events are already parsed.
+    handler.__annotations__ = {
+        "events": list[Union[tuple(handlers)]],  # type: ignore[misc]  # noqa: UP007
+        "message": KafkaMessage,
+        "return": None,
+    }
+    handler.__name__ = f"on_{service.name.replace('-', '_')}_events"
     service.broker.subscriber(
-        topic,
+        *models,
         batch=True,
         max_records=service.settings.batch_max_events,
         batch_timeout_ms=service.settings.batch_wait_ms,
-        decoder=_batch_decoder(model),
-        **options,
+        decoder=_batch_decoder(models),
+        **subscriber_options(service.name, service.settings),
     )(handler)
-    service.handlers[topic] = model, handle
+    service.handlers.update({topic: (model, by_model[model]) for topic, model in models.items()})
 
 
 # How the AsyncAPI documents and the ACLs name the tenant streams a service writes.

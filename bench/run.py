@@ -1,7 +1,7 @@
 """Placement throughput and latency against the broker's own ceiling, in one run on one broker.
 
     .venv/bin/python -m bench.run [--broker tansu|kafka] [--jobs 2000] [--seconds 10]
-                                  [--fetch-max-wait-ms MS] [--out bench/results/latest.json]
+                                  [--fetch-max-wait-ms MS] [--profile DIR] [--out bench/results/latest.json]
 
 --broker kafka runs everything on Apache Kafka as compose configures it (SASL_SSL, SCRAM, ACLs, each service
 its own principal with the idempotent producer), the ceiling included, so Tansu-only effects stand apart.
@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream.security import BaseSecurity
 
+from bench.profile import breakdown, record, stop
 from contracts.events import JobRequest, JobRequestedEvent
 from services.placement.logic import offered_pools, policy_input, sites_document
 from services.shared.catalogue import load_catalogue
@@ -429,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the services' KAFKA_FETCH_MAX_WAIT_MS instead of the broker's setting, to measure its cost",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each offered-load run")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="sample each service with py-spy during the burst, into DIR",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/latest.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sovereign-bench-") as scratch:
@@ -494,7 +501,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             await asyncio.sleep(6)  # the consumer groups' first join
             idle = await idle_cpu(processes, 3.0)
             print("  idle CPU: " + ", ".join(f"{n} {c:.1%}" for n, c in idle.items()) + " of a core")
+            recorders = []
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                recorders = [record(p.pid, args.profile / f"{n}.txt") for n, p in processes.items()]
             measured = await burst(bootstrap, events[: args.jobs], security, processes, idle)
+            stop(recorders)
             print(
                 f"  burst: {measured.decided_per_second:,.0f} decided/s, "
                 f"{measured.billed_per_second:,.0f} billed/s, CPU per job "
@@ -558,6 +570,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     for figure in figures:
         ratio = f"{figure.ratio_to_ceiling:.1%}" if figure.ratio_to_ceiling is not None else ""
         print(f"{figure.name:<58} {figure.value:>12,.2f} {figure.unit:<8} {ratio:>10}")
+    if args.profile:
+        print("\nwhere the burst's CPU went, per job (py-spy samples; step: activity ms, ...):")
+        for name, ms in measured.cpu_ms_per_job.items():
+            print(f"  {name} ({ms:.1f} ms/job)")
+            print("\n".join(breakdown(args.profile / f"{name}.txt", ms)))
     for title, judged in (("targets", targets), ("beyond this issue", goals)):
         print(f"{title}: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in judged.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)

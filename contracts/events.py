@@ -506,12 +506,23 @@ class PolicyDecisionRecord(Contract):
     tenant_id: Slug
     policy_revision: str
     engine: str
-    input_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the canonical JSON of the input as evaluated; with site_sha256, of the input "
+        "whose `sites` is site_sha256.",
+    )
     duration_us: int = Field(ge=0)
     sites: list[SiteVerdict]
     input: dict[str, Any] | None = Field(
         default=None,
-        description="The policy input as evaluated (job, tenant, every site, time), for audit and replay.",
+        description="The policy input as evaluated (job, tenant, time, and every site unless site_sha256 "
+        "names their snapshots), for audit and replay.",
+    )
+    site_sha256: dict[str, str] | None = Field(
+        default=None,
+        description="Each judged site's snapshot on market.sites, by site id: the digest (sha256 of the "
+        "canonical JSON) of the site's document as the policy read it. When present, `input` holds the job, "
+        "the tenant and the time, and its `sites` are these snapshots.",
     )
     cached_sites: list[str] = Field(
         default_factory=list,
@@ -519,6 +530,15 @@ class PolicyDecisionRecord(Contract):
         "revision, policy-relevant job attributes, tenant, site document and day, and took from memory "
         "instead of evaluating again.",
     )
+
+
+class SiteSnapshot(Contract):
+    """A site's document as the policy reads it (its attributes, pools and whether a listed auditor vouched
+    for it), published once under its digest: decisions refer to it instead of carrying it."""
+
+    site_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of its canonical JSON.")
+    site_id: Slug
+    document: dict[str, Any]
 
 
 class PolicyRevisionPublished(Contract):
@@ -614,6 +634,11 @@ class CapacityUpdatedEvent(Event[CapacityUpdated]):
     type: Literal["capacity.updated"] = "capacity.updated"
 
 
+class SiteSnapshotEvent(Event[SiteSnapshot]):
+    SCHEMA_VERSION: ClassVar[str] = "1.0"
+    type: Literal["market.sites"] = "market.sites"
+
+
 class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
     SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["policy.decisions"] = "policy.decisions"
@@ -654,6 +679,7 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
         CapacityRejectedEvent,
         CapacityUpdatedEvent,
         PolicyDecisionEvent,
+        SiteSnapshotEvent,
         PolicyPublishedEvent,
         PolicyNonComplianceEvent,
         InvoiceIssuedEvent,

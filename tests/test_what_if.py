@@ -105,6 +105,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             placement.on_job_requested(ctx, session, event)
     record: dict[str, Callable[[Session, Any], None]] = {
         "policy.decisions": governance.on_policy_decision,
+        "market.sites": governance.on_site_snapshot,
         "jobs.placed": governance.on_job_outcome,
         "jobs.rejected": governance.on_job_outcome,
         "jobs.queued": governance.on_job_outcome,

@@ -12,6 +12,7 @@ from contracts.events import (
     PolicyDecisionEvent,
     PolicyNonComplianceEvent,
     PolicyPublishedEvent,
+    SiteSnapshotEvent,
 )
 from services.governance import handlers
 from services.governance.storage import TABLES
@@ -28,6 +29,7 @@ def build(settings: Settings) -> Service:
         service,
         {
             PolicyDecisionEvent: handlers.on_policy_decision,
+            SiteSnapshotEvent: handlers.on_site_snapshot,
             PolicyPublishedEvent: partial(handlers.on_policy_published, Keyring.load(settings.keyring_path)),
             JobPlacedEvent: handlers.on_job_outcome,
             JobQueuedEvent: handlers.on_job_outcome,

@@ -4,22 +4,17 @@ the entry before it, so changing, removing or reordering any stored entry breaks
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from services.shared.signing import canonical_json
+
 GENESIS_HASH = "0" * 64
 
 
-def canonical(content: dict[str, Any]) -> bytes:
-    return json.dumps(
-        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    ).encode()
-
-
 def chain_hash(previous_hash: str, content: dict[str, Any]) -> str:
-    return hashlib.sha256(previous_hash.encode() + b"\n" + canonical(content)).hexdigest()
+    return hashlib.sha256(previous_hash.encode() + b"\n" + canonical_json(content)).hexdigest()
 
 
 @dataclass(frozen=True)

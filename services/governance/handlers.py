@@ -20,6 +20,7 @@ from contracts.events import (
     PolicyNonComplianceEvent,
     PolicyPublishedEvent,
     RuleViolation,
+    SiteSnapshotEvent,
 )
 from services.governance.decision_log import GENESIS_HASH, ChainBreak, chain_hash, verify
 from services.governance.storage import (
@@ -28,16 +29,20 @@ from services.governance.storage import (
     DecisionOutcome,
     FinishedRun,
     PolicyRevisionRow,
+    SiteSnapshotRow,
+    decision_input,
     entries_in_order,
     lock_head,
 )
 from services.governance.what_if import WhatIfReport, replay, summarise
-from services.shared.db import table_of
+from services.shared.batch import PoisonMessage
+from services.shared.db import insert_ignoring_duplicates, table_of
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
 from services.shared.signing import Keyring, KeyRole
+from services.shared.verdict_cache import site_digest
 
 CONSUMER = "governance"
 SOURCE = "service/governance"
@@ -113,11 +118,16 @@ def on_policy_published(keyring: Keyring, session: Session, event: PolicyPublish
     for entry, outcome in latest_decided(session):
         if outcome.outcome != "placed" or outcome.finished or outcome.site_id is None:
             continue
-        decision = entry.content["decision"]
-        if entry.policy_revision == published.policy_revision or decision.get("input") is None:
+        if entry.policy_revision == published.policy_revision:
+            continue
+        evaluated = decision_input(session, entry.content["decision"])
+        if evaluated is None:
+            log.warning(
+                "placed_job_not_rechecked", job_id=entry.job_id, reason="its decision's input is unknown"
+            )
             continue
         # Judged as of the publication: certificates and exemptions may have expired since placement.
-        verdict = engine.decide({**decision["input"], "now": event.time.isoformat()}).get(outcome.site_id, {})
+        verdict = engine.decide({**evaluated, "now": event.time.isoformat()}).get(outcome.site_id, {})
         findings = [RuleViolation(**f) for f in verdict.get("violations", []) + verdict.get("warnings", [])]
         if not findings:
             continue
@@ -140,6 +150,20 @@ def on_policy_published(keyring: Keyring, session: Session, event: PolicyPublish
             site_id=outcome.site_id,
             enforcement=noncompliance.enforcement,
         )
+
+
+def on_site_snapshot(session: Session, event: SiteSnapshotEvent) -> None:
+    """Keep a site's document under its digest, once; a document that does not hash to it is refused."""
+    if not claim_event(session, CONSUMER, event):
+        return
+    snapshot = event.data
+    if site_digest(snapshot.document) != snapshot.site_sha256:
+        raise PoisonMessage(f"the snapshot of {snapshot.site_id} does not hash to {snapshot.site_sha256}")
+    insert_ignoring_duplicates(
+        session,
+        table_of(SiteSnapshotRow),
+        {"site_sha256": snapshot.site_sha256, "site_id": snapshot.site_id, "document": snapshot.document},
+    )
 
 
 def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:
@@ -249,11 +273,12 @@ def what_if(session: Session, candidate: PolicyEngine) -> WhatIfReport:
     replayed = 0
     for entry, outcome in latest_decided(session):
         decision = entry.content["decision"]
-        if decision.get("input") is None:
+        evaluated = decision_input(session, decision)
+        if evaluated is None:
             continue
         replayed += 1
         old = {verdict["site_id"]: verdict for verdict in decision["sites"]}
-        new = candidate.decide(decision["input"])
+        new = candidate.decide(evaluated)
         changes.append(
             replay(
                 entry.job_id, entry.tenant_id, old, new, outcome.explanation, outcome.outcome, outcome.site_id

@@ -72,6 +72,16 @@ class FinishedRun(SQLModel, table=True):
     site_id: str = Field(primary_key=True, max_length=64)
 
 
+class SiteSnapshotRow(SQLModel, table=True):
+    """A site's document as a decision's policy read it, by digest (decisions refer to it)."""
+
+    __tablename__ = "site_snapshots"
+
+    site_sha256: str = Field(primary_key=True, max_length=64)
+    site_id: str = Field(max_length=64)
+    document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
 class PolicyRevisionRow(SQLModel, table=True):
     __tablename__ = "policy_revisions"
 
@@ -89,7 +99,24 @@ TABLES: list[Table] = [
     table_of(DecisionOutcome),
     table_of(FinishedRun),
     table_of(PolicyRevisionRow),
+    table_of(SiteSnapshotRow),
 ]
+
+
+def decision_input(session: Session, decision: dict[str, Any]) -> dict[str, Any] | None:
+    """A logged decision's policy input as it was evaluated, its sites read back from their snapshots; None
+    when it has no input or a snapshot it refers to was never received."""
+    recorded = decision.get("input")
+    digests = decision.get("site_sha256")
+    if recorded is None or digests is None:
+        return recorded  # logged before decisions referred to snapshots: the input has its sites
+    rows = session.exec(
+        select(SiteSnapshotRow).where(col(SiteSnapshotRow.site_sha256).in_(set(digests.values())))
+    )
+    documents = {row.site_sha256: row.document for row in rows}
+    if not set(digests.values()) <= set(documents):
+        return None
+    return {**recorded, "sites": {site_id: documents[digest] for site_id, digest in digests.items()}}
 
 
 def lock_head(session: Session, genesis_hash: str) -> ChainHead:

@@ -21,6 +21,7 @@ from contracts.events import (
     JobStartedEvent,
     PolicyDecisionEvent,
     PolicyPublishedEvent,
+    SiteSnapshotEvent,
 )
 from services.placement import handlers
 from services.placement.storage import TABLES
@@ -79,6 +80,7 @@ def build(settings: Settings) -> Service:
             JobRejectedEvent,
             JobCancelledEvent,
             PolicyDecisionEvent,
+            SiteSnapshotEvent,
             CapacityRejectedEvent,
         ],
         NAME,

@@ -7,7 +7,6 @@ No Kafka here and no awaits: the caller commits the transaction and wakes the ou
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -46,6 +45,8 @@ from contracts.events import (
     PolicyDecisionEvent,
     PolicyDecisionRecord,
     RejectionCode,
+    SiteSnapshot,
+    SiteSnapshotEvent,
     SiteVerdict,
 )
 from services.placement.logic import (
@@ -66,6 +67,7 @@ from services.placement.storage import (
     committed_krw,
     load_market,
     load_pools,
+    new_site_snapshots,
     queued_jobs,
     release,
     site_of_tenants_run,
@@ -82,7 +84,7 @@ from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox, relay_to_tenant
 from services.shared.policy import PolicyEngine, PolicyEngineError
-from services.shared.signing import Keyring, KeyRole, Signer, staleness
+from services.shared.signing import Keyring, KeyRole, Signer, canonical_json, staleness
 from services.shared.verdict_cache import VerdictCache
 
 CONSUMER = "placement"
@@ -532,7 +534,20 @@ def _record_decision(
     duration_us: int,
     cached_sites: frozenset[str],
 ) -> None:
-    input_sha256 = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    """The decision, for placement's own record and, through the outbox, governance's audit log. The sites
+    it judged travel by digest: each site's document goes out on market.sites the first time a decision
+    refers to it, so a decision's event stays small however large the market."""
+    market = load_market(session)
+    for site_id in new_site_snapshots(session, market):
+        snapshot = SiteSnapshot(
+            site_sha256=market.site_digests[site_id], site_id=site_id, document=market.document[site_id]
+        )
+        add_to_outbox(
+            session, SiteSnapshotEvent.create(source=SOURCE, subject=site_id, data=snapshot), site_id
+        )
+    site_sha256 = {site_id: market.site_digests[site_id] for site_id in document["sites"]}
+    recorded_input = {key: value for key, value in document.items() if key != "sites"}
+    input_sha256 = hashlib.sha256(canonical_json({**recorded_input, "sites": site_sha256})).hexdigest()
     record = PolicyDecisionRecord(
         decision_id=decision_id,
         job_id=uuid.UUID(job.job_id),
@@ -542,10 +557,10 @@ def _record_decision(
         input_sha256=input_sha256,
         duration_us=duration_us,
         sites=sorted(verdicts.values(), key=lambda v: v.site_id),
-        input=document,
+        input=recorded_input,
+        site_sha256=site_sha256,
         cached_sites=sorted(cached_sites),
     )
-    # The input (the whole market, kilobytes) travels in the event to the audit log; kept here by digest.
     session.execute(
         _INSERT_DECISION,
         {

@@ -12,7 +12,14 @@ from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
 from services.placement.logic import PoolState, site_of_run, sites_document
-from services.shared.db import as_utc, empty_json_list, table_of, upsert_insert, utc_now
+from services.shared.db import (
+    as_utc,
+    empty_json_list,
+    insert_ignoring_duplicates,
+    table_of,
+    upsert_insert,
+    utc_now,
+)
 from services.shared.money import period_of
 from services.shared.verdict_cache import site_digest
 
@@ -93,6 +100,16 @@ class DecisionRow(SQLModel, table=True):
     decided_at: datetime = Field(default_factory=utc_now)
 
 
+class SiteSnapshotRow(SQLModel, table=True):
+    """A site document a decision judged, published on market.sites once (the decision refers to it)."""
+
+    __tablename__ = "published_site_snapshots"
+
+    site_sha256: str = Field(primary_key=True, max_length=64)
+    site_id: str = Field(max_length=64)
+    recorded_at: datetime = Field(default_factory=utc_now)
+
+
 POOL_STATE_FIELDS = list(PoolState.__dataclass_fields__)
 
 
@@ -112,6 +129,7 @@ TABLES: list[Table] = [
     table_of(PoolRow),
     table_of(JobRow),
     table_of(DecisionRow),
+    table_of(SiteSnapshotRow),
     table_of(CommitmentRow),
 ]
 
@@ -215,6 +233,31 @@ _TRANSITION = update(_JOBS).where(
     _JOBS.c.state.in_(bindparam("from_states", expanding=True)),
 )
 _TRANSITION_OF_RUN = _TRANSITION.where(_JOBS.c.attempt == bindparam("match_attempt"))
+
+
+_SNAPSHOTS = table_of(SiteSnapshotRow)
+SNAPSHOTS_KEY = "placement.site_snapshots_recorded"
+
+
+def new_site_snapshots(session: Session, market: Market) -> list[str]:
+    """The market's sites whose document no decision referred to before, recorded now as referred to (by
+    this transaction: a concurrent worker's is its to publish). Looked up once per transaction (a batch),
+    as the market is loaded once."""
+    recorded: set[str] | None = session.info.get(SNAPSHOTS_KEY)
+    if recorded is None:
+        digests = set(market.site_digests.values())
+        known = session.execute(select(_SNAPSHOTS.c.site_sha256).where(_SNAPSHOTS.c.site_sha256.in_(digests)))
+        recorded = {row.site_sha256 for row in known}
+        session.info[SNAPSHOTS_KEY] = recorded
+    new = []
+    for site_id, digest in market.site_digests.items():
+        if digest in recorded:
+            continue
+        recorded.add(digest)
+        row = {"site_sha256": digest, "site_id": site_id, "recorded_at": utc_now()}
+        if insert_ignoring_duplicates(session, _SNAPSHOTS, row):
+            new.append(site_id)
+    return new
 
 
 def try_reserve(session: Session, pool_id: str, gpus: int) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -130,10 +130,16 @@ def staleness(signed_at: datetime, now: datetime, max_age: timedelta) -> str | N
 CLOCK_SKEW = timedelta(seconds=60)
 
 
+def canonical_json(content: Any) -> bytes:
+    """JSON with keys sorted and no spaces: the same bytes for the same content, whoever encodes it."""
+    return json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode()
+
+
 def canonical_bytes(signed: BaseModel) -> bytes:
     """What a signature covers: the model as JSON (its `signature` field left out), keys sorted, compact."""
-    content = signed.model_dump(mode="json", exclude={"signature"})
-    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(signed.model_dump(mode="json", exclude={"signature"}))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 import pydantic_core
 
 from services.shared.policy import PolicyEngine, declared_reads
+from services.shared.signing import canonical_json
 
 KST = timezone(timedelta(hours=9))
 # About 500 bytes a verdict: a worker keeps at most some tens of megabytes.
@@ -34,8 +35,9 @@ YEARS = range(1970, 2262)
 
 
 def site_digest(site: Any) -> str:
-    """The digest a site's document is remembered under (its JSON, as the policy receives it)."""
-    return hashlib.sha256(pydantic_core.to_json(site)).hexdigest()
+    """The digest of a site's document as the policy reads it (its canonical JSON): the key its verdicts are
+    remembered under, and the id of its snapshot on market.sites, which decisions refer to."""
+    return hashlib.sha256(canonical_json(site)).hexdigest()
 
 
 def day_of(now: Any) -> tuple[str, bool] | None:

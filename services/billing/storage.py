@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Table, UniqueConstraint, insert
+from sqlalchemy import JSON, BigInteger, Column, Table, UniqueConstraint, bindparam, insert
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from services.billing.rating import Posting, Rate, Usage
@@ -147,16 +147,42 @@ def invoice_id_for(tenant_id: str, period: str) -> str:
     return str(uuid.uuid5(INVOICE_NAMESPACE, f"{tenant_id}/{period}"))
 
 
+# The lookups of every usage event, built once and given their values as parameters: building a select
+# costs more than running it (252 against 95 µs for a usage line on SQLite).
+_CHARGE_FOR_UPDATE = (
+    select(ChargeRow)
+    .where(ChargeRow.job_id == bindparam("job_id"), ChargeRow.attempt == bindparam("attempt"))
+    .with_for_update()
+)
+_INVOICE_FOR_UPDATE = (
+    select(InvoiceRow)
+    .where(InvoiceRow.tenant_id == bindparam("tenant_id"), InvoiceRow.period == bindparam("period"))
+    .with_for_update()
+)
+_RUN_LINES = select(UsageLineRow).where(
+    UsageLineRow.job_id == bindparam("job_id"), UsageLineRow.attempt == bindparam("attempt")
+)
+_LINE = _RUN_LINES.where(UsageLineRow.seq == bindparam("seq"))
+_UNRATED_LINES = _RUN_LINES.where(col(UsageLineRow.seq) > bindparam("after_seq")).order_by(
+    col(UsageLineRow.seq)
+)
+_LINE_BY_EVENT = select(UsageLineRow).where(
+    UsageLineRow.source == bindparam("source"), UsageLineRow.event_id == bindparam("event_id")
+)
+_CHARGED = select(func.coalesce(func.sum(InvoiceRow.subtotal_krw), 0)).where(
+    InvoiceRow.tenant_id == bindparam("tenant_id")
+)
+_CHARGED_IN_PERIOD = _CHARGED.where(InvoiceRow.period == bindparam("period"))
+
+
 def lock_charge(session: Session, job_id: str, attempt: int) -> ChargeRow | None:
     """The run's charge, locked for this transaction (PostgreSQL; SQLite already serialises writers)."""
-    query = select(ChargeRow).where(ChargeRow.job_id == job_id).where(ChargeRow.attempt == attempt)
-    return session.exec(query.with_for_update()).first()
+    return session.exec(_CHARGE_FOR_UPDATE, params={"job_id": job_id, "attempt": attempt}).first()
 
 
 def lock_invoice(session: Session, tenant_id: str, period: str) -> InvoiceRow:
     """The tenant's invoice for the period, created as a draft if needed, locked for this transaction."""
-    query = select(InvoiceRow).where(InvoiceRow.tenant_id == tenant_id).where(InvoiceRow.period == period)
-    invoice = session.exec(query.with_for_update()).first()
+    invoice = session.exec(_INVOICE_FOR_UPDATE, params={"tenant_id": tenant_id, "period": period}).first()
     if invoice is None:
         invoice = InvoiceRow(invoice_id=invoice_id_for(tenant_id, period), tenant_id=tenant_id, period=period)
         session.add(invoice)
@@ -185,24 +211,16 @@ def post(session: Session, transaction_id: str, job_id: str | None, postings: Se
 
 
 def usage_line(session: Session, job_id: str, attempt: int, seq: int) -> UsageLineRow | None:
-    query = select(UsageLineRow).where(UsageLineRow.job_id == job_id).where(UsageLineRow.attempt == attempt)
-    return session.exec(query.where(UsageLineRow.seq == seq)).first()
+    return session.exec(_LINE, params={"job_id": job_id, "attempt": attempt, "seq": seq}).first()
 
 
 def line_by_event(session: Session, source: str, event_id: str) -> UsageLineRow | None:
-    query = select(UsageLineRow).where(UsageLineRow.source == source)
-    return session.exec(query.where(UsageLineRow.event_id == event_id)).first()
+    return session.exec(_LINE_BY_EVENT, params={"source": source, "event_id": event_id}).first()
 
 
 def unrated_lines(session: Session, job_id: str, attempt: int, after_seq: int) -> list[UsageLineRow]:
     return list(
-        session.exec(
-            select(UsageLineRow)
-            .where(UsageLineRow.job_id == job_id)
-            .where(UsageLineRow.attempt == attempt)
-            .where(col(UsageLineRow.seq) > after_seq)
-            .order_by(col(UsageLineRow.seq))
-        )
+        session.exec(_UNRATED_LINES, params={"job_id": job_id, "attempt": attempt, "after_seq": after_seq})
     )
 
 
@@ -225,12 +243,9 @@ def invoice_lines(session: Session, tenant_id: str, period: str) -> list[tuple[U
 def charged_krw(session: Session, tenant_id: str, period: str | None) -> int:
     """Rated charges of a tenant (on one period's invoice, or all), before discount and VAT: the sum of its
     invoices' running subtotals, which `billing check` proves equal to their lines."""
-    query = select(func.coalesce(func.sum(InvoiceRow.subtotal_krw), 0)).where(
-        InvoiceRow.tenant_id == tenant_id
-    )
-    if period is not None:
-        query = query.where(InvoiceRow.period == period)
-    return int(session.exec(query).one() or 0)
+    if period is None:
+        return int(session.exec(_CHARGED, params={"tenant_id": tenant_id}).one() or 0)
+    return int(session.exec(_CHARGED_IN_PERIOD, params={"tenant_id": tenant_id, "period": period}).one() or 0)
 
 
 def ledger_imbalance(session: Session) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session, col, select
 
 from contracts.events import (
@@ -82,13 +82,18 @@ def on_job_completed(session: Session, event: JobCompletedEvent) -> None:
     run = (str(event.data.job_id), event.data.site_id)
     if session.get(FinishedRun, run) is None:
         session.add(FinishedRun(job_id=run[0], site_id=run[1]))
-    session.execute(
-        update(DecisionOutcome)
-        .where(col(DecisionOutcome.job_id) == str(event.data.job_id))
-        .where(col(DecisionOutcome.site_id) == event.data.site_id)
-        .values(finished=True)
-        .execution_options(synchronize_session=False)
+    session.execute(_FINISHED, {"match_job_id": run[0], "match_site_id": run[1]})
+
+
+_FINISHED = (
+    update(DecisionOutcome)
+    .where(
+        col(DecisionOutcome.job_id) == bindparam("match_job_id"),
+        col(DecisionOutcome.site_id) == bindparam("match_site_id"),
     )
+    .values(finished=True)
+    .execution_options(synchronize_session=False)
+)
 
 
 def on_policy_published(keyring: Keyring, session: Session, event: PolicyPublishedEvent) -> None:
@@ -171,7 +176,7 @@ def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:
         return
     record = event.data
     decision_id = str(record.decision_id)
-    if session.exec(select(DecisionLogEntry.seq).where(DecisionLogEntry.decision_id == decision_id)).first():
+    if session.exec(_LOGGED, params={"decision_id": decision_id}).first():
         return
     head = lock_head(session, GENESIS_HASH)
     content = {
@@ -217,6 +222,7 @@ def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:
     get_logger(decision_id=decision_id, job_id=str(record.job_id)).info("decision_logged", seq=seq)
 
 
+_LOGGED = select(DecisionLogEntry.seq).where(DecisionLogEntry.decision_id == bindparam("decision_id"))
 _INSERT_ENTRY = insert(table_of(DecisionLogEntry))
 _INSERT_FINDING = insert(table_of(DecisionFinding))
 

@@ -119,8 +119,11 @@ def decision_input(session: Session, decision: dict[str, Any]) -> dict[str, Any]
     return {**recorded, "sites": {site_id: documents[digest] for site_id, digest in digests.items()}}
 
 
+_HEAD_FOR_UPDATE = select(ChainHead).where(ChainHead.id == 1).with_for_update()
+
+
 def lock_head(session: Session, genesis_hash: str) -> ChainHead:
-    head = session.exec(select(ChainHead).where(ChainHead.id == 1).with_for_update()).first()
+    head = session.exec(_HEAD_FOR_UPDATE).first()
     if head is None:
         head = ChainHead(id=1, seq=0, entry_hash=genesis_hash)
         session.add(head)

@@ -206,14 +206,13 @@ def load_market(session: Session) -> Market:
 
 def load_pools(session: Session) -> list[PoolState]:
     """Every pool with its reservations as of now (read for each decision: reservations change)."""
-    table = table_of(PoolRow)
-    columns = [table.c[name] for name in POOL_STATE_FIELDS]
-    return [PoolState(*row) for row in session.execute(select(*columns).order_by(table.c.pool_id))]
+    return [PoolState(*row) for row in session.execute(_POOL_STATES)]
 
 
 # The hot statements are built once and take their values as parameters: building one costs more than
 # running it.
 _POOLS = table_of(PoolRow)
+_POOL_STATES = select(*(_POOLS.c[name] for name in POOL_STATE_FIELDS)).order_by(_POOLS.c.pool_id)
 _RESERVE = (
     update(_POOLS)
     .where(_POOLS.c.pool_id == bindparam("match_pool_id"))
@@ -346,11 +345,15 @@ def _add_commitment_statement(insert: Any) -> Any:
 def committed_krw(session: Session, tenant_id: str, requested_since: datetime | None) -> int:
     """What a tenant's jobs requested since then (ever, for None) have been billed, plus what their
     unbilled runs are estimated to cost."""
-    table = table_of(CommitmentRow)
-    query = select(func.coalesce(func.sum(table.c.committed_krw), 0)).where(table.c.tenant_id == tenant_id)
-    if requested_since is not None:
-        query = query.where(table.c.period >= period_of(as_utc(requested_since)))
-    return int(session.execute(query).scalar_one())
+    since = period_of(as_utc(requested_since)) if requested_since is not None else ""
+    return int(session.execute(_COMMITTED, {"tenant_id": tenant_id, "since": since}).scalar_one())
+
+
+_COMMITMENTS = table_of(CommitmentRow)
+# Periods are "YYYY-MM" strings: every one sorts after "" (ever).
+_COMMITTED = select(func.coalesce(func.sum(_COMMITMENTS.c.committed_krw), 0)).where(
+    _COMMITMENTS.c.tenant_id == bindparam("tenant_id"), _COMMITMENTS.c.period >= bindparam("since")
+)
 
 
 def queued_jobs(session: Session, limit: int, untouched_since: datetime | None = None) -> list[JobRow]:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, delete, insert, or_, update
+from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, bindparam, delete, insert, or_, update
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from contracts import AnyEvent, tenant_stream
@@ -123,7 +123,7 @@ class OutboxRelay:
             await self._publish(batch)
             self._after_publish()
             with unit_of_work(self._engine) as session:
-                session.execute(delete(OutboxMessage).where(col(OutboxMessage.leased_by) == token))
+                session.execute(_DELETE_LEASED, {"token": token})
             published += len(batch)
             self._log.debug("outbox_published", count=len(batch))
             if len(batch) < self._batch_size:
@@ -131,24 +131,27 @@ class OutboxRelay:
 
     def _lease_batch(self, session: Session, token: str) -> list[OutboxMessage]:
         now = utc_now()
-        free = or_(col(OutboxMessage.lease_expires_at).is_(None), col(OutboxMessage.lease_expires_at) < now)
-        ids = list(
-            session.exec(
-                select(OutboxMessage.id).where(free).order_by(col(OutboxMessage.id)).limit(self._batch_size)
-            )
-        )
+        ids = list(session.exec(_FREE_IDS, params={"now": now, "limit": self._batch_size}))
         if not ids:
             return []
         # Re-checked under the row lock: of two relays that saw the same rows, only one leases them.
-        session.execute(
-            update(OutboxMessage)
-            .where(col(OutboxMessage.id).in_(ids))
-            .where(free)
-            .values(leased_by=token, lease_expires_at=now + self._lease)
-            .execution_options(synchronize_session=False)
-        )
-        return list(
-            session.exec(
-                select(OutboxMessage).where(OutboxMessage.leased_by == token).order_by(col(OutboxMessage.id))
-            )
-        )
+        session.execute(_LEASE, {"ids": ids, "now": now, "token": token, "until": now + self._lease})
+        return list(session.exec(_LEASED, params={"token": token}))
+
+
+# The relay's statements, built once (every service runs them for every batch it publishes).
+_FREE = or_(
+    col(OutboxMessage.lease_expires_at).is_(None), col(OutboxMessage.lease_expires_at) < bindparam("now")
+)
+_FREE_IDS = select(OutboxMessage.id).where(_FREE).order_by(col(OutboxMessage.id)).limit(bindparam("limit"))
+_LEASE = (
+    update(OutboxMessage)
+    .where(col(OutboxMessage.id).in_(bindparam("ids", expanding=True)))
+    .where(_FREE)
+    .values(leased_by=bindparam("token"), lease_expires_at=bindparam("until"))
+    .execution_options(synchronize_session=False)
+)
+_LEASED = (
+    select(OutboxMessage).where(OutboxMessage.leased_by == bindparam("token")).order_by(col(OutboxMessage.id))
+)
+_DELETE_LEASED = delete(OutboxMessage).where(col(OutboxMessage.leased_by) == bindparam("token"))

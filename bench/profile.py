@@ -101,6 +101,8 @@ def breakdown(samples: Path, cpu_ms_per_job: float, top: int = 12) -> list[str]:
     by_both: Counter[tuple[str, str]] = Counter()
     for line in samples.read_text().splitlines():
         stack, _, taken = line.rpartition(" ")
+        if not taken.isdigit():
+            continue  # a sample py-spy cut short when it was stopped
         frames = _frames(stack)
         if frames and frames[-1][1].endswith("selectors.py"):
             continue  # waiting in epoll is not CPU

@@ -62,6 +62,7 @@ from services.placement.logic import (
 from services.placement.storage import (
     DecisionRow,
     JobRow,
+    Market,
     PoolRow,
     add_commitment,
     committed_krw,
@@ -442,7 +443,9 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
         )
         return _wait_for_policy(session, ctx, job, request, decision_id, f"{took} budget")
     verdicts = parse_verdicts(decision.verdicts, set(market.sites))
-    _record_decision(session, ctx, job, decision_id, document, verdicts, duration_us, decision.cached_sites)
+    _record_decision(
+        session, ctx, job, decision_id, market, document, verdicts, duration_us, decision.cached_sites
+    )
 
     plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now, job.failed_sites)
     for _ in range(RESERVE_ATTEMPTS):
@@ -529,6 +532,7 @@ def _record_decision(
     ctx: PlacementContext,
     job: JobRow,
     decision_id: uuid.UUID,
+    market: Market,
     document: dict[str, Any],
     verdicts: dict[str, SiteVerdict],
     duration_us: int,
@@ -537,7 +541,6 @@ def _record_decision(
     """The decision, for placement's own record and, through the outbox, governance's audit log. The sites
     it judged travel by digest: each site's document goes out on market.sites the first time a decision
     refers to it, so a decision's event stays small however large the market."""
-    market = load_market(session)
     for site_id in new_site_snapshots(session, market):
         snapshot = SiteSnapshot(
             site_sha256=market.site_digests[site_id], site_id=site_id, document=market.document[site_id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+from sqlalchemy import event as sqlalchemy_event
 from sqlmodel import Session, col, select
 
 from contracts.events import JobRequestedEvent
@@ -82,3 +83,37 @@ def test_a_failed_commit_is_retried_one_event_per_transaction(tmp_path: Path) ->
     with Session(engine) as session:
         claimed = {row.event_id for row in session.exec(select(ProcessedEvent))}
     assert claimed == {str(events[0].id), str(events[2].id)}
+
+
+def test_a_batch_without_a_bad_event_takes_no_savepoint_and_one_outbox_insert(tmp_path: Path) -> None:
+    engine = create_service_engine(
+        f"sqlite:///{tmp_path / 'b.db'}", "b", [table_of(ProcessedEvent), table_of(OutboxMessage)]
+    )
+    statements: list[str] = []
+    sqlalchemy_event.listen(
+        engine, "before_cursor_execute", lambda _c, _cu, statement, *_: statements.append(statement)
+    )
+    events = [request_event("mois") for _ in range(3)]
+
+    def handle(session: Session, event: JobRequestedEvent) -> None:
+        claim_event(session, "c", event)
+        add_to_outbox(session, event, "k")
+
+    assert handle_batch(engine, handle, [(record(i, b""), e) for i, e in enumerate(events)]) == []
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert len([s for s in statements if s.startswith("INSERT INTO outbox")]) == 1
+    with Session(engine) as session:
+        assert len(session.exec(select(ProcessedEvent)).all()) == 3
+        assert len(session.exec(select(OutboxMessage)).all()) == 3
+
+
+def test_objects_each_event_adds_are_written_though_the_next_event_expunges(tmp_path: Path) -> None:
+    engine = create_service_engine(f"sqlite:///{tmp_path / 'b.db'}", "b", [table_of(ProcessedEvent)])
+    events = [request_event("mois") for _ in range(3)]
+
+    def handle(session: Session, event: JobRequestedEvent) -> None:
+        session.add(ProcessedEvent(consumer="c", source=event.source, event_id=str(event.id)))
+
+    assert handle_batch(engine, handle, [(record(i, b""), e) for i, e in enumerate(events)]) == []
+    with Session(engine) as session:
+        assert {row.event_id for row in session.exec(select(ProcessedEvent))} == {str(e.id) for e in events}

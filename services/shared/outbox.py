@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, bindparam, delete, insert, or_, update
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from contracts import AnyEvent, tenant_stream
@@ -41,6 +43,10 @@ class OutboxMessage(SQLModel, table=True):
 
 
 _INSERT_OUTBOX = insert(table_of(OutboxMessage))
+# The rows a transaction has written so far, inserted in one statement when it commits (one statement per
+# row cost 76 µs a row on SQLite and 240 on PostgreSQL, one per batch of 50 rows 18 and 40:
+# `python -m bench.statements`).
+OUTBOX_ROWS = "outbox_rows"
 
 
 def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
@@ -56,9 +62,9 @@ def relay_to_tenant(session: Session, event: AnyEvent, key: str) -> None:
 
 
 def _insert(session: Session, topic: str, also_to: str | None, event: AnyEvent, key: str) -> None:
-    # A plain INSERT (no ORM object): rows keep the order they were added in, which the relay publishes in.
-    session.execute(
-        _INSERT_OUTBOX,
+    # Plain INSERTs (no ORM objects) at the commit: rows keep the order they were added in, which the relay
+    # publishes in.
+    session.info.setdefault(OUTBOX_ROWS, []).append(
         {
             "topic": topic,
             "also_to": also_to,
@@ -70,8 +76,19 @@ def _insert(session: Session, topic: str, also_to: str | None, event: AnyEvent, 
                 "schema_version": event.schema_version,
             },
             "created_at": utc_now(),
-        },
+        }
     )
+
+
+@sqlalchemy_event.listens_for(OrmSession, "before_commit")
+def _insert_outbox_rows(session: OrmSession) -> None:
+    if rows := session.info.pop(OUTBOX_ROWS, None):
+        session.execute(_INSERT_OUTBOX, rows)
+
+
+@sqlalchemy_event.listens_for(OrmSession, "after_rollback")
+def _drop_outbox_rows(session: OrmSession) -> None:
+    session.info.pop(OUTBOX_ROWS, None)
 
 
 Publish = Callable[[Sequence[OutboxMessage]], Awaitable[None]]

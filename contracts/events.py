@@ -148,6 +148,22 @@ class SiteAssessment(Contract):
     pool_id: Slug | None = Field(default=None, description="The pool that fits best here, if any.")
     price_krw_per_gpu_hour: int | None = None
     rank: int | None = Field(default=None, description="1 = chosen; sites that fit, ordered by the ranking.")
+    fit: Literal["now", "later", "never"] | None = Field(
+        default=None,
+        description="Capacity, policy aside: a pool here could take the job now, could once GPUs free up "
+        "(or its maintenance ends), or never could for this job. Absent from decisions before 1.5.",
+    )
+    energy_kwh_per_gpu_hour: float | None = Field(
+        default=None,
+        ge=0,
+        description="Facility energy per GPU-hour of the pool that fits best here (power per GPU times PUE): "
+        "the ranking's first tie-break after price.",
+    )
+    region_preferred: bool | None = Field(
+        default=None,
+        description="Whether the pool that fits best here is in a region the job prefers: the ranking's "
+        "next tie-break, before site and pool ids.",
+    )
 
 
 class Explanation(Contract):
@@ -574,17 +590,17 @@ class JobRequestedEvent(Event[JobRequest]):
 
 
 class JobPlacedEvent(Event[JobPlaced]):
-    SCHEMA_VERSION: ClassVar[str] = "1.4"
+    SCHEMA_VERSION: ClassVar[str] = "1.5"
     type: Literal["jobs.placed"] = "jobs.placed"
 
 
 class JobQueuedEvent(Event[JobQueued]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
     type: Literal["jobs.queued"] = "jobs.queued"
 
 
 class JobRejectedEvent(Event[JobRejected]):
-    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    SCHEMA_VERSION: ClassVar[str] = "1.4"
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 

@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.billing import app as billing
@@ -122,9 +123,27 @@ def _policy_diff(args: argparse.Namespace) -> int:
 
 
 def _policy_what_if(args: argparse.Namespace) -> int:
+    from services.governance.what_if import Scope
     from sovereign.policy_commands import policy_what_if
 
-    return policy_what_if(args.against, _settings(args))
+    scope = Scope(
+        tenants=frozenset(args.tenant or ()),
+        since=args.since,
+        until=args.until,
+        rules=frozenset(rule.upper() for rule in args.rule or ()),
+    )
+    return policy_what_if(args.against, _settings(args), args.current, scope, as_json=args.json)
+
+
+def _moment(text: str) -> datetime:
+    """A date (its start, UTC) or a date and time (UTC unless it has an offset)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (YYYY-MM-DD) or an ISO date and time"
+        ) from error
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _period(text: str) -> str:
@@ -333,8 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("new")
     connection_options(diff)
     diff.set_defaults(handler=_policy_diff)
-    what_if = policy.add_parser("what-if", help="replay recorded decisions against candidate policies")
+    what_if = policy.add_parser(
+        "what-if",
+        help="replay recorded decisions under a candidate revision and the current one; exit 1 if the "
+        "candidate would place a job somewhere a current rule forbids",
+    )
     what_if.add_argument("--against", required=True, help="a policy directory or a published revision id")
+    what_if.add_argument(
+        "--current",
+        help="the baseline revision (a directory or a published id); default: the latest published, "
+        "else the policy directory (env SOVEREIGN_POLICY_DIR)",
+    )
+    what_if.add_argument("--tenant", action="append", help="only this tenant's jobs (repeatable)")
+    what_if.add_argument("--since", type=_moment, help="only decisions made at or after this date or time")
+    what_if.add_argument("--until", type=_moment, help="only decisions made before this date or time")
+    what_if.add_argument(
+        "--rule", action="append", help="only jobs for which this rule's findings change (repeatable)"
+    )
+    what_if.add_argument("--json", action="store_true", help="the report as JSON, for a review record")
     connection_options(what_if)
     what_if.set_defaults(handler=_policy_what_if)
 

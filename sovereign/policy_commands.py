@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
-from services.governance.handlers import find_revision, what_if
+from services.governance.handlers import find_revision, latest_revision, what_if
 from services.governance.policy_diff import diff_bundles
+from services.governance.what_if import ASSUMPTIONS, EVERY_JOB, EffectKind, Scope, WhatIfReport
 from services.shared.catalogue import CatalogueError, load_catalogue
 from services.shared.kafka import transport_security
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
@@ -129,19 +131,99 @@ def policy_diff(old_reference: str, new_reference: str, settings: Settings) -> i
     return 0
 
 
-def policy_what_if(against: str, settings: Settings) -> int:
+def policy_what_if(
+    against: str,
+    settings: Settings,
+    current_reference: str | None = None,
+    scope: Scope = EVERY_JOB,
+    as_json: bool = False,
+) -> int:
+    """Replay recorded decisions under the candidate and the current revision. 0 when the candidate would
+    place no job where a rule of the current revision forbids it, 1 when it would, 2 on an error."""
     try:
         candidate = EmbeddedRegoEngine(load_bundle(against, settings))
-    except PolicyEngineError as error:
+        with governance_session(settings) as session:
+            published = latest_revision(session)
+        if current_reference is not None:
+            baseline = load_bundle(current_reference, settings)
+        else:
+            baseline = (
+                PolicyBundle(dict(published.bundle)) if published else PolicyBundle.load(settings.policy_dir)
+            )
+        current = EmbeddedRegoEngine(baseline)
+        budgeted = frozenset(
+            t for t, tenant in load_catalogue(settings.catalogue_dir).tenants.items() if tenant.budget
+        )
+    except (PolicyEngineError, CatalogueError) as error:
         print(f"error: {error}")
         return 2
     with governance_session(settings) as session:
-        report = what_if(session, candidate)
-    kinds = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(report.by_kind().items()))
-    print(f"Replayed the latest decision of {report.replayed} jobs under revision {candidate.revision[:12]}:")
-    print(f"  {len(report.changes)} would change" + (f" ({kinds})" if kinds else ""))
-    for rule, changes in report.by_rule().items():
-        print(f"\n  {rule}: {len(changes)} jobs")
-        for change in changes:
-            print(f"    job {change.job_id} ({change.tenant_id}): {change.before} -> {change.after}")
-    return 0
+        report = what_if(session, current, candidate, scope, budgeted)
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_what_if(report)
+    return 1 if report.forbidden else 0
+
+
+def _counts(counts: dict[EffectKind, int]) -> str:
+    return ", ".join(f"{KIND_NAMES[kind]} {n}" for kind, n in counts.items() if n) or "none"
+
+
+KIND_NAMES: dict[EffectKind, str] = {
+    "newly_allowed": "newly allowed somewhere",
+    "newly_denied": "newly denied somewhere",
+    "moved": "moved",
+    "newly_placed": "newly placed",
+    "newly_unplaceable": "newly unplaceable",
+    "warnings_added": "warnings added",
+}
+
+
+def print_what_if(report: WhatIfReport) -> None:
+    scope = report.scope.as_json()
+    described = "; ".join(
+        f"{name} {', '.join(value) if isinstance(value, list) else value}"
+        for name, value in scope.items()
+        if value
+    )
+    print(
+        f"What-if: candidate {report.candidate[:12]} against the current revision {report.current[:12]}"
+        f" ({described or 'every job'})"
+    )
+    print(f"Replayed the latest decision of {report.replayed} jobs: {len(report.changes)} would change.")
+    print(f"  {_counts(report.by_kind())}")
+    if report.forbidden:
+        print(f"\n{len(report.forbidden)} jobs would be placed where a rule of the current revision forbids:")
+        for change in report.forbidden:
+            print(
+                f"  job {change.job_id} ({change.tenant_id}): {change.after.describe()}, forbidden by "
+                f"{', '.join(change.forbidden_by) or 'no single rule'}"
+            )
+    else:
+        print("No job would be placed where a rule of the current revision forbids.")
+    if report.changes:
+        print("\nBy rule:")
+        for rule, counts in report.by_rule().items():
+            print(f"  {rule}: {_counts(counts)}")
+        print("By tenant:")
+        for tenant, counts in report.by_tenant().items():
+            print(f"  {tenant}: {_counts(counts)}")
+        print("\nJobs:")
+    for change in report.changes:
+        print(
+            f"  job {change.job_id} ({change.tenant_id}, decided {change.decided_at:%Y-%m-%d %H:%M} UTC): "
+            f"{change.before.describe()} -> {change.after.describe()}"
+        )
+        for effect in change.effects:
+            print(f"    {KIND_NAMES[effect.kind]} ({', '.join(effect.sites)}): {effect.attribution()}")
+        for site in change.sites:
+            print(f"      {site.describe()}")
+        for dependency in change.depends_on:
+            print(f"    depends on {dependency}")
+    if report.limits:
+        print("\nNot replayed as it happened:")
+        for limit in report.limits:
+            shown = ", ".join(limit.job_ids[:5]) + (" ..." if len(limit.job_ids) > 5 else "")
+            print(f"  {len(limit.job_ids)} jobs: {limit.reason} ({shown})")
+    print("\nAssumed: " + "; ".join(ASSUMPTIONS) + ".")

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -80,10 +81,29 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         if name.startswith("_")
         and not name.startswith("__")
         and callable(getattr(cli, name))
-        and name not in {"_settings", "_period"}
+        and name not in {"_settings", "_period", "_moment"}
     }
     assert reached == defined, f"handlers no command reaches: {defined - reached}"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "no-such-service"])
     with pytest.raises(SystemExit):
         parser.parse_args(["usage", "--tenant", "t", "--period", "2027-13"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["policy", "what-if", "--against", "a", "--since", "last tuesday"])
+    scoped = parser.parse_args(
+        [
+            "policy",
+            "what-if",
+            "--against",
+            "a",
+            "--since",
+            "2027-01-01",
+            "--until",
+            "2027-02-01T09:00+09:00",
+            "--rule",
+            "exp-01",
+        ]
+    )
+    assert scoped.since == datetime(2027, 1, 1, tzinfo=UTC)
+    assert scoped.until == datetime(2027, 2, 1, tzinfo=UTC)
+    assert scoped.rule == ["exp-01"]

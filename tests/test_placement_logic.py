@@ -130,6 +130,33 @@ def test_capacity_reasons_name_what_did_not_fit() -> None:
     assert result.outcome == "queued"  # pool "busy" frees up eventually
 
 
+def test_each_site_records_its_capacity_class_and_the_rankings_inputs() -> None:
+    """What-if replays a decision from these, so they must say what placement ranked by."""
+    request = job(accelerator_model="H100", preferred_regions=["sejong"])
+    pools = [
+        replace(pool("fits", "a", model="H100", power=0.7, pue=1.25), region="sejong"),
+        pool("busy", "b", model="H100", reserved=60),
+        pool("wrong-model", "c", model="B200"),
+    ]
+    sites = {s.site_id: s for s in plan(request, allow("a", "b", "c", "d"), pools).explanation.sites}
+    assert {site_id: s.fit for site_id, s in sites.items()} == {
+        "a": "now",
+        "b": "later",
+        "c": "never",
+        "d": "never",
+    }
+    assert (
+        sites["a"].price_krw_per_gpu_hour,
+        sites["a"].energy_kwh_per_gpu_hour,
+        sites["a"].region_preferred,
+    ) == (
+        5000,
+        0.875,
+        True,
+    )
+    assert (sites["b"].energy_kwh_per_gpu_hour, sites["b"].region_preferred) == (None, None)
+
+
 def test_rejected_when_no_allowed_site_could_ever_fit() -> None:
     result = plan(job(gpu_count=500), allow("a"), [pool("a1", "a", total=64)])
     assert result.outcome == "rejected" and result.code is RejectionCode.NEVER_FITS

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from contracts.events import (
+    JobCancelledEvent,
     JobCompletedEvent,
     JobPlacedEvent,
     JobQueuedEvent,
@@ -35,6 +36,7 @@ def build(settings: Settings) -> Service:
             JobQueuedEvent: handlers.on_job_outcome,
             JobRejectedEvent: handlers.on_job_outcome,
             JobCompletedEvent: handlers.on_job_completed,
+            JobCancelledEvent: handlers.on_job_cancelled,
         },
     )
     document_publishers(service.broker, [PolicyNonComplianceEvent], NAME)

@@ -57,6 +57,8 @@ class DecisionOutcome(SQLModel, table=True):
     job_id: str = Field(index=True, max_length=36)
     outcome: str = Field(max_length=10)  # placed, queued or rejected
     site_id: str | None = Field(default=None, max_length=64)
+    # A rejection's code: what-if holds the reasons that are not the policy's (the deadline, the budget).
+    code: str | None = Field(default=None, max_length=40)
     explanation: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     # Set when the job completed: a finished job is not re-checked against later revisions.
     finished: bool = False
@@ -70,6 +72,16 @@ class FinishedRun(SQLModel, table=True):
 
     job_id: str = Field(primary_key=True, max_length=36)
     site_id: str = Field(primary_key=True, max_length=64)
+
+
+class CancelledJob(SQLModel, table=True):
+    """A job placement honoured a cancel for: what-if says so of a change to its decision."""
+
+    __tablename__ = "governance_cancellations"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    cancelled_at: datetime
+    stage: str = Field(max_length=20)
 
 
 class SiteSnapshotRow(SQLModel, table=True):
@@ -93,6 +105,7 @@ class PolicyRevisionRow(SQLModel, table=True):
 
 
 TABLES: list[Table] = [
+    table_of(CancelledJob),
     table_of(DecisionLogEntry),
     table_of(DecisionFinding),
     table_of(ChainHead),

@@ -262,9 +262,11 @@ def plan_placement(
     could_fit_later: list[PoolState] = []
     best_by_site: dict[str, PoolState] = {}
     capacity_reasons: dict[str, list[str]] = {}
+    fit: dict[str, Literal["now", "later", "never"]] = {}
     for site_id in sorted(pools_by_site):
         reasons: list[str] = []
         site_fits: list[PoolState] = []
+        fit[site_id] = "never"
         for pool in sorted(pools_by_site[site_id], key=rank):
             static = _static_misfit(job, pool, failed_sites)
             if static:
@@ -274,12 +276,14 @@ def plan_placement(
             if current:
                 reasons.append(current)
                 could_fit_later.append(pool)
+                fit[site_id] = "later"
                 continue
             site_fits.append(pool)
         if not pools_by_site[site_id]:
             reasons.append("no pool offered")
         if site_fits:
             best_by_site[site_id] = site_fits[0]
+            fit[site_id] = "now"
             reasons = []
         capacity_reasons[site_id] = reasons
         if verdicts.get(site_id, SiteVerdict(site_id=site_id, allowed=False)).allowed:
@@ -287,22 +291,27 @@ def plan_placement(
 
     ranked = sorted(fitting_now, key=rank)
     rank_of = {pool.site_id: position for position, pool in enumerate(ranked, start=1)}
-    assessments = [
-        SiteAssessment(
+
+    def assessment(site_id: str, verdict: SiteVerdict) -> SiteAssessment:
+        best = best_by_site.get(site_id)
+        # The ranking's inputs are recorded, so that what-if ranks a replay exactly as placement did.
+        price, energy, preference, _, _ = rank(best) if best else (None, None, None, None, None)
+        return SiteAssessment(
             site_id=site_id,
             policy_allowed=verdict.allowed,
             violations=verdict.violations,
             warnings=verdict.warnings,
             exempted=verdict.exempted,
             capacity_reasons=capacity_reasons.get(site_id, ["no pool offered"]),
-            pool_id=best_by_site[site_id].pool_id if site_id in best_by_site else None,
-            price_krw_per_gpu_hour=best_by_site[site_id].price_krw_per_gpu_hour
-            if site_id in best_by_site
-            else None,
+            pool_id=best.pool_id if best else None,
+            price_krw_per_gpu_hour=price,
             rank=rank_of.get(site_id),
+            fit=fit.get(site_id, "never"),
+            energy_kwh_per_gpu_hour=energy,
+            region_preferred=None if preference is None else preference == 0,
         )
-        for site_id, verdict in sorted(verdicts.items())
-    ]
+
+    assessments = [assessment(site_id, verdict) for site_id, verdict in sorted(verdicts.items())]
     allowed_sites = [s for s in assessments if s.policy_allowed]
 
     if job.deadline <= now:

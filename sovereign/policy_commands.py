@@ -142,11 +142,11 @@ def policy_what_if(
     place no job where a rule of the current revision forbids it, 1 when it would, 2 on an error."""
     try:
         candidate = EmbeddedRegoEngine(load_bundle(against, settings))
-        with governance_session(settings) as session:
-            published = latest_revision(session)
         if current_reference is not None:
             baseline = load_bundle(current_reference, settings)
         else:
+            with governance_session(settings) as session:
+                published = latest_revision(session)
             baseline = (
                 PolicyBundle(dict(published.bundle)) if published else PolicyBundle.load(settings.policy_dir)
             )

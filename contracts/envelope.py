@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
 # Identifiers for tenants, sites, pools: lower-case slugs, safe in keys, URLs and file names.
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+# The integers every JSON reader keeps exactly (JavaScript's safe integers): a bigger one would be read
+# differently by different clients, and has no RFC 8785 form to sign.
+MAX_PORTABLE_INTEGER = 2**53 - 1
+# C0 and C1 control characters but tab, line feed and carriage return: never meaningful in this
+# marketplace's text, a NUL is refused by PostgreSQL, and the rest can forge lines in what people read.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def portability_problem(value: object) -> str | None:
+    """Why a value (a field's, or inside its lists and mappings; nested contracts check themselves) cannot
+    travel as every client would read it, or None."""
+    if isinstance(value, str):
+        found = CONTROL_CHARACTER.search(value)
+        if found is None:
+            return None
+        return (
+            f"contains the control character U+{ord(found.group()):04X} at position {found.start()}: "
+            "only tab, line feed and carriage return are allowed in text"
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) <= MAX_PORTABLE_INTEGER:
+            return None
+        return f"{value} is beyond +-(2**53 - 1), the integers every JSON reader keeps exactly"
+    if isinstance(value, list | tuple):
+        return next(filter(None, map(portability_problem, value)), None)
+    if isinstance(value, dict):
+        return next(filter(None, map(portability_problem, [*value, *value.values()])), None)
+    return None
+
+
+# Values that are portable whatever they hold (floats are finite by the config below).
+ALWAYS_PORTABLE: frozenset[type] = frozenset({bool, float, type(None), uuid.UUID, datetime, date})
 
 
 class Contract(BaseModel):
@@ -21,11 +57,37 @@ class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class EnvelopeSignature(Contract):
-    """Ed25519 over the envelope's canonical JSON (every field but this one, keys sorted, no whitespace)."""
+class Inbound(Contract):
+    """A payload written outside the marketplace's services, by a tenant, a factory or an officer: each
+    field's text and integers must travel as every client reads them (what the services write from it is
+    then portable too)."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _portable(cls, value: Any) -> Any:
+        if value.__class__ not in ALWAYS_PORTABLE and (problem := portability_problem(value)):
+            raise ValueError(problem)
+        return value
+
+
+class EnvelopeSignature(Inbound):
+    """Ed25519 over the RFC 8785 (JCS) form of the envelope as sent, with this member left out."""
 
     key_id: str = Field(min_length=1, max_length=200, description="The signer's key in the keyring.")
     value: str = Field(min_length=1, max_length=200, description="Base64 of the 64-byte signature.")
+
+
+class Received:
+    """The bytes an envelope arrived as. Two events with equal fields are equal however each was written."""
+
+    __slots__ = ("value",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, Received)
 
 
 class Event(Contract, Generic[DataT]):
@@ -34,6 +96,10 @@ class Event(Contract, Generic[DataT]):
 
     # Major.minor of the data contract: a minor bump only adds optional fields.
     SCHEMA_VERSION: ClassVar[str] = "1.1"
+    # On a signed topic, the version whose signatures cover the envelope's RFC 8785 form as sent. The form
+    # before it (the service's own dump of the parsed event) is still accepted while the topic is at this
+    # version, and refused from its next one.
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = None
 
     id: uuid.UUID = Field(description="Unique event id; consumers deduplicate on (source, id).")
     type: str = Field(
@@ -48,6 +114,36 @@ class Event(Contract, Generic[DataT]):
     signature: EnvelopeSignature | None = Field(
         default=None, description="Who vouches for this envelope; required on tenants' and factories' topics."
     )
+    # The JSON the envelope arrived as, when it was parsed from a record: a signature covers what was sent,
+    # not how this service would write it again.
+    _received: Received | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_received(cls, value: bytes) -> Self:
+        event = cls.model_validate_json(value)
+        event._received = Received(value)
+        return event
+
+    @property
+    def received(self) -> bytes | None:
+        return self._received.value if self._received is not None else None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update:  # a changed copy is not what was received
+            copy._received = None
+        return copy
+
+    @classmethod
+    def accepts_pre_jcs_signatures(cls) -> bool:
+        return cls.SCHEMA_VERSION == cls.JCS_SIGNATURES_SINCE
+
+    @field_validator("source", "subject", mode="after")
+    @classmethod
+    def _portable_text(cls, value: str) -> str:
+        if (problem := portability_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
     @classmethod
     def create(cls, *, source: str, subject: str, data: DataT, event_id: uuid.UUID | None = None) -> Self:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import iso3166
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StringConstraints, model_validator
 
-from contracts.envelope import SLUG_PATTERN, Contract, Event
+from contracts.envelope import SLUG_PATTERN, Contract, Event, Inbound
 
 Slug = str
 
@@ -76,7 +76,7 @@ class JobKind(StrEnum):
     BATCH = "batch"
 
 
-class Dataset(Contract):
+class Dataset(Inbound):
     name: str = Field(min_length=1, max_length=200)
     n2sf_grade: Literal["C", "S", "O"] = Field(default="O", description="N2SF data grade.")
     categories: list[str] = Field(
@@ -88,7 +88,7 @@ class Dataset(Contract):
     contains_rrn: bool = Field(default=False, description="Holds resident registration numbers (PIPA 24-2).")
 
 
-class JobRequest(Contract):
+class JobRequest(Inbound):
     tenant_id: Slug = Field(pattern=SLUG_PATTERN)
     client_request_id: str = Field(min_length=1, max_length=128, description="Idempotency key per tenant.")
     name: str = Field(min_length=1, max_length=200)
@@ -255,7 +255,7 @@ class JobRejected(Contract):
     explanation: Explanation | None = None
 
 
-class JobCancelRequested(Contract):
+class JobCancelRequested(Inbound):
     """A tenant asks to cancel one of its jobs, at whatever stage it is."""
 
     job_id: uuid.UUID
@@ -274,7 +274,7 @@ class JobCancelled(Contract):
     reason: str = ""
 
 
-class JobStarted(Contract):
+class JobStarted(Inbound):
     job_id: uuid.UUID
     tenant_id: Slug
     site_id: Slug
@@ -283,7 +283,7 @@ class JobStarted(Contract):
     attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
 
 
-class UsageReported(Contract):
+class UsageReported(Inbound):
     """One interval of a running job's usage. `seq` runs 1..n per run; jobs.completed states n."""
 
     job_id: uuid.UUID
@@ -306,7 +306,7 @@ class UsageReported(Contract):
         return self
 
 
-class JobCompleted(Contract):
+class JobCompleted(Inbound):
     job_id: uuid.UUID
     tenant_id: Slug
     site_id: Slug
@@ -404,7 +404,7 @@ class BudgetThresholdCrossed(Contract):
     charged_krw: int = Field(ge=0, description="Rated charges in scope, before discount and VAT.")
 
 
-class CsapCertificate(Contract):
+class CsapCertificate(Inbound):
     grade: Literal["low", "medium", "high"]
     service_model: Literal["IaaS", "PaaS", "SaaS"] = "IaaS"
     iaas_grade: Literal["low", "medium", "high"] | None = Field(
@@ -413,7 +413,7 @@ class CsapCertificate(Contract):
     expires: date
 
 
-class Pool(Contract):
+class Pool(Inbound):
     pool_id: Slug = Field(pattern=SLUG_PATTERN)
     accelerator_model: str = Field(min_length=1, max_length=50)
     generation: int = Field(ge=1, description="Ordinal accelerator generation, e.g. Hopper 9, Blackwell 10.")
@@ -428,7 +428,7 @@ class Pool(Contract):
     pue: float = Field(ge=1, le=3)
 
 
-class SiteAttributes(Contract):
+class SiteAttributes(Inbound):
     site_id: Slug = Field(pattern=SLUG_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     country: CountryCode
@@ -451,14 +451,14 @@ class SiteAttributes(Contract):
     )
 
 
-class SiteAttestation(Contract):
+class SiteAttestation(Inbound):
     """An auditor's Ed25519 signature (base64) over the site's attributes, canonically encoded."""
 
     auditor_key_id: str = Field(min_length=1, max_length=100)
     signature: str = Field(min_length=1, max_length=200)
 
 
-class CapacityOffered(Contract):
+class CapacityOffered(Inbound):
     site: SiteAttributes
     pools: list[Pool] = Field(min_length=1)
     attestation: SiteAttestation | None = Field(
@@ -484,7 +484,7 @@ class CapacityRejected(Contract):
     reason: str
 
 
-class CapacityUpdated(Contract):
+class CapacityUpdated(Inbound):
     site_id: Slug
     pool_id: Slug
     status: Literal["available", "maintenance", "withdrawn"]
@@ -557,7 +557,7 @@ class SiteSnapshot(Contract):
     document: dict[str, Any]
 
 
-class PolicyRevisionPublished(Contract):
+class PolicyRevisionPublished(Inbound):
     policy_revision: str
     previous_revision: str | None = None
     published_by: str
@@ -585,12 +585,15 @@ class PolicyNonCompliance(Contract):
 
 # Envelopes, one per event type. The literal type doubles as the topic name.
 class JobRequestedEvent(Event[JobRequest]):
-    SCHEMA_VERSION: ClassVar[str] = "1.4"
+    SCHEMA_VERSION: ClassVar[str] = "1.5"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.5"
     type: Literal["jobs.requested"] = "jobs.requested"
 
 
 class JobPlacedEvent(Event[JobPlaced]):
-    SCHEMA_VERSION: ClassVar[str] = "1.5"
+    SCHEMA_VERSION: ClassVar[str] = "1.6"
+    # The attestation it carries is signed over the claim's RFC 8785 form.
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.6"
     type: Literal["jobs.placed"] = "jobs.placed"
 
 
@@ -605,6 +608,8 @@ class JobRejectedEvent(Event[JobRejected]):
 
 
 class JobCancelEvent(Event[JobCancelRequested]):
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.2"
     type: Literal["jobs.cancel"] = "jobs.cancel"
 
 
@@ -613,17 +618,20 @@ class JobCancelledEvent(Event[JobCancelled]):
 
 
 class JobStartedEvent(Event[JobStarted]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.3"
     type: Literal["jobs.started"] = "jobs.started"
 
 
 class UsageReportedEvent(Event[UsageReported]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.3"
     type: Literal["usage.reported"] = "usage.reported"
 
 
 class JobCompletedEvent(Event[JobCompleted]):
-    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    SCHEMA_VERSION: ClassVar[str] = "1.4"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.4"
     type: Literal["jobs.completed"] = "jobs.completed"
 
 
@@ -638,7 +646,8 @@ class UsageRatedEvent(Event[UsageRated]):
 
 
 class CapacityOfferedEvent(Event[CapacityOffered]):
-    SCHEMA_VERSION: ClassVar[str] = "1.4"
+    SCHEMA_VERSION: ClassVar[str] = "1.5"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.5"
     type: Literal["capacity.offered"] = "capacity.offered"
 
 
@@ -647,6 +656,8 @@ class CapacityRejectedEvent(Event[CapacityRejected]):
 
 
 class CapacityUpdatedEvent(Event[CapacityUpdated]):
+    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.2"
     type: Literal["capacity.updated"] = "capacity.updated"
 
 
@@ -661,7 +672,8 @@ class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
 
 
 class PolicyPublishedEvent(Event[PolicyRevisionPublished]):
-    SCHEMA_VERSION: ClassVar[str] = "1.2"
+    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.3"
     type: Literal["policy.published"] = "policy.published"
 
 

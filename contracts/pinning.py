@@ -14,6 +14,8 @@ CONTRACTS_DIR = Path(__file__).resolve().parent
 SCHEMA_DIR = CONTRACTS_DIR / "schemas"
 EXAMPLES_DIR = CONTRACTS_DIR / "examples"
 ASYNCAPI_DIR = CONTRACTS_DIR / "asyncapi"
+# A worked example of an envelope signature: the envelope as sent, its RFC 8785 form, the key, the signature.
+SIGNING_VECTOR_PATH = CONTRACTS_DIR / "signing-vector.json"
 
 
 def schema_path(model: type[Event], schema_dir: Path = SCHEMA_DIR) -> Path:  # type: ignore[type-arg]

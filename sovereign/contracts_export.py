@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sys
 import tempfile
@@ -9,12 +11,68 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faststream.specification import AsyncAPI
 
 from contracts.events import EVENT_MODELS
-from contracts.pinning import ASYNCAPI_DIR, SCHEMA_DIR, current_schema, export_schemas, render, schema_path
+from contracts.pinning import (
+    ASYNCAPI_DIR,
+    SCHEMA_DIR,
+    SIGNING_VECTOR_PATH,
+    current_schema,
+    export_schemas,
+    render,
+    schema_path,
+)
 from services.shared.runtime import Service
 from services.shared.settings import Settings
+from services.shared.signing import Signer, jcs, public_key_text, received_content
+
+# The vector's key is published with it: a test key that no keyring of a real marketplace may hold.
+VECTOR_KEY_SEED = hashlib.sha256(b"sovereign marketplace signing vector: a published test key").digest()
+VECTOR_KEY_ID = "vector-tenant-mois"
+# A request written the way other languages write JSON: a member order of its own, "\u" escapes, an
+# upper-case id, `2` for a float, millisecond fractions, `+00:00` and `Z` for UTC, defaults left out.
+VECTOR_UNSIGNED = (
+    '{"schema_version": "1.5", "type": "jobs.requested", "id": "0E4B6C1A-7F3D-4B2E-9C8A-5D6E7F809A1B",\n'
+    ' "source": "tenant/mois", "subject": "mois", "time": "2026-12-03T03:00:00.000Z",\n'
+    ' "data": {"tenant_id": "mois", "client_request_id": "vector-1",\n'
+    '  "name": "\\ubbfc\\uc6d0 \\uc694\\uc57d fine-tune \u2014 \\"v2\\"", "kind": "fine_tuning",\n'
+    '  "gpu_count": 8, "expected_hours": 2, "deadline": "2027-03-01T00:00:00.000+00:00",\n'
+    '  "csap_grade": "medium", "datasets": [{"name": "complaints-2026", "n2sf_grade": "S"}]}}'
+)
+
+
+def signing_vector() -> dict[str, Any]:
+    """The worked example: sign the RFC 8785 form of the envelope as it will be sent, without `signature`,
+    then add the signature as a member of the envelope."""
+    signer = Signer(VECTOR_KEY_ID, Ed25519PrivateKey.from_private_bytes(VECTOR_KEY_SEED))
+    canonical = jcs(received_content(VECTOR_UNSIGNED.encode()))
+    signature = signer.signature_over(canonical)
+    signed = (
+        VECTOR_UNSIGNED.removesuffix("}")
+        + f',\n "signature": {{"key_id": "{VECTOR_KEY_ID}", "value": "{signature}"}}}}'
+    )
+    return {
+        "about": (
+            "A jobs.requested envelope signed as every tenant signs: Ed25519 over the RFC 8785 (JCS) form "
+            "of the envelope as sent, without its `signature` member. The private key is published for "
+            "this example only; the envelope's time is in the past, so a marketplace would refuse it as "
+            "stale after checking its signature."
+        ),
+        "key_id": VECTOR_KEY_ID,
+        "private_key_seed_base64": base64.b64encode(VECTOR_KEY_SEED).decode(),
+        "public_key_base64": public_key_text(signer.key.public_key()),
+        "envelope_unsigned": VECTOR_UNSIGNED,
+        "canonical_utf8": canonical.decode(),
+        "canonical_sha256": hashlib.sha256(canonical).hexdigest(),
+        "signature_base64": signature,
+        "envelope_signed": signed,
+    }
+
+
+def render_vector() -> str:
+    return json.dumps(signing_vector(), indent=2, ensure_ascii=False) + "\n"
 
 
 def asyncapi_documents() -> dict[str, dict[str, Any]]:
@@ -82,6 +140,8 @@ def export_contracts(check: bool) -> int:
         path = asyncapi_path(service)
         if not path.exists() or json.loads(path.read_text()) != document:
             drift.append(f"AsyncAPI of {service} differs from {path.relative_to(ASYNCAPI_DIR.parent.parent)}")
+    if not SIGNING_VECTOR_PATH.exists() or SIGNING_VECTOR_PATH.read_text() != render_vector():
+        drift.append("the signing vector differs from contracts/signing-vector.json")
     if check:
         for line in drift:
             print(line)
@@ -97,6 +157,7 @@ def export_contracts(check: bool) -> int:
             print(f"  - {problem}", file=sys.stderr)
     for path in result.written:
         print(f"wrote {path}")
+    SIGNING_VECTOR_PATH.write_text(render_vector())
     ASYNCAPI_DIR.mkdir(parents=True, exist_ok=True)
     for service, document in documents.items():
         asyncapi_path(service).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -2,15 +2,143 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.events import JobRequestedEvent
-from services.shared.signing import Keyring, KeyRole, make_key
+from contracts.pinning import SIGNING_VECTOR_PATH
+from services.shared.signing import (
+    KeyEntry,
+    Keyring,
+    KeyRole,
+    jcs,
+    make_key,
+    pre_jcs_form,
+    received_content,
+)
 from sovereign.cli import main
 from tests.conftest import KEYRING, TEST_KEYS, request_event
+
+
+def signed_as_sent(document: dict[str, Any], text: str, tenant: str = "mois") -> bytes:
+    """The envelope `text` (which parses to `document`) with a signature over its RFC 8785 form added as
+    its last member, as a client in any language would send it."""
+    signer = TEST_KEYS.tenants[tenant]
+    value = signer.signature_over(jcs(document))
+    member = json.dumps({"key_id": signer.key_id, "value": value})
+    return (text.rstrip().removesuffix("}") + f', "signature": {member}}}').encode()
+
+
+def test_the_worked_vector_verifies() -> None:
+    vector = json.loads(SIGNING_VECTOR_PATH.read_text(encoding="utf-8"))
+    canonical = jcs(received_content(vector["envelope_unsigned"].encode()))
+    assert canonical.decode() == vector["canonical_utf8"]
+    public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(vector["public_key_base64"]))
+    public_key.verify(base64.b64decode(vector["signature_base64"]), canonical)
+    keyring = Keyring(
+        {
+            vector["key_id"]: KeyEntry(
+                role=KeyRole.TENANT, principal="mois", public_key=vector["public_key_base64"]
+            )
+        }
+    )
+    event = JobRequestedEvent.from_received(vector["envelope_signed"].encode())
+    assert keyring.refusal(event, KeyRole.TENANT, "mois") is None
+    assert event.data.expected_hours == 2.0 and event.data.name.startswith("민원")
+
+
+@st.composite
+def written_elsewhere(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    """A request as a client in another language might write it: any member order, `2` or `2.0`, UTC as
+    `Z` or `+00:00`, with or without a fraction of a second, an id in either case, escapes or raw text,
+    defaults sent or left out."""
+    now = datetime.now(UTC).replace(microsecond=draw(st.sampled_from([0, 120000, 123456])))
+    instant = draw(
+        st.sampled_from(["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%SZ"])
+    )
+    envelope_id = str(uuid.uuid4())
+    data: dict[str, Any] = {
+        "tenant_id": "mois",
+        "client_request_id": uuid.uuid4().hex,
+        "name": draw(st.sampled_from(["민원 요약", "fine-tune \u2014 v2", 'a "quoted" name'])),
+        "kind": "training",
+        "gpu_count": 8,
+        "expected_hours": draw(st.sampled_from([2, 2.0, 0.5, 1e-3, 1.25])),
+        "deadline": (now + timedelta(days=30)).strftime(instant),
+    }
+    if draw(st.booleans()):
+        data |= {"datasets": [], "preferred_regions": [], "priority": "normal", "max_attempts": 1}
+    document = {
+        "id": envelope_id.upper() if draw(st.booleans()) else envelope_id,
+        "type": "jobs.requested",
+        "source": "tenant/mois",
+        "subject": "mois",
+        "time": now.strftime(instant),
+        "schema_version": "1.5",
+        "data": data,
+    }
+    order = draw(st.randoms(use_true_random=False))
+    members = list(document.items())
+    order.shuffle(members)
+    text = json.dumps(
+        dict(members), ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, 2]))
+    )
+    return json.loads(text), text
+
+
+@settings(max_examples=60, deadline=None)
+@given(written=written_elsewhere())
+def test_a_signature_over_the_envelope_as_sent_verifies_however_it_is_written(
+    written: tuple[dict[str, Any], str],
+) -> None:
+    document, text = written
+    event = JobRequestedEvent.from_received(signed_as_sent(document, text))
+    assert KEYRING.refusal(event, KeyRole.TENANT, "mois") is None
+
+
+@settings(max_examples=20, deadline=None)
+@given(written=written_elsewhere())
+def test_a_value_changed_after_signing_is_refused(written: tuple[dict[str, Any], str]) -> None:
+    document, text = written
+    sent = signed_as_sent(document, text).decode()
+    changed = sent.replace('"gpu_count": 8', '"gpu_count": 9')
+    assert changed != sent
+    event = JobRequestedEvent.from_received(changed.encode())
+    assert "bad signature" in (KEYRING.refusal(event, KeyRole.TENANT, "mois") or "")
+
+
+def test_a_member_sent_twice_is_refused_whatever_the_parser_would_keep() -> None:
+    event = request_event("mois")
+    text = event.model_dump_json().replace('"gpu_count":8', '"gpu_count":8,"gpu_count":640')
+    refusal = KEYRING.refusal(JobRequestedEvent.from_received(text.encode()), KeyRole.TENANT, "mois")
+    assert refusal is not None and "'gpu_count' appears twice" in refusal
+
+
+def test_the_form_before_jcs_is_accepted_only_at_the_version_that_brought_jcs() -> None:
+    # 2.0 hours: the old form wrote `2.0`, RFC 8785 writes `2`, so the two forms differ.
+    event = request_event("mois", expected_hours=2)
+    signer = TEST_KEYS.tenants["mois"]
+    assert event.signature is not None
+    signature = event.signature.model_copy(update={"value": signer.signature_over(pre_jcs_form(event))})
+    old = event.model_copy(update={"signature": signature})
+    assert JobRequestedEvent.accepts_pre_jcs_signatures()
+    assert KEYRING.refusal(old, KeyRole.TENANT, "mois") is None
+
+    class NextVersion(JobRequestedEvent):
+        SCHEMA_VERSION: ClassVar[str] = "1.6"
+
+    later = NextVersion.model_validate(old.model_dump())
+    assert "bad signature" in (KEYRING.refusal(later, KeyRole.TENANT, "mois") or "")
+    assert KEYRING.refusal(NextVersion.model_validate(event.model_dump()), KeyRole.TENANT, "mois") is None
 
 
 def test_a_signature_survives_reformatting_but_not_a_changed_value() -> None:

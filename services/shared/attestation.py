@@ -11,8 +11,15 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from contracts.events import JobPlaced, PlacementAttestation, PlacementClaim, SiteAttestation, SiteAttributes
-from services.shared.signing import Keyring, KeyRole, Signer
+from contracts.events import (
+    JobPlaced,
+    JobPlacedEvent,
+    PlacementAttestation,
+    PlacementClaim,
+    SiteAttestation,
+    SiteAttributes,
+)
+from services.shared.signing import Keyring, KeyRole, Signer, model_form, pre_jcs_form
 
 
 def signed_bytes(site: SiteAttributes) -> bytes:
@@ -63,7 +70,9 @@ def site_attributes_sha256(site: SiteAttributes) -> str:
 
 
 def attest_placement(signer: Signer, claim: PlacementClaim) -> PlacementAttestation:
-    return PlacementAttestation(claim=claim, key_id=signer.key_id, signature=signer.signature_over(claim))
+    return PlacementAttestation(
+        claim=claim, key_id=signer.key_id, signature=signer.signature_over(model_form(claim))
+    )
 
 
 def placement_attestation_failure(placed: JobPlaced, keyring: Keyring) -> str | None:
@@ -72,9 +81,10 @@ def placement_attestation_failure(placed: JobPlaced, keyring: Keyring) -> str | 
     attestation = placed.attestation
     if attestation is None:
         return "the placement carries no attestation"
-    failure = keyring.signature_failure(
-        attestation.claim, attestation.key_id, attestation.signature, KeyRole.MARKETPLACE
-    )
+    forms = [model_form(attestation.claim)]
+    if JobPlacedEvent.accepts_pre_jcs_signatures():
+        forms.append(pre_jcs_form(attestation.claim))
+    failure = keyring.signature_failure(forms, attestation.key_id, attestation.signature, KeyRole.MARKETPLACE)
     if failure is not None:
         return failure
     claim = attestation.claim

@@ -16,11 +16,11 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import structlog
-from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from contracts import AnyEvent
 from services.shared.db import DEFERRED_TO_COMMIT, is_transient_database_error, unit_of_work
 from services.shared.logging import get_logger
 from services.shared.outbox import OUTBOX_ROWS
@@ -31,7 +31,7 @@ MAX_INTEGRITY_ATTEMPTS = 5
 # No event of this marketplace comes near this size; a bigger one is refused before it is parsed.
 MAX_EVENT_BYTES = 256 * 1024
 
-EventT = TypeVar("EventT", bound=BaseModel)
+EventT = TypeVar("EventT", bound=AnyEvent)
 # A consumed Kafka record (aiokafka's ConsumerRecord): topic, partition, offset, key, value, headers.
 Record = Any
 Refusal = tuple[Record, BaseException]
@@ -61,7 +61,7 @@ def parse_records(
             refused.append((record, too_big))
             continue
         try:
-            events.append((record, model.model_validate_json(record.value or b"")))
+            events.append((record, model.from_received(record.value or b"")))
         except ValueError as error:  # pydantic's ValidationError, for bad JSON as for a wrong shape
             refused.append((record, error))
     return events, refused
@@ -112,7 +112,7 @@ def handle_batch(
     return refused
 
 
-def _event_logged(record: Record, event: BaseModel) -> AbstractContextManager[None]:
+def _event_logged(record: Record, event: AnyEvent) -> AbstractContextManager[None]:
     """Log lines written while the event is handled say which event it was."""
     return structlog.contextvars.bound_contextvars(
         topic=record.topic,

@@ -1,8 +1,10 @@
 """Who said it: Ed25519 signatures over event envelopes, and the keyring that says whose key is whose.
 
-A signature covers the envelope's canonical form: the event as its contract dumps it to JSON (every field,
-defaults included, the signature left out), keys sorted, no whitespace, UTF-8. A verifier rebuilds those
-bytes from the parsed event, so spacing or key order on the wire does not matter; any changed value does.
+A signature covers the RFC 8785 (JSON Canonicalization Scheme) form of the envelope as its sender wrote it,
+with the `signature` member left out. A verifier computes that form from the JSON it received, not from its
+own model of the event, so any language with a JCS implementation signs what it sends: spacing, member
+order, escapes, `2` or `2.0`, `Z` or `+00:00`, fields left to their defaults, none of it matters to the
+signature; any changed value does. `contracts/signing-vector.json` is a worked example.
 Keys never live in the repository: `sovereign keys` makes them, and the demo makes throwaway ones.
 """
 
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -88,13 +91,20 @@ class Keyring:
         signature = event.signature
         if signature is None:
             return f"unsigned: a {event.type} must be signed with the {role.value} key of {party!r}"
-        return self.signature_failure(event, signature.key_id, signature.value, role, party)
+        try:
+            forms = [signed_form(event)]
+        except UnsignableContent as error:
+            return str(error)
+        if type(event).accepts_pre_jcs_signatures():
+            forms.append(pre_jcs_form(event))
+        return self.signature_failure(forms, signature.key_id, signature.value, role, party)
 
     def signature_failure(
-        self, signed: BaseModel, key_id: str, value: str, role: KeyRole, party: str | None = None
+        self, forms: Sequence[bytes], key_id: str, value: str, role: KeyRole, party: str | None = None
     ) -> str | None:
-        """None if `value` is the signature over `signed`'s canonical form by key_id, a known key of `role`
-        (that speaks for `party`, if given); otherwise why not."""
+        """None if `value` is key_id's signature over one of `forms` (the signed bytes, in the current form
+        and any older one still accepted) and key_id is a known key of `role` (that speaks for `party`, if
+        given); otherwise why not."""
         entry = self.entries.get(key_id)
         if entry is None:
             return f"unknown key {key_id!r}: it is not in the keyring"
@@ -102,12 +112,25 @@ class Keyring:
             return f"key {key_id!r} has the {entry.role.value} role, not the {role.value} role"
         if party is not None and not entry.speaks_for(party):
             return f"key {key_id!r} ({entry.principal}) does not speak for {party!r}"
-        try:
-            public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(entry.public_key, validate=True))
-            public_key.verify(base64.b64decode(value, validate=True), canonical_bytes(signed))
-        except (InvalidSignature, ValueError):
+        if not any(_verifies(entry, value, form) for form in forms):
             return f"bad signature: this is not what key {key_id!r} signed"
         return None
+
+    def author(self, content: dict[str, Any], role: KeyRole) -> KeyEntry | None:
+        """The key of `role` whose signature on an envelope as received (JSON that is not a valid event)
+        verifies, or None: who is owed an answer for it."""
+        signature = content.get("signature")
+        if not isinstance(signature, dict):
+            return None
+        key_id, value = signature.get("key_id"), signature.get("value")
+        entry = self.entries.get(key_id) if isinstance(key_id, str) else None
+        if entry is None or entry.role is not role or not isinstance(value, str):
+            return None
+        try:
+            form = jcs({name: member for name, member in content.items() if name != "signature"})
+        except UnsignableContent:
+            return None
+        return entry if _verifies(entry, value, form) else None
 
     def require(self, event: AnyEvent, role: KeyRole, party: str) -> None:
         if (reason := self.refusal(event, role, party)) is not None:
@@ -130,16 +153,82 @@ def staleness(signed_at: datetime, now: datetime, max_age: timedelta) -> str | N
 CLOCK_SKEW = timedelta(seconds=60)
 
 
+def _verifies(entry: KeyEntry, value: str, form: bytes) -> bool:
+    try:
+        public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(entry.public_key, validate=True))
+        public_key.verify(base64.b64decode(value, validate=True), form)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class UnsignableContent(SignatureRefused):
+    """JSON that has no RFC 8785 form, so no signature can cover it: the envelope is refused unread."""
+
+
+def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise UnsignableContent(f"the member {repeated[0]!r} appears twice in one object: send it once")
+    return dict(pairs)
+
+
+def _not_finite(literal: str) -> Any:
+    raise UnsignableContent(f"{literal} is not a JSON number: every number must be finite")
+
+
+def received_content(value: bytes) -> dict[str, Any]:
+    """An envelope's JSON as received. Duplicate member names and non-finite numbers are refused: a reader
+    could take either of two values, and JCS has no form for NaN or infinity."""
+    try:
+        content = json.loads(value, object_pairs_hook=_members, parse_constant=_not_finite)
+    except UnsignableContent:
+        raise
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise UnsignableContent(f"not JSON: {error}") from None
+    if not isinstance(content, dict):
+        raise UnsignableContent("an envelope is a JSON object")
+    return content
+
+
+def jcs(content: Any) -> bytes:
+    """The RFC 8785 form: members sorted by UTF-16 code units, numbers as ECMAScript writes them, strings
+    with the fewest escapes, no whitespace, UTF-8."""
+    try:
+        return rfc8785.dumps(content)
+    except rfc8785.CanonicalizationError as error:
+        raise UnsignableContent(
+            f"no RFC 8785 form ({error}): integers must lie within +-(2**53 - 1), text must be valid Unicode"
+        ) from None
+
+
+def signed_form(event: AnyEvent) -> bytes:
+    """What an envelope's signature covers: the RFC 8785 form of the envelope as its sender wrote it (as
+    received, or as this service will send it), without its `signature` member."""
+    received = event.received
+    content = received_content(received) if received is not None else event.model_dump(mode="json")
+    content.pop("signature", None)
+    return jcs(content)
+
+
+def model_form(signed: BaseModel) -> bytes:
+    """The RFC 8785 form of a model as this service writes it: what an attestation inside an event signs."""
+    return jcs(signed.model_dump(mode="json"))
+
+
+def pre_jcs_form(signed: BaseModel) -> bytes:
+    """The signed bytes before RFC 8785: the parsed model dumped with sorted keys. Accepted for one minor
+    version of each signed topic after the change (`Event.accepts_pre_jcs_signatures`)."""
+    return canonical_json(signed.model_dump(mode="json", exclude={"signature"}))
+
+
 def canonical_json(content: Any) -> bytes:
-    """JSON with keys sorted and no spaces: the same bytes for the same content, whoever encodes it."""
+    """JSON with keys sorted and no spaces: the same bytes for the same content, for this project's own
+    digests (decision inputs, site snapshots, the decision log's chain)."""
     return json.dumps(
         content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     ).encode()
-
-
-def canonical_bytes(signed: BaseModel) -> bytes:
-    """What a signature covers: the model as JSON (its `signature` field left out), keys sorted, compact."""
-    return canonical_json(signed.model_dump(mode="json", exclude={"signature"}))
 
 
 @dataclass(frozen=True)
@@ -154,11 +243,14 @@ class Signer:
             raise ValueError(f"{path} is not an Ed25519 private key")
         return cls(key_id, key)
 
-    def signature_over(self, signed: BaseModel) -> str:
-        return base64.b64encode(self.key.sign(canonical_bytes(signed))).decode()
+    def signature_over(self, form: bytes) -> str:
+        return base64.b64encode(self.key.sign(form)).decode()
 
     def sign(self, event: SignedEvent) -> SignedEvent:
-        signature = EnvelopeSignature(key_id=self.key_id, value=self.signature_over(event))
+        """The event as it will be sent, signed. The signature covers its RFC 8785 form; the JSON sent is
+        its dump, which has the same form."""
+        unsigned = event.model_copy(update={"signature": None})
+        signature = EnvelopeSignature(key_id=self.key_id, value=self.signature_over(signed_form(unsigned)))
         return event.model_copy(update={"signature": signature})
 
 

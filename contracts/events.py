@@ -236,14 +236,28 @@ class JobQueued(Contract):
 
 
 class RejectionCode(StrEnum):
+    """Why a job, or one envelope a tenant sent, was refused. The README's integration guide says what
+    each means and what to do."""
+
     UNKNOWN_TENANT = "unknown_tenant"
     INVALID_REQUEST = "invalid_request"
     NO_ALLOWED_SITE = "no_allowed_site"
     NEVER_FITS = "never_fits"
     DEADLINE_PASSED = "deadline_passed"
+    DEADLINE_UNREACHABLE = "deadline_unreachable"
     POLICY_ENGINE_ERROR = "policy_engine_error"
     BUDGET_EXCEEDED = "budget_exceeded"
     STALE_REQUEST = "stale_request"
+    CONFLICTING_RESUBMISSION = "conflicting_resubmission"
+    UNKNOWN_JOB = "unknown_job"
+    NOT_CANCELLABLE = "not_cancellable"
+
+
+class FieldError(Contract):
+    """One reason an envelope is not a valid event: where, and what is wrong there."""
+
+    location: str = Field(description="The member's path in the envelope, e.g. 'data.gpu_count'.")
+    message: str
 
 
 class JobRejected(Contract):
@@ -253,6 +267,22 @@ class JobRejected(Contract):
     code: RejectionCode
     reason: str
     explanation: Explanation | None = None
+    scope: Literal["job", "envelope"] = Field(
+        default="job",
+        description="job: the job is rejected, for good. envelope: only the envelope named by envelope_id "
+        "was refused (an invalid request, a conflicting resubmission, a cancel that could not apply); the "
+        "job, if there is one, is as it was, and an invalid request leaves its job id free for a corrected "
+        "one.",
+    )
+    envelope_id: uuid.UUID | None = Field(
+        default=None, description="The id of the refused envelope, when the envelope's id was a valid one."
+    )
+    envelope_type: Literal["jobs.requested", "jobs.cancel"] | None = Field(
+        default=None, description="The topic of the refused envelope, for a refusal of scope envelope."
+    )
+    field_errors: list[FieldError] = Field(
+        default_factory=list, description="For invalid_request: each member that is not valid, and why."
+    )
 
 
 class JobCancelRequested(Inbound):
@@ -603,7 +633,7 @@ class JobQueuedEvent(Event[JobQueued]):
 
 
 class JobRejectedEvent(Event[JobRejected]):
-    SCHEMA_VERSION: ClassVar[str] = "1.4"
+    SCHEMA_VERSION: ClassVar[str] = "1.5"
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 

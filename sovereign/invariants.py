@@ -72,6 +72,10 @@ class History:
             seen.setdefault((event["source"], event["id"]), event)
         return list(seen.values())
 
+    def job_rejections(self) -> list[Row]:
+        """The rejections of jobs: not the refusals of a single envelope, which leave the job as it was."""
+        return [e for e in self.distinct("jobs.rejected") if e["data"].get("scope", "job") == "job"]
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -119,7 +123,7 @@ def terminal_outcomes(history: History) -> list[Violation]:
         found += _repeated_effects(history, topic)
     placed = _by_job(history.distinct("jobs.placed"))
     outcomes: dict[str, list[str]] = defaultdict(list)
-    for event in history.distinct("jobs.rejected"):
+    for event in history.job_rejections():
         outcomes[str(event["data"]["job_id"])].append("rejected")
     for event in history.distinct("jobs.cancelled"):
         if event["data"]["stage"] in CANCELLED_BEFORE_RUN:
@@ -314,7 +318,7 @@ def nothing_lost(history: History, expected_dead_letters: int) -> list[Violation
     ]
     placed = {_run(e) for e in history.distinct("jobs.placed")}
     started = {_run(e) for e in history.distinct("jobs.started")}
-    rejected = {str(e["data"]["job_id"]) for e in history.distinct("jobs.rejected")}
+    rejected = {str(e["data"]["job_id"]) for e in history.job_rejections()}
     for job in history.jobs:
         if job.get("pool_id") and (job["job_id"], job["attempt"]) not in placed:
             found.append(

@@ -35,6 +35,9 @@ class JobTrace:
     placed: list[JobPlaced] = field(default_factory=list)
     queued: list[JobQueued] = field(default_factory=list)
     rejected: list[JobRejected] = field(default_factory=list)
+    # Envelopes about the job that were refused (an invalid request, a conflicting resubmission, a cancel
+    # that could not apply): the job is as it was.
+    refused: list[JobRejected] = field(default_factory=list)
     started: list[JobStarted] = field(default_factory=list)
     usage: list[UsageReported] = field(default_factory=list)
     completed: list[JobCompleted] = field(default_factory=list)
@@ -132,6 +135,8 @@ class Tracker:
                 self.trace(data.job_id).placed.append(data)
             case JobQueued():
                 self.trace(data.job_id).queued.append(data)
+            case JobRejected(scope="envelope"):
+                self.trace(data.job_id).refused.append(data)
             case JobRejected():
                 self.trace(data.job_id).rejected.append(data)
             case JobStarted():

@@ -33,6 +33,7 @@ from contracts.events import (
     JobPlaced,
     JobPlacedEvent,
     JobQueuedEvent,
+    JobRejectedEvent,
     JobRequestedEvent,
     JobStarted,
     JobStartedEvent,
@@ -50,7 +51,7 @@ from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw, try_reserve, upsert_offer
-from services.shared.batch import PoisonMessage, handle_batch
+from services.shared.batch import handle_batch
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
@@ -501,7 +502,9 @@ def test_the_sweep_expires_deadlines_without_deciding_again(database_url: tuple[
     offer_all(engine, ctx)
     blocker = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=640)
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=8, deadline=soon)
+    waiting = request_event(
+        "mois", csap_grade="high", accelerator_model="A100", gpu_count=8, expected_hours=0.5, deadline=soon
+    )
     for event in (blocker, waiting):
         with unit_of_work(engine) as session:
             placement.on_job_requested(ctx, session, event)
@@ -610,10 +613,18 @@ def test_a_tenant_cannot_cancel_another_tenants_job(database_url: tuple[str, str
     job = request_event("mois", csap_grade="medium")
     with unit_of_work(engine) as session:
         placement.on_job_requested(ctx, session, job)
-    with pytest.raises(PoisonMessage, match="may not cancel"), unit_of_work(engine) as session:
+    with unit_of_work(engine) as session:
         placement.on_job_cancel(ctx, session, cancel_event(job.data.job_id, tenant="hanbit-ai"))
+        placement.on_job_cancel(ctx, session, cancel_event(uuid.uuid4(), tenant="hanbit-ai"))
     with Session(engine) as session:
         assert session.get(JobRow, str(job.data.job_id)).state == "placed"  # type: ignore[union-attr]
+    # Answered exactly as a cancel of a job nobody has: no tenant learns which ids are another's.
+    other, unknown = (
+        JobRejectedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.rejected")
+    )
+    assert other.tenant_id == unknown.tenant_id == "hanbit-ai" and other.code == unknown.code == "unknown_job"
+    assert other.reason.replace(str(other.job_id), "X") == unknown.reason.replace(str(unknown.job_id), "X")
+    assert not outbox(engine, "jobs.cancelled")
 
 
 def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url: tuple[str, str]) -> None:

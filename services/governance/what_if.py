@@ -29,7 +29,7 @@ EffectKind = Literal[
 EFFECT_KINDS: tuple[EffectKind, ...] = get_args(EffectKind)
 NO_SINGLE_RULE = "(no single rule)"
 # Outcomes whose reason is not the policy's and which stand under any revision.
-HELD_CODES = frozenset({"deadline_passed"})
+HELD_CODES = frozenset({"deadline_passed", "deadline_unreachable"})
 BUDGET_CODE = "budget_exceeded"
 DEPENDS_ON_CAPACITY = "capacity as it was at the decision"
 DEPENDS_ON_BUDGET = "the tenant's budget at the time, which is not replayed"

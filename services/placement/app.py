@@ -72,6 +72,9 @@ def build(settings: Settings) -> Service:
             JobCancelEvent: partial(handlers.on_job_cancel, context),
         },
     )
+    # A tenant whose key signed a request or cancel that is not a valid event is told why.
+    answer = partial(handlers.answer_invalid_envelope, context)
+    service.answers.update({"jobs.requested": answer, "jobs.cancel": answer})
     document_publishers(
         service.broker,
         [

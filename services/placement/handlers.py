@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
 from sqlalchemy import insert
 from sqlmodel import Session
 
@@ -25,6 +26,7 @@ from contracts.events import (
     CapacityRejectedEvent,
     CapacityUpdatedEvent,
     Explanation,
+    FieldError,
     JobBilledEvent,
     JobCancelEvent,
     JobCancelled,
@@ -52,6 +54,10 @@ from contracts.events import (
 from services.placement.logic import (
     Plan,
     PoolState,
+    answered_job,
+    as_uuid,
+    deadline_unreachable,
+    field_errors,
     only_waits_for_capacity,
     parse_verdicts,
     plan_placement,
@@ -77,15 +83,23 @@ from services.placement.storage import (
     upsert_offer,
 )
 from services.shared.attestation import attest_placement, site_attributes_sha256, verification_failure
-from services.shared.batch import PoisonMessage
+from services.shared.batch import PoisonMessage, Record
 from services.shared.catalogue import Tenant
 from services.shared.db import defer_to_commit, insert_ignoring_duplicates, table_of, utc_now
-from services.shared.inbox import claim_event
+from services.shared.inbox import claim, claim_event
 from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
 from services.shared.outbox import add_to_outbox, relay_to_tenant
 from services.shared.policy import PolicyEngine, PolicyEngineError
-from services.shared.signing import Keyring, KeyRole, Signer, canonical_json, staleness
+from services.shared.signing import (
+    Keyring,
+    KeyRole,
+    SignatureRefused,
+    Signer,
+    canonical_json,
+    received_content,
+    staleness,
+)
 from services.shared.verdict_cache import VerdictCache
 
 CONSUMER = "placement"
@@ -125,7 +139,8 @@ class PlacementContext:
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
     request = event.data
     # Before anything is recorded: a forged request must not even reserve its job id.
-    ctx.keyring.require(event, KeyRole.TENANT, request.tenant_id)
+    if _refused_before_reading(ctx, session, event, request.tenant_id):
+        return
     job_id = str(request.job_id)
     log = get_logger(job_id=job_id, event_id=str(event.id), tenant_id=request.tenant_id)
     if not claim_event(session, CONSUMER, event):
@@ -142,12 +157,7 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
     )
     # Inserted as a plain row; `job` stays a detached snapshot the decision reads.
     if not insert_ignoring_duplicates(session, table_of(JobRow), job.model_dump()):
-        existing = session.get(JobRow, job_id)
-        cancelled_first = existing is not None and existing.state == "cancelled" and not existing.request
-        log.info(
-            "request_after_cancel_ignored" if cancelled_first else "duplicate_request_ignored",
-            client_request_id=request.client_request_id,
-        )
+        _request_for_a_known_job(session, event, job)
         return
     if event.subject != request.tenant_id:
         _reject(
@@ -175,24 +185,67 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
     _decide(session, ctx, job, request, tenant)
 
 
+def _request_for_a_known_job(session: Session, event: JobRequestedEvent, job: JobRow) -> None:
+    """A request whose job id is taken: a resubmission of the same request changes nothing; a different one
+    is refused; the request of a job its cancel overtook is cancelled on arrival."""
+    request = event.data
+    log = get_logger(job_id=job.job_id, event_id=str(event.id), tenant_id=request.tenant_id)
+    existing = session.get(JobRow, job.job_id)
+    assert existing is not None, "the insert found the row taken"
+    if existing.state == "cancelled" and not existing.request:
+        existing.request, existing.client_request_id = job.request, job.client_request_id
+        cancelled = JobCancelled(
+            job_id=request.job_id,
+            tenant_id=request.tenant_id,
+            stage="before_request",
+            reason=existing.reason or "",
+        )
+        answer = JobCancelledEvent.create(source=SOURCE, subject=request.tenant_id, data=cancelled)
+        add_to_outbox(session, answer, job.job_id)
+        log.info("request_cancelled_on_arrival")
+        return
+    if existing.request == job.request:
+        log.info("duplicate_request_ignored", client_request_id=request.client_request_id)
+        return
+    first, again = existing.request, job.request
+    differing = sorted(name for name in {*first, *again} if first.get(name) != again.get(name))
+    _refuse_envelope(
+        session,
+        EnvelopeRefusal(request.tenant_id, request.job_id, request.client_request_id, event.id, event.type),
+        RejectionCode.CONFLICTING_RESUBMISSION,
+        f"client_request_id {request.client_request_id!r} was first sent with other content (differing: "
+        f"{', '.join(differing)}); the job keeps its first request and its state ({existing.state}): send a "
+        "new request under a new client_request_id",
+    )
+
+
 def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent) -> None:
     """Honour a tenant's cancel at any stage. A placed job keeps its GPUs until its factory confirms it
-    stopped (jobs.completed with status cancelled), so capacity is never handed out twice."""
+    stopped (jobs.completed with status cancelled), so capacity is never handed out twice. A cancel that
+    cannot apply is answered on the tenant's stream."""
     cancel = event.data
-    ctx.keyring.require(event, KeyRole.TENANT, cancel.tenant_id)
+    if _refused_before_reading(ctx, session, event, cancel.tenant_id):
+        return
     if not claim_event(session, CONSUMER, event):
         get_logger(job_id=str(cancel.job_id)).info("envelope_seen_before_ignored", reason=SEEN_BEFORE)
         return
     job_id = str(cancel.job_id)
     log = get_logger(job_id=job_id, tenant_id=cancel.tenant_id)
+    refusal = EnvelopeRefusal(cancel.tenant_id, cancel.job_id, "", event.id, event.type)
     if cancel.tenant_id != event.subject:
-        raise PoisonMessage(f"a cancel for tenant {cancel.tenant_id} sent with subject {event.subject}")
+        reason = f"the envelope's subject {event.subject!r} is not the cancel's tenant {cancel.tenant_id!r}"
+        _refuse_envelope(session, refusal, RejectionCode.INVALID_REQUEST, reason)
+        return
     job = session.get(JobRow, job_id)
     if job is not None and job.tenant_id != cancel.tenant_id:
-        raise PoisonMessage(f"tenant {cancel.tenant_id} may not cancel job {job_id} of another tenant")
+        # Answered as for a job nobody has: no tenant learns another's job ids (a tenant's own requests can
+        # never have this id, which derives from the tenant).
+        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
+        return
     stage: str
     if job is None:
-        # The cancel overtook its request (they travel on different topics): the request will find this row.
+        # The cancel may have overtaken its request (they travel on different topics): the request will find
+        # this row and be cancelled on arrival.
         session.add(
             JobRow(
                 job_id=job_id,
@@ -204,25 +257,139 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
                 reason=cancel.reason,
             )
         )
-        stage = "before_request"
-    elif transition(session, job_id, {"requested", "queued"}, "cancelled", reason=cancel.reason):
+        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
+        return
+    if transition(session, job_id, {"requested", "queued"}, "cancelled", reason=cancel.reason):
         stage = job.state
     elif transition(session, job_id, {"placed", "running"}, "cancelling", reason=cancel.reason):
         stage = "placed"
     else:
-        log.info("cancel_ignored", state=job.state)
+        log.info("cancel_refused", state=job.state)
+        reason = (
+            "the job is already being cancelled"
+            if job.state == "cancelling"
+            else f"the job is {job.state}: nothing is left to cancel"
+        )
+        _refuse_envelope(session, refusal, RejectionCode.NOT_CANCELLABLE, reason)
         return
     cancelled = JobCancelled(
         job_id=cancel.job_id,
         tenant_id=cancel.tenant_id,
         stage=stage,
-        site_id=job.site_id if job is not None else None,
+        site_id=job.site_id,
         reason=cancel.reason,
     )
     add_to_outbox(
         session, JobCancelledEvent.create(source=SOURCE, subject=cancel.tenant_id, data=cancelled), job_id
     )
     log.info("job_cancelled", stage=stage)
+
+
+def _unknown_job(job_id: str) -> str:
+    return (
+        f"no request for job {job_id} has arrived, so nothing was cancelled now. The cancel is kept: if the "
+        "request is still on its way, it is cancelled on arrival (jobs.cancelled, stage before_request). "
+        "A job id is uuid5(6f1c2a4e-8d0b-4c55-9a57-3b7d2f0e9c11, '<tenant_id>/<client_request_id>')"
+    )
+
+
+@dataclass(frozen=True)
+class EnvelopeRefusal:
+    """Whom to tell that an envelope was refused, and which envelope it was."""
+
+    tenant_id: str
+    job_id: uuid.UUID
+    client_request_id: str
+    envelope_id: uuid.UUID | None
+    envelope_type: str
+
+
+def _refuse_envelope(
+    session: Session,
+    refusal: EnvelopeRefusal,
+    code: RejectionCode,
+    reason: str,
+    field_errors: Sequence[FieldError] = (),
+) -> None:
+    """Tell a tenant on its stream that one of its envelopes was refused; its job, if any, is unchanged."""
+    get_logger(job_id=str(refusal.job_id), tenant_id=refusal.tenant_id).info(
+        "envelope_refused", code=code.value, reason=reason[:300], envelope_type=refusal.envelope_type
+    )
+    rejected = JobRejected(
+        job_id=refusal.job_id,
+        tenant_id=refusal.tenant_id,
+        client_request_id=refusal.client_request_id,
+        code=code,
+        reason=reason,
+        scope="envelope",
+        envelope_id=refusal.envelope_id,
+        envelope_type=refusal.envelope_type,
+        field_errors=list(field_errors),
+    )
+    add_to_outbox(
+        session,
+        JobRejectedEvent.create(source=SOURCE, subject=refusal.tenant_id, data=rejected),
+        str(refusal.job_id),
+    )
+
+
+def _refused_before_reading(
+    ctx: PlacementContext, session: Session, event: JobRequestedEvent | JobCancelEvent, tenant_id: str
+) -> bool:
+    """Check a tenant's envelope is signed by a key that speaks for the tenant it names. A signature that
+    does not verify is refused unread (dead-lettered: nobody proved who sent it). A valid signature of
+    another tenant's key is that tenant's mistake: it is told, and nothing else happens. True if refused."""
+    refusal = ctx.keyring.refusal(event, KeyRole.TENANT, tenant_id)
+    if refusal is None:
+        return False
+    received = event.received
+    content = received_content(received) if received is not None else event.model_dump(mode="json")
+    author = ctx.keyring.author(content, KeyRole.TENANT)
+    if author is None:
+        raise SignatureRefused(refusal)
+    if claim_event(session, CONSUMER, event):
+        job_id, client_request_id = answered_job(author.principal, event.type, content["data"])
+        _refuse_envelope(
+            session,
+            EnvelopeRefusal(author.principal, job_id, client_request_id, event.id, event.type),
+            RejectionCode.INVALID_REQUEST,
+            f"{refusal}: a tenant's key signs only for its own tenant, {author.principal!r}",
+        )
+    return True
+
+
+def answer_invalid_envelope(
+    ctx: PlacementContext, session: Session, record: Record, error: BaseException
+) -> bool:
+    """A record on a tenant's topic that is not a valid event: if a tenant's key signed it, the tenant is
+    told why on its stream (invalid_request, with each field's error) and True, the record is done with; if
+    nobody can be proved to have sent it, False: it goes to the dead-letter topic. Its job id is not
+    reserved, so a corrected request may use the same client_request_id."""
+    if not isinstance(error, ValidationError):
+        return False
+    try:
+        content = received_content(record.value or b"")
+    except SignatureRefused:
+        return False
+    author = ctx.keyring.author(content, KeyRole.TENANT)
+    if author is None:
+        return False
+    digest = hashlib.sha256(record.value or b"").hexdigest()
+    if not claim(session, CONSUMER, f"tenant/{author.principal}", digest):
+        return True  # a redelivery, answered already
+    tenant, data = author.principal, content.get("data")
+    job_id, client_request_id = answered_job(tenant, record.topic, data if isinstance(data, dict) else {})
+    errors = field_errors(error)
+    _refuse_envelope(
+        session,
+        EnvelopeRefusal(tenant, job_id, client_request_id, as_uuid(content.get("id")), record.topic),
+        RejectionCode.INVALID_REQUEST,
+        f"the envelope is not a valid {record.topic} event: "
+        + "; ".join(f"{error.location}: {error.message}" for error in errors[:3])
+        + (f"; and {len(errors) - 3} more" if len(errors) > 3 else ""),
+        errors,
+    )
+    return True
 
 
 def on_capacity_offered(ctx: PlacementContext, session: Session, event: CapacityOfferedEvent) -> None:
@@ -363,8 +530,9 @@ def _replan_queue_at_commit(ctx: PlacementContext, session: Session, market_chan
 
 
 def sweep_queue(ctx: PlacementContext, session: Session) -> int:
-    """The periodic pass: reject queued jobs whose deadline passed (no policy evaluation needed), and
-    re-plan only those no capacity event re-planned lately (e.g. after an over-budget decision)."""
+    """The periodic pass: reject queued jobs whose deadline passed, or can no longer be met by a run
+    started now (no policy evaluation needed), and re-plan only those no capacity event re-planned lately
+    (e.g. after an over-budget decision)."""
     now = ctx.clock()
     moved = 0
     for job in queued_jobs(session, QUEUE_BATCH):
@@ -372,6 +540,10 @@ def sweep_queue(ctx: PlacementContext, session: Session) -> int:
         if request.deadline <= now:
             reason = f"the job's deadline {request.deadline.isoformat()} passed while it waited for capacity"
             _reject(session, job, request, RejectionCode.DEADLINE_PASSED, reason)
+            moved += 1
+        elif (unreachable := deadline_unreachable(request, now)) is not None:
+            reason = f"{unreachable}: too little time is left after waiting for capacity"
+            _reject(session, job, request, RejectionCode.DEADLINE_UNREACHABLE, reason)
             moved += 1
     return moved + retry_queued(ctx, session, untouched_since=now - ctx.queue_retry)
 

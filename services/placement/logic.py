@@ -6,16 +6,22 @@ explain every site: its policy verdict beside its capacity facts, so a tenant ca
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from contracts.envelope import portability_problem
 from contracts.events import (
     CapacityOffered,
     ExemptedFinding,
     Explanation,
+    FieldError,
     JobKind,
     JobRequest,
     RejectionCode,
@@ -23,6 +29,7 @@ from contracts.events import (
     SiteAssessment,
     SiteAttributes,
     SiteVerdict,
+    job_id_for,
 )
 
 
@@ -321,6 +328,13 @@ def plan_placement(
             code=RejectionCode.DEADLINE_PASSED,
             reason=f"the job's deadline {job.deadline.isoformat()} has passed",
         )
+    if (unreachable := deadline_unreachable(job, now)) is not None:
+        return Plan(
+            "rejected",
+            explain("the run cannot end by the deadline", assessments),
+            code=RejectionCode.DEADLINE_UNREACHABLE,
+            reason=unreachable,
+        )
     if not assessments:
         reason = "waiting for capacity: no AI factory has offered capacity yet"
         return Plan("queued", explain(reason, assessments), reason=reason)
@@ -353,3 +367,53 @@ def plan_placement(
         f"none of the {len(allowed_sites)} sites the policy allows could ever run this job ({details}{more})"
     )
     return Plan("rejected", explain(reason, assessments), code=RejectionCode.NEVER_FITS, reason=reason)
+
+
+def deadline_unreachable(job: JobRequest, now: datetime) -> str | None:
+    """Why a run started now could not end by the job's deadline, or None. A queued job is asked again at
+    each re-plan: it is rejected once its wait leaves too little time, not placed to miss its deadline."""
+    needed = timedelta(hours=job.expected_hours)
+    left = job.deadline - now
+    if left >= needed:
+        return None
+    return (
+        f"the run needs {job.expected_hours:g} h but the deadline {job.deadline.isoformat()} is "
+        f"{left.total_seconds() / 3600:.2f} h away: it cannot end in time"
+    )
+
+
+# The most field errors one refusal lists: an envelope wrong everywhere is not answered at unbounded length.
+MAX_FIELD_ERRORS = 20
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    """Each member of an envelope that is not valid, and why, for the tenant who sent it (not its value:
+    a refusal repeats nothing the sender did not already see)."""
+    return [
+        FieldError(location=".".join(map(str, detail["loc"])) or "(envelope)", message=detail["msg"][:500])
+        for detail in error.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
+    ]
+
+
+def answered_job(tenant_id: str, topic: str, data: dict[str, Any]) -> tuple[uuid.UUID, str]:
+    """The job id and client request id a refusal of a tenant's envelope names, from whatever of its data
+    is usable: a cancel's job id; a request's job id derived from its client_request_id (under the tenant
+    whose key signed it). With neither, an id derived from the data, which matches no job."""
+    client_request_id = data.get("client_request_id")
+    if not (isinstance(client_request_id, str) and 0 < len(client_request_id) <= 128):
+        client_request_id = ""
+    if portability_problem(client_request_id) is not None:
+        client_request_id = ""
+    if topic == "jobs.cancel" and (job_id := as_uuid(data.get("job_id"))) is not None:
+        return job_id, ""
+    if client_request_id:
+        return job_id_for(tenant_id, client_request_id), client_request_id
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return job_id_for(tenant_id, f"refused/{digest}"), ""
+
+
+def as_uuid(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

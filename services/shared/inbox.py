@@ -24,9 +24,14 @@ class ProcessedEvent(SQLModel, table=True):
 
 def claim_event(session: Session, consumer: str, event: AnyEvent) -> bool:
     """Record the event as processed; False when it already was (a redelivery or a duplicate)."""
+    return claim(session, consumer, event.source, str(event.id))
+
+
+def claim(session: Session, consumer: str, source: str, event_id: str) -> bool:
+    """Record (source, event_id) as processed by the consumer; False when it already was."""
     # One statement, before the effect: a concurrent duplicate waits here for the first to commit.
     return insert_ignoring_duplicates(
         session,
         table_of(ProcessedEvent),
-        {"consumer": consumer, "source": event.source, "event_id": str(event.id), "processed_at": utc_now()},
+        {"consumer": consumer, "source": source, "event_id": event_id, "processed_at": utc_now()},
     )

@@ -18,10 +18,16 @@ from sqlmodel import Session
 
 from contracts import Event, tenant_stream
 from contracts.events import TOLD_TO_TENANT
-from services.shared.batch import Refusal, handle_batch, parse_records
+from services.shared.batch import Record, Refusal, handle_batch, parse_records
 from services.shared.catalogue import Catalogue, load_catalogue
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
-from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
+from services.shared.db import (
+    create_service_engine,
+    database_url_for,
+    is_transient_database_error,
+    table_of,
+    unit_of_work,
+)
 from services.shared.health import HEARTBEAT_SECONDS, WorkerRow, mark_worker, new_worker_id, register_worker
 from services.shared.inbox import ProcessedEvent
 from services.shared.kafka import (
@@ -59,6 +65,9 @@ class Service:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Run once in a transaction when the service starts, before it consumes.
     on_start: list[Callable[[Session], None]] = field(default_factory=list)
+    # Per topic, what answers a record that is not a valid event: True if its sender was proved and told
+    # (the record is then done with), False to dead-letter it.
+    answers: dict[str, Callable[[Session, Record, BaseException], bool]] = field(default_factory=dict)
 
     @property
     def consumed(self) -> list[str]:
@@ -130,7 +139,7 @@ def consume(service: Service, handlers: Handlers) -> None:
 
     async def handler(events: list[Event[Any]], message: KafkaMessage) -> None:
         parsed, refused = message.parsed_batch  # type: ignore[attr-defined]
-        refused = refused + handle_batch(service.engine, handle, parsed)
+        refused = _unanswered(service, refused) + handle_batch(service.engine, handle, parsed)
         service.crash_points.reached(HANDLER_COMMITTED)
         for record, error in refused:
             await dead_letter(service.broker, record, error, service.name)
@@ -153,6 +162,27 @@ def consume(service: Service, handlers: Handlers) -> None:
         **subscriber_options(service.name, service.settings),
     )(handler)
     service.handlers.update({topic: (model, by_model[model]) for topic, model in models.items()})
+
+
+def _unanswered(service: Service, refused: list[Refusal]) -> list[Refusal]:
+    """The records not valid events whose senders no answer could be given to: those are dead-lettered.
+    Each answer is a transaction of its own (this path is rare); a database outage propagates, so the batch
+    is redelivered."""
+    left: list[Refusal] = []
+    for record, error in refused:
+        answer = service.answers.get(record.topic)
+        try:
+            if answer is not None:
+                with unit_of_work(service.engine) as session:
+                    if answer(session, record, error):
+                        continue
+        except Exception as failure:
+            if is_transient_database_error(failure):
+                raise
+            log = get_logger(component="runtime", topic=record.topic)
+            log.error("answer_failed", error=repr(failure)[:300])
+        left.append((record, error))
+    return left
 
 
 # How the AsyncAPI documents and the ACLs name the tenant streams a service writes.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -37,7 +38,7 @@ from services.shared.kafka import all_topics, ensure_topics
 from services.shared.policy import PolicyBundle
 from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Keyring, Signer
+from services.shared.signing import Keyring, Signer, jcs
 from sovereign.keys import throwaway_keys
 from sovereign.stack.postgres import LocalPostgres, answers
 from sovereign.workload import TEMPLATES
@@ -271,6 +272,16 @@ def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job
     )
     event = JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
     return TEST_KEYS.tenants[tenant].sign(event) if tenant in TEST_KEYS.tenants else event
+
+
+def signed_as_sent(document: dict[str, Any], text: str | None = None, tenant: str = "mois") -> bytes:
+    """The envelope `text` (JSON of `document`; by default its plain dump) with a signature by the tenant's
+    test key over its RFC 8785 form added as its last member, as a client in any language sends it."""
+    signer = TEST_KEYS.tenants[tenant]
+    value = signer.signature_over(jcs(document))
+    member = json.dumps({"key_id": signer.key_id, "value": value})
+    text = json.dumps(document) if text is None else text
+    return (text.rstrip().removesuffix("}") + f', "signature": {member}}}').encode()
 
 
 def normalised(verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:

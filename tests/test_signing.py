@@ -26,16 +26,7 @@ from services.shared.signing import (
     received_content,
 )
 from sovereign.cli import main
-from tests.conftest import KEYRING, TEST_KEYS, request_event
-
-
-def signed_as_sent(document: dict[str, Any], text: str, tenant: str = "mois") -> bytes:
-    """The envelope `text` (which parses to `document`) with a signature over its RFC 8785 form added as
-    its last member, as a client in any language would send it."""
-    signer = TEST_KEYS.tenants[tenant]
-    value = signer.signature_over(jcs(document))
-    member = json.dumps({"key_id": signer.key_id, "value": value})
-    return (text.rstrip().removesuffix("}") + f', "signature": {member}}}').encode()
+from tests.conftest import KEYRING, TEST_KEYS, request_event, signed_as_sent
 
 
 def test_the_worked_vector_verifies() -> None:

@@ -9,6 +9,7 @@ scripts/setup-production-stack.sh >/dev/null
 .venv/bin/ruff format --check .
 .venv/bin/mypy contracts services sovereign tests bench
 .venv/bin/python -m sovereign contracts --check
+(cd examples/typescript-client && node_modules/.bin/tsc --noEmit)
 status=0
 .venv/bin/pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

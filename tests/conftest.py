@@ -274,6 +274,18 @@ def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job
     return TEST_KEYS.tenants[tenant].sign(event) if tenant in TEST_KEYS.tenants else event
 
 
+# The tenant client in a second language; scripts/setup.sh installs its packages.
+TYPESCRIPT_CLIENT = REPO_ROOT / "examples" / "typescript-client"
+
+
+def typescript_client(*args: str) -> list[str]:
+    """The command that runs the TypeScript client with these arguments, from its own directory."""
+    tsx = TYPESCRIPT_CLIENT / "node_modules" / ".bin" / "tsx"
+    if not tsx.exists():
+        pytest.fail(f"{tsx} is missing: scripts/setup.sh installs the TypeScript client's packages")
+    return [str(tsx), "src/client.ts", *args]
+
+
 def signed_as_sent(document: dict[str, Any], text: str | None = None, tenant: str = "mois") -> bytes:
     """The envelope `text` (JSON of `document`; by default its plain dump) with a signature by the tenant's
     test key over its RFC 8785 form added as its last member, as a client in any language sends it."""

@@ -6,6 +6,8 @@ Placement, the factory agent and billing run as separate services that share not
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -37,7 +39,15 @@ from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import EventWatcher, produce
 from sovereign.workload import generate, request_events
-from tests.conftest import TEST_KEYS, run_services, service_settings, signing_as, wait_until_async
+from tests.conftest import (
+    TEST_KEYS,
+    TYPESCRIPT_CLIENT,
+    run_services,
+    service_settings,
+    signing_as,
+    typescript_client,
+    wait_until_async,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -357,3 +367,39 @@ async def test_an_offer_signed_by_an_unlisted_auditor_is_refused_with_an_event(
                 break
     assert refusals[0].data.site_id == offer.site.site_id
     assert "not a listed auditor" in refusals[0].data.reason
+
+
+async def test_a_typescript_tenant_client_written_from_the_guide_submits_follows_its_bill_and_cancels(
+    marketplace: Marketplace,
+) -> None:
+    """examples/typescript-client (kafkajs, node:crypto) against the running marketplace: its signatures
+    verify, its stream shows the placement, bill, refusals and cancel, and nothing of other tenants."""
+    settings, tracker, _ = marketplace
+    signer = TEST_KEYS.tenants["mois"]
+    client = await asyncio.create_subprocess_exec(
+        *typescript_client("tour"),
+        cwd=TYPESCRIPT_CLIENT,
+        env={
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "TENANT_ID": "mois",
+            "TENANT_KEY_ID": signer.key_id,
+            "TENANT_KEY_FILE": str(TEST_KEYS.private_key(signer)),
+            "KAFKAJS_NO_PARTITIONER_WARNING": "1",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(client.communicate(), timeout=240)
+    assert client.returncode == 0, stderr.decode()[-3000:]
+    steps = {line["step"]: line for line in map(json.loads, stdout.decode().splitlines())}
+    billed = steps["billed"]
+    assert billed["status"] == "succeeded" and billed["amount_krw"] == billed["rated_krw"]
+    assert billed["rated_records"] == billed["usage_reports"] > 0
+    assert tracker.trace(uuid.UUID(billed["job_id"])).billed[0].amount_krw == billed["amount_krw"]
+    refused = steps["refused"]
+    assert (refused["code"], refused["scope"]) == ("invalid_request", "envelope")
+    assert [error["location"] for error in refused["field_errors"]] == ["data.gpu_count"]
+    assert (steps["unknown_cancel"]["code"], steps["unknown_cancel"]["scope"]) == ("unknown_job", "envelope")
+    assert steps["cancelled"]["stage"] == "placed"
+    assert steps["stream"]["of_other_tenants"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,14 @@ from services.shared.signing import (
     received_content,
 )
 from sovereign.cli import main
-from tests.conftest import KEYRING, TEST_KEYS, request_event, signed_as_sent
+from tests.conftest import (
+    KEYRING,
+    TEST_KEYS,
+    TYPESCRIPT_CLIENT,
+    request_event,
+    signed_as_sent,
+    typescript_client,
+)
 
 
 def test_the_worked_vector_verifies() -> None:
@@ -45,6 +53,20 @@ def test_the_worked_vector_verifies() -> None:
     event = JobRequestedEvent.from_received(vector["envelope_signed"].encode())
     assert keyring.refusal(event, KeyRole.TENANT, "mois") is None
     assert event.data.expected_hours == 2.0 and event.data.name.startswith("민원")
+
+
+def test_the_worked_vector_verifies_in_typescript_too() -> None:
+    """The second-language client computes the same RFC 8785 bytes and the same Ed25519 signature."""
+    result = subprocess.run(
+        typescript_client("vector", str(SIGNING_VECTOR_PATH)),
+        cwd=TYPESCRIPT_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    vector = json.loads(SIGNING_VECTOR_PATH.read_text(encoding="utf-8"))
+    assert json.loads(result.stdout)["canonical_sha256"] == vector["canonical_sha256"]
 
 
 @st.composite

@@ -24,7 +24,7 @@ from contracts.pinning import (
     render,
     schema_path,
 )
-from services.shared.runtime import Service
+from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
 from services.shared.signing import Signer, jcs, public_key_text, received_content
 
@@ -85,10 +85,14 @@ def asyncapi_documents() -> dict[str, dict[str, Any]]:
         for name, build in SERVICES.items():
             service = build(settings)
             spec = AsyncAPI(
-                service.broker, title=f"sovereign {name}", version="1.0.0", schema_version="3.0.0"
+                service.broker,
+                title=f"sovereign {name}",
+                version="1.0.0",
+                description=INTEGRATION,
+                schema_version="3.0.0",
             )
             document = one_event_per_topic(json.loads(spec.to_specification().to_json()), service)
-            documents[name] = with_tenant_parameter(document)
+            documents[name] = with_channel_notes(with_tenant_parameter(document))
             service.engine.dispose()
     return documents
 
@@ -122,6 +126,39 @@ def with_tenant_parameter(document: dict[str, Any]) -> dict[str, Any]:
             channel["parameters"] = {
                 "tenant_id": {"description": "A tenant of the registry; each has a stream of its own."}
             }
+    return document
+
+
+# The integration guide's essentials, for readers of the AsyncAPI documents; the README has it in full.
+INTEGRATION = (
+    "Every record's value is an envelope (id, type, source, subject, time, schema_version, data, signature) "
+    "as UTF-8 JSON. A tenant writes jobs.requested and jobs.cancel, keyed by the job id, "
+    "uuid5(6f1c2a4e-8d0b-4c55-9a57-3b7d2f0e9c11, '<tenant_id>/<client_request_id>'), with source "
+    "'tenant/<tenant_id>', subject the tenant id, time the signing time, and signature {key_id, value}: "
+    "Ed25519 over the RFC 8785 (JCS) form of the envelope as sent without its signature member "
+    "(contracts/signing-vector.json is a worked example). It reads only tenant.<tenant_id>, in groups "
+    "named tenant.<tenant_id>.<anything>. Refusals of what it sends arrive there as jobs.rejected (scope "
+    "job or envelope, with field_errors); unsigned or badly signed records go to <topic>.dlq unanswered. "
+    "See the README's 'Integrating as a tenant, in any language' for the ordering, the codes and the "
+    "settings."
+)
+CHANNEL_NOTES = {
+    "jobs.requested": "Written by tenants: a job request, keyed by its job id, signed by the tenant's key.",
+    "jobs.cancel": "Written by tenants: a cancel, keyed by the job id it names, signed by the tenant's key.",
+    TENANT_STREAMS_CHANNEL: (
+        "Keyed by the job id (the tenant id for billing.usage, invoices.issued and billing.budget); the "
+        "event's type is in its envelope and in the event_type header. Delivered at least once: "
+        "deduplicate by envelope id. One service's events under one key keep their order; different "
+        "services' do not (jobs.billed may arrive before jobs.completed)."
+    ),
+}
+
+
+def with_channel_notes(document: dict[str, Any]) -> dict[str, Any]:
+    for channel in document.get("channels", {}).values():
+        note = CHANNEL_NOTES.get(channel.get("address", ""))
+        if note is not None:
+            channel["description"] = " ".join(filter(None, (channel.get("description"), note)))
     return document
 
 

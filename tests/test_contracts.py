@@ -13,9 +13,17 @@ from pydantic import Field
 from contracts import EVENT_MODELS
 from contracts.compatibility import breaking_changes
 from contracts.envelope import Contract, Event
-from contracts.events import JobRequest
-from contracts.pinning import EXAMPLES_DIR, current_schema, export_schemas, render, schema_path
-from sovereign.contracts_export import asyncapi_documents, asyncapi_path
+from contracts.events import JobRequest, RejectionCode
+from contracts.pinning import (
+    EXAMPLES_DIR,
+    SIGNING_VECTOR_PATH,
+    current_schema,
+    export_schemas,
+    render,
+    schema_path,
+)
+from services.shared.settings import REPO_ROOT
+from sovereign.contracts_export import asyncapi_documents, asyncapi_path, render_vector
 
 
 @pytest.mark.parametrize("event_type", sorted(EVENT_MODELS))
@@ -177,3 +185,15 @@ def test_committed_asyncapi_documents_match_the_code() -> None:
         committed = json.loads(asyncapi_path(service).read_text())
         assert committed == document, f"AsyncAPI of {service} is stale; run `sovereign contracts`"
         assert document["asyncapi"] == "3.0.0"
+
+
+def test_the_signing_vector_is_what_the_code_writes() -> None:
+    assert SIGNING_VECTOR_PATH.read_text(encoding="utf-8") == render_vector()
+
+
+def test_the_integration_guide_names_every_rejection_code_and_every_signed_topics_version() -> None:
+    guide = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert all(f"| `{code.value}` |" in guide for code in RejectionCode)
+    for event_type, model in EVENT_MODELS.items():
+        if model.JCS_SIGNATURES_SINCE is not None:
+            assert f"`{event_type}` {model.JCS_SIGNATURES_SINCE}" in guide

@@ -86,8 +86,9 @@ async function tour(): Promise<void> {
     brokers: env("KAFKA_BOOTSTRAP_SERVERS").split(","),
     logLevel: logLevel.WARN,
   });
-  // The guide: the stream is read with a group of the tenant's own; a short fetch wait keeps latency low.
-  const stream = kafka.consumer({ groupId: `${tenant}.client.${randomUUID()}`, maxWaitTimeInMs: 50 });
+  // The guide: a tenant's groups are named `tenant.<tenant_id>.<anything>` (its ACL grants that prefix),
+  // and a short fetch wait keeps the latency of each answer low.
+  const stream = kafka.consumer({ groupId: `tenant.${tenant}.client.${randomUUID()}`, maxWaitTimeInMs: 50 });
   const seen: Envelope[] = [];
   await stream.connect();
   await stream.subscribe({ topic: `tenant.${tenant}`, fromBeginning: true });

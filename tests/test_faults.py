@@ -207,20 +207,32 @@ async def test_poison_messages_land_in_their_dead_letter_topics_and_partitions_f
                 {**usage, "data": {**usage["data"], "gpu_seconds": usage["data"]["gpu_seconds"] + 1}}
             )
             impossible = [
-                ("impossible", "jobs.cancel", foreign_cancel.model_dump_json().encode()),
                 ("impossible", "usage.reported", TEST_KEYS.factory.sign(reused).model_dump_json().encode()),
             ]
             for _, topic, payload in impossible:
                 await producer.send_and_wait(topic, payload, key=keys[0])
             poison += impossible
+            # The stranger proved who it is: it is told, on its own stream, as for a job nobody has.
+            await producer.send_and_wait(
+                "jobs.cancel", foreign_cancel.model_dump_json().encode(), key=keys[0]
+            )
         finally:
             await producer.stop()
         # Each placement worker also reads policy.published in a group of its own.
         groups["policy.published"] += 1
         expected = sum(1 if kind == "impossible" else groups[topic] for kind, topic, _ in poison)
         deadline = asyncio.get_running_loop().time() + 30
-        while len((history := await cluster.history()).dead_letters) < expected:
+
+        def answers(history: History) -> list[tuple[str, str]]:
+            return [
+                (e["data"]["tenant_id"], e["data"]["code"])
+                for e in history.distinct("jobs.rejected")
+                if e["data"].get("envelope_id") == str(foreign_cancel.id)
+            ]
+
+        while len((history := await cluster.history()).dead_letters) < expected or not answers(history):
             assert asyncio.get_running_loop().time() < deadline, f"{len(history.dead_letters)} of {expected}"
+        assert answers(history) == [(stranger, "unknown_job")]
         for kind, topic, payload in poison:
             letters = [d for d in history.dead_letters if d.payload == payload and d.topic == f"{topic}.dlq"]
             assert letters, f"{kind} on {topic} is not in {topic}.dlq"

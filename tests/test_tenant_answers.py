@@ -188,7 +188,9 @@ def test_a_cancel_of_an_unknown_job_is_answered_and_a_request_it_overtook_is_can
     early = request_event("mois", csap_grade="medium")
     with unit_of_work(engine) as session:
         placement.on_job_cancel(placement_context(), session, cancel_event(early.data.job_id))
-    [refusal] = refusals(engine)
+        placement.on_job_cancel(placement_context(), session, cancel_event(early.data.job_id))
+    refusal, again = refusals(engine)
+    assert again.code == refusal.code and again.envelope_id != refusal.envelope_id
     assert (
         refusal.code == "unknown_job"
         and refusal.scope == "envelope"

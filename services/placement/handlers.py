@@ -243,20 +243,21 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
         _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
         return
     stage: str
-    if job is None:
-        # The cancel may have overtaken its request (they travel on different topics): the request will find
-        # this row and be cancelled on arrival.
-        session.add(
-            JobRow(
-                job_id=job_id,
-                tenant_id=cancel.tenant_id,
-                client_request_id="",
-                request={},
-                state="cancelled",
-                gpu_count=0,
-                reason=cancel.reason,
+    if job is None or not job.request:  # no request yet (perhaps a cancel before this one kept its place)
+        if job is None:
+            # The cancel may have overtaken its request (they travel on different topics): the request will
+            # find this row and be cancelled on arrival.
+            session.add(
+                JobRow(
+                    job_id=job_id,
+                    tenant_id=cancel.tenant_id,
+                    client_request_id="",
+                    request={},
+                    state="cancelled",
+                    gpu_count=0,
+                    reason=cancel.reason,
+                )
             )
-        )
         _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
         return
     if transition(session, job_id, {"requested", "queued"}, "cancelled", reason=cancel.reason):

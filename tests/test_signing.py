@@ -75,9 +75,12 @@ def written_elsewhere(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     `Z` or `+00:00`, with or without a fraction of a second, an id in either case, escapes or raw text,
     defaults sent or left out."""
     now = datetime.now(UTC).replace(microsecond=draw(st.sampled_from([0, 120000, 123456])))
-    instant = draw(
-        st.sampled_from(["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%SZ"])
-    )
+    precision = draw(st.sampled_from(["minutes", "seconds", "milliseconds", "microseconds"]))
+    utc = draw(st.sampled_from(["Z", "+00:00"]))
+
+    def instant(moment: datetime) -> str:  # JavaScript's toISOString writes milliseconds and Z
+        return moment.isoformat(timespec=precision).replace("+00:00", utc)
+
     envelope_id = str(uuid.uuid4())
     data: dict[str, Any] = {
         "tenant_id": "mois",
@@ -86,7 +89,7 @@ def written_elsewhere(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
         "kind": "training",
         "gpu_count": 8,
         "expected_hours": draw(st.sampled_from([2, 2.0, 0.5, 1e-3, 1.25])),
-        "deadline": (now + timedelta(days=30)).strftime(instant),
+        "deadline": instant(now + timedelta(days=30)),
     }
     if draw(st.booleans()):
         data |= {"datasets": [], "preferred_regions": [], "priority": "normal", "max_attempts": 1}
@@ -95,7 +98,7 @@ def written_elsewhere(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
         "type": "jobs.requested",
         "source": "tenant/mois",
         "subject": "mois",
-        "time": now.strftime(instant),
+        "time": instant(now),
         "schema_version": "1.5",
         "data": data,
     }

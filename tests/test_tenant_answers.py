@@ -124,6 +124,23 @@ def test_bytes_nobody_proved_they_sent_are_left_for_the_dead_letter_topic(
     assert not outbox(engine)
 
 
+def test_a_non_finite_number_cannot_be_signed_so_it_is_dead_lettered_saying_why(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        sent = signed_as_sent(request_document()).replace(
+            b'"expected_hours": 2', b'"expected_hours": ' + literal
+        )
+        record = SimpleNamespace(
+            topic="jobs.requested", partition=0, offset=0, key=b"k", value=sent, headers=[]
+        )
+        events, [(_, error)] = parse_records(JobRequestedEvent, [record])
+        assert not events and "finite number" in str(error) and "8760" not in str(error)
+        assert consume(engine, "jobs.requested", sent) is False
+    assert not outbox(engine)
+
+
 def test_a_nul_or_other_control_character_is_refused_with_a_reason_never_a_database_error(
     database_url: tuple[str, str],
 ) -> None:

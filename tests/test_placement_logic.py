@@ -44,6 +44,7 @@ def pool(
     power: float = 1.0,
     pue: float = 1.2,
     status: str = "available",
+    region: str = "",
 ) -> PoolState:
     return PoolState(
         pool_id=pool_id,
@@ -57,6 +58,7 @@ def pool(
         power_kw_per_gpu=power,
         pue=pue,
         status=status,
+        region=region,
     )
 
 
@@ -111,6 +113,17 @@ def test_energy_breaks_a_price_tie_then_ids() -> None:
         list(reversed([pool("a1", "a", pue=1.4), pool("b1", "b", pue=1.1), pool("c1", "c", pue=1.1)])),
     )
     assert again.chosen == result.chosen
+
+
+def test_energy_outranks_region_preference_which_outranks_ids() -> None:
+    """Price, then energy, then the tenant's preferred regions: a preferred region never buys back a
+    worse energy figure, and among equals it wins over site ids."""
+    request = job(preferred_regions=["jeju"])
+    frugal = pool("a1", "a", pue=1.1, region="seoul")
+    preferred = pool("b1", "b", pue=1.3, region="jeju")
+    assert plan(request, allow("a", "b"), [frugal, preferred]).chosen == frugal
+    equal_energy = pool("b1", "b", pue=1.1, region="jeju")
+    assert plan(request, allow("a", "b"), [frugal, equal_energy]).chosen == equal_energy
 
 
 def test_capacity_reasons_name_what_did_not_fit() -> None:

@@ -52,7 +52,7 @@ from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw, try_reserve, upsert_offer
 from services.shared.batch import handle_batch
-from services.shared.catalogue import load_catalogue
+from services.shared.catalogue import Budget, load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
@@ -136,12 +136,12 @@ def test_reservations_never_exceed_capacity_under_concurrency(database_url: tupl
 
 
 def placement_context(**overrides: Any) -> placement.PlacementContext:
-    return placement.PlacementContext(
-        keyring=KEYRING,
-        policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
-        tenants=CATALOGUE.tenants,
-        **overrides,
-    )
+    defaults: dict[str, Any] = {
+        "keyring": KEYRING,
+        "policy": EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
+        "tenants": CATALOGUE.tenants,
+    }
+    return placement.PlacementContext(**(defaults | overrides))
 
 
 def offer_all(engine: Engine, ctx: placement.PlacementContext) -> None:
@@ -381,6 +381,32 @@ def test_budget_commitments_follow_estimates_retries_and_bills(database_url: tup
     assert committed() == second.estimate_krw + 1_000
     bill(2, 2_000)  # the retry's bill replaces its estimate
     assert committed() == 3_000
+
+
+def test_a_run_whose_estimate_equals_what_is_left_of_the_budget_is_placed_one_won_more_is_not(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    offer_all(engine, placement_context())
+    tenant = CATALOGUE.tenants["hanbit-ai"]
+
+    def place(budget_krw: int | None) -> JobRow:
+        budget = None if budget_krw is None else Budget(kind="prepaid", amount_krw=budget_krw)
+        budgeted = {**CATALOGUE.tenants, "hanbit-ai": tenant.model_copy(update={"budget": budget})}
+        request = request_event("hanbit-ai")
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(placement_context(tenants=budgeted), session, request)
+        with Session(engine) as session:
+            job = session.get(JobRow, str(request.data.job_id))
+            assert job is not None
+            return job
+
+    first = place(None)
+    estimate = first.estimate_krw
+    assert first.state == "placed" and estimate > 0
+    exact = place(2 * estimate)  # what is left, after the first job's estimate, is exactly this one's
+    assert exact.state == "placed" and exact.estimate_krw == estimate
+    assert place(3 * estimate - 1).state == "rejected"
 
 
 def test_completion_releases_capacity_and_places_the_queued_job(database_url: tuple[str, str]) -> None:

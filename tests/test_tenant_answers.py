@@ -260,3 +260,13 @@ def test_a_run_that_cannot_end_by_its_deadline_is_rejected_with_its_own_reason(
     [rejected] = refusals(engine)
     assert rejected.code == "deadline_unreachable" and rejected.scope == "job"
     assert "needs 3 h" in rejected.reason and not outbox(engine, "jobs.placed")
+
+
+def test_a_request_whose_subject_is_not_its_tenant_is_rejected(database_url: tuple[str, str]) -> None:
+    engine = placement_engine(database_url)
+    document = request_document() | {"subject": "hanbit-ai"}
+    assert consume(engine, "jobs.requested", signed_as_sent(document)) is None
+    [rejected] = refusals(engine)
+    assert (rejected.tenant_id, rejected.code, rejected.scope) == ("mois", "invalid_request", "job")
+    assert "subject 'hanbit-ai' is not the job's tenant 'mois'" in rejected.reason
+    assert not outbox(engine, "jobs.placed")

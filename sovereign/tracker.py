@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from contracts import TOPICS, AnyEvent
@@ -105,6 +105,8 @@ class Tracker:
     sites_offered: set[str] = field(default_factory=set)
     invoices: list[InvoiceIssued] = field(default_factory=list)
     budget_alerts: list[BudgetThresholdCrossed] = field(default_factory=list)
+    # Set while `following` feeds it: whether it has recorded everything the topics hold now.
+    caught_up: Callable[[], Awaitable[bool]] | None = None
 
     def trace(self, job_id: uuid.UUID) -> JobTrace:
         return self.jobs.setdefault(job_id, JobTrace())
@@ -170,9 +172,11 @@ async def following(bootstrap_servers: str, tracker: Tracker) -> AsyncIterator[T
                     tracker.record(event)
 
         task = asyncio.create_task(pump())
+        tracker.caught_up = watcher.caught_up
         try:
             yield tracker
         finally:
+            tracker.caught_up = None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -75,6 +75,12 @@ class EventWatcher:
     ) -> None:
         await self._consumer.stop()
 
+    async def caught_up(self) -> bool:
+        """Whether every record its topics hold now has been handed out."""
+        partitions = list(self._consumer.assignment())
+        ends = await self._consumer.end_offsets(partitions)
+        return all([await self._consumer.position(partition) >= ends[partition] for partition in partitions])
+
     async def events(self, poll_ms: int = 200) -> AsyncIterator[list[AnyEvent]]:
         """Batches of decoded events; an empty batch when nothing arrived within poll_ms."""
         while True:

@@ -41,6 +41,8 @@ from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Keyring, Signer, jcs
 from sovereign.keys import throwaway_keys
 from sovereign.stack.postgres import LocalPostgres, answers
+from sovereign.status import collect_status
+from sovereign.tracker import Tracker
 from sovereign.workload import TEMPLATES
 
 # Where the suite looks for a PostgreSQL server before it starts its own.
@@ -272,6 +274,24 @@ def request_event(tenant: str = "hanbit-ai", client_id: str | None = None, **job
     )
     event = JobRequestedEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
     return TEST_KEYS.tenants[tenant].sign(event) if tenant in TEST_KEYS.tenants else event
+
+
+async def settled(settings: Settings, tracker: Tracker, within: float = 30.0) -> None:
+    """Until nothing is in flight: every service's consumer groups have consumed all their topics hold,
+    every outbox is empty, and the tracker has recorded every event there is. What has not arrived by then
+    never will, so a check that nothing more happened can follow at once."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        busy = {
+            status.service: (sum(status.lag.values()), status.outbox_backlog)
+            for status in await collect_status(settings)
+            if any(status.lag.values()) or status.outbox_backlog
+        }
+        assert tracker.caught_up is not None, "the tracker is not following the topics"
+        if not busy and await tracker.caught_up():
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"not settled within {within} s: {busy}"
+        await asyncio.sleep(0.1)
 
 
 # The tenant client in a second language; scripts/setup.sh installs its packages.

@@ -44,6 +44,7 @@ from tests.conftest import (
     TYPESCRIPT_CLIENT,
     run_services,
     service_settings,
+    settled,
     signing_as,
     typescript_client,
     wait_until_async,
@@ -139,7 +140,7 @@ async def test_duplicate_submission_is_placed_once(marketplace: Marketplace) -> 
         idempotent=False,
     )
     assert await wait_until(lambda: tracker.trace(request.job_id).terminal == "billed", within=60)
-    await asyncio.sleep(1.0)  # let any wrongly duplicated outcome surface
+    await settled(settings, tracker)  # any wrongly duplicated outcome has surfaced by then
     trace = tracker.trace(request.job_id)
     assert len(trace.requests) == 2  # the repeated envelope is one event, recognised by its id
     assert tracker.duplicates >= 1
@@ -192,7 +193,7 @@ async def test_redelivered_usage_is_billed_once(marketplace: Marketplace) -> Non
         lambda offset: offset > sent[-1].offset,
         within=30,
     )
-    await asyncio.sleep(0.5)
+    await settled(settings, tracker)
     trace = tracker.trace(request.job_id)
     assert len(trace.billed) == 1
     assert len(trace.rated) == len({r.seq for r in trace.rated}) == trace.billed[0].usage_reports

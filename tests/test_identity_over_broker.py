@@ -34,7 +34,7 @@ from sovereign.attest_commands import attest_verify
 from sovereign.submit import cancel_event
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag
-from tests.conftest import TEST_KEYS, run_services, service_settings, wait_until_async
+from tests.conftest import TEST_KEYS, run_services, service_settings, settled, wait_until_async
 from tests.test_flow_over_broker import job
 
 pytestmark = pytest.mark.broker
@@ -151,7 +151,7 @@ async def test_a_stale_request_is_rejected_and_a_replayed_one_changes_nothing(ma
         lambda lag: lag == 0,
         within=30,
     )
-    await asyncio.sleep(0.5)
+    await settled(settings, tracker)
     trace = tracker.trace(fresh.job_id)
     assert len(trace.placed) == 1 and not trace.rejected
 

@@ -4,7 +4,6 @@ cannot write into it, and a tenant the registry does not know has none."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -30,7 +29,15 @@ from sovereign.submit import cancel_event, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, header, produce, read_records
 from sovereign.workload import generate, request_events
-from tests.conftest import KEYRING, TEST_KEYS, run_services, service_settings, signing_as, wait_until_async
+from tests.conftest import (
+    KEYRING,
+    TEST_KEYS,
+    run_services,
+    service_settings,
+    settled,
+    signing_as,
+    wait_until_async,
+)
 from tests.test_flow_over_broker import job
 from tests.test_identity_over_broker import dead_letters, send
 
@@ -193,5 +200,5 @@ async def test_submit_refuses_a_tenant_without_a_stream_before_sending_anything(
     job_file.write_text(request.model_dump_json())
     assert await submit(job_file, signing_as(settings, TEST_KEYS.tenants["nobody"]), wait_seconds=5) == 2
     assert "no stream tenant.nobody: is 'nobody' in the tenant registry?" in capsys.readouterr().err
-    await asyncio.sleep(1)
+    await settled(settings, tracker)
     assert not tracker.trace(request.job_id).requests

@@ -43,6 +43,7 @@ from faststream.security import BaseSecurity
 from bench.profile import breakdown, record, stop
 from contracts.events import JobRequest, JobRequestedEvent
 from services.placement.logic import offered_pools, policy_input, sites_document
+from services.registry import SERVICES as REGISTRY
 from services.shared.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, client_options, ensure_topics, transport_security
@@ -55,7 +56,7 @@ from sovereign.stack.kafka import ADMIN, LocalKafka
 from sovereign.watch import EventWatcher, produce
 from sovereign.workload import generate, request_events
 
-SERVICES = ("placement", "factory-agent", "billing", "governance")
+SERVICES = tuple(REGISTRY)
 # The market the services run on (the catalogue's sites and clones of its Korean ones), and the markets one
 # decision is timed over.
 MARKET_SITES = 22

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from contracts import TOPICS, dead_letter_topic, tenant_stream
 from contracts.events import TENANT_STREAM_PREFIX
+from services.registry import SERVICES
 from services.shared.catalogue import load_catalogue
 from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
@@ -60,11 +61,9 @@ def tenant_grants(tenant_id: str) -> list[Grant]:
 
 
 def all_grants(settings: Settings) -> list[Grant]:
-    from sovereign.cli import SERVICES  # the command line imports this module lazily too
-
     with tempfile.TemporaryDirectory() as scratch:
         local = Settings(data_dir=Path(scratch), catalogue_dir=settings.catalogue_dir)
-        built = [build(local) for build in SERVICES.values()]
+        built = [entry.build(local) for entry in SERVICES.values()]
         grants = [grant for service in built for grant in service_grants(service)]
         for service in built:
             service.engine.dispose()

@@ -13,20 +13,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.billing import app as billing
-from services.factory_agent import app as factory_agent
-from services.governance import app as governance
-from services.placement import app as placement
-from services.shared.runtime import Service
+from services.registry import SERVICES
 from services.shared.settings import Settings
 from sovereign.replay import REPLAYABLE, replay
-
-SERVICES: dict[str, Callable[[Settings], Service]] = {
-    placement.NAME: placement.build,
-    factory_agent.NAME: factory_agent.build,
-    billing.NAME: billing.build,
-    governance.NAME: governance.build,
-}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     from services.shared.runtime import serve_until_signalled
 
     configure_logging(args.service, os.environ.get("LOG_LEVEL", "INFO"))
-    service = SERVICES[args.service](_settings(args))
+    service = SERVICES[args.service].build(_settings(args))
     asyncio.run(serve_until_signalled(service))
     return 0
 
@@ -186,7 +175,7 @@ def _status(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     source = _settings(args)
     target = replace(source, data_dir=Path(args.into_data_dir), database_url=args.into_database_url)
-    count = asyncio.run(replay(SERVICES[args.service], source, target))
+    count = asyncio.run(replay(SERVICES[args.service].build, source, target))
     print(f"{args.service}: {count} events replayed into a fresh database")
     return 0
 

@@ -24,6 +24,7 @@ from contracts.pinning import (
     render,
     schema_path,
 )
+from services.registry import SERVICES
 from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
 from services.shared.signing import Signer, jcs, public_key_text, received_content
@@ -77,13 +78,11 @@ def render_vector() -> str:
 
 def asyncapi_documents() -> dict[str, dict[str, Any]]:
     """The AsyncAPI 3.0 document FastStream generates from each service's subscribers and publishers."""
-    from sovereign.cli import SERVICES
-
     documents: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         settings = replace(Settings(), data_dir=Path(scratch), database_url=None)
-        for name, build in SERVICES.items():
-            service = build(settings)
+        for name, entry in SERVICES.items():
+            service = entry.build(settings)
             spec = AsyncAPI(
                 service.broker,
                 title=f"sovereign {name}",

@@ -7,20 +7,17 @@ import contextlib
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Table, func
+from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 
 from contracts import EVENT_MODELS, TOPICS, dead_letter_topic, model_for, stream_tenant, tenant_stream
 from contracts.events import JobRequestedEvent
 from services.billing.check import check_billing
-from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import ChargeRow, PostingRow, UsageLineRow
-from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.factory_agent.storage import RunRow
-from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry
-from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow
+from services.registry import SERVICES
 from services.shared.catalogue import load_catalogue
 from services.shared.db import table_of
 from services.shared.kafka import transport_security
@@ -30,13 +27,6 @@ from services.shared.settings import Settings
 from sovereign.databases import service_session
 from sovereign.invariants import DeadLetter, History
 from sovereign.watch import header, read_records
-
-SERVICE_TABLES: dict[str, list[Table]] = {
-    "placement": PLACEMENT_TABLES,
-    "factory-agent": FACTORY_TABLES,
-    "billing": BILLING_TABLES,
-    "governance": GOVERNANCE_TABLES,
-}
 
 
 def _rows(session: Session, model: type[SQLModel]) -> list[dict[str, Any]]:
@@ -87,8 +77,8 @@ async def collect_history(settings: Settings) -> History:
     history.known_revisions = {PolicyBundle.load(settings.policy_dir).revision} | {
         e["data"]["policy_revision"] for e in history.events.get("policy.published", [])
     }
-    for service, tables in SERVICE_TABLES.items():
-        with service_session(settings, service, [table_of(OutboxMessage), *tables]) as session:
+    for service, entry in SERVICES.items():
+        with service_session(settings, service, [table_of(OutboxMessage), *entry.tables]) as session:
             history.outbox_backlog[service] = session.exec(
                 select(func.count()).select_from(OutboxMessage)
             ).one()

@@ -12,16 +12,16 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from contracts import TOPICS, dead_letter_topic
+from services.registry import SERVICES
 from services.shared.db import as_utc, table_of, utc_now
 from services.shared.health import WorkerRow, recent_workers, worker_state
 from services.shared.kafka import consumer_group, transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import Settings
 from sovereign.databases import service_session
-from sovereign.history import SERVICE_TABLES
 from sovereign.watch import each_record, lag_by_group
 
-SERVICES = tuple(SERVICE_TABLES)
+SERVICE_NAMES = tuple(SERVICES)
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ServiceStatus:
 
 
 async def collect_status(
-    settings: Settings, services: tuple[str, ...] = SERVICES, host: str | None = None
+    settings: Settings, services: tuple[str, ...] = SERVICE_NAMES, host: str | None = None
 ) -> list[ServiceStatus]:
     """host: count only the workers on that host (a container's own health check)."""
     now = utc_now()
@@ -101,6 +101,6 @@ def render_status(report: list[ServiceStatus]) -> str:
 
 def status_command(settings: Settings, service: str | None, this_host_only: bool) -> int:
     host = socket.gethostname() if this_host_only else None
-    report = asyncio.run(collect_status(settings, (service,) if service else SERVICES, host))
+    report = asyncio.run(collect_status(settings, (service,) if service else SERVICE_NAMES, host))
     print(render_status(report))
     return 0 if all(status.ready for status in report) else 1

@@ -32,6 +32,7 @@ from contracts.events import (
 from services.billing.storage import ChargeRow
 from services.factory_agent.storage import RunRow
 from services.placement.storage import JobRow, SiteRow
+from services.registry import SERVICES as REGISTRY
 from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, database_url_for, table_of
 from services.shared.embedded_broker import FETCH_MAX_WAIT_MS, EmbeddedBroker
@@ -40,7 +41,7 @@ from services.shared.kafka import all_topics, ensure_topics, transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.embedded import embedded_service_env, start_service
-from sovereign.history import SERVICE_TABLES, collect_history
+from sovereign.history import collect_history
 from sovereign.invariants import TERMINAL_STATES, History, Violation, check
 from sovereign.stack.kafka import ADMIN, LocalKafka
 from sovereign.status import collect_status
@@ -49,7 +50,7 @@ from sovereign.watch import produce
 from sovereign.workload import generate, request_events
 from tests.conftest import TEST_KEYS
 
-SERVICES = tuple(SERVICE_TABLES)
+SERVICES = tuple(REGISTRY)
 # The principal a factory's own events go out as (the factory agent's, as in compose).
 FACTORY_PRINCIPAL = "factory-agent"
 # Simulated hours per real second: the longest workload job (48 h) runs for 4 s.
@@ -199,7 +200,7 @@ class Cluster:
 
     def engine(self, service: str) -> Engine:
         if service not in self._engines:
-            tables: list[Table] = [table_of(OutboxMessage), table_of(WorkerRow), *SERVICE_TABLES[service]]
+            tables: list[Table] = [table_of(OutboxMessage), table_of(WorkerRow), *REGISTRY[service].tables]
             self._engines[service] = create_service_engine(
                 database_url_for(self.settings, service),
                 service,

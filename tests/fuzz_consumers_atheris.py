@@ -21,8 +21,8 @@ import atheris
 
 with atheris.instrument_imports(include=["services", "contracts"]):
     from contracts.pinning import EXAMPLES_DIR
+    from services.registry import SERVICES
     from services.shared.runtime import Service
-    from sovereign.cli import SERVICES
     from tests.conftest import service_settings
     from tests.test_fuzz_consumers import (
         INSTANT_TEXT,
@@ -35,7 +35,7 @@ with atheris.instrument_imports(include=["services", "contracts"]):
 
 def build_services(data_dir: Path) -> list[tuple[Service, str]]:
     settings = service_settings("127.0.0.1:1", data_dir)
-    return consumers([build(settings) for build in SERVICES.values()])
+    return consumers([entry.build(settings) for entry in SERVICES.values()])
 
 
 def write_seeds(corpus: Path, pairs: list[tuple[Service, str]]) -> None:

@@ -19,9 +19,10 @@ import jsonschema
 import pytest
 import yaml
 
+from services.registry import SERVICES
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.acls import all_grants
-from sovereign.cli import SERVICES, build_parser
+from sovereign.cli import build_parser
 from tests.conftest import TEST_KEYS, drop_schemas
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())

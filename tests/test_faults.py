@@ -34,12 +34,11 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.placement.storage import JobRow, PoolRow
+from services.registry import SERVICES as REGISTRY
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
 from services.shared.db import create_service_engine, database_url_for
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.settings import REPO_ROOT
-from sovereign.cli import SERVICES as SERVICE_BUILDERS
-from sovereign.history import SERVICE_TABLES
 from sovereign.invariants import History, check
 from sovereign.replay import REPLAYABLE, replay
 from sovereign.status import collect_status, render_status
@@ -492,8 +491,8 @@ async def test_replaying_the_topics_into_fresh_databases_rebuilds_the_same_state
         await cluster.settle(workload.job_ids)
         for service in REPLAYABLE:
             target = replace(cluster.settings, data_dir=tmp_path / "replayed")
-            replayed = await replay(SERVICE_BUILDERS[service], cluster.settings, target)
-            tables = [t for t in SERVICE_TABLES[service] if t.name != "chain_head"]  # a hash of the order
+            replayed = await replay(REGISTRY[service].build, cluster.settings, target)
+            tables = [t for t in REGISTRY[service].tables if t.name != "chain_head"]  # a hash of the order
             fresh = create_service_engine(database_url_for(target, service), service, tables)
             live, rebuilt = table_state(cluster.engine(service), tables), table_state(fresh, tables)
             fresh.dispose()

@@ -28,13 +28,13 @@ from contracts.events import (
 )
 from services.factory_agent.simulation import usage_event_id
 from services.governance.handlers import DecisionQuery, find_decisions, verify_log
+from services.registry import SERVICES
 from services.shared.attestation import sign_site
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
 from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
-from sovereign.cli import SERVICES
 from sovereign.submit import cancel, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import EventWatcher, produce
@@ -61,7 +61,9 @@ Marketplace = tuple[Settings, Tracker, Service]
 @pytest.fixture(scope="module")
 async def marketplace(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Marketplace]:
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=TIME_SCALE)
-    builders = [partial(build, settings) for build in SERVICES.values()]  # each as `sovereign run` builds it
+    builders = [
+        partial(entry.build, settings) for entry in SERVICES.values()
+    ]  # each as `sovereign run` builds it
     async with run_services(builders) as services, following(kafka, Tracker()) as tracker:
         yield settings, tracker, services[-1]
 

@@ -26,13 +26,13 @@ from contracts import AnyEvent
 from contracts.envelope import SLUG_PATTERN
 from contracts.events import PolicyPublishedEvent
 from contracts.pinning import EXAMPLES_DIR
+from services.registry import SERVICES
 from services.shared.batch import MAX_EVENT_BYTES, handle_batch, parse_records
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.policy_check import activate_published
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT
 from services.shared.signing import Signer
-from sovereign.cli import SERVICES
 from tests.conftest import KEYRING, TEST_KEYS, TEST_KEYS_OFFICER, service_settings
 
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -50,7 +50,7 @@ JSON_VALUES = st.recursive(
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Service]]:
     """Each service as `sovereign run` builds it (its handlers, keyring and SQLite database), not started."""
     settings = service_settings("127.0.0.1:1", tmp_path_factory.mktemp("fuzz"))
-    built = [build(settings) for build in SERVICES.values()]
+    built = [entry.build(settings) for entry in SERVICES.values()]
     yield built
     for service in built:
         service.engine.dispose()

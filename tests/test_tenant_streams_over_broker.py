@@ -19,12 +19,12 @@ from contracts.events import (
     JobStarted,
     JobStartedEvent,
 )
+from services.registry import SERVICES
 from services.shared.attestation import placement_attestation_failure
 from services.shared.catalogue import load_catalogue
 from services.shared.kafka import consumer_group
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import KeyRole
-from sovereign.cli import SERVICES
 from sovereign.submit import cancel_event, submit
 from sovereign.tracker import Tracker, following, wait_until
 from sovereign.watch import consumer_lag, header, produce, read_records
@@ -50,7 +50,9 @@ REGISTERED = sorted(load_catalogue(REPO_ROOT / "catalogue").tenants)
 @pytest.fixture(scope="module")
 async def market(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Market]:
     settings = service_settings(kafka, tmp_path_factory.mktemp("data"), time_scale=360_000.0)
-    builders = [partial(build, settings) for build in SERVICES.values()]  # each as `sovereign run` builds it
+    builders = [
+        partial(entry.build, settings) for entry in SERVICES.values()
+    ]  # each as `sovereign run` builds it
     async with run_services(builders), following(kafka, Tracker()) as tracker:
         yield settings, tracker
 

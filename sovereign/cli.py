@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.placement.logic import JobState
 from services.registry import SERVICES
 from services.shared.settings import Settings
 from sovereign.replay import REPLAYABLE, replay
@@ -365,17 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="jobs by state; queued jobs with their position and reason")
     jobs.add_argument(
         "--state",
-        choices=[
-            "requested",
-            "queued",
-            "placed",
-            "running",
-            "cancelling",
-            "completed",
-            "failed",
-            "cancelled",
-            "rejected",
-        ],
+        choices=[state.value for state in JobState],
     )
     jobs.add_argument("--tenant", help="only this tenant's jobs")
     connection_options(jobs)

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.events import TENANT_STREAM_TYPES
+from services.placement.logic import ACTIVE_STATES, TERMINAL_STATES, JobState
 
-TERMINAL_STATES = frozenset({"completed", "failed", "cancelled", "rejected"})
-ACTIVE_STATES = frozenset({"placed", "running", "cancelling"})
 # A cancel honoured at one of these stages ends the job; at "placed" the factory's completion ends it.
-CANCELLED_BEFORE_RUN = frozenset({"before_request", "requested", "queued"})
+CANCELLED_BEFORE_RUN = frozenset({"before_request", JobState.REQUESTED, JobState.QUEUED})
 TENANT_TOPICS = (
     "jobs.requested",
     "jobs.placed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.placement.logic import JobState
 from services.placement.storage import TABLES, jobs_in, queued_jobs
 from services.shared.db import as_utc, utc_now
 from services.shared.settings import Settings
@@ -26,7 +27,7 @@ def list_jobs(settings: Settings, state: str | None, tenant_id: str | None) -> i
         head = f"  {job.job_id}  {job.tenant_id:<20} {job.gpu_count:>6} GPUs  {priority:<7}"
         if job.failed_sites:
             head += f" run {job.attempt} (failed before at {', '.join(job.failed_sites)})"
-        if job.state == "queued":
+        if job.state == JobState.QUEUED:
             waited = (now - as_utc(job.requested_at)).total_seconds()
             print(f"{head} #{position.get(job.job_id, '?')} in queue, waiting {waited:,.0f}s: {job.reason}")
         elif job.site_id:

@@ -31,6 +31,7 @@ from contracts.events import (
 )
 from services.billing.storage import ChargeRow
 from services.factory_agent.storage import RunRow
+from services.placement.logic import TERMINAL_STATES
 from services.placement.storage import JobRow, SiteRow
 from services.registry import SERVICES as REGISTRY
 from services.shared.catalogue import load_catalogue
@@ -42,7 +43,7 @@ from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.embedded import embedded_service_env, start_service
 from sovereign.history import collect_history
-from sovereign.invariants import TERMINAL_STATES, History, Violation, check
+from sovereign.invariants import History, Violation, check
 from sovereign.stack.kafka import ADMIN, LocalKafka
 from sovereign.status import collect_status
 from sovereign.submit import cancel_event

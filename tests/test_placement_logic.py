@@ -8,7 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 from contracts.events import JobKind, JobRequest, RejectionCode, RuleViolation, SiteVerdict
 from services.placement.logic import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    JobState,
     PoolState,
+    forbidden_transitions,
     only_waits_for_capacity,
     parse_verdicts,
     plan_placement,
@@ -265,3 +270,17 @@ def test_each_run_of_a_job_is_known_by_the_site_it_was_placed_at() -> None:
     # Retried after a failure and waiting: the new run has no site yet, the failed one keeps its own.
     assert site_of_run(None, 2, ["nacc-haenam"], 2) is None
     assert site_of_run(None, 2, ["nacc-haenam"], 1) == "nacc-haenam"
+
+
+def test_the_job_state_machine_reaches_every_state_from_a_request_and_ends_only_in_terminal_ones() -> None:
+    reached, frontier = {JobState.REQUESTED}, [JobState.REQUESTED]
+    while frontier:
+        onward = TRANSITIONS[frontier.pop()] - reached
+        reached |= onward
+        frontier += onward
+    assert reached == set(JobState)
+    assert {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED} == TERMINAL_STATES
+    assert not ACTIVE_STATES & TERMINAL_STATES
+    assert forbidden_transitions({JobState.QUEUED, JobState.COMPLETED}, JobState.PLACED) == [
+        "completed -> placed"
+    ]

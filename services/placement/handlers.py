@@ -52,6 +52,9 @@ from contracts.events import (
     SiteVerdict,
 )
 from services.placement.logic import (
+    ACTIVE_STATES,
+    RUN_END_STATE,
+    JobState,
     Plan,
     PoolState,
     answered_job,
@@ -151,7 +154,7 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
         tenant_id=request.tenant_id,
         client_request_id=request.client_request_id,
         request=request.model_dump(mode="json"),
-        state="requested",
+        state=JobState.REQUESTED,
         gpu_count=request.gpu_count,
         priority_rank=PRIORITY_RANK[request.priority],
     )
@@ -192,7 +195,7 @@ def _request_for_a_known_job(session: Session, event: JobRequestedEvent, job: Jo
     log = get_logger(job_id=job.job_id, event_id=str(event.id), tenant_id=request.tenant_id)
     existing = session.get(JobRow, job.job_id)
     assert existing is not None, "the insert found the row taken"
-    if existing.state == "cancelled" and not existing.request:
+    if existing.state == JobState.CANCELLED and not existing.request:
         existing.request, existing.client_request_id = job.request, job.client_request_id
         cancelled = JobCancelled(
             job_id=request.job_id,
@@ -253,22 +256,26 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
                     tenant_id=cancel.tenant_id,
                     client_request_id="",
                     request={},
-                    state="cancelled",
+                    state=JobState.CANCELLED,
                     gpu_count=0,
                     reason=cancel.reason,
                 )
             )
         _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
         return
-    if transition(session, job_id, {"requested", "queued"}, "cancelled", reason=cancel.reason):
+    if transition(
+        session, job_id, {JobState.REQUESTED, JobState.QUEUED}, JobState.CANCELLED, reason=cancel.reason
+    ):
         stage = job.state
-    elif transition(session, job_id, {"placed", "running"}, "cancelling", reason=cancel.reason):
+    elif transition(
+        session, job_id, {JobState.PLACED, JobState.RUNNING}, JobState.CANCELLING, reason=cancel.reason
+    ):
         stage = "placed"
     else:
         log.info("cancel_refused", state=job.state)
         reason = (
             "the job is already being cancelled"
-            if job.state == "cancelling"
+            if job.state == JobState.CANCELLING
             else f"the job is {job.state}: nothing is left to cancel"
         )
         _refuse_envelope(session, refusal, RejectionCode.NOT_CANCELLABLE, reason)
@@ -444,7 +451,7 @@ def on_job_started(ctx: PlacementContext, session: Session, event: JobStartedEve
     started = event.data
     placed_at = site_of_tenants_run(session, str(started.job_id), started.tenant_id, started.attempt)
     _require_its_own_run(event, placed_at)
-    transition(session, str(started.job_id), {"placed"}, "running", at_attempt=started.attempt)
+    transition(session, str(started.job_id), {JobState.PLACED}, JobState.RUNNING, at_attempt=started.attempt)
     relay_to_tenant(session, event, str(started.job_id))
 
 
@@ -485,8 +492,8 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
     if retry and transition(
         session,
         job.job_id,
-        {"placed", "running"},
-        "requested",
+        {JobState.PLACED, JobState.RUNNING},
+        JobState.REQUESTED,
         attempt=job.attempt + 1,
         failed_sites=[*job.failed_sites, done.site_id],
         estimate_krw=0,  # the failed run's cost arrives with its bill
@@ -501,8 +508,8 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         assert tenant is not None
         _decide(session, ctx, job, request, tenant)
     else:
-        final_state = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}[done.status]
-        if transition(session, job.job_id, {"placed", "running", "cancelling"}, final_state):
+        final_state = RUN_END_STATE[done.status]
+        if transition(session, job.job_id, set(ACTIVE_STATES), final_state):
             release(session, pool_id, job.gpu_count)
             log.info("capacity_released", pool_id=pool_id, gpus=job.gpu_count)
     _replan_queue_at_commit(ctx, session)
@@ -578,13 +585,15 @@ def retry_queued(
             )
             moved += 1
             continue
-        if _decide(session, ctx, job, request, tenant) != "queued":
+        if _decide(session, ctx, job, request, tenant) != JobState.QUEUED:
             moved += 1
             pools = load_pools(session)
     return moved
 
 
-def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRequest, tenant: Tenant) -> str:
+def _decide(
+    session: Session, ctx: PlacementContext, job: JobRow, request: JobRequest, tenant: Tenant
+) -> JobState:
     log = get_logger(job_id=job.job_id, tenant_id=job.tenant_id)
     market = load_market(session)
     pools = load_pools(session)
@@ -603,7 +612,7 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
             log.warning("policy_cannot_evaluate_request", error=str(error))
             reason = f"the policy cannot evaluate this request ({error}); it was not placed"
             _reject(session, job, request, RejectionCode.INVALID_REQUEST, reason)
-            return "rejected"
+            return JobState.REJECTED
         log.error("policy_engine_failed", error=str(error))
         return _wait_for_policy(
             session, ctx, job, request, decision_id, f"the policy engine failed ({error})"
@@ -622,12 +631,12 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
 
     plan = plan_placement(request, verdicts, pools, decision_id, ctx.policy.revision, now, job.failed_sites)
     for _ in range(RESERVE_ATTEMPTS):
-        if plan.outcome != "placed" or plan.chosen is None:
+        if plan.outcome != JobState.PLACED or plan.chosen is None:
             break
         refusal = _budget_refusal(session, ctx, tenant, job, request, plan.chosen)
         if refusal is not None:
             _reject(session, job, request, RejectionCode.BUDGET_EXCEEDED, refusal, plan.explanation)
-            return "rejected"
+            return JobState.REJECTED
         if try_reserve(session, plan.chosen.pool_id, request.gpu_count):
             _place(session, ctx, job, request, plan)
             log.info(
@@ -636,19 +645,21 @@ def _decide(session: Session, ctx: PlacementContext, job: JobRow, request: JobRe
                 pool_id=plan.chosen.pool_id,
                 decision_id=str(decision_id),
             )
-            return "placed"
+            return JobState.PLACED
         log.info("reservation_lost_race", pool_id=plan.chosen.pool_id)
         plan = plan_placement(
             request, verdicts, load_pools(session), decision_id, ctx.policy.revision, now, job.failed_sites
         )
-    if plan.outcome == "placed":
-        plan = Plan("queued", plan.explanation, reason="capacity was taken by concurrent placements; waiting")
-    if plan.outcome == "queued":
+    if plan.outcome == JobState.PLACED:
+        plan = Plan(
+            JobState.QUEUED, plan.explanation, reason="capacity was taken by concurrent placements; waiting"
+        )
+    if plan.outcome == JobState.QUEUED:
         _queue(session, job, request, plan)
-        return "queued"
+        return JobState.QUEUED
     assert plan.code is not None
     _reject(session, job, request, plan.code, plan.reason, plan.explanation)
-    return "rejected"
+    return JobState.REJECTED
 
 
 def _engine_answers(ctx: PlacementContext, document: dict[str, Any]) -> bool:
@@ -666,15 +677,15 @@ def _wait_for_policy(
     request: JobRequest,
     decision_id: uuid.UUID,
     failure: str,
-) -> str:
+) -> JobState:
     """Fail closed: with no allowing decision in time nothing is placed. The job waits and the queue's
     periodic pass decides it again, so an engine outage delays jobs and loses none."""
     reason = f"{failure}; nothing was placed and the job will be decided again"
     explanation = Explanation(
         decision_id=decision_id, policy_revision=ctx.policy.revision, summary=reason, sites=[]
     )
-    _queue(session, job, request, Plan("queued", explanation, reason=reason))
-    return "queued"
+    _queue(session, job, request, Plan(JobState.QUEUED, explanation, reason=reason))
+    return JobState.QUEUED
 
 
 def _budget_refusal(
@@ -763,8 +774,8 @@ def _place(session: Session, ctx: PlacementContext, job: JobRow, request: JobReq
     moved = transition(
         session,
         job.job_id,
-        {"requested", "queued"},
-        "placed",
+        {JobState.REQUESTED, JobState.QUEUED},
+        JobState.PLACED,
         site_id=chosen.site_id,
         pool_id=chosen.pool_id,
         price_krw_per_gpu_hour=chosen.price_krw_per_gpu_hour,
@@ -823,11 +834,13 @@ def _attestation(
 
 def _queue(session: Session, job: JobRow, request: JobRequest, plan: Plan) -> None:
     allowed = sorted(site.site_id for site in plan.explanation.sites if site.policy_allowed)
-    if job.state == "queued":
+    if job.state == JobState.QUEUED:
         job.updated_at = utc_now()  # re-planned just now: the sweep leaves it alone for a while
         job.allowed_sites = allowed
         return  # still waiting: the tenant already knows, and why
-    transition(session, job.job_id, {"requested"}, "queued", reason=plan.reason, allowed_sites=allowed)
+    transition(
+        session, job.job_id, {JobState.REQUESTED}, JobState.QUEUED, reason=plan.reason, allowed_sites=allowed
+    )
     queued = JobQueued(
         job_id=request.job_id,
         tenant_id=request.tenant_id,
@@ -848,7 +861,7 @@ def _reject(
     reason: str,
     explanation: Explanation | None = None,
 ) -> None:
-    transition(session, job.job_id, {"requested", "queued"}, "rejected", reason=reason)
+    transition(session, job.job_id, {JobState.REQUESTED, JobState.QUEUED}, JobState.REJECTED, reason=reason)
     get_logger(job_id=job.job_id, tenant_id=job.tenant_id).info(
         "job_rejected", code=code.value, reason=reason
     )

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -85,9 +86,63 @@ def offered_pools(offers: Sequence[CapacityOffered]) -> list[PoolState]:
     ]
 
 
+class JobState(StrEnum):
+    """Where a job is in placement's hands."""
+
+    REQUESTED = "requested"
+    QUEUED = "queued"
+    PLACED = "placed"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+# The states a job may move to from each state. A failed run whose job may run again goes back to requested;
+# a state that leads nowhere is terminal.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.REQUESTED: frozenset({JobState.QUEUED, JobState.PLACED, JobState.REJECTED, JobState.CANCELLED}),
+    JobState.QUEUED: frozenset({JobState.PLACED, JobState.REJECTED, JobState.CANCELLED}),
+    JobState.PLACED: frozenset(
+        {
+            JobState.RUNNING,
+            JobState.CANCELLING,
+            JobState.REQUESTED,
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+        }
+    ),
+    JobState.RUNNING: frozenset(
+        {JobState.CANCELLING, JobState.REQUESTED, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.CANCELLING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.REJECTED: frozenset(),
+}
+TERMINAL_STATES = frozenset(state for state, onward in TRANSITIONS.items() if not onward)
+# What a run's end (jobs.completed status) makes of a job that does not run again.
+RUN_END_STATE: dict[str, JobState] = {
+    "succeeded": JobState.COMPLETED,
+    "failed": JobState.FAILED,
+    "cancelled": JobState.CANCELLED,
+}
+# Holding GPUs: placed at a site until its factory reports the run ended.
+ACTIVE_STATES = frozenset({JobState.PLACED, JobState.RUNNING, JobState.CANCELLING})
+
+
+def forbidden_transitions(from_states: set[JobState], to_state: JobState) -> list[str]:
+    """The moves among these that the state machine does not allow."""
+    return [f"{state} -> {to_state}" for state in sorted(from_states) if to_state not in TRANSITIONS[state]]
+
+
 @dataclass(frozen=True)
 class Plan:
-    outcome: Literal["placed", "queued", "rejected"]
+    outcome: Literal[JobState.PLACED, JobState.QUEUED, JobState.REJECTED]
     explanation: Explanation
     chosen: PoolState | None = None
     code: RejectionCode | None = None
@@ -323,21 +378,21 @@ def plan_placement(
 
     if job.deadline <= now:
         return Plan(
-            "rejected",
+            JobState.REJECTED,
             explain("the deadline has passed", assessments),
             code=RejectionCode.DEADLINE_PASSED,
             reason=f"the job's deadline {job.deadline.isoformat()} has passed",
         )
     if (unreachable := deadline_unreachable(job, now)) is not None:
         return Plan(
-            "rejected",
+            JobState.REJECTED,
             explain("the run cannot end by the deadline", assessments),
             code=RejectionCode.DEADLINE_UNREACHABLE,
             reason=unreachable,
         )
     if not assessments:
         reason = "waiting for capacity: no AI factory has offered capacity yet"
-        return Plan("queued", explain(reason, assessments), reason=reason)
+        return Plan(JobState.QUEUED, explain(reason, assessments), reason=reason)
     if ranked:
         chosen = ranked[0]
         summary = (
@@ -345,12 +400,12 @@ def plan_placement(
             f"{chosen.price_krw_per_gpu_hour:,} KRW/GPU-h: the cheapest of {len(ranked)} allowed sites "
             f"with capacity, out of {len(assessments)} considered"
         )
-        return Plan("placed", explain(summary, assessments), chosen=chosen)
+        return Plan(JobState.PLACED, explain(summary, assessments), chosen=chosen)
     if not allowed_sites:
         rules = sorted({v.rule for s in assessments for v in s.violations})
         reason = f"no site is allowed by policy ({len(assessments)} considered; rules: {', '.join(rules)})"
         return Plan(
-            "rejected", explain(reason, assessments), code=RejectionCode.NO_ALLOWED_SITE, reason=reason
+            JobState.REJECTED, explain(reason, assessments), code=RejectionCode.NO_ALLOWED_SITE, reason=reason
         )
     allowed_ids = {s.site_id for s in allowed_sites}
     waiting_for = [p for p in could_fit_later if p.site_id in allowed_ids]
@@ -360,13 +415,13 @@ def plan_placement(
             f"waiting for capacity: {len(allowed_sites)} allowed sites, none with {job.gpu_count} free GPUs "
             f"now; first choice when free: {pool.pool_id}"
         )
-        return Plan("queued", explain(reason, assessments), reason=reason)
+        return Plan(JobState.QUEUED, explain(reason, assessments), reason=reason)
     details = "; ".join(f"{s.site_id}: {', '.join(s.capacity_reasons)}" for s in allowed_sites[:3])
     more = f"; and {len(allowed_sites) - 3} more" if len(allowed_sites) > 3 else ""
     reason = (
         f"none of the {len(allowed_sites)} sites the policy allows could ever run this job ({details}{more})"
     )
-    return Plan("rejected", explain(reason, assessments), code=RejectionCode.NEVER_FITS, reason=reason)
+    return Plan(JobState.REJECTED, explain(reason, assessments), code=RejectionCode.NEVER_FITS, reason=reason)
 
 
 def deadline_unreachable(job: JobRequest, now: datetime) -> str | None:

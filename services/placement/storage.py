@@ -11,7 +11,7 @@ from sqlalchemy import JSON, BigInteger, Column, Table, bindparam, update
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, SiteAttributes
-from services.placement.logic import PoolState, site_of_run, sites_document
+from services.placement.logic import JobState, PoolState, forbidden_transitions, site_of_run, sites_document
 from services.shared.db import (
     as_utc,
     empty_json_list,
@@ -272,14 +272,16 @@ def release(session: Session, pool_id: str, gpus: int) -> None:
 def transition(
     session: Session,
     job_id: str,
-    from_states: set[str],
-    to_state: str,
+    from_states: set[JobState],
+    to_state: JobState,
     *,
     at_attempt: int | None = None,
     **values: Any,
 ) -> bool:
     """Move a job between states only from an expected state (and run, if given), so a repeat, a stale
-    run's event or a race changes nothing."""
+    run's event or a race changes nothing. A move the state machine does not allow is a bug: refused."""
+    if forbidden := forbidden_transitions(from_states, to_state):
+        raise ValueError(f"job {job_id}: not a transition of the job state machine: {', '.join(forbidden)}")
     parameters = {
         "match_job_id": job_id,
         "from_states": sorted(from_states),
@@ -358,7 +360,7 @@ _COMMITTED = select(func.coalesce(func.sum(_COMMITMENTS.c.committed_krw), 0)).wh
 
 def queued_jobs(session: Session, limit: int, untouched_since: datetime | None = None) -> list[JobRow]:
     """Queued jobs in arrival order; with untouched_since, only those not re-planned since then."""
-    query = select(JobRow).where(JobRow.state == "queued")
+    query = select(JobRow).where(JobRow.state == JobState.QUEUED)
     if untouched_since is not None:
         query = query.where(col(JobRow.updated_at) < untouched_since)
     order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))

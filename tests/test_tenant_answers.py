@@ -19,16 +19,19 @@ from contracts import tenant_stream
 from contracts.events import (
     JobCancelEvent,
     JobCancelledEvent,
+    JobPlacedEvent,
     JobRejected,
     JobRejectedEvent,
     JobRequestedEvent,
+    JobStartedEvent,
 )
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow
 from services.shared.batch import parse_records
 from services.shared.db import unit_of_work
-from tests.conftest import request_event, signed_as_sent
+from services.shared.signing import KeyRole, jcs
+from tests.conftest import KEYRING, TEST_KEYS, request_event, signed_as_sent
 from tests.test_storage import cancel_event, make_engine, offer_all, outbox, placement_context
 
 
@@ -270,3 +273,36 @@ def test_a_request_whose_subject_is_not_its_tenant_is_rejected(database_url: tup
     assert (rejected.tenant_id, rejected.code, rejected.scope) == ("mois", "invalid_request", "job")
     assert "subject 'hanbit-ai' is not the job's tenant 'mois'" in rejected.reason
     assert not outbox(engine, "jobs.placed")
+
+
+def test_a_factorys_report_reaches_the_tenants_stream_as_the_factory_wrote_it(
+    database_url: tuple[str, str],
+) -> None:
+    """So the tenant can check the factory's signature over its own bytes, whatever JSON the factory's
+    language writes (here an upper-case id and `+00:00`)."""
+    engine = placement_engine(database_url)
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(placement_context(), session, request_event("mois", csap_grade="medium"))
+    [row] = outbox(engine, "jobs.placed")
+    placed = JobPlacedEvent.model_validate_json(row.payload).data
+    document = {
+        "id": str(uuid.uuid4()).upper(),
+        "type": "jobs.started",
+        "source": f"factory/{placed.site_id}",
+        "subject": "mois",
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "schema_version": "1.3",
+        "data": placed.model_dump(
+            mode="json", include={"job_id", "tenant_id", "site_id", "pool_id", "gpu_count"}
+        ),
+    }
+    signer = TEST_KEYS.factory
+    value = signer.signature_over(jcs(document))
+    sent = json.dumps(document | {"signature": {"key_id": signer.key_id, "value": value}}).encode()
+    with unit_of_work(engine) as session:
+        placement.on_job_started(placement_context(), session, JobStartedEvent.from_received(sent))
+    [copy] = outbox(engine, tenant_stream("mois"))
+    assert copy.payload == sent
+    assert (
+        KEYRING.refusal(JobStartedEvent.from_received(copy.payload), KeyRole.FACTORY, placed.site_id) is None
+    )

@@ -57,11 +57,14 @@ def add_to_outbox(session: Session, event: AnyEvent, key: str) -> None:
 
 
 def relay_to_tenant(session: Session, event: AnyEvent, key: str) -> None:
-    """Write another party's event (a factory's report on a run) for its tenant's stream only."""
-    _insert(session, tenant_stream(event.data.tenant_id), None, event, key)
+    """Write another party's event (a factory's report on a run) for its tenant's stream only, as the JSON
+    it arrived as: the tenant checks the factory's signature over what the factory wrote."""
+    _insert(session, tenant_stream(event.data.tenant_id), None, event, key, event.received)
 
 
-def _insert(session: Session, topic: str, also_to: str | None, event: AnyEvent, key: str) -> None:
+def _insert(
+    session: Session, topic: str, also_to: str | None, event: AnyEvent, key: str, payload: bytes | None = None
+) -> None:
     # Plain INSERTs (no ORM objects) at the commit: rows keep the order they were added in, which the relay
     # publishes in.
     session.info.setdefault(OUTBOX_ROWS, []).append(
@@ -69,7 +72,7 @@ def _insert(session: Session, topic: str, also_to: str | None, event: AnyEvent, 
             "topic": topic,
             "also_to": also_to,
             "key": key,
-            "payload": event.model_dump_json().encode(),
+            "payload": payload if payload is not None else event.model_dump_json().encode(),
             "headers": {
                 "event_id": str(event.id),
                 "event_type": event.type,

@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,6 +45,7 @@ from services.factory_agent import handlers as factory
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.factory_agent.storage import run_key
 from services.governance import handlers as governance
+from services.governance import queries as governance_queries
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
@@ -140,6 +140,9 @@ def placement_context(**overrides: Any) -> placement.PlacementContext:
         "keyring": KEYRING,
         "policy": EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
         "tenants": CATALOGUE.tenants,
+        # These tests are not about the policy's time budget (one is, and sets its own): on a loaded
+        # machine a decision past the production budget would make a job wait.
+        "policy_budget_ms": 60_000.0,
     }
     return placement.PlacementContext(**(defaults | overrides))
 
@@ -674,16 +677,18 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
     with unit_of_work(engine) as session:
         placement.on_job_requested(broken, session, failed_on)
 
+    clock = [0.0]
+
     class SlowEngine:
         name = "slow"
         revision = "r"
         bundle = PolicyBundle({})
 
         def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
-            time.sleep(0.05)
+            clock[0] += 0.05  # 50 ms pass on the decision's timer
             return {site_id: {"allowed": True} for site_id in policy_input["sites"]}
 
-    slow = placement_context(policy_budget_ms=10)
+    slow = placement_context(policy_budget_ms=10, timer=lambda: clock[0])
     slow.policy = SlowEngine()
     waiting = request_event("hanbit-ai")
     with unit_of_work(engine) as session:
@@ -883,18 +888,34 @@ def test_decision_log_chains_entries_and_detects_tampering(database_url: tuple[s
         with unit_of_work(engine) as session:
             governance.on_policy_decision(session, event)
     with Session(engine) as session:
-        assert governance.verify_log(session) == (5, None)
-        by_job = governance.find_decisions(session, governance.DecisionQuery(job_id=str(jobs[3])))
+        assert governance_queries.verify_log(session) == (5, None)
+        by_job = governance_queries.find_decisions(
+            session, governance_queries.DecisionQuery(job_id=str(jobs[3]))
+        )
         assert [e.decision_id for e in by_job] == [str(events[3].data.decision_id)]
-        assert len(governance.find_decisions(session, governance.DecisionQuery(tenant_id="nia"))) == 3
         assert (
-            len(governance.find_decisions(session, governance.DecisionQuery(site_id="tokyo", rule="RES-01")))
+            len(governance_queries.find_decisions(session, governance_queries.DecisionQuery(tenant_id="nia")))
+            == 3
+        )
+        assert (
+            len(
+                governance_queries.find_decisions(
+                    session, governance_queries.DecisionQuery(site_id="tokyo", rule="RES-01")
+                )
+            )
             == 5
         )
-        assert governance.find_decisions(session, governance.DecisionQuery(rule="CSAP-01")) == []
+        assert (
+            governance_queries.find_decisions(session, governance_queries.DecisionQuery(rule="CSAP-01")) == []
+        )
         revision = events[0].data.policy_revision[:12]
         assert (
-            len(governance.find_decisions(session, governance.DecisionQuery(policy_revision=revision))) == 5
+            len(
+                governance_queries.find_decisions(
+                    session, governance_queries.DecisionQuery(policy_revision=revision)
+                )
+            )
+            == 5
         )
     # An auditor-defeating edit: one stored entry's content changed in place.
     with unit_of_work(engine) as session:
@@ -904,7 +925,7 @@ def test_decision_log_chains_entries_and_detects_tampering(database_url: tuple[s
         altered["decision"]["sites"][1]["allowed"] = True
         entry.content = altered
     with Session(engine) as session:
-        count, broken = governance.verify_log(session)
+        count, broken = governance_queries.verify_log(session)
         assert count == 5 and broken is not None and broken.seq == 3 and "altered" in broken.reason
 
 
@@ -916,7 +937,7 @@ def test_decision_log_detects_a_removed_entry(database_url: tuple[str, str]) -> 
     with unit_of_work(engine) as session:
         session.delete(session.get(DecisionLogEntry, 2))
     with Session(engine) as session:
-        _, broken = governance.verify_log(session)
+        _, broken = governance_queries.verify_log(session)
         assert broken is not None and broken.seq == 3 and "missing" in broken.reason
 
 

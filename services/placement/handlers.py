@@ -16,7 +16,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
-from sqlalchemy import insert
 from sqlmodel import Session
 
 from contracts.events import (
@@ -59,22 +58,28 @@ from services.placement.logic import (
     PoolState,
     answered_job,
     as_uuid,
+    budget_refusal,
+    conflicting_resubmission_reason,
     deadline_unreachable,
     field_errors,
+    not_cancellable_reason,
     only_waits_for_capacity,
     parse_verdicts,
     plan_placement,
     policy_input,
     probe_request,
     site_of_run,
+    unknown_job_reason,
 )
 from services.placement.storage import (
-    DecisionRow,
     JobRow,
     Market,
     PoolRow,
     add_commitment,
+    add_decision,
     committed_krw,
+    insert_job,
+    keep_cancel,
     load_market,
     load_pools,
     new_site_snapshots,
@@ -88,7 +93,7 @@ from services.placement.storage import (
 from services.shared.attestation import attest_placement, site_attributes_sha256, verification_failure
 from services.shared.batch import PoisonMessage, Record
 from services.shared.catalogue import Tenant
-from services.shared.db import defer_to_commit, insert_ignoring_duplicates, table_of, utc_now
+from services.shared.db import defer_to_commit, utc_now
 from services.shared.inbox import claim, claim_event
 from services.shared.logging import get_logger
 from services.shared.money import estimate_krw, period_start
@@ -132,6 +137,8 @@ class PlacementContext:
     verdicts: VerdictCache = field(default_factory=VerdictCache)
     # The periodic pass re-plans a queued job only if nothing re-planned it for this long.
     queue_retry: timedelta = timedelta(seconds=60)
+    # Seconds from some fixed point, to time each policy evaluation against its budget.
+    timer: Callable[[], float] = field(default=time.perf_counter)
     # The marketplace's key, signing each placement's attestation (none: placements go unattested).
     attester: Signer | None = None
     # A request signed longer ago than this is rejected: the inbox remembers envelope ids, this bounds how
@@ -159,7 +166,7 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
         priority_rank=PRIORITY_RANK[request.priority],
     )
     # Inserted as a plain row; `job` stays a detached snapshot the decision reads.
-    if not insert_ignoring_duplicates(session, table_of(JobRow), job.model_dump()):
+    if not insert_job(session, job):
         _request_for_a_known_job(session, event, job)
         return
     if event.subject != request.tenant_id:
@@ -210,15 +217,13 @@ def _request_for_a_known_job(session: Session, event: JobRequestedEvent, job: Jo
     if existing.request == job.request:
         log.info("duplicate_request_ignored", client_request_id=request.client_request_id)
         return
-    first, again = existing.request, job.request
-    differing = sorted(name for name in {*first, *again} if first.get(name) != again.get(name))
     _refuse_envelope(
         session,
         EnvelopeRefusal(request.tenant_id, request.job_id, request.client_request_id, event.id, event.type),
         RejectionCode.CONFLICTING_RESUBMISSION,
-        f"client_request_id {request.client_request_id!r} was first sent with other content (differing: "
-        f"{', '.join(differing)}); the job keeps its first request and its state ({existing.state}): send a "
-        "new request under a new client_request_id",
+        conflicting_resubmission_reason(
+            request.client_request_id, existing.request, job.request, existing.state
+        ),
     )
 
 
@@ -243,25 +248,15 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
     if job is not None and job.tenant_id != cancel.tenant_id:
         # Answered as for a job nobody has: no tenant learns another's job ids (a tenant's own requests can
         # never have this id, which derives from the tenant).
-        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
+        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, unknown_job_reason(job_id))
         return
     stage: str
     if job is None or not job.request:  # no request yet (perhaps a cancel before this one kept its place)
         if job is None:
             # The cancel may have overtaken its request (they travel on different topics): the request will
             # find this row and be cancelled on arrival.
-            session.add(
-                JobRow(
-                    job_id=job_id,
-                    tenant_id=cancel.tenant_id,
-                    client_request_id="",
-                    request={},
-                    state=JobState.CANCELLED,
-                    gpu_count=0,
-                    reason=cancel.reason,
-                )
-            )
-        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, _unknown_job(job_id))
+            keep_cancel(session, job_id, cancel.tenant_id, cancel.reason)
+        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, unknown_job_reason(job_id))
         return
     if transition(
         session, job_id, {JobState.REQUESTED, JobState.QUEUED}, JobState.CANCELLED, reason=cancel.reason
@@ -273,12 +268,7 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
         stage = "placed"
     else:
         log.info("cancel_refused", state=job.state)
-        reason = (
-            "the job is already being cancelled"
-            if job.state == JobState.CANCELLING
-            else f"the job is {job.state}: nothing is left to cancel"
-        )
-        _refuse_envelope(session, refusal, RejectionCode.NOT_CANCELLABLE, reason)
+        _refuse_envelope(session, refusal, RejectionCode.NOT_CANCELLABLE, not_cancellable_reason(job.state))
         return
     cancelled = JobCancelled(
         job_id=cancel.job_id,
@@ -291,14 +281,6 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
         session, JobCancelledEvent.create(source=SOURCE, subject=cancel.tenant_id, data=cancelled), job_id
     )
     log.info("job_cancelled", stage=stage)
-
-
-def _unknown_job(job_id: str) -> str:
-    return (
-        f"no request for job {job_id} has arrived, so nothing was cancelled now. The cancel is kept: if the "
-        "request is still on its way, it is cancelled on arrival (jobs.cancelled, stage before_request). "
-        "A job id is uuid5(6f1c2a4e-8d0b-4c55-9a57-3b7d2f0e9c11, '<tenant_id>/<client_request_id>')"
-    )
 
 
 @dataclass(frozen=True)
@@ -602,7 +584,7 @@ def _decide(
     # Commercial terms are not the policies' business.
     tenant_document = tenant.model_dump(mode="json", exclude_none=True, exclude={"budget", "volume_tiers"})
     document = policy_input(request, tenant_document, market.document, now)
-    started = time.perf_counter()
+    started = ctx.timer()
     try:
         decision = ctx.verdicts.decide(ctx.policy, document, market.site_digests)
     except PolicyEngineError as error:
@@ -617,7 +599,7 @@ def _decide(
         return _wait_for_policy(
             session, ctx, job, request, decision_id, f"the policy engine failed ({error})"
         )
-    duration_us = int((time.perf_counter() - started) * 1_000_000)
+    duration_us = int((ctx.timer() - started) * 1_000_000)
     if duration_us > ctx.policy_budget_ms * 1000:
         log.error("policy_evaluation_over_budget", duration_us=duration_us)
         took = (
@@ -691,24 +673,14 @@ def _wait_for_policy(
 def _budget_refusal(
     session: Session, ctx: PlacementContext, tenant: Tenant, job: JobRow, request: JobRequest, pool: PoolState
 ) -> str | None:
-    """Why the tenant's budget cannot take this run at this pool, or None if it can (or has no budget).
-    Committed = what its runs were billed plus the estimates of runs not billed yet."""
+    """Why the tenant's budget cannot take this run at this pool, or None if it can (or has no budget)."""
     budget = tenant.budget
     if budget is None:
         return None
     since = None if budget.kind == "prepaid" else period_start(ctx.clock())
-    left = budget.amount_krw - (committed_krw(session, tenant.tenant_id, since) - job.estimate_krw)
-    estimate = estimate_krw(request.gpu_count, request.expected_hours, pool.price_krw_per_gpu_hour)
-    if estimate <= left:
-        return None
-    return (
-        f"the run's estimated {estimate:,} KRW ({request.gpu_count} GPUs for {request.expected_hours:g} h at "
-        f"{pool.price_krw_per_gpu_hour:,} KRW/GPU-h on {pool.site_id}) exceeds the {max(left, 0):,} KRW left "
-        f"of the tenant's {budget.kind.replace('_', ' ')} budget of {budget.amount_krw:,} KRW"
-    )
-
-
-_INSERT_DECISION = insert(table_of(DecisionRow))
+    # This job's own estimate is already among the commitments when it is decided again.
+    committed = committed_krw(session, tenant.tenant_id, since) - job.estimate_krw
+    return budget_refusal(budget, committed, request, pool)
 
 
 def _record_decision(
@@ -748,20 +720,7 @@ def _record_decision(
         site_sha256=site_sha256,
         cached_sites=sorted(cached_sites),
     )
-    session.execute(
-        _INSERT_DECISION,
-        {
-            "decision_id": str(decision_id),
-            "job_id": job.job_id,
-            "tenant_id": job.tenant_id,
-            "policy_revision": ctx.policy.revision,
-            "engine": ctx.policy.name,
-            "input_sha256": input_sha256,
-            "duration_us": duration_us,
-            "result": record.model_dump(mode="json", exclude={"input"}),
-            "decided_at": utc_now(),
-        },
-    )
+    add_decision(session, record)
     add_to_outbox(
         session, PolicyDecisionEvent.create(source=SOURCE, subject=job.tenant_id, data=record), job.job_id
     )

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from contracts.envelope import portability_problem
 from contracts.events import (
+    JOB_ID_NAMESPACE,
     CapacityOffered,
     ExemptedFinding,
     Explanation,
@@ -32,6 +33,8 @@ from contracts.events import (
     SiteVerdict,
     job_id_for,
 )
+from services.shared.catalogue import Budget
+from services.shared.money import estimate_krw
 
 
 @dataclass(frozen=True)
@@ -472,3 +475,43 @@ def as_uuid(value: object) -> uuid.UUID | None:
         return uuid.UUID(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+def budget_refusal(budget: Budget, committed_krw: int, job: JobRequest, pool: PoolState) -> str | None:
+    """Why a run of the job at this pool does not fit in what is left of the budget after the tenant's
+    other commitments (runs billed, and estimates of runs not billed yet), or None: a run whose estimate
+    is exactly what is left fits."""
+    left = budget.amount_krw - committed_krw
+    estimate = estimate_krw(job.gpu_count, job.expected_hours, pool.price_krw_per_gpu_hour)
+    if estimate <= left:
+        return None
+    return (
+        f"the run's estimated {estimate:,} KRW ({job.gpu_count} GPUs for {job.expected_hours:g} h at "
+        f"{pool.price_krw_per_gpu_hour:,} KRW/GPU-h on {pool.site_id}) exceeds the {max(left, 0):,} KRW left "
+        f"of the tenant's {budget.kind.replace('_', ' ')} budget of {budget.amount_krw:,} KRW"
+    )
+
+
+def unknown_job_reason(job_id: str) -> str:
+    return (
+        f"no request for job {job_id} has arrived, so nothing was cancelled now. The cancel is kept: if the "
+        "request is still on its way, it is cancelled on arrival (jobs.cancelled, stage before_request). "
+        f"A job id is uuid5({JOB_ID_NAMESPACE}, '<tenant_id>/<client_request_id>')"
+    )
+
+
+def not_cancellable_reason(state: str) -> str:
+    if state == JobState.CANCELLING:
+        return "the job is already being cancelled"
+    return f"the job is {state}: nothing is left to cancel"
+
+
+def conflicting_resubmission_reason(
+    client_request_id: str, first: dict[str, Any], again: dict[str, Any], state: str
+) -> str:
+    differing = sorted(name for name in {*first, *again} if first.get(name) != again.get(name))
+    return (
+        f"client_request_id {client_request_id!r} was first sent with other content (differing: "
+        f"{', '.join(differing)}); the job keeps its first request and its state ({state}): send a new "
+        "request under a new client_request_id"
+    )

@@ -7,10 +7,10 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Table, bindparam, update
+from sqlalchemy import JSON, BigInteger, Column, Table, bindparam, insert, update
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
-from contracts.events import CapacityOffered, SiteAttributes
+from contracts.events import CapacityOffered, PolicyDecisionRecord, SiteAttributes
 from services.placement.logic import JobState, PoolState, forbidden_transitions, site_of_run, sites_document
 from services.shared.db import (
     as_utc,
@@ -365,3 +365,44 @@ def queued_jobs(session: Session, limit: int, untouched_since: datetime | None =
         query = query.where(col(JobRow.updated_at) < untouched_since)
     order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))
     return list(session.exec(query.order_by(*order).limit(limit)))
+
+
+def insert_job(session: Session, job: JobRow) -> bool:
+    """Insert a new job as a plain row (`job` stays a detached snapshot); False if its id is taken."""
+    return insert_ignoring_duplicates(session, table_of(JobRow), job.model_dump())
+
+
+def keep_cancel(session: Session, job_id: str, tenant_id: str, reason: str) -> None:
+    """Remember a cancel that came before its job's request: the request, when it comes, finds this row."""
+    session.add(
+        JobRow(
+            job_id=job_id,
+            tenant_id=tenant_id,
+            client_request_id="",
+            request={},
+            state=JobState.CANCELLED,
+            gpu_count=0,
+            reason=reason,
+        )
+    )
+
+
+_INSERT_DECISION = insert(table_of(DecisionRow))
+
+
+def add_decision(session: Session, record: PolicyDecisionRecord) -> None:
+    """Placement's own record of a decision (its input is kept on the topic, not here)."""
+    session.execute(
+        _INSERT_DECISION,
+        {
+            "decision_id": str(record.decision_id),
+            "job_id": str(record.job_id),
+            "tenant_id": record.tenant_id,
+            "policy_revision": record.policy_revision,
+            "engine": record.engine,
+            "input_sha256": record.input_sha256,
+            "duration_us": record.duration_us,
+            "result": record.model_dump(mode="json", exclude={"input"}),
+            "decided_at": utc_now(),
+        },
+    )

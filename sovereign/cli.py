@@ -80,7 +80,7 @@ def _policy_test(args: argparse.Namespace) -> int:
 
 
 def _decisions_list(args: argparse.Namespace) -> int:
-    from services.governance.handlers import DecisionQuery
+    from services.governance.queries import DecisionQuery
     from sovereign.decision_commands import list_decisions
 
     query = DecisionQuery(

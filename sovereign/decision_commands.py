@@ -6,7 +6,7 @@ from contextlib import AbstractContextManager
 
 from sqlmodel import Session
 
-from services.governance.handlers import DecisionQuery, find_decisions, verify_log
+from services.governance.queries import DecisionQuery, find_decisions, verify_log
 from services.governance.storage import TABLES
 from services.shared.settings import Settings
 from sovereign.databases import service_session

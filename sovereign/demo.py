@@ -25,7 +25,7 @@ from services.billing.check import check_billing
 from services.billing.handlers import BillingContext, issue_invoice
 from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import InvoiceRow
-from services.governance.handlers import verify_log
+from services.governance.queries import verify_log
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.shared.catalogue import Tenant, load_catalogue
 from services.shared.db import create_service_engine, unit_of_work, utc_now

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
-from services.governance.handlers import find_revision, latest_revision, what_if
 from services.governance.policy_diff import diff_bundles
+from services.governance.queries import find_revision, latest_revision, what_if
 from services.governance.what_if import ASSUMPTIONS, EVERY_JOB, EffectKind, Scope, WhatIfReport
 from services.shared.catalogue import CatalogueError, load_catalogue
 from services.shared.kafka import transport_security

@@ -27,7 +27,7 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.factory_agent.simulation import usage_event_id
-from services.governance.handlers import DecisionQuery, find_decisions, verify_log
+from services.governance.queries import DecisionQuery, find_decisions, verify_log
 from services.registry import SERVICES
 from services.shared.attestation import sign_site
 from services.shared.catalogue import load_catalogue

@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import Session
 
 from services.governance import handlers as governance
+from services.governance import queries as governance_queries
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry
 from services.placement import handlers as placement
@@ -52,7 +53,7 @@ def test_a_tenant_finds_only_its_own_decisions(database_url: tuple[str, str]) ->
     with Session(engine) as session:
 
         def find(**query: str) -> list[DecisionLogEntry]:
-            return governance.find_decisions(session, governance.DecisionQuery(**query))
+            return governance_queries.find_decisions(session, governance_queries.DecisionQuery(**query))
 
         assert [e.job_id for e in find(tenant_id="mois")] == [str(mine)]
         # Another tenant's job id asked for under one's own name: nothing.

@@ -30,8 +30,9 @@ from contracts.events import (
     PolicyNonComplianceEvent,
 )
 from services.governance import handlers as governance
-from services.governance.handlers import find_revision
+from services.governance import queries as governance_queries
 from services.governance.policy_diff import diff_bundles
+from services.governance.queries import find_revision
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import SiteSnapshotRow
 from services.governance.what_if import (
@@ -165,7 +166,7 @@ def replay(settings: Settings, policies: Path, scope: Scope = EVERY_JOB) -> What
     """What-if against the shipped policies as the current revision."""
     engine = governance_engine(settings)
     with Session(engine) as session:
-        return governance.what_if(
+        return governance_queries.what_if(
             session,
             EmbeddedRegoEngine(PolicyBundle.load(SHIPPED)),
             EmbeddedRegoEngine(PolicyBundle.load(policies)),
@@ -410,7 +411,7 @@ def test_a_budget_rejected_job_changes_only_if_the_policy_sends_it_elsewhere(tmp
     settings = history(tmp_path / "h", [JOBS["serving"]], tenants=tight)
     job = job_of("serving")
     with Session(governance_engine(settings)) as session:
-        [(_, outcome)] = governance.latest_decided(session)
+        [(_, outcome)] = governance_queries.latest_decided(session)
     assert (outcome.outcome, outcome.code) == ("rejected", "budget_exceeded")
     for untouched in (
         identical_in_effect(tmp_path / "same"),
@@ -439,7 +440,7 @@ def test_a_tie_broken_by_energy_replays_to_the_same_site(tmp_path: Path) -> None
 
     settings = history(tmp_path / "h", [JOBS["serving"]], offers=[priced(o) for o in CATALOGUE.offers])
     with Session(governance_engine(settings)) as session:
-        [(_, outcome)] = governance.latest_decided(session)
+        [(_, outcome)] = governance_queries.latest_decided(session)
     assert outcome.site_id == "naver-gak-chuncheon"
     report = replay(settings, identical_in_effect(tmp_path / "same"))
     assert (report.replayed, report.changes, report.limits) == (1, [], [])
@@ -458,7 +459,7 @@ def test_a_decision_whose_market_snapshot_is_missing_is_named_not_skipped(tmp_pa
     report = replay(settings, identical_in_effect(tmp_path / "same"))
     assert report.replayed == 0
     [limit] = report.limits
-    assert limit.reason == governance.MISSING_SNAPSHOT
+    assert limit.reason == governance_queries.MISSING_SNAPSHOT
     assert set(limit.job_ids) == {job_of("serving"), job_of("ministry")}
 
 

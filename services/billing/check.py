@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, select
 
-from services.billing.handlers import compose_invoice
+from services.billing.invoice import compose_invoice
 from services.billing.rating import RECEIVABLE, Usage, interval_charge_krw, invoice_postings
 from services.billing.storage import ChargeRow, InvoiceRow, PostingRow, UsageLineRow, invoice_lines
 from services.shared.catalogue import Tenant

@@ -5,7 +5,6 @@ bill a run once all its usage is rated; issue invoices; announce budget threshol
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,7 +15,6 @@ from contracts.events import (
     BudgetThresholdCrossedEvent,
     InvoiceIssued,
     InvoiceIssuedEvent,
-    InvoiceLine,
     JobBilled,
     JobBilledEvent,
     JobCompletedEvent,
@@ -25,6 +23,7 @@ from contracts.events import (
     UsageRatedEvent,
     UsageReportedEvent,
 )
+from services.billing.invoice import compose_invoice
 from services.billing.rating import (
     Usage,
     fee_krw,
@@ -32,8 +31,6 @@ from services.billing.rating import (
     invoice_postings,
     next_period,
     postings_for,
-    vat_krw,
-    volume_discount_krw,
 )
 from services.billing.storage import (
     BudgetAlertRow,
@@ -298,54 +295,6 @@ def _announce_budget_thresholds(ctx: BillingContext, session: Session, tenant_id
 
 class InvoiceError(Exception):
     """An invoice cannot be issued as asked; the message says why."""
-
-
-def compose_invoice(
-    tenant: Tenant | None, invoice: InvoiceRow, rows: list[tuple[UsageLineRow, ChargeRow]]
-) -> InvoiceIssued:
-    """The invoice as its lines make it: one line per run and usage month, then discount, VAT, total."""
-    grouped: dict[tuple[str, int, str], list[tuple[UsageLineRow, ChargeRow]]] = defaultdict(list)
-    for line, charge in rows:
-        grouped[line.job_id, line.attempt, line.usage_period or invoice.period].append((line, charge))
-    lines = []
-    for (job_id, attempt, usage_period), members in sorted(grouped.items()):
-        charge = members[0][1]
-        lines.append(
-            InvoiceLine(
-                job_id=uuid.UUID(job_id),
-                attempt=attempt,
-                site_id=charge.site_id,
-                accelerator_model=charge.accelerator_model or "",
-                policy_revision=charge.policy_revision or "",
-                charge_model="tokens" if charge.rate.per_token else "gpu_hour",
-                usage_period=usage_period,
-                adjustment=usage_period != invoice.period,
-                gpu_seconds=sum(line.gpu_seconds for line, _ in members),
-                input_tokens=sum(line.input_tokens for line, _ in members),
-                output_tokens=sum(line.output_tokens for line, _ in members),
-                amount_krw=sum(line.amount_krw or 0 for line, _ in members),
-            )
-        )
-    subtotal = sum(line.amount_krw for line in lines)
-    by_gpu_hour = [line for line in lines if line.charge_model == "gpu_hour"]
-    discount = volume_discount_krw(
-        sum(line.amount_krw for line in by_gpu_hour),
-        sum(line.gpu_seconds for line in by_gpu_hour),
-        tenant.volume_tiers if tenant else [],
-    )
-    net = subtotal - discount
-    vat = vat_krw(net)
-    return InvoiceIssued(
-        invoice_id=uuid.UUID(invoice.invoice_id),
-        tenant_id=invoice.tenant_id,
-        period=invoice.period,
-        lines=lines,
-        subtotal_krw=subtotal,
-        volume_discount_krw=discount,
-        net_krw=net,
-        vat_krw=vat,
-        total_krw=net + vat,
-    )
 
 
 def issue_invoice(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, select
 
 from contracts.events import InvoiceIssued
-from services.billing.handlers import compose_invoice
+from services.billing.invoice import compose_invoice
 from services.billing.storage import ChargeRow, InvoiceRow, UsageLineRow, charged_krw, invoice_lines
 from services.shared.catalogue import Tenant
 

@@ -37,7 +37,7 @@ from sovereign.attest_commands import placements_on_topic, verify_placements
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.embedded import start_service
 from sovereign.history import collect_history
-from sovereign.invariants import check, tenant_streams
+from sovereign.invariants import bills_unequal_to_usage, check, tenant_streams
 from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.report import render_report
 from sovereign.submit import cancel_event
@@ -217,6 +217,7 @@ async def _drive(
                 _decision_log(),
                 violations,
                 (streams, tenant_streams(history)),
+                bills_unequal_to_usage(history),
             )
         )
         print("\n== Placement attestations, checked offline from jobs.placed and the public keys")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.events import TENANT_STREAM_TYPES
+from services.billing.rating import Rate, Usage, run_charge_krw
 from services.placement.logic import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 # A cancel honoured at one of these stages ends the job; at "placed" the factory's completion ends it.
@@ -258,7 +259,36 @@ def billing(history: History) -> list[Violation]:
         run = _run(event)
         if billed[run] != 1:
             found.append(Violation(4, run[0], f"run {run[1]} completed and was billed {billed[run]} times"))
+    found += bills_unequal_to_usage(history)
     return found + [Violation(4, "billing check", problem) for problem in history.billing_problems]
+
+
+def bills_unequal_to_usage(history: History) -> list[Violation]:
+    """Invariant 4, from the topics alone: each run's bill equals its reported usage at the prices locked
+    when it was placed (per GPU-hour, or per token)."""
+    placed = {_run(e): e["data"] for e in history.distinct("jobs.placed")}
+    usage: dict[tuple[str, int], Usage] = defaultdict(Usage)
+    for event in history.distinct("usage.reported"):
+        data = event["data"]
+        tokens = data.get("input_tokens", 0), data.get("output_tokens", 0)
+        usage[_run(event)] += Usage(data["gpu_seconds"], *tokens)
+    found: list[Violation] = []
+    for event in history.distinct("jobs.billed"):
+        run, amount = _run(event), event["data"]["amount_krw"]
+        run_placed = placed.get(run)
+        if run_placed is None:
+            found.append(Violation(4, run[0], f"run {run[1]} was billed but never placed"))
+            continue
+        rate = Rate(
+            run_placed["price_krw_per_gpu_hour"],
+            run_placed.get("price_krw_per_million_input_tokens"),
+            run_placed.get("price_krw_per_million_output_tokens"),
+        )
+        expected = run_charge_krw(usage[run], rate)
+        if amount != expected:
+            detail = f"run {run[1]} billed {amount} KRW; its usage at the locked prices is {expected} KRW"
+            found.append(Violation(4, run[0], detail))
+    return found
 
 
 def tenant_isolation(history: History) -> list[Violation]:

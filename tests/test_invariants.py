@@ -36,13 +36,14 @@ def event(
 def clean_history() -> History:
     """One job placed on an 8-GPU pool, run once with one usage interval, billed; a second one rejected."""
     rejected_job = str(uuid.uuid4())
-    usage = event("usage.reported", source="factory/nacc-haenam", attempt=1, seq=1)
+    usage = event("usage.reported", source="factory/nacc-haenam", attempt=1, seq=1, gpu_seconds=3600)
     placed = event(
         "jobs.placed",
         attempt=1,
         site_id="nacc-haenam",
         pool_id="pool-a",
         gpu_count=8,
+        price_krw_per_gpu_hour=1000,
         explanation={"decision_id": DECISION, "policy_revision": REVISION},
     )
     return History(
@@ -55,7 +56,7 @@ def clean_history() -> History:
             "jobs.completed": [
                 event("jobs.completed", time="2026-11-22T02:00:00Z", attempt=1, status="succeeded")
             ],
-            "jobs.billed": [event("jobs.billed", attempt=1)],
+            "jobs.billed": [event("jobs.billed", attempt=1, amount_krw=1000)],
         },
         jobs=[
             {"job_id": JOB, "state": "completed", "pool_id": "pool-a", "gpu_count": 8, "attempt": 1},
@@ -146,6 +147,7 @@ def _two_runs_overlap(h: History) -> None:
             site_id="nacc-haenam",
             pool_id="pool-a",
             gpu_count=4,
+            price_krw_per_gpu_hour=1000,
             explanation={"decision_id": DECISION, "policy_revision": REVISION},
         )
     )
@@ -180,8 +182,12 @@ def _unbalanced(h: History) -> None:
     h.postings[0]["amount_krw"] = 1101
 
 
+def _billed_other_than_its_usage(h: History) -> None:
+    h.events["jobs.billed"][0]["data"]["amount_krw"] = 1001  # an hour at 1,000 KRW/GPU-h is 1,000
+
+
 def _billed_twice(h: History) -> None:
-    h.events["jobs.billed"].append(event("jobs.billed", attempt=1))
+    h.events["jobs.billed"].append(event("jobs.billed", attempt=1, amount_krw=1000))
 
 
 def _billing_check_failed(h: History) -> None:
@@ -249,6 +255,7 @@ def _dead_letter(h: History) -> None:
         (_interval_rated_twice, 4),
         (_unbalanced, 4),
         (_billed_twice, 4),
+        (_billed_other_than_its_usage, 4),
         (_billing_check_failed, 4),
         (_wrong_subject, 5),
         (_foreign_event_on_a_stream, 5),
@@ -279,7 +286,7 @@ def test_a_failed_run_retried_elsewhere_ends_once() -> None:
     history = clean_history()
     failed = event("jobs.completed", time="2026-11-22T01:30:00Z", attempt=1, status="failed")
     history.events["jobs.completed"] = [failed]
-    history.events["jobs.billed"] = [event("jobs.billed", attempt=1)]
+    history.events["jobs.billed"] = [event("jobs.billed", attempt=1, amount_krw=1000)]
     assert [v.invariant for v in check(history)] == [1]  # failed, not what placement says
     history.jobs[0]["state"] = "failed"
     assert check(history) == []
@@ -290,6 +297,7 @@ def test_a_failed_run_retried_elsewhere_ends_once() -> None:
         site_id="nacc-haenam",
         pool_id="pool-a",
         gpu_count=8,
+        price_krw_per_gpu_hour=1000,
         explanation={"decision_id": DECISION, "policy_revision": REVISION},
     )
     history.events["jobs.placed"].append(second)
@@ -297,7 +305,7 @@ def test_a_failed_run_retried_elsewhere_ends_once() -> None:
     history.events["jobs.completed"].append(
         event("jobs.completed", time="2026-11-22T03:00:00Z", attempt=2, status="succeeded")
     )
-    history.events["jobs.billed"].append(event("jobs.billed", attempt=2))
+    history.events["jobs.billed"].append(event("jobs.billed", attempt=2, amount_krw=0))
     history.jobs[0].update(state="completed", attempt=2)
     assert check(history) == []
 

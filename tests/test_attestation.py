@@ -23,7 +23,8 @@ from services.shared.outbox import OutboxMessage
 from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
-from tests.conftest import KEYRING, TEST_KEYS, catalogue_pools
+from tests.conftest import TEST_KEYS, catalogue_pools
+from tests.storage_support import placement_context
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 AUDITOR = Ed25519PrivateKey.generate()
@@ -57,12 +58,7 @@ def test_placement_refuses_a_badly_signed_offer_and_records_verified_ones(tmp_pa
         "placement",
         [table_of(OutboxMessage), table_of(ProcessedEvent), *PLACEMENT_TABLES],
     )
-    ctx = placement.PlacementContext(
-        keyring=KEYRING,
-        policy=EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
-        tenants=CATALOGUE.tenants,
-        auditor_keys=KEYS,
-    )
+    ctx = placement_context(auditor_keys=KEYS)
     good, forged, plain = CATALOGUE.offers[0], CATALOGUE.offers[1], CATALOGUE.offers[2]
     offers = [
         good.model_copy(update={"attestation": sign_site(AUDITOR, "kisa-1", good.site)}),

@@ -25,7 +25,7 @@ from services.shared.policy_check import check_directory
 from services.shared.settings import REPO_ROOT
 from sovereign.policy_commands import policy_test
 from tests.conftest import TEST_KEYS, request_event
-from tests.test_storage import CATALOGUE, make_engine, placement_context
+from tests.storage_support import CATALOGUE, make_engine, placement_context
 
 POLICY_DIR = REPO_ROOT / "policies"
 

@@ -25,7 +25,7 @@ from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Signer
 from sovereign.attest_commands import attest_verify
 from tests.conftest import KEYRING, TEST_KEYS, request_event
-from tests.test_storage import make_engine, offer_all, outbox, placement_context
+from tests.storage_support import make_engine, offer_all, outbox, placement_context
 
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 

@@ -23,7 +23,7 @@ from services.shared.db import unit_of_work
 from services.shared.signing import canonical_json
 from services.shared.verdict_cache import site_digest
 from tests.conftest import TEST_KEYS, request_event
-from tests.test_storage import CATALOGUE, make_engine, offer_all, outbox, placement_context
+from tests.storage_support import CATALOGUE, make_engine, offer_all, outbox, placement_context
 
 
 def logged(engine: Engine, events: list[Any]) -> None:

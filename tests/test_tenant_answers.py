@@ -32,7 +32,7 @@ from services.shared.batch import parse_records
 from services.shared.db import unit_of_work
 from services.shared.signing import KeyRole, jcs
 from tests.conftest import KEYRING, TEST_KEYS, request_event, signed_as_sent
-from tests.test_storage import cancel_event, make_engine, offer_all, outbox, placement_context
+from tests.storage_support import cancel_event, make_engine, offer_all, outbox, placement_context
 
 
 def request_document(**data: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from services.shared.db import unit_of_work
 from services.shared.settings import Settings
 from sovereign.billing_commands import show_usage
 from tests.conftest import request_event
-from tests.test_storage import decision_event, make_engine, offer_all, placement_context
+from tests.storage_support import decision_event, make_engine, offer_all, placement_context
 
 # What a tenant might type instead of its own id to see more.
 PROBES = ["%", "_%", "mois%", "%mois", "MOIS", "mo", "mois ", "' OR '1'='1", ""]

@@ -60,6 +60,7 @@ from services.shared.signing import SignatureRefused
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
 from sovereign.workload import generate
 from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_event, published_revision
+from tests.storage_support import placement_context
 
 SHIPPED = REPO_ROOT / "policies"
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
@@ -96,6 +97,10 @@ JOBS = {
 }
 
 
+def _stopped_at(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
 def history(
     directory: Path,
     requests: Iterable[JobRequestedEvent],
@@ -112,9 +117,7 @@ def history(
     log = create_service_engine(
         database_url_for(settings, "governance"), "governance", [*shared, *GOVERNANCE_TABLES]
     )
-    ctx = placement.PlacementContext(
-        keyring=KEYRING, policy=EmbeddedRegoEngine(PolicyBundle.load(SHIPPED)), tenants=tenants
-    )
+    ctx = placement_context(tenants=tenants)
     with unit_of_work(decided) as session:
         for offer in offers:
             placement.on_capacity_offered(
@@ -125,6 +128,9 @@ def history(
                 ),
             )
     for event in requests:
+        # Each request is decided as it arrives: the module's requests were signed at import, and a long
+        # suite must not turn them stale.
+        ctx.clock = _stopped_at(event.time)
         with unit_of_work(decided) as session:
             placement.on_job_requested(ctx, session, event)
     record: dict[str, Callable[[Session, Any], None]] = {

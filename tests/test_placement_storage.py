@@ -1,13 +1,9 @@
-"""Transaction scripts on a real database, SQLite and PostgreSQL: atomicity, idempotency, capacity."""
+"""Placement's transaction scripts on a real database, SQLite and PostgreSQL: decisions, capacity,
+budgets, retries, the sweep, cancels."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
-import threading
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from types import SimpleNamespace
@@ -24,8 +20,6 @@ from contracts.events import (
     CapacityUpdatedEvent,
     JobBilled,
     JobBilledEvent,
-    JobCancelEvent,
-    JobCancelled,
     JobCancelledEvent,
     JobCompleted,
     JobCompletedEvent,
@@ -36,127 +30,27 @@ from contracts.events import (
     JobRequestedEvent,
     JobStarted,
     JobStartedEvent,
-    PolicyDecisionEvent,
-    RuleViolation,
-    SiteVerdict,
-    UsageReportedEvent,
 )
-from services.factory_agent import handlers as factory
-from services.factory_agent.storage import TABLES as FACTORY_TABLES
-from services.factory_agent.storage import run_key
-from services.governance import handlers as governance
-from services.governance import queries as governance_queries
-from services.governance.storage import TABLES as GOVERNANCE_TABLES
-from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw, try_reserve, upsert_offer
+from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw
 from services.shared.batch import handle_batch
-from services.shared.catalogue import Budget, load_catalogue
-from services.shared.db import create_service_engine, table_of, unit_of_work
-from services.shared.inbox import ProcessedEvent, claim_event
-from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError
-from services.shared.settings import REPO_ROOT, Settings
+from services.shared.catalogue import Budget
+from services.shared.db import unit_of_work
+from services.shared.policy import PolicyBundle, PolicyEngineError
+from services.shared.settings import Settings
 from sovereign.job_commands import list_jobs
-from sovereign.submit import cancel_event as tenant_cancel
-from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, placed_at_haenam, request_event
-
-CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
-SHARED = [table_of(OutboxMessage), table_of(ProcessedEvent)]
-
-
-def make_engine(database_url: tuple[str, str], service: str, tables: list[Any]) -> Engine:
-    url, prefix = database_url
-    return create_service_engine(url, service, [*SHARED, *tables], schema_prefix=prefix)
-
-
-def outbox(engine: Engine, topic: str | None = None) -> list[OutboxMessage]:
-    with Session(engine) as session:
-        query = select(OutboxMessage).order_by(col(OutboxMessage.id))
-        if topic:
-            query = query.where(OutboxMessage.topic == topic)
-        return list(session.exec(query))
-
-
-# --- shared plumbing --------------------------------------------------------------------------------
-
-
-def test_effect_outbox_and_inbox_commit_together_or_not_at_all(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "plumbing", [])
-    event = request_event()
-    with pytest.raises(RuntimeError), unit_of_work(engine) as session:
-        assert claim_event(session, "c", event)
-        add_to_outbox(session, event, "k")
-        raise RuntimeError("crash before commit")
-    assert outbox(engine) == []
-    with unit_of_work(engine) as session:
-        assert claim_event(session, "c", event)
-        add_to_outbox(session, event, "k")
-    with unit_of_work(engine) as session:
-        assert not claim_event(session, "c", event), "a redelivered event must be recognised"
-        assert claim_event(session, "another-consumer", event)
-    [row] = outbox(engine)
-    assert JobRequestedEvent.model_validate_json(row.payload) == event
-
-
-def test_reservations_never_exceed_capacity_under_concurrency(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
-    offer = CATALOGUE.site_offer("skt-pangyo")
-    assert offer is not None
-    small = CapacityOffered(site=offer.site, pools=[offer.pools[0].model_copy(update={"gpu_count": 40})])
-    with unit_of_work(engine) as session:
-        upsert_offer(session, small)
-    granted: list[int] = []
-    lock = threading.Lock()
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        for _ in range(25):
-            gpus = rng.randint(1, 4)
-            with unit_of_work(engine) as session:
-                ok = try_reserve(session, "skt-pangyo-h100", gpus)
-            if ok:
-                with lock:
-                    granted.append(gpus)
-
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    with Session(engine) as session:
-        pool = session.get(PoolRow, "skt-pangyo-h100")
-        assert pool is not None
-        assert pool.reserved_gpus == sum(granted) <= 40
-        assert pool.reserved_gpus >= 37  # 150 attempts of 1-4 GPUs fill all but a sliver
-
+from tests.conftest import TEST_KEYS, request_event
+from tests.storage_support import (
+    CATALOGUE,
+    cancel_event,
+    make_engine,
+    offer_all,
+    outbox,
+    placement_context,
+)
 
 # --- placement --------------------------------------------------------------------------------------
-
-
-def placement_context(**overrides: Any) -> placement.PlacementContext:
-    defaults: dict[str, Any] = {
-        "keyring": KEYRING,
-        "policy": EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies")),
-        "tenants": CATALOGUE.tenants,
-        # These tests are not about the policy's time budget (one is, and sets its own): on a loaded
-        # machine a decision past the production budget would make a job wait.
-        "policy_budget_ms": 60_000.0,
-    }
-    return placement.PlacementContext(**(defaults | overrides))
-
-
-def offer_all(engine: Engine, ctx: placement.PlacementContext) -> None:
-    with unit_of_work(engine) as session:
-        for offer in CATALOGUE.offers:
-            placement.on_capacity_offered(
-                ctx,
-                session,
-                TEST_KEYS.factory.sign(
-                    CapacityOfferedEvent.create(source="factory/x", subject=offer.site.site_id, data=offer)
-                ),
-            )
 
 
 def test_placement_places_records_decision_and_ignores_duplicates(database_url: tuple[str, str]) -> None:
@@ -594,10 +488,6 @@ def test_jobs_command_shows_queue_positions_by_priority(
     assert "0 jobs" in capsys.readouterr().out
 
 
-def cancel_event(job_id: uuid.UUID, tenant: str = "mois") -> JobCancelEvent:
-    return tenant_cancel(tenant, job_id, "no longer needed", TEST_KEYS.tenants[tenant])
-
-
 def test_cancel_at_every_stage(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()
@@ -711,245 +601,3 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
     with Session(engine) as session:
         logged = {row.decision_id for row in session.exec(select(DecisionRow))}
     assert {str(p.explanation.decision_id) for p in placed} <= logged
-
-
-# --- factory agent ----------------------------------------------------------------------------------
-
-
-def test_a_second_cancel_notice_before_the_placement_changes_nothing(database_url: tuple[str, str]) -> None:
-    """Found by the fuzz tests: the second notice for a job not placed here yet failed on its primary key."""
-    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
-    job_id = uuid.uuid4()
-    data = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam", reason="x")
-    for _ in range(2):
-        with unit_of_work(engine) as session:
-            factory.on_job_cancelled(
-                ctx, session, JobCancelledEvent.create(source="service/placement", subject="mois", data=data)
-            )
-    with unit_of_work(engine) as session:
-        factory.on_job_placed(ctx, session, placed_at_haenam(job_id))
-    assert outbox(engine, "jobs.started") == []
-
-
-def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
-    running = placed_at_haenam(uuid.uuid4())
-    running = running.model_copy(
-        update={"data": running.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 6})}
-    )
-    with unit_of_work(engine) as session:
-        factory.on_job_placed(ctx, session, running)
-    with unit_of_work(engine) as session:  # two simulated hours pass: two intervals reported
-        factory.advance_run(
-            ctx, session, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(seconds=2.2)
-        )
-
-    def cancelled(job_id: uuid.UUID) -> JobCancelledEvent:
-        data = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam")
-        return JobCancelledEvent.create(source="service/placement", subject="mois", data=data)
-
-    with unit_of_work(engine) as session:
-        factory.on_job_cancelled(ctx, session, cancelled(running.data.job_id))
-    with unit_of_work(engine) as session:  # later ticks report nothing more
-        factory.advance_run(
-            ctx, session, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
-        )
-    [completed] = [
-        JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
-    ]
-    assert completed.status == "cancelled"
-    assert completed.usage_reports == len(outbox(engine, "usage.reported")) == 2
-    # A cancel that arrives before the placement: the run never starts.
-    early = placed_at_haenam(uuid.uuid4())
-    early = early.model_copy(update={"data": early.data.model_copy(update={"pool_id": "nacc-haenam-b200"})})
-    with unit_of_work(engine) as session:
-        factory.on_job_cancelled(ctx, session, cancelled(early.data.job_id))
-    with unit_of_work(engine) as session:
-        factory.on_job_placed(ctx, session, early)
-    assert len(outbox(engine, "jobs.started")) == 1
-    last = JobCompletedEvent.model_validate_json(outbox(engine, "jobs.completed")[-1].payload).data
-    assert last.job_id == early.data.job_id and last.status == "cancelled" and last.usage_reports == 0
-
-
-def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
-    database_url: tuple[str, str],
-) -> None:
-    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    offers = {o.site.site_id: o for o in CATALOGUE.offers}
-    ctx = factory.FactoryContext(offers=offers, time_scale=3600, failure_rates={"nacc-haenam": 1.0})
-    placed = placed_at_haenam(uuid.uuid4())
-    # Long enough for six usage intervals, whatever the job's runtime factor.
-    placed = placed.model_copy(
-        update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 12})}
-    )
-    with unit_of_work(engine) as session:
-        factory.on_job_placed(ctx, session, placed)
-    with unit_of_work(engine) as session:
-        factory.advance_run(
-            ctx, session, run_key(str(placed.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
-        )
-    [completed] = [
-        JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
-    ]
-    usage = [UsageReportedEvent.model_validate_json(r.payload).data for r in outbox(engine, "usage.reported")]
-    assert completed.status == "failed" and completed.attempt == 1
-    assert completed.usage_reports == len(usage) == 3  # six intervals planned, failed in the fourth
-    assert completed.gpu_seconds == sum(u.gpu_seconds for u in usage)
-
-
-def test_factory_reports_each_interval_once_and_completes(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
-    placed = placed_at_haenam(uuid.uuid4())
-    placed = placed.model_copy(
-        update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200"})}
-    )
-    with unit_of_work(engine) as session:
-        factory.on_job_placed(ctx, session, placed)
-    later = datetime.now(UTC) + timedelta(hours=1)
-    for _ in range(2):
-        with unit_of_work(engine) as session:
-            factory.advance_run(ctx, session, run_key(str(placed.data.job_id), 1), later)
-    usage = outbox(engine, "usage.reported")
-    assert len(usage) >= 1
-    assert len({row.headers["event_id"] for row in usage}) == len(usage)
-    [completed] = outbox(engine, "jobs.completed")
-    assert f'"usage_reports":{len(usage)}'.encode() in completed.payload
-    assert len(outbox(engine, "jobs.started")) == 1
-
-
-# --- outbox relay -----------------------------------------------------------------------------------
-
-
-async def test_two_relays_on_one_database_publish_each_row_once(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "relay", [])
-    with unit_of_work(engine) as session:
-        for _ in range(120):
-            add_to_outbox(session, request_event(), "k")
-    published: list[str] = []
-
-    async def publish(rows: Sequence[OutboxMessage]) -> None:
-        await asyncio.sleep(0.01)  # a broker round trip, during which the other relay runs
-        published.extend(row.headers["event_id"] for row in rows)
-
-    relays = [OutboxRelay(engine, publish, batch_size=7) for _ in range(2)]
-    await asyncio.gather(*(relay.drain() for relay in relays))
-    assert len(published) == len(set(published)) == 120
-    assert outbox(engine) == []
-
-
-async def test_a_batch_whose_publish_failed_is_published_again(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "relay", [])
-    with unit_of_work(engine) as session:
-        add_to_outbox(session, request_event(), "k")
-
-    async def broker_down(rows: Sequence[OutboxMessage]) -> None:
-        raise ConnectionError("broker unreachable")
-
-    with pytest.raises(ConnectionError):
-        await OutboxRelay(engine, broker_down, lease_seconds=0).drain()
-    delivered: list[OutboxMessage] = []
-
-    async def broker_up(rows: Sequence[OutboxMessage]) -> None:
-        delivered.extend(rows)
-
-    assert await OutboxRelay(engine, broker_up).drain() == 1
-    assert len(delivered) == 1 and outbox(engine) == []
-
-
-# --- governance: the decision log ------------------------------------------------------------------
-
-
-def decision_event(job_id: uuid.UUID, tenant: str = "mois", rule: str = "RES-01") -> PolicyDecisionEvent:
-    template = PolicyDecisionEvent.model_validate_json(
-        (REPO_ROOT / "contracts/examples/policy.decisions.json").read_text()
-    )
-    verdicts = [
-        SiteVerdict(site_id="seoul", allowed=True),
-        SiteVerdict(
-            site_id="tokyo",
-            allowed=False,
-            violations=[RuleViolation(rule=rule, message="tokyo is in JP", mode="deny")],
-        ),
-    ]
-    data = template.data.model_copy(
-        update={"decision_id": uuid.uuid4(), "job_id": job_id, "tenant_id": tenant, "sites": verdicts}
-    )
-    return PolicyDecisionEvent.create(source="service/placement", subject=tenant, data=data)
-
-
-def test_decision_log_chains_entries_and_detects_tampering(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
-    jobs = [uuid.uuid4() for _ in range(5)]
-    events = [decision_event(job, tenant="mois" if i % 2 else "nia") for i, job in enumerate(jobs)]
-    for event in [*events, events[2]]:  # a redelivery is logged once
-        with unit_of_work(engine) as session:
-            governance.on_policy_decision(session, event)
-    with Session(engine) as session:
-        assert governance_queries.verify_log(session) == (5, None)
-        by_job = governance_queries.find_decisions(
-            session, governance_queries.DecisionQuery(job_id=str(jobs[3]))
-        )
-        assert [e.decision_id for e in by_job] == [str(events[3].data.decision_id)]
-        assert (
-            len(governance_queries.find_decisions(session, governance_queries.DecisionQuery(tenant_id="nia")))
-            == 3
-        )
-        assert (
-            len(
-                governance_queries.find_decisions(
-                    session, governance_queries.DecisionQuery(site_id="tokyo", rule="RES-01")
-                )
-            )
-            == 5
-        )
-        assert (
-            governance_queries.find_decisions(session, governance_queries.DecisionQuery(rule="CSAP-01")) == []
-        )
-        revision = events[0].data.policy_revision[:12]
-        assert (
-            len(
-                governance_queries.find_decisions(
-                    session, governance_queries.DecisionQuery(policy_revision=revision)
-                )
-            )
-            == 5
-        )
-    # An auditor-defeating edit: one stored entry's content changed in place.
-    with unit_of_work(engine) as session:
-        entry = session.get(DecisionLogEntry, 3)
-        assert entry is not None
-        altered = json.loads(json.dumps(entry.content))
-        altered["decision"]["sites"][1]["allowed"] = True
-        entry.content = altered
-    with Session(engine) as session:
-        count, broken = governance_queries.verify_log(session)
-        assert count == 5 and broken is not None and broken.seq == 3 and "altered" in broken.reason
-
-
-def test_decision_log_detects_a_removed_entry(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
-    for _ in range(3):
-        with unit_of_work(engine) as session:
-            governance.on_policy_decision(session, decision_event(uuid.uuid4()))
-    with unit_of_work(engine) as session:
-        session.delete(session.get(DecisionLogEntry, 2))
-    with Session(engine) as session:
-        _, broken = governance_queries.verify_log(session)
-        assert broken is not None and broken.seq == 3 and "missing" in broken.reason
-
-
-def test_a_completion_read_before_its_placement_still_finishes_the_run(database_url: tuple[str, str]) -> None:
-    """Governance reads jobs.completed and jobs.placed on separate topics: either may come first (found by
-    the fault suite's replay, which feeds them in broker order)."""
-    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
-    placed = placed_at_haenam(uuid.uuid4())
-    with unit_of_work(engine) as session:
-        governance.on_job_completed(session, completed_at_haenam(placed.data.job_id, gpu_seconds=1))
-    with unit_of_work(engine) as session:
-        governance.on_job_outcome(session, placed)
-    with Session(engine) as session:
-        outcome = session.get(DecisionOutcome, str(placed.data.explanation.decision_id))
-    assert outcome is not None and outcome.finished

@@ -1,0 +1,119 @@
+"""The shared plumbing on a real database, SQLite and PostgreSQL: the unit of work with its inbox and
+outbox, concurrent reservations, the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Sequence
+
+import pytest
+from sqlmodel import Session
+
+from contracts.events import (
+    CapacityOffered,
+    JobRequestedEvent,
+)
+from services.placement.storage import TABLES as PLACEMENT_TABLES
+from services.placement.storage import PoolRow, try_reserve, upsert_offer
+from services.shared.db import unit_of_work
+from services.shared.inbox import claim_event
+from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
+from tests.conftest import request_event
+from tests.storage_support import (
+    CATALOGUE,
+    make_engine,
+    outbox,
+)
+
+# --- shared plumbing --------------------------------------------------------------------------------
+
+
+def test_effect_outbox_and_inbox_commit_together_or_not_at_all(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "plumbing", [])
+    event = request_event()
+    with pytest.raises(RuntimeError), unit_of_work(engine) as session:
+        assert claim_event(session, "c", event)
+        add_to_outbox(session, event, "k")
+        raise RuntimeError("crash before commit")
+    assert outbox(engine) == []
+    with unit_of_work(engine) as session:
+        assert claim_event(session, "c", event)
+        add_to_outbox(session, event, "k")
+    with unit_of_work(engine) as session:
+        assert not claim_event(session, "c", event), "a redelivered event must be recognised"
+        assert claim_event(session, "another-consumer", event)
+    [row] = outbox(engine)
+    assert JobRequestedEvent.model_validate_json(row.payload) == event
+
+
+def test_reservations_never_exceed_capacity_under_concurrency(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    offer = CATALOGUE.site_offer("skt-pangyo")
+    assert offer is not None
+    small = CapacityOffered(site=offer.site, pools=[offer.pools[0].model_copy(update={"gpu_count": 40})])
+    with unit_of_work(engine) as session:
+        upsert_offer(session, small)
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(25):
+            gpus = rng.randint(1, 4)
+            with unit_of_work(engine) as session:
+                ok = try_reserve(session, "skt-pangyo-h100", gpus)
+            if ok:
+                with lock:
+                    granted.append(gpus)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with Session(engine) as session:
+        pool = session.get(PoolRow, "skt-pangyo-h100")
+        assert pool is not None
+        assert pool.reserved_gpus == sum(granted) <= 40
+        assert pool.reserved_gpus >= 37  # 150 attempts of 1-4 GPUs fill all but a sliver
+
+
+# --- outbox relay -----------------------------------------------------------------------------------
+
+
+async def test_two_relays_on_one_database_publish_each_row_once(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "relay", [])
+    with unit_of_work(engine) as session:
+        for _ in range(120):
+            add_to_outbox(session, request_event(), "k")
+    published: list[str] = []
+
+    async def publish(rows: Sequence[OutboxMessage]) -> None:
+        await asyncio.sleep(0.01)  # a broker round trip, during which the other relay runs
+        published.extend(row.headers["event_id"] for row in rows)
+
+    relays = [OutboxRelay(engine, publish, batch_size=7) for _ in range(2)]
+    await asyncio.gather(*(relay.drain() for relay in relays))
+    assert len(published) == len(set(published)) == 120
+    assert outbox(engine) == []
+
+
+async def test_a_batch_whose_publish_failed_is_published_again(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "relay", [])
+    with unit_of_work(engine) as session:
+        add_to_outbox(session, request_event(), "k")
+
+    async def broker_down(rows: Sequence[OutboxMessage]) -> None:
+        raise ConnectionError("broker unreachable")
+
+    with pytest.raises(ConnectionError):
+        await OutboxRelay(engine, broker_down, lease_seconds=0).drain()
+    delivered: list[OutboxMessage] = []
+
+    async def broker_up(rows: Sequence[OutboxMessage]) -> None:
+        delivered.extend(rows)
+
+    assert await OutboxRelay(engine, broker_up).drain() == 1
+    assert len(delivered) == 1 and outbox(engine) == []

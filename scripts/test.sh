@@ -11,7 +11,8 @@ scripts/setup-production-stack.sh >/dev/null
 .venv/bin/python -m sovereign contracts --check
 (cd examples/typescript-client && node_modules/.bin/tsc --noEmit)
 status=0
-.venv/bin/pytest "$@" || status=$?
+# Two workers; a module stays on one (tests/conftest.py says which are spread).
+.venv/bin/pytest -n 2 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     echo "pytest collected no tests: that is a failure here" >&2
     exit 1

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from xdist.remote import Producer
+from xdist.scheduler import LoadScopeScheduling
 
 from contracts.events import (
     JobCompleted,
@@ -86,8 +88,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     fixed = os.environ.get("FAULT_SEED")
     count = int(metafunc.config.getoption("seeds"))
-    seeds = [int(fixed)] if fixed else [random.SystemRandom().randrange(1, 1_000_000) for _ in range(count)]
+    # Every xdist worker collects the suite and must draw the same seeds: they share the run's id.
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    draw = random.Random(f"{run_id}:{metafunc.function.__name__}") if run_id else random.SystemRandom()
+    seeds = [int(fixed)] if fixed else [draw.randrange(1, 1_000_000) for _ in range(count)]
     metafunc.parametrize("fault_seed", seeds, ids=[f"seed={seed}" for seed in seeds])
+
+
+# Modules whose tests each start everything they need (a cluster of their own): under xdist they spread
+# over the workers. Every other module runs on one worker, as its tests share its broker and fixtures.
+SPREAD_OVER_WORKERS = {"tests/test_faults.py"}
+
+
+class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist ships no types
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return nodeid if module in SPREAD_OVER_WORKERS else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> ModuleScheduling:
+    # xdist's own loadgroup cannot be used: it renames items through an attribute pytest 9 no longer reads.
+    return ModuleScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -25,11 +26,12 @@ def free_loopback_port() -> int:
         return port
 
 
-def terminate(process: subprocess.Popen[bytes], within: float) -> None:
-    """SIGTERM a process we started and wait for it; SIGKILL it if it is still there after `within` s."""
+def terminate(process: subprocess.Popen[bytes], within: float, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Signal a process we started (SIGTERM unless told) and wait for it; SIGKILL it if it is still there
+    after `within` s."""
     if process.poll() is not None:
         return
-    process.terminate()
+    process.send_signal(sig)
     try:
         process.wait(timeout=within)
     except subprocess.TimeoutExpired:

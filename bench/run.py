@@ -53,8 +53,8 @@ from services.shared.verdict_cache import VerdictCache, site_digest
 from sovereign.embedded import embedded_service_env, start_service
 from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.stack.kafka import ADMIN, LocalKafka
-from sovereign.watch import EventWatcher, produce
-from sovereign.workload import generate, request_events
+from sovereign.verification.watch import EventWatcher, produce
+from sovereign.verification.workload import generate, request_events
 
 SERVICES = tuple(REGISTRY)
 # The market the services run on (the catalogue's sites and clones of its Korean ones), and the markets one

@@ -5,6 +5,7 @@ nothing but its own stream."""
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from services.registry import SERVICES
 from services.shared.catalogue import load_catalogue
 from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
+from sovereign.options import Commands
 
 
 @dataclass(frozen=True, order=True)
@@ -95,3 +97,13 @@ def render_table(grants: list[Grant]) -> str:
         write_text = ", ".join(f"`{name}`" for name in sorted(writes))
         rows.append(f"| `{principal}` | {read_text or 'nothing'} | {write_text or 'nothing'} |")
     return "\n".join(rows) + "\n"
+
+
+def register(commands: Commands) -> None:
+    acls = commands.add_parser("acls", help="the Kafka ACLs each principal needs, derived from the code")
+    acls.set_defaults(handler=_acls)
+
+
+def _acls(args: argparse.Namespace) -> int:
+    print(render_table(all_grants(Settings.from_env())), end="")
+    return 0

@@ -3,6 +3,8 @@ events alone and the keyring: one event in a file, a month of them, or the whole
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Iterable
@@ -16,7 +18,8 @@ from services.shared.kafka import transport_security
 from services.shared.money import period_of
 from services.shared.settings import Settings
 from services.shared.signing import Keyring
-from sovereign.watch import read_records
+from sovereign.options import Commands, connection_options, period, settings_of
+from sovereign.verification.watch import read_records
 
 
 def read_placements(path: Path) -> list[JobPlacedEvent]:
@@ -68,3 +71,27 @@ async def attest_verify(
         print(f"error: {error}", file=sys.stderr)
         return 2
     return verify_placements(events, keyring, month)
+
+
+def register(commands: Commands) -> None:
+    attest = commands.add_parser("attest", help="the marketplace's placement attestations").add_subparsers(
+        dest="attest_command", required=True
+    )
+    verify = attest.add_parser(
+        "verify", help="check placement attestations offline, from jobs.placed events and the public keys"
+    )
+    verify.add_argument(
+        "events",
+        nargs="?",
+        help="a jobs.placed event (JSON) or many (JSON lines), '-' for stdin; none: the topic",
+    )
+    verify.add_argument("--keyring", help="the keyring holding the marketplace's key (env SOVEREIGN_KEYRING)")
+    verify.add_argument("--month", type=period, help="only the placements of this month (YYYY-MM, KST)")
+    connection_options(verify)
+    verify.set_defaults(handler=_attest_verify)
+
+
+def _attest_verify(args: argparse.Namespace) -> int:
+    events = Path(args.events) if args.events else None
+    keyring = Path(args.keyring) if args.keyring else None
+    return asyncio.run(attest_verify(events, keyring, args.month, settings_of(args)))

@@ -3,6 +3,7 @@ billing's database. The tenant given is the asker's identity: only its own recor
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import sys
@@ -17,8 +18,9 @@ from services.billing.storage import TABLES
 from services.shared.catalogue import Tenant, load_catalogue
 from services.shared.db import create_service_engine, database_url_for, unit_of_work, utc_now
 from services.shared.settings import Settings
-from sovereign.databases import service_session
+from sovereign.options import Commands, connection_options, period, settings_of
 from sovereign.report import table, won
+from sovereign.verification.databases import service_session
 
 CSV_COLUMNS = [
     "kind",
@@ -222,3 +224,51 @@ def billing_check(settings: Settings) -> int:
         print(f"  FAIL {problem}")
     print("ok: every amount recomputes exactly and debits equal credits" if report.ok else "FAILED")
     return 0 if report.ok else 1
+
+
+def register(commands: Commands) -> None:
+    usage = commands.add_parser(
+        "usage", help="a tenant's usage in a month: by site and accelerator, budget left"
+    )
+    usage.add_argument("--tenant", required=True, help="who is asking: only its own records are shown")
+    usage.add_argument("--period", required=True, type=period, help="YYYY-MM (months in KST)")
+    connection_options(usage)
+    usage.set_defaults(handler=_usage)
+
+    invoice = commands.add_parser("invoice", help="show, export or issue a tenant's monthly invoice")
+    invoice.add_argument("--tenant", required=True, help="who is asking: only its own invoices are shown")
+    invoice.add_argument("--period", type=period, help="YYYY-MM")
+    invoice.add_argument("--invoice-id", help="an invoice id instead of a period")
+    invoice.add_argument("--issue", action="store_true", help="issue the draft: immutable afterwards")
+    invoice.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    invoice.add_argument("--output", help="write to this file instead of standard output")
+    connection_options(invoice)
+    invoice.set_defaults(handler=_invoice)
+
+    billing = commands.add_parser("billing", help="finance checks").add_subparsers(
+        dest="billing_command", required=True
+    )
+    check = billing.add_parser(
+        "check", help="recompute every charge and invoice from stored usage; prove debits equal credits"
+    )
+    connection_options(check)
+    check.set_defaults(handler=_billing_check)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    return show_usage(settings_of(args), args.tenant, args.period)
+
+
+def _invoice(args: argparse.Namespace) -> int:
+    if (args.period is None) == (args.invoice_id is None):
+        print("error: give exactly one of --period and --invoice-id", file=sys.stderr)
+        return 2
+    output = Path(args.output) if args.output else None
+    invoice_id = uuid.UUID(args.invoice_id) if args.invoice_id else None
+    return invoice_command(
+        settings_of(args), args.tenant, args.period, invoice_id, args.issue, args.format, output
+    )
+
+
+def _billing_check(args: argparse.Namespace) -> int:
+    return billing_check(settings_of(args))

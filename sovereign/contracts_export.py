@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
@@ -28,6 +29,7 @@ from services.registry import SERVICES
 from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
 from services.shared.signing import Signer, jcs, public_key_text, received_content
+from sovereign.options import Commands
 
 # The vector's key is published with it: a test key that no keyring of a real marketplace may hold.
 VECTOR_KEY_SEED = hashlib.sha256(b"sovereign marketplace signing vector: a published test key").digest()
@@ -198,3 +200,13 @@ def export_contracts(check: bool) -> int:
     for service, document in documents.items():
         asyncapi_path(service).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return 1 if result.refused else 0
+
+
+def register(commands: Commands) -> None:
+    contracts = commands.add_parser("contracts", help="export pinned JSON Schemas and AsyncAPI documents")
+    contracts.add_argument("--check", action="store_true", help="only report drift; write nothing")
+    contracts.set_defaults(handler=_contracts)
+
+
+def _contracts(args: argparse.Namespace) -> int:
+    return export_contracts(check=args.check)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from contextlib import AbstractContextManager
 
 from sqlmodel import Session
@@ -9,7 +10,8 @@ from sqlmodel import Session
 from services.governance.queries import DecisionQuery, find_decisions, verify_log
 from services.governance.storage import TABLES
 from services.shared.settings import Settings
-from sovereign.databases import service_session
+from sovereign.options import Commands, connection_options, settings_of
+from sovereign.verification.databases import service_session
 
 
 def governance_session(settings: Settings) -> AbstractContextManager[Session]:
@@ -41,3 +43,35 @@ def verify_decisions(settings: Settings) -> int:
         return 0
     print(f"decision log BROKEN at entry {broken.seq}: {broken.reason}")
     return 1
+
+
+def register(commands: Commands) -> None:
+    decisions = commands.add_parser(
+        "decisions", help="the auditor's view of the decision log"
+    ).add_subparsers(dest="decisions_command", required=True)
+    listing = decisions.add_parser("list", help="list logged decisions, filtered")
+    for name in ("job", "tenant", "site", "rule", "revision"):
+        listing.add_argument(f"--{name}", help=f"only decisions for this {name} (revision: a prefix)")
+    listing.add_argument("--limit", type=int, default=200)
+    connection_options(listing)
+    listing.set_defaults(handler=_decisions_list)
+    verify = decisions.add_parser(
+        "verify", help="check the log's hash chain; non-zero if any entry was altered"
+    )
+    connection_options(verify)
+    verify.set_defaults(handler=_decisions_verify)
+
+
+def _decisions_list(args: argparse.Namespace) -> int:
+    query = DecisionQuery(
+        job_id=args.job,
+        tenant_id=args.tenant,
+        site_id=args.site,
+        rule=args.rule,
+        policy_revision=args.revision,
+    )
+    return list_decisions(settings_of(args), query, args.limit)
+
+
+def _decisions_verify(args: argparse.Namespace) -> int:
+    return verify_decisions(settings_of(args))

@@ -6,6 +6,7 @@ Rego in policies/ on the in-process engine, and the tenants and sites come from 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -36,14 +37,15 @@ from services.shared.signing import Keyring, Signer
 from sovereign.attest_commands import placements_on_topic, verify_placements
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.embedded import start_service
-from sovereign.history import collect_history
-from sovereign.invariants import bills_unequal_to_usage, check, tenant_streams
 from sovereign.keys import ThrowawayKeys, throwaway_keys
+from sovereign.options import Commands
 from sovereign.report import render_report
 from sovereign.submit import cancel_event
-from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import consumer_lag, partition_ends, produce, read_records
-from sovereign.workload import TEMPLATES, generate, request_events
+from sovereign.verification.history import collect_history
+from sovereign.verification.invariants import bills_unequal_to_usage, check, tenant_streams
+from sovereign.verification.tracker import Tracker, following, wait_until
+from sovereign.verification.watch import consumer_lag, partition_ends, produce, read_records
+from sovereign.verification.workload import TEMPLATES, generate, request_events
 
 RUN_DIR = REPO_ROOT / "var" / "demo"
 Processes = list[tuple[str, subprocess.Popen[bytes]]]
@@ -306,3 +308,23 @@ def _issue_all_invoices(tenants: dict[str, Tenant]) -> list[InvoiceIssued]:
             ]
     finally:
         engine.dispose()
+
+
+def register(commands: Commands) -> None:
+    demo = commands.add_parser("demo", help="run the whole marketplace on embedded defaults and report")
+    demo.add_argument("--jobs", type=int, default=48, help="how many job requests to submit")
+    demo.add_argument("--seed", type=int, default=2027)
+    demo.add_argument("--time-scale", type=float, default=14400.0, help="simulated seconds per real second")
+    demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every outcome")
+    demo.add_argument("--placement-workers", type=int, default=2)
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(
+        jobs=args.jobs,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        wait_seconds=args.timeout,
+        placement_workers=args.placement_workers,
+    )

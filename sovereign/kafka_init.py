@@ -7,10 +7,12 @@ which start a JVM per topic, user and ACL: some 200 JVMs, minutes of a start-up,
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from services.shared.catalogue import load_catalogue
 from services.shared.kafka import all_topics, client_options, ensure_topics, transport_security
 from services.shared.settings import Settings
 from sovereign.acls import Grant, all_grants
+from sovereign.options import Commands, connection_options, settings_of
 
 # Kafka's protocol codes (org.apache.kafka.common.acl and resource).
 _RESOURCE_TOPIC, _RESOURCE_GROUP = 2, 3
@@ -207,3 +210,30 @@ async def kafka_init(settings: Settings, secrets_dir: Path, partitions: int) -> 
         acls=len(grants),
         missing_passwords=[name for name in principals if name not in passwords],
     )
+
+
+def register(commands: Commands) -> None:
+    kafka_init_command = commands.add_parser(
+        "kafka-init",
+        help="as the Kafka admin: every topic, a SCRAM credential per principal, the ACLs",
+    )
+    kafka_init_command.add_argument(
+        "--secrets-dir",
+        default="/run/secrets",
+        help="where each principal's password is, as kafka-<principal> (default: compose's /run/secrets)",
+    )
+    connection_options(kafka_init_command)
+    kafka_init_command.set_defaults(handler=_kafka_init)
+
+
+def _kafka_init(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    try:
+        report = asyncio.run(kafka_init(settings, Path(args.secrets_dir), settings.topic_partitions))
+    except (KafkaInitError, OSError, ValueError) as error:
+        print(f"kafka-init failed: {error}", file=sys.stderr)
+        return 1
+    print(f"kafka-init: {report.topics} topics, {len(report.users)} SCRAM users, {report.acls} ACLs")
+    if report.missing_passwords:
+        print(f"no password file, so no login, for: {', '.join(report.missing_passwords)}", file=sys.stderr)
+    return 0

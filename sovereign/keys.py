@@ -1,14 +1,18 @@
-"""Throwaway keys for a run on one machine (the demo, the benchmark, the tests): a key per tenant, one
-factory key for every site, a compliance officer's key and the marketplace's, made at start in a scratch
-directory. Keys never live in the repository."""
+"""Signing keys: `sovereign keys new` makes one key pair and lists its public key in a keyring; throwaway
+keys for a run on one machine (the demo, the benchmark, the tests) are a key per tenant, one factory key
+for every site, a compliance officer's key and the marketplace's, made at start in a scratch directory.
+Keys never live in the repository."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.shared.signing import KeyRole, Signer, make_key
+from sovereign.options import Commands
 
 FACTORY_KEY_ID = "factory-demo"
 OFFICER_KEY_ID = "officer-demo"
@@ -51,3 +55,33 @@ def throwaway_keys(directory: Path, tenant_ids: Iterable[str], site_ids: Iterabl
     officer = make_key(directory, OFFICER_KEY_ID, KeyRole.OFFICER, "cpo@example.go.kr")
     marketplace = make_key(directory, MARKETPLACE_KEY_ID, KeyRole.MARKETPLACE, "the marketplace")
     return ThrowawayKeys(directory, tenants, factory, officer, marketplace)
+
+
+def register(commands: Commands) -> None:
+    keys = commands.add_parser("keys", help="signing keys of tenants, factories and officers").add_subparsers(
+        dest="keys_command", required=True
+    )
+    new_key = keys.add_parser("new", help="make an Ed25519 key pair and list its public key in keyring.json")
+    new_key.add_argument("--dir", required=True, help="where to write KEY_ID.key and keyring.json")
+    new_key.add_argument("--key-id", required=True)
+    new_key.add_argument("--role", required=True, choices=[role.value for role in KeyRole])
+    new_key.add_argument("--principal", required=True, help="the tenant id, factory or officer name")
+    new_key.add_argument("--site", action="append", default=[], help="a site a factory key speaks for")
+    new_key.set_defaults(handler=_keys_new)
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    if args.role == KeyRole.FACTORY and not args.site:
+        print("error: a factory key needs at least one --site it speaks for", file=sys.stderr)
+        return 2
+    directory = Path(args.dir)
+    try:
+        make_key(directory, args.key_id, KeyRole(args.role), args.principal, args.site)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"private key {directory / f'{args.key_id}.key'} (keep it secret); "
+        f"public key listed in {directory / 'keyring.json'}"
+    )
+    return 0

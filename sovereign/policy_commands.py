@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from services.shared.policy_check import check_in_child_process
 from services.shared.settings import Settings
 from services.shared.signing import Signer
 from sovereign.decision_commands import governance_session
-from sovereign.watch import produce
+from sovereign.options import Commands, connection_options, moment, settings_of
+from sovereign.verification.watch import produce
 
 # Every revision goes to one partition, so all consumers see them in publication order.
 PUBLICATION_KEY = "policies"
@@ -227,3 +230,66 @@ def print_what_if(report: WhatIfReport) -> None:
             shown = ", ".join(limit.job_ids[:5]) + (" ..." if len(limit.job_ids) > 5 else "")
             print(f"  {len(limit.job_ids)} jobs: {limit.reason} ({shown})")
     print("\nAssumed: " + "; ".join(ASSUMPTIONS) + ".")
+
+
+def register(commands: Commands) -> None:
+    policy = commands.add_parser("policy", help="compliance officer's commands").add_subparsers(
+        dest="policy_command", required=True
+    )
+    testing = policy.add_parser("test", help="run every Rego test and report the rules exercised")
+    testing.add_argument("--dir", help="policy directory (default: policies/, env SOVEREIGN_POLICY_DIR)")
+    testing.set_defaults(handler=_policy_test)
+    publish = policy.add_parser("publish", help="test a revision in a child process, then publish it")
+    publish.add_argument("--dir", help="policy directory (default: policies/)")
+    publish.add_argument("--by", required=True, help="who publishes (recorded with the revision)")
+    connection_options(publish)
+    publish.set_defaults(handler=_policy_publish)
+    diff = policy.add_parser("diff", help="which rules changed between two revisions (directories or ids)")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    connection_options(diff)
+    diff.set_defaults(handler=_policy_diff)
+    what_if = policy.add_parser(
+        "what-if",
+        help="replay recorded decisions under a candidate revision and the current one; exit 1 if the "
+        "candidate would place a job somewhere a current rule forbids",
+    )
+    what_if.add_argument("--against", required=True, help="a policy directory or a published revision id")
+    what_if.add_argument(
+        "--current",
+        help="the baseline revision (a directory or a published id); default: the latest published, "
+        "else the policy directory (env SOVEREIGN_POLICY_DIR)",
+    )
+    what_if.add_argument("--tenant", action="append", help="only this tenant's jobs (repeatable)")
+    what_if.add_argument("--since", type=moment, help="only decisions made at or after this date or time")
+    what_if.add_argument("--until", type=moment, help="only decisions made before this date or time")
+    what_if.add_argument(
+        "--rule", action="append", help="only jobs for which this rule's findings change (repeatable)"
+    )
+    what_if.add_argument("--json", action="store_true", help="the report as JSON, for a review record")
+    connection_options(what_if)
+    what_if.set_defaults(handler=_policy_what_if)
+
+
+def _policy_test(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    return policy_test(Path(args.dir) if args.dir else settings.policy_dir, settings.catalogue_dir)
+
+
+def _policy_publish(args: argparse.Namespace) -> int:
+    directory = Path(args.dir) if args.dir else Settings.from_env().policy_dir
+    return asyncio.run(policy_publish(directory, settings_of(args), args.by))
+
+
+def _policy_diff(args: argparse.Namespace) -> int:
+    return policy_diff(args.old, args.new, settings_of(args))
+
+
+def _policy_what_if(args: argparse.Namespace) -> int:
+    scope = Scope(
+        tenants=frozenset(args.tenant or ()),
+        since=args.since,
+        until=args.until,
+        rules=frozenset(rule.upper() for rule in args.rule or ()),
+    )
+    return policy_what_if(args.against, settings_of(args), args.current, scope, as_json=args.json)

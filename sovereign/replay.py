@@ -18,7 +18,7 @@ from services.shared.kafka import transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.runtime import Service
 from services.shared.settings import Settings
-from sovereign.watch import read_records
+from sovereign.verification.watch import read_records
 
 REPLAYABLE = ("billing", "governance")
 

@@ -9,8 +9,8 @@ from contracts.events import InvoiceIssued, JobRequest
 from services.billing.check import CheckReport
 from services.shared.catalogue import Catalogue
 from sovereign.explain import render_explanation
-from sovereign.invariants import Violation
-from sovereign.tracker import Tracker
+from sovereign.verification.invariants import Violation
+from sovereign.verification.tracker import Tracker
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] | None = None) -> str:

@@ -18,8 +18,8 @@ from services.shared.health import WorkerRow, recent_workers, worker_state
 from services.shared.kafka import consumer_group, transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import Settings
-from sovereign.databases import service_session
-from sovereign.watch import each_record, lag_by_group
+from sovereign.verification.databases import service_session
+from sovereign.verification.watch import each_record, lag_by_group
 
 SERVICE_NAMES = tuple(SERVICES)
 

@@ -29,7 +29,7 @@ from services.shared.kafka import transport_security
 from services.shared.settings import Settings
 from services.shared.signing import Signer
 from sovereign.explain import render_explanation
-from sovereign.watch import EventWatcher, UnknownTopicError, produce
+from sovereign.verification.watch import EventWatcher, UnknownTopicError, produce
 
 
 def read_request(path: Path) -> JobRequest:

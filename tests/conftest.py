@@ -44,8 +44,8 @@ from services.shared.signing import Keyring, Signer, jcs
 from sovereign.keys import throwaway_keys
 from sovereign.stack.postgres import LocalPostgres, answers
 from sovereign.status import collect_status
-from sovereign.tracker import Tracker
-from sovereign.workload import TEMPLATES
+from sovereign.verification.tracker import Tracker
+from sovereign.verification.workload import TEMPLATES
 
 # Where the suite looks for a PostgreSQL server before it starts its own.
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

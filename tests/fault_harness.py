@@ -42,13 +42,13 @@ from services.shared.kafka import all_topics, ensure_topics, transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.embedded import embedded_service_env, start_service
-from sovereign.history import collect_history
-from sovereign.invariants import History, Violation, check
 from sovereign.stack.kafka import ADMIN, LocalKafka
 from sovereign.status import collect_status
 from sovereign.submit import cancel_event
-from sovereign.watch import produce
-from sovereign.workload import generate, request_events
+from sovereign.verification.history import collect_history
+from sovereign.verification.invariants import History, Violation, check
+from sovereign.verification.watch import produce
+from sovereign.verification.workload import generate, request_events
 from tests.conftest import TEST_KEYS
 
 SERVICES = tuple(REGISTRY)

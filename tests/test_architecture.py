@@ -66,6 +66,18 @@ def test_a_service_imports_only_contracts_the_shared_package_and_itself() -> Non
         assert not foreign, f"{module} imports {foreign}"
 
 
+def test_the_verification_kit_imports_no_command() -> None:
+    """The tests, the demo and the benchmark import the kit; the commands may use it, never the reverse."""
+    for module, imported in imports().items():
+        if module.startswith("sovereign.verification"):
+            commands = sorted(
+                name
+                for name in imported
+                if name.startswith("sovereign") and not name.startswith("sovereign.verification")
+            )
+            assert not commands, f"{module} imports {commands}"
+
+
 def test_every_service_package_is_registered() -> None:
     packages = {path.parent.name.replace("_", "-") for path in (REPO_ROOT / "services").glob("*/app.py")}
     assert packages == set(SERVICES)

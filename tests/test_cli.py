@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -13,8 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import TOPICS, dead_letter_topic
 from services.shared.settings import REPO_ROOT
-from sovereign import cli
-from sovereign.cli import build_parser
+from sovereign.cli import COMMAND_MODULES, build_parser
 
 pytestmark = pytest.mark.broker
 
@@ -46,7 +47,17 @@ async def _list_topics(address: str) -> set[str]:
         await admin.close()
 
 
-def test_every_handler_is_reachable_from_the_command_line() -> None:
+def handlers(parser: argparse.ArgumentParser) -> Iterator[Callable[[argparse.Namespace], int]]:
+    """The handler of every command the parser's modules registered, however deep."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                yield from handlers(command)
+    if (handler := parser.get_default("handler")) is not None:
+        yield handler
+
+
+def test_every_command_module_registers_commands_that_reach_their_handlers() -> None:
     parser = build_parser()
     commands = [
         "demo",
@@ -74,16 +85,11 @@ def test_every_handler_is_reachable_from_the_command_line() -> None:
         "status --service placement",
         "replay billing --into-data-dir d",
     ]
-    reached = {parser.parse_args(command.split()).handler.__name__ for command in commands}
-    defined = {
-        name
-        for name in dir(cli)
-        if name.startswith("_")
-        and not name.startswith("__")
-        and callable(getattr(cli, name))
-        and name not in {"_settings", "_period", "_moment"}
-    }
-    assert reached == defined, f"handlers no command reaches: {defined - reached}"
+    reached = {parser.parse_args(command.split()).handler for command in commands}
+    registered = set(handlers(parser))
+    assert len(registered) == sum(1 for _ in handlers(parser)), "two commands share a handler"
+    assert reached == registered, f"commands this test does not reach: {registered - reached}"
+    assert {handler.__module__ for handler in registered} == {module.__name__ for module in COMMAND_MODULES}
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "no-such-service"])
     with pytest.raises(SystemExit):

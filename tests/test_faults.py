@@ -39,12 +39,12 @@ from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
 from services.shared.db import create_service_engine, database_url_for
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.settings import REPO_ROOT
-from sovereign.invariants import History, check
 from sovereign.replay import REPLAYABLE, replay
 from sovereign.status import collect_status, render_status
 from sovereign.submit import cancel_event
-from sovereign.watch import produce
-from sovereign.workload import request_events
+from sovereign.verification.invariants import History, check
+from sovereign.verification.watch import produce
+from sovereign.verification.workload import request_events
 from tests.conftest import TEST_KEYS, drop_schemas
 from tests.db_proxy import DatabaseProxy
 from tests.fault_harness import (

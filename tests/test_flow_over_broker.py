@@ -36,9 +36,9 @@ from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel, submit
-from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import EventWatcher, produce
-from sovereign.workload import generate, request_events
+from sovereign.verification.tracker import Tracker, following, wait_until
+from sovereign.verification.watch import EventWatcher, produce
+from sovereign.verification.workload import generate, request_events
 from tests.conftest import (
     TEST_KEYS,
     TYPESCRIPT_CLIENT,

@@ -32,8 +32,8 @@ from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import Signer
 from sovereign.attest_commands import attest_verify
 from sovereign.submit import cancel_event
-from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import consumer_lag
+from sovereign.verification.tracker import Tracker, following, wait_until
+from sovereign.verification.watch import consumer_lag
 from tests.conftest import TEST_KEYS, run_services, service_settings, settled, wait_until_async
 from tests.test_flow_over_broker import job
 

@@ -13,7 +13,7 @@ import pytest
 
 from contracts.events import TENANT_STREAM_TYPES
 from services.shared.health import STALE_AFTER, WorkerRow, worker_state
-from sovereign.invariants import DeadLetter, History, check
+from sovereign.verification.invariants import DeadLetter, History, check
 
 JOB = str(uuid.uuid4())
 DECISION = str(uuid.uuid4())

@@ -40,9 +40,9 @@ from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel
-from sovereign.tracker import JobTrace, Tracker, following, wait_until
-from sovereign.watch import consumer_lag, produce
-from sovereign.workload import request_events
+from sovereign.verification.tracker import JobTrace, Tracker, following, wait_until
+from sovereign.verification.watch import consumer_lag, produce
+from sovereign.verification.workload import request_events
 from tests.conftest import (
     KEYRING,
     TEST_KEYS,

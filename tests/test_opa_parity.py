@@ -30,7 +30,7 @@ from services.shared.policy import (
 from services.shared.settings import REPO_ROOT
 from sovereign.stack.installation import installation
 from sovereign.stack.opa import LocalOpa
-from sovereign.workload import generate
+from sovereign.verification.workload import generate
 from tests.conftest import catalogue_pools, normalised
 from tests.test_policy_properties import EXAMPLES, bounded, bundle_with, requests, worse_evidence
 

@@ -14,9 +14,9 @@ from contracts.events import CapacityOffered, CapacityOfferedEvent, JobKind, Job
 from services.placement import app as placement_app
 from services.placement.storage import JobRow, PoolRow
 from services.shared.settings import REPO_ROOT
-from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import produce
-from sovereign.workload import request_events
+from sovereign.verification.tracker import Tracker, following, wait_until
+from sovereign.verification.watch import produce
+from sovereign.verification.workload import request_events
 from tests.conftest import TEST_KEYS, run_services, service_settings
 
 pytestmark = pytest.mark.broker

@@ -28,9 +28,9 @@ from services.shared.policy_check import activate_published
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.policy_commands import PUBLICATION_KEY, policy_publish
-from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import produce
-from sovereign.workload import request_events
+from sovereign.verification.tracker import Tracker, following, wait_until
+from sovereign.verification.watch import produce
+from sovereign.verification.workload import request_events
 from tests.conftest import (
     KEYRING,
     TEST_KEYS,

@@ -15,10 +15,10 @@ from sqlmodel import Session, select
 from services.placement.storage import DecisionRow
 from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
 from services.shared.policy_check import activate_published
-from sovereign.invariants import check
 from sovereign.stack.opa import LocalOpa
-from sovereign.watch import produce
-from sovereign.workload import request_events
+from sovereign.verification.invariants import check
+from sovereign.verification.watch import produce
+from sovereign.verification.workload import request_events
 from tests.conftest import KEYRING, TEST_KEYS, normalised, published_event, published_revision
 from tests.fault_harness import running_cluster, seeded_workload
 from tests.test_faults import CATALOGUE, assert_held_for_the_policy_engine, decided

@@ -26,9 +26,9 @@ from services.shared.kafka import consumer_group
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import KeyRole
 from sovereign.submit import cancel_event, submit
-from sovereign.tracker import Tracker, following, wait_until
-from sovereign.watch import consumer_lag, header, produce, read_records
-from sovereign.workload import generate, request_events
+from sovereign.verification.tracker import Tracker, following, wait_until
+from sovereign.verification.watch import consumer_lag, header, produce, read_records
+from sovereign.verification.workload import generate, request_events
 from tests.conftest import (
     KEYRING,
     TEST_KEYS,

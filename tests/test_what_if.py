@@ -58,7 +58,7 @@ from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import SignatureRefused
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
-from sovereign.workload import generate
+from sovereign.verification.workload import generate
 from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_event, published_revision
 from tests.storage_support import placement_context
 

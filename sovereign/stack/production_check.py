@@ -29,15 +29,15 @@ from services.shared.catalogue import load_catalogue
 from services.shared.kafka import transport_security
 from services.shared.settings import REPO_ROOT, Settings
 from services.shared.signing import KeyRole, Signer, make_key
-from sovereign.history import collect_history
-from sovereign.invariants import check
 from sovereign.stack.installation import installation
 from sovereign.stack.kafka import ADMIN, LocalKafka, probe_read, probe_write
 from sovereign.stack.opa import LocalOpa
 from sovereign.stack.postgres import LocalPostgres
 from sovereign.status import collect_status
-from sovereign.watch import produce
-from sovereign.workload import generate, request_events
+from sovereign.verification.history import collect_history
+from sovereign.verification.invariants import check
+from sovereign.verification.watch import produce
+from sovereign.verification.workload import generate, request_events
 
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 # The two tenants whose signed requests the check submits.

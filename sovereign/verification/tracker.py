@@ -26,7 +26,7 @@ from contracts.events import (
     UsageRated,
     UsageReported,
 )
-from sovereign.watch import EventWatcher
+from sovereign.verification.watch import EventWatcher
 
 
 @dataclass

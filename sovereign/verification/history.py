@@ -24,9 +24,9 @@ from services.shared.kafka import transport_security
 from services.shared.outbox import OutboxMessage
 from services.shared.policy import PolicyBundle
 from services.shared.settings import Settings
-from sovereign.databases import service_session
-from sovereign.invariants import DeadLetter, History
-from sovereign.watch import header, read_records
+from sovereign.verification.databases import service_session
+from sovereign.verification.invariants import DeadLetter, History
+from sovereign.verification.watch import header, read_records
 
 
 def _rows(session: Session, model: type[SQLModel]) -> list[dict[str, Any]]:

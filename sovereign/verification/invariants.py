@@ -2,7 +2,7 @@
 hold once the system has settled.
 
 Pure: a History is plain data, so a test can hand it a history with a known violation and see it caught.
-`sovereign.history` collects one from a running (or stopped) marketplace.
+`sovereign.verification.history` collects one from a running (or stopped) marketplace.
 """
 
 from __future__ import annotations

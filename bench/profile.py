@@ -24,11 +24,11 @@ HANDLER_FILES = tuple(
 )
 # What the innermost frame was doing, by where its code lives (the first match wins).
 ACTIVITIES = (
-    ("policy engine", ("services/shared/policy.py", "verdict_cache.py", "regorus")),
+    ("policy engine", ("services/shared/domain/policy.py", "verdict_cache.py", "regorus")),
     ("SQL", ("sqlalchemy", "sqlmodel", "sqlite3", "psycopg")),
     ("pydantic", ("pydantic",)),
     ("JSON", ("json/",)),
-    ("signatures", ("cryptography", "services/shared/signing.py", "hashlib")),
+    ("signatures", ("cryptography", "services/shared/domain/signing.py", "hashlib")),
     ("Kafka client", ("aiokafka", "kafka/")),
     ("FastStream", ("faststream", "fast_depends")),
     ("logging", ("structlog", "logging/")),

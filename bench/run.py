@@ -44,12 +44,12 @@ from bench.profile import breakdown, record, stop
 from contracts.events import JobRequest, JobRequestedEvent
 from services.placement.logic import offered_pools, policy_input, sites_document
 from services.registry import SERVICES as REGISTRY
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.domain.verdict_cache import VerdictCache, site_digest
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.kafka import all_topics, client_options, ensure_topics, transport_security
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
-from services.shared.verdict_cache import VerdictCache, site_digest
 from sovereign.embedded import embedded_service_env, start_service
 from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.stack.kafka import ADMIN, LocalKafka

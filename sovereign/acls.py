@@ -13,7 +13,7 @@ from pathlib import Path
 from contracts import TOPICS, dead_letter_topic, tenant_stream
 from contracts.events import TENANT_STREAM_PREFIX
 from services.registry import SERVICES
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
 from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
 from sovereign.options import Commands

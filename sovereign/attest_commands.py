@@ -13,11 +13,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from contracts.events import JobPlacedEvent
-from services.shared.attestation import placement_attestation_failure
+from services.shared.domain.attestation import placement_attestation_failure
+from services.shared.domain.money import period_of
+from services.shared.domain.signing import Keyring
 from services.shared.kafka import transport_security
-from services.shared.money import period_of
 from services.shared.settings import Settings
-from services.shared.signing import Keyring
 from sovereign.options import Commands, connection_options, period, settings_of
 from sovereign.verification.watch import read_records
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.shared.attestation import sign_site
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.attestation import sign_site
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.signing import Signer, public_key_text, write_private_key
 from services.shared.settings import Settings
-from services.shared.signing import Signer, public_key_text, write_private_key
 from sovereign.options import Commands
 
 

@@ -15,8 +15,8 @@ from services.billing.check import check_billing
 from services.billing.handlers import BillingContext, InvoiceError, issue_invoice
 from services.billing.queries import ForeignTenantError, InvoiceView, find_invoice, usage_report
 from services.billing.storage import TABLES
-from services.shared.catalogue import Tenant, load_catalogue
 from services.shared.db import create_service_engine, database_url_for, unit_of_work, utc_now
+from services.shared.domain.catalogue import Tenant, load_catalogue
 from services.shared.settings import Settings
 from sovereign.options import Commands, connection_options, period, settings_of
 from sovereign.report import table, won

@@ -26,9 +26,9 @@ from contracts.pinning import (
     schema_path,
 )
 from services.registry import SERVICES
+from services.shared.domain.signing import Signer, jcs, public_key_text, received_content
 from services.shared.runtime import TENANT_STREAMS_CHANNEL, Service
 from services.shared.settings import Settings
-from services.shared.signing import Signer, jcs, public_key_text, received_content
 from sovereign.options import Commands
 
 # The vector's key is published with it: a test key that no keyring of a real marketplace may hold.

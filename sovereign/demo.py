@@ -28,12 +28,12 @@ from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import InvoiceRow
 from services.governance.queries import verify_log
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
-from services.shared.catalogue import Tenant, load_catalogue
 from services.shared.db import create_service_engine, unit_of_work, utc_now
+from services.shared.domain.catalogue import Tenant, load_catalogue
+from services.shared.domain.signing import Keyring, Signer
 from services.shared.embedded_broker import CLIENT_ENV, EmbeddedBroker
 from services.shared.kafka import all_topics, consumer_group, ensure_topics
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Keyring, Signer
 from sovereign.attest_commands import placements_on_topic, verify_placements
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from sovereign.embedded import start_service

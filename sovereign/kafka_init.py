@@ -31,7 +31,7 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
 from services.shared.kafka import all_topics, client_options, ensure_topics, transport_security
 from services.shared.settings import Settings
 from sovereign.acls import Grant, all_grants

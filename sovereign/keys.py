@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.shared.signing import KeyRole, Signer, make_key
+from services.shared.domain.signing import KeyRole, Signer, make_key
 from sovereign.options import Commands
 
 FACTORY_KEY_ID = "factory-demo"

@@ -11,12 +11,12 @@ from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
 from services.governance.policy_diff import diff_bundles
 from services.governance.queries import find_revision, latest_revision, what_if
 from services.governance.what_if import ASSUMPTIONS, EVERY_JOB, EffectKind, Scope, WhatIfReport
-from services.shared.catalogue import CatalogueError, load_catalogue
+from services.shared.domain.catalogue import CatalogueError, load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
+from services.shared.domain.policy_check import check_in_child_process
+from services.shared.domain.signing import Signer
 from services.shared.kafka import transport_security
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
-from services.shared.policy_check import check_in_child_process
 from services.shared.settings import Settings
-from services.shared.signing import Signer
 from sovereign.decision_commands import governance_session
 from sovereign.options import Commands, connection_options, moment, settings_of
 from sovereign.verification.watch import produce

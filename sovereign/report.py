@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from contracts.events import InvoiceIssued, JobRequest
 from services.billing.check import CheckReport
-from services.shared.catalogue import Catalogue
+from services.shared.domain.catalogue import Catalogue
 from sovereign.explain import render_explanation
 from sovereign.verification.invariants import Violation
 from sovereign.verification.tracker import Tracker

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.registry import SERVICES
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
 from services.shared.logging import configure_logging
 from services.shared.runtime import serve_until_signalled
 from services.shared.settings import Settings

@@ -25,9 +25,9 @@ from contracts.events import (
     JobStartedEvent,
     UsageRatedEvent,
 )
+from services.shared.domain.signing import Signer
 from services.shared.kafka import transport_security
 from services.shared.settings import Settings
-from services.shared.signing import Signer
 from sovereign.explain import render_explanation
 from sovereign.verification.watch import EventWatcher, UnknownTopicError, produce
 

@@ -34,13 +34,13 @@ from contracts.events import (
     PolicyRevisionPublished,
 )
 from services.placement.logic import PoolState, offered_pools
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import PolicyBundle
+from services.shared.domain.signing import Keyring, Signer, jcs
 from services.shared.embedded_broker import FETCH_MAX_WAIT_MS, EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
-from services.shared.policy import PolicyBundle
 from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Keyring, Signer, jcs
 from sovereign.keys import throwaway_keys
 from sovereign.stack.postgres import LocalPostgres, answers
 from sovereign.status import collect_status

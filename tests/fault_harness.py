@@ -34,8 +34,8 @@ from services.factory_agent.storage import RunRow
 from services.placement.logic import TERMINAL_STATES
 from services.placement.storage import JobRow, SiteRow
 from services.registry import SERVICES as REGISTRY
-from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, database_url_for, table_of
+from services.shared.domain.catalogue import load_catalogue
 from services.shared.embedded_broker import EmbeddedBroker
 from services.shared.health import WorkerRow
 from services.shared.kafka import all_topics, ensure_topics, transport_security

@@ -14,7 +14,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 
 DECISION_PATH = "/v1/data/sovereign/placement/decision"

@@ -16,11 +16,11 @@ from contracts.events import (
     SiteVerdict,
 )
 from services.placement import handlers as placement
-from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.inbox import ProcessedEvent
 from services.shared.outbox import OutboxMessage
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 from sovereign.submit import cancel_event as tenant_cancel
 from tests.conftest import KEYRING, TEST_KEYS

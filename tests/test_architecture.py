@@ -1,5 +1,5 @@
-"""The shape of the code: no import cycle, and services that share only `contracts/` and
-`services/shared/`."""
+"""The shape of the code: no import cycle, services that share only `contracts/` and `services/shared/`
+(whose plumbing knows nothing of its domain), and a verification kit that knows no command."""
 
 from __future__ import annotations
 
@@ -64,6 +64,14 @@ def test_a_service_imports_only_contracts_the_shared_package_and_itself() -> Non
             if name.startswith("services.") and not name.startswith((own, "services.shared"))
         )
         assert not foreign, f"{module} imports {foreign}"
+
+
+def test_the_shared_plumbing_imports_nothing_of_the_shared_domain() -> None:
+    """The domain may log and refuse a message through the plumbing; the plumbing knows no domain."""
+    for module, imported in imports().items():
+        if module.startswith("services.shared") and not module.startswith("services.shared.domain"):
+            domain = sorted(name for name in imported if name.startswith("services.shared.domain"))
+            assert not domain, f"{module} imports {domain}"
 
 
 def test_the_verification_kit_imports_no_command() -> None:

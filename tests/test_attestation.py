@@ -15,12 +15,17 @@ from services.placement import handlers as placement
 from services.placement.logic import parse_verdicts, policy_input, sites_document
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import SiteRow
-from services.shared.attestation import load_attestations, load_auditor_keys, sign_site, verification_failure
-from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
+from services.shared.domain.attestation import (
+    load_attestations,
+    load_auditor_keys,
+    sign_site,
+    verification_failure,
+)
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.inbox import ProcessedEvent
 from services.shared.outbox import OutboxMessage
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT
 from sovereign.auditor_commands import auditor_keygen, auditor_sign
 from tests.conftest import TEST_KEYS, catalogue_pools

@@ -25,10 +25,10 @@ from services.billing.queries import ForeignTenantError, find_invoice, usage_rep
 from services.billing.rating import Rate, Usage, run_charge_krw, vat_krw
 from services.billing.storage import TABLES, ChargeRow, InvoiceRow, PostingRow, UsageLineRow, ledger_imbalance
 from services.shared.batch import PoisonMessage
-from services.shared.catalogue import load_catalogue
 from services.shared.db import create_service_engine, table_of, unit_of_work
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.money import charge_krw
 from services.shared.inbox import ProcessedEvent
-from services.shared.money import charge_krw
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.billing_commands import invoice_command

@@ -17,11 +17,11 @@ from contracts.events import CapacityOffered, CapacityOfferedEvent, CapacityReje
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import PoolRow
-from services.shared.catalogue import CatalogueError, Tenant, load_catalogue
 from services.shared.db import unit_of_work
+from services.shared.domain.catalogue import CatalogueError, Tenant, load_catalogue
+from services.shared.domain.policy import PolicyBundle, data_problems, run_rego_tests
+from services.shared.domain.policy_check import check_directory
 from services.shared.outbox import OutboxMessage
-from services.shared.policy import PolicyBundle, data_problems, run_rego_tests
-from services.shared.policy_check import check_directory
 from services.shared.settings import REPO_ROOT
 from sovereign.policy_commands import policy_test
 from tests.conftest import TEST_KEYS, request_event

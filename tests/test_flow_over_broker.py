@@ -29,10 +29,10 @@ from contracts.events import (
 from services.factory_agent.simulation import usage_event_id
 from services.governance.queries import DecisionQuery, find_decisions, verify_log
 from services.registry import SERVICES
-from services.shared.attestation import sign_site
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.attestation import sign_site
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.money import charge_krw
 from services.shared.kafka import consumer_group
-from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel, submit

@@ -28,11 +28,11 @@ from contracts.events import PolicyPublishedEvent
 from contracts.pinning import EXAMPLES_DIR
 from services.registry import SERVICES
 from services.shared.batch import MAX_EVENT_BYTES, handle_batch, parse_records
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
-from services.shared.policy_check import activate_published
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.domain.policy_check import activate_published
+from services.shared.domain.signing import Signer
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT
-from services.shared.signing import Signer
 from tests.conftest import KEYRING, TEST_KEYS, TEST_KEYS_OFFICER, service_settings
 
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

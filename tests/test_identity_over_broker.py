@@ -25,11 +25,11 @@ from contracts.events import (
 from services.billing import app as billing_app
 from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.money import period_of
+from services.shared.domain.signing import Signer
 from services.shared.kafka import consumer_group
-from services.shared.money import period_of
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Signer
 from sovereign.attest_commands import attest_verify
 from sovereign.submit import cancel_event
 from sovereign.verification.tracker import Tracker, following, wait_until

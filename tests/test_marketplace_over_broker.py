@@ -33,10 +33,10 @@ from services.billing.queries import find_invoice
 from services.factory_agent import app as factory_app
 from services.placement import app as placement_app
 from services.placement.storage import PoolRow
-from services.shared.catalogue import load_catalogue
 from services.shared.db import unit_of_work
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.money import charge_krw
 from services.shared.kafka import consumer_group
-from services.shared.money import charge_krw
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.submit import cancel

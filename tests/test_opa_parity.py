@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 
 from contracts.events import JobKind, JobRequest, JobRequestedEvent
 from services.placement.logic import policy_input, sites_document
-from services.shared.catalogue import load_catalogue
-from services.shared.embedded_broker import free_loopback_port
-from services.shared.policy import (
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import (
     EmbeddedRegoEngine,
     OpaServerEngine,
     PolicyBundle,
@@ -27,6 +26,7 @@ from services.shared.policy import (
     run_rego_tests,
     verdicts_by_site,
 )
+from services.shared.embedded_broker import free_loopback_port
 from services.shared.settings import REPO_ROOT
 from sovereign.stack.installation import installation
 from sovereign.stack.opa import LocalOpa

@@ -13,16 +13,16 @@ from sqlalchemy import Engine
 from contracts.events import JobPlacedEvent
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.shared.attestation import (
+from services.shared.db import unit_of_work
+from services.shared.domain.attestation import (
     attest_placement,
     placement_attestation_failure,
     site_attributes_sha256,
 )
-from services.shared.catalogue import load_catalogue
-from services.shared.db import unit_of_work
-from services.shared.money import period_of
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.money import period_of
+from services.shared.domain.signing import Signer
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import Signer
 from sovereign.attest_commands import attest_verify
 from tests.conftest import KEYRING, TEST_KEYS, request_event
 from tests.storage_support import make_engine, offer_all, outbox, placement_context

@@ -35,9 +35,9 @@ from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw
 from services.shared.batch import handle_batch
-from services.shared.catalogue import Budget
 from services.shared.db import unit_of_work
-from services.shared.policy import PolicyBundle, PolicyEngineError
+from services.shared.domain.catalogue import Budget
+from services.shared.domain.policy import PolicyBundle, PolicyEngineError
 from services.shared.settings import Settings
 from sovereign.job_commands import list_jobs
 from tests.conftest import TEST_KEYS, request_event

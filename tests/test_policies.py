@@ -11,8 +11,8 @@ import pytest
 
 from contracts.events import JobKind, JobRequest
 from services.placement.logic import parse_verdicts, policy_input, sites_document
-from services.shared.catalogue import load_catalogue
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
 from services.shared.settings import REPO_ROOT
 from sovereign.policy_commands import policy_test
 from tests.conftest import catalogue_pools

@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, verdicts_by_site
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, verdicts_by_site
 from services.shared.settings import REPO_ROOT
 from tests.conftest import normalised
 

@@ -22,9 +22,9 @@ from contracts.events import (
     PolicyPublishedEvent,
 )
 from services.placement import app as placement_app
-from services.shared.catalogue import load_catalogue
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
-from services.shared.policy_check import activate_published
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
+from services.shared.domain.policy_check import activate_published
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.policy_commands import PUBLICATION_KEY, policy_publish

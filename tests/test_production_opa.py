@@ -13,8 +13,8 @@ import pytest
 from sqlmodel import Session, select
 
 from services.placement.storage import DecisionRow
-from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
-from services.shared.policy_check import activate_published
+from services.shared.domain.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngineError
+from services.shared.domain.policy_check import activate_published
 from sovereign.stack.opa import LocalOpa
 from sovereign.verification.invariants import check
 from sovereign.verification.watch import produce

@@ -20,8 +20,8 @@ from services.billing.rating import (
     vat_krw,
     volume_discount_krw,
 )
-from services.shared.catalogue import VolumeTier
-from services.shared.money import charge_krw, period_of
+from services.shared.domain.catalogue import VolumeTier
+from services.shared.domain.money import charge_krw, period_of
 
 TIERS = [
     VolumeTier(up_to_gpu_hours=1000, discount_bps=0),

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from contracts.events import JobRequestedEvent
 from contracts.pinning import SIGNING_VECTOR_PATH
-from services.shared.signing import (
+from services.shared.domain.signing import (
     KeyEntry,
     Keyring,
     KeyRole,

@@ -20,8 +20,8 @@ from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import load_market
 from services.shared.batch import PoisonMessage
 from services.shared.db import unit_of_work
-from services.shared.signing import canonical_json
-from services.shared.verdict_cache import site_digest
+from services.shared.domain.signing import canonical_json
+from services.shared.domain.verdict_cache import site_digest
 from tests.conftest import TEST_KEYS, request_event
 from tests.storage_support import CATALOGUE, make_engine, offer_all, outbox, placement_context
 

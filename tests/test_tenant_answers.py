@@ -30,7 +30,7 @@ from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow
 from services.shared.batch import parse_records
 from services.shared.db import unit_of_work
-from services.shared.signing import KeyRole, jcs
+from services.shared.domain.signing import KeyRole, jcs
 from tests.conftest import KEYRING, TEST_KEYS, request_event, signed_as_sent
 from tests.storage_support import cancel_event, make_engine, offer_all, outbox, placement_context
 

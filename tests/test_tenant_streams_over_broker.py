@@ -20,11 +20,11 @@ from contracts.events import (
     JobStartedEvent,
 )
 from services.registry import SERVICES
-from services.shared.attestation import placement_attestation_failure
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.attestation import placement_attestation_failure
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.signing import KeyRole
 from services.shared.kafka import consumer_group
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import KeyRole
 from sovereign.submit import cancel_event, submit
 from sovereign.verification.tracker import Tracker, following, wait_until
 from sovereign.verification.watch import consumer_lag, header, produce, read_records

@@ -10,7 +10,7 @@ import pytest
 from faststream.security import SASLScram512
 
 from contracts import stream_tenant
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
 from services.shared.kafka import client_options, transport_security
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.acls import EVERY_TENANT_STREAM, Grant, all_grants, render_table

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.shared.policy import declared_reads
-from services.shared.verdict_cache import KST, VerdictCache, day_of
+from services.shared.domain.money import KST
+from services.shared.domain.policy import declared_reads
+from services.shared.domain.verdict_cache import VerdictCache, day_of
 from tests.test_policy_properties import BUNDLE, ENGINE, NOW, PROPERTY, bounded, engine_with, jobs, requests
 
 SOME = bounded(10)

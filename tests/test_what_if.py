@@ -50,13 +50,13 @@ from services.governance.what_if import (
 from services.governance.what_if import replay as what_if_replay
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.shared.catalogue import Budget, Tenant, load_catalogue
 from services.shared.db import create_service_engine, database_url_for, table_of, unit_of_work
+from services.shared.domain.catalogue import Budget, Tenant, load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.domain.signing import SignatureRefused
 from services.shared.inbox import ProcessedEvent
 from services.shared.outbox import OutboxMessage
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import SignatureRefused
 from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
 from sovereign.verification.workload import generate
 from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_event, published_revision

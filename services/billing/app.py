@@ -15,18 +15,20 @@ from contracts.events import (
 )
 from services.billing import handlers
 from services.billing.storage import TABLES
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.signing import Keyring
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
-from services.shared.signing import Keyring
 
 NAME = "billing"
 
 
 def build(settings: Settings) -> Service:
-    service = new_service(NAME, settings, TABLES)
+    catalogue = load_catalogue(settings.catalogue_dir)
+    service = new_service(NAME, settings, TABLES, catalogue.tenants)
     context = handlers.BillingContext(
         fee_bps=settings.marketplace_fee_bps,
-        tenants=service.catalogue.tenants,
+        tenants=catalogue.tenants,
         keyring=Keyring.load(settings.keyring_path),
     )
     consume(

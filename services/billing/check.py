@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 from services.billing.invoice import compose_invoice
 from services.billing.rating import RECEIVABLE, Usage, interval_charge_krw, invoice_postings
 from services.billing.storage import ChargeRow, InvoiceRow, PostingRow, UsageLineRow, invoice_lines
-from services.shared.catalogue import Tenant
+from services.shared.domain.catalogue import Tenant
 
 
 @dataclass

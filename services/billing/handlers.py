@@ -47,13 +47,13 @@ from services.billing.storage import (
     usage_line,
 )
 from services.shared.batch import PoisonMessage
-from services.shared.catalogue import Tenant
 from services.shared.db import as_utc
+from services.shared.domain.catalogue import Tenant
+from services.shared.domain.money import period_of
+from services.shared.domain.signing import Keyring, KeyRole
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
-from services.shared.money import period_of
 from services.shared.outbox import add_to_outbox
-from services.shared.signing import Keyring, KeyRole
 
 CONSUMER = "billing"
 SOURCE = "service/billing"

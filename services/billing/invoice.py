@@ -9,7 +9,7 @@ from collections import defaultdict
 from contracts.events import InvoiceIssued, InvoiceLine
 from services.billing.rating import vat_krw, volume_discount_krw
 from services.billing.storage import ChargeRow, InvoiceRow, UsageLineRow
-from services.shared.catalogue import Tenant
+from services.shared.domain.catalogue import Tenant
 
 
 def compose_invoice(

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from contracts.events import InvoiceIssued
 from services.billing.invoice import compose_invoice
 from services.billing.storage import ChargeRow, InvoiceRow, UsageLineRow, charged_krw, invoice_lines
-from services.shared.catalogue import Tenant
+from services.shared.domain.catalogue import Tenant
 
 
 class ForeignTenantError(PermissionError):

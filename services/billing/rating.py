@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.shared.catalogue import VolumeTier
-from services.shared.money import SECONDS_PER_HOUR, charge_krw, round_half_up
+from services.shared.domain.catalogue import VolumeTier
+from services.shared.domain.money import SECONDS_PER_HOUR, charge_krw, round_half_up
 
 TOKENS_PER_MILLION = 1_000_000
 BASIS_POINTS = 10_000

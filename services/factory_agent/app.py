@@ -15,19 +15,20 @@ from contracts.events import (
 )
 from services.factory_agent import handlers
 from services.factory_agent.storage import TABLES
-from services.shared.attestation import load_attestations
 from services.shared.db import unit_of_work, utc_now
+from services.shared.domain.attestation import load_attestations
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.signing import Signer
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
-from services.shared.signing import Signer
 
 NAME = "factory-agent"
 TICK_SECONDS = 0.1
 
 
 def build(settings: Settings) -> Service:
-    service = new_service(NAME, settings, TABLES)
-    catalogue = service.catalogue
+    catalogue = load_catalogue(settings.catalogue_dir)
+    service = new_service(NAME, settings, TABLES, catalogue.tenants)
     wanted = set(settings.factory_sites)
     unknown = (wanted | set(settings.site_failure_rates)) - set(catalogue.site_ids)
     if unknown:

@@ -34,10 +34,10 @@ from services.factory_agent.storage import (
     running_run,
 )
 from services.shared.db import as_utc, insert_ignoring_duplicates, table_of
+from services.shared.domain.signing import Signer
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
-from services.shared.signing import Signer
 
 CONSUMER = "factory-agent"
 

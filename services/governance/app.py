@@ -17,15 +17,17 @@ from contracts.events import (
 )
 from services.governance import handlers
 from services.governance.storage import TABLES
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.signing import Keyring
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
-from services.shared.signing import Keyring
 
 NAME = "governance"
 
 
 def build(settings: Settings) -> Service:
-    service = new_service(NAME, settings, TABLES)
+    catalogue = load_catalogue(settings.catalogue_dir)
+    service = new_service(NAME, settings, TABLES, catalogue.tenants)
     consume(
         service,
         {

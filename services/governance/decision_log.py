@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.shared.signing import canonical_json
+from services.shared.domain.signing import canonical_json
 
 GENESIS_HASH = "0" * 64
 

@@ -39,12 +39,12 @@ from services.governance.storage import (
 )
 from services.shared.batch import PoisonMessage
 from services.shared.db import insert_ignoring_duplicates, table_of
+from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
+from services.shared.domain.signing import Keyring, KeyRole
+from services.shared.domain.verdict_cache import site_digest
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
-from services.shared.policy import EmbeddedRegoEngine, PolicyBundle
-from services.shared.signing import Keyring, KeyRole
-from services.shared.verdict_cache import site_digest
 
 CONSUMER = "governance"
 SOURCE = "service/governance"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from services.shared.policy import PolicyBundle
+from services.shared.domain.policy import PolicyBundle
 
 _RULE_ID = re.compile(r'"rule":\s*"([A-Z0-9]+-[0-9]+)"')
 _HEAD = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)")

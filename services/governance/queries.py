@@ -29,7 +29,7 @@ from services.governance.what_if import (
     replay,
 )
 from services.shared.db import as_utc
-from services.shared.policy import PolicyEngine
+from services.shared.domain.policy import PolicyEngine
 
 
 @dataclass(frozen=True)

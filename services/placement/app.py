@@ -25,14 +25,15 @@ from contracts.events import (
 )
 from services.placement import handlers
 from services.placement.storage import TABLES
-from services.shared.attestation import load_auditor_keys
 from services.shared.db import unit_of_work
+from services.shared.domain.attestation import load_auditor_keys
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngine
+from services.shared.domain.policy_check import activate_published
+from services.shared.domain.signing import Keyring, Signer
 from services.shared.kafka import subscriber_options
-from services.shared.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle, PolicyEngine
-from services.shared.policy_check import activate_published
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
-from services.shared.signing import Keyring, Signer
 
 NAME = "placement"
 # How often queued jobs are re-planned even when no capacity event arrives (deadlines expire meanwhile).
@@ -40,7 +41,8 @@ QUEUE_SWEEP_SECONDS = 5.0
 
 
 def build(settings: Settings) -> Service:
-    service = new_service(NAME, settings, TABLES)
+    catalogue = load_catalogue(settings.catalogue_dir)
+    service = new_service(NAME, settings, TABLES, catalogue.tenants)
     bundle = PolicyBundle.load(settings.policy_dir)
     engine: PolicyEngine = (
         # The client gives up at the decision budget: a hanging server fails the decision closed in time.
@@ -50,7 +52,7 @@ def build(settings: Settings) -> Service:
     )
     context = handlers.PlacementContext(
         policy=engine,
-        tenants=service.catalogue.tenants,
+        tenants=catalogue.tenants,
         policy_budget_ms=settings.policy_budget_ms,
         queue_retry=timedelta(seconds=settings.queue_retry_seconds),
         auditor_keys=load_auditor_keys(settings.auditor_keys_path),

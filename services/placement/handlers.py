@@ -90,16 +90,13 @@ from services.placement.storage import (
     try_reserve,
     upsert_offer,
 )
-from services.shared.attestation import attest_placement, site_attributes_sha256, verification_failure
 from services.shared.batch import PoisonMessage, Record
-from services.shared.catalogue import Tenant
 from services.shared.db import defer_to_commit, utc_now
-from services.shared.inbox import claim, claim_event
-from services.shared.logging import get_logger
-from services.shared.money import estimate_krw, period_start
-from services.shared.outbox import add_to_outbox, relay_to_tenant
-from services.shared.policy import PolicyEngine, PolicyEngineError
-from services.shared.signing import (
+from services.shared.domain.attestation import attest_placement, site_attributes_sha256, verification_failure
+from services.shared.domain.catalogue import Tenant
+from services.shared.domain.money import estimate_krw, period_start
+from services.shared.domain.policy import PolicyEngine, PolicyEngineError
+from services.shared.domain.signing import (
     Keyring,
     KeyRole,
     SignatureRefused,
@@ -108,7 +105,10 @@ from services.shared.signing import (
     received_content,
     staleness,
 )
-from services.shared.verdict_cache import VerdictCache
+from services.shared.domain.verdict_cache import VerdictCache
+from services.shared.inbox import claim, claim_event
+from services.shared.logging import get_logger
+from services.shared.outbox import add_to_outbox, relay_to_tenant
 
 CONSUMER = "placement"
 SOURCE = "service/placement"

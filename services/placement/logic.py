@@ -33,8 +33,8 @@ from contracts.events import (
     SiteVerdict,
     job_id_for,
 )
-from services.shared.catalogue import Budget
-from services.shared.money import estimate_krw
+from services.shared.domain.catalogue import Budget
+from services.shared.domain.money import estimate_krw
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from services.shared.db import (
     upsert_insert,
     utc_now,
 )
-from services.shared.money import period_of
-from services.shared.verdict_cache import site_digest
+from services.shared.domain.money import period_of
+from services.shared.domain.verdict_cache import site_digest
 
 
 class SiteRow(SQLModel, table=True):

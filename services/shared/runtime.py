@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Union
@@ -19,7 +19,6 @@ from sqlmodel import Session
 from contracts import Event, tenant_stream
 from contracts.events import TOLD_TO_TENANT
 from services.shared.batch import Record, Refusal, handle_batch, parse_records
-from services.shared.catalogue import Catalogue, load_catalogue
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import (
     create_service_engine,
@@ -56,8 +55,8 @@ class Service:
     engine: Engine
     relay: OutboxRelay
     crash_points: CrashPoints
-    # Its sites and the tenant registry; each registered tenant has a stream of its own.
-    catalogue: Catalogue
+    # The registered tenants: each has a stream of its own.
+    tenant_ids: frozenset[str]
     worker_id: str = field(default_factory=new_worker_id)
     # Each topic consumed in the service's consumer groups (not broadcast subscriptions): its event model and
     # the handler its batches go through.
@@ -74,8 +73,9 @@ class Service:
         return list(self.handlers)
 
 
-def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Service:
-    """Broker, database (with the outbox and inbox tables) and relay for one service."""
+def new_service(name: str, settings: Settings, tables: Sequence[Table], tenant_ids: Iterable[str]) -> Service:
+    """Broker, database (with the outbox and inbox tables) and relay for one service, which copies each
+    event about a registered tenant's job to that tenant's stream."""
     broker = build_broker(settings, name)
     engine = create_service_engine(
         database_url_for(settings, name),
@@ -84,10 +84,10 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
         schema_prefix=settings.database_schema_prefix,
     )
     crash_points = CrashPoints(settings.crash_points)
-    catalogue = load_catalogue(settings.catalogue_dir)
+    registered = frozenset(tenant_ids)
     relay = OutboxRelay(
         engine,
-        partial(publish_outbox_rows, broker, frozenset(catalogue.tenants)),
+        partial(publish_outbox_rows, broker, registered),
         settings.outbox_poll_seconds,
         after_publish=partial(crash_points.reached, OUTBOX_PUBLISHED),
     )
@@ -98,7 +98,7 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table]) -> Servi
         engine=engine,
         relay=relay,
         crash_points=crash_points,
-        catalogue=catalogue,
+        tenant_ids=registered,
     )
 
 
@@ -251,7 +251,7 @@ async def running(service: Service) -> AsyncIterator[Service]:
     if service.settings.create_topics:
         await ensure_topics(
             service.settings.bootstrap_servers,
-            all_topics(service.catalogue.tenants),
+            all_topics(service.tenant_ids),
             service.settings.topic_partitions,
             transport_security(service.settings),
         )

@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, TopicAuthorizationFailedError
 
-from services.shared.catalogue import load_catalogue
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.signing import KeyRole, Signer, make_key
 from services.shared.kafka import transport_security
 from services.shared.settings import REPO_ROOT, Settings
-from services.shared.signing import KeyRole, Signer, make_key
 from sovereign.stack.installation import installation
 from sovereign.stack.kafka import ADMIN, LocalKafka, probe_read, probe_write
 from sovereign.stack.opa import LocalOpa

@@ -18,11 +18,11 @@ from services.factory_agent.storage import RunRow
 from services.governance.storage import DecisionLogEntry
 from services.placement.storage import DecisionRow, JobRow, PoolRow
 from services.registry import SERVICES
-from services.shared.catalogue import load_catalogue
 from services.shared.db import table_of
+from services.shared.domain.catalogue import load_catalogue
+from services.shared.domain.policy import PolicyBundle
 from services.shared.kafka import transport_security
 from services.shared.outbox import OutboxMessage
-from services.shared.policy import PolicyBundle
 from services.shared.settings import Settings
 from sovereign.verification.databases import service_session
 from sovereign.verification.invariants import DeadLetter, History

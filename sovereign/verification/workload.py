@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.events import JobKind, JobRequest, JobRequestedEvent
-from services.shared.signing import Signer
+from services.shared.domain.signing import Signer
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Compile a policy bundle and run its whole test suite, meant to run in a child process:
-`python -m services.shared.policy_check DIR` exits 0 only if every test passes and every rule fires in one.
+`python -m services.shared.domain.policy_check DIR` exits 0 only if every test passes and every rule fires
+in one.
 
 Services verify a revision this way before activating it, so an engine crash cannot take them down.
 """
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.events import PolicyPublishedEvent
-from services.shared.logging import get_logger
-from services.shared.policy import (
+from services.shared.domain.policy import (
     EmbeddedRegoEngine,
     OpaServerEngine,
     PolicyBundle,
@@ -22,7 +22,8 @@ from services.shared.policy import (
     PolicyEngineError,
     run_rego_tests,
 )
-from services.shared.signing import Keyring, KeyRole
+from services.shared.domain.signing import Keyring, KeyRole
+from services.shared.logging import get_logger
 
 CHECK_SECONDS = 120.0
 
@@ -63,7 +64,7 @@ async def check_in_child_process(bundle: PolicyBundle) -> CheckResult:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.shared.policy_check",
+            "services.shared.domain.policy_check",
             scratch,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

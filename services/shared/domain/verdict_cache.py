@@ -15,15 +15,15 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import pydantic_core
 
-from services.shared.policy import PolicyEngine, declared_reads
-from services.shared.signing import canonical_json
+from services.shared.domain.money import KST
+from services.shared.domain.policy import PolicyEngine, declared_reads
+from services.shared.domain.signing import canonical_json
 
-KST = timezone(timedelta(hours=9))
 # About 500 bytes a verdict: a worker keeps at most some tens of megabytes.
 CAPACITY = 100_000
 # The times the policy takes as valid (evidence.timestamp_ns): any other `now` is evaluated afresh, so an

@@ -19,7 +19,7 @@ from contracts.events import (
     SiteAttestation,
     SiteAttributes,
 )
-from services.shared.signing import Keyring, KeyRole, Signer, model_form, pre_jcs_form
+from services.shared.domain.signing import Keyring, KeyRole, Signer, model_form, pre_jcs_form
 
 
 def signed_bytes(site: SiteAttributes) -> bytes:

@@ -30,7 +30,7 @@ from contracts.events import (
     JobRequest,
 )
 from services.billing.storage import ChargeRow
-from services.factory_agent.storage import RunRow
+from services.factory_agent.storage import RunRow, RunState
 from services.placement.logic import TERMINAL_STATES
 from services.placement.storage import JobRow, SiteRow
 from services.registry import SERVICES as REGISTRY
@@ -225,7 +225,7 @@ class Cluster:
         open_jobs = [j for j in job_ids if states.get(j) not in TERMINAL_STATES]
         if open_jobs:
             return f"{len(open_jobs)} jobs not ended, e.g. {open_jobs[0]} ({states.get(open_jobs[0])})"
-        running = self.count("factory-agent", select(func.count()).where(RunRow.state == "running"))
+        running = self.count("factory-agent", select(func.count()).where(RunRow.state == RunState.RUNNING))
         with Session(self.engine("billing")) as session:
             unbilled = session.exec(select(ChargeRow).where(col(ChargeRow.billed).is_(False))).all()
         if running or unbilled:

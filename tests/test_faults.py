@@ -33,6 +33,7 @@ from contracts.events import (
     JobRequestedEvent,
     UsageReportedEvent,
 )
+from services.placement.logic import JobState
 from services.placement.storage import JobRow, PoolRow
 from services.registry import SERVICES as REGISTRY
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED
@@ -306,7 +307,7 @@ def all_in_states(cluster: Cluster, job_ids: set[str], states: frozenset[str]) -
 
 
 # Decided without a policy decision: waiting for the engine, or rejected before any policy ran.
-HELD = frozenset({"queued", "rejected"})
+HELD = frozenset({JobState.QUEUED, JobState.REJECTED})
 
 
 async def wait_for(probe: Callable[[], bool], what: str, within: float = 60.0) -> None:
@@ -398,14 +399,17 @@ async def test_two_placement_workers_racing_for_the_last_gpus_never_oversubscrib
                 events.insert(rng.randint(0, len(events)), (update, "skt-pangyo"))
             await produce(bootstrap, events, idempotent=False)
             ids = {str(r.job_id) for r in jobs}
-            await wait_for(partial(all_in_states, cluster, ids, HELD | {"placed", "running"}), "all decided")
+            await wait_for(
+                partial(all_in_states, cluster, ids, HELD | {JobState.PLACED, JobState.RUNNING}),
+                "all decided",
+            )
             await asyncio.sleep(rng.uniform(0.5, 2.5))  # sweeps of both workers re-plan the queue meanwhile
             with Session(cluster.engine("placement")) as session:
                 pool = session.get(PoolRow, RACE_POOL)
                 holding = sum(
                     row.gpu_count
                     for row in session.exec(
-                        select(JobRow).where(col(JobRow.state).in_(["placed", "running"]))
+                        select(JobRow).where(col(JobRow.state).in_([JobState.PLACED, JobState.RUNNING]))
                     )
                 )
             assert pool is not None and pool.total_gpus == size

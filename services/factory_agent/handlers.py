@@ -28,6 +28,7 @@ from services.factory_agent.simulation import UsageInterval, failure_point, usag
 from services.factory_agent.storage import (
     CancelledJob,
     RunRow,
+    RunState,
     claim_interval,
     finish_run,
     run_key,
@@ -144,7 +145,7 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
         # Before its placement arrives; a second notice for the job (the fuzz tests sent one) changes nothing.
         insert_ignoring_duplicates(session, table_of(CancelledJob), {"job_id": job_id})
         return
-    if not finish_run(session, run.run_id, "cancelled"):
+    if not finish_run(session, run.run_id, RunState.CANCELLED):
         return  # it had already finished
     reported = _intervals(run)[: run.next_seq - 1]
     _report_completion(
@@ -163,7 +164,9 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
 
 def running_run_ids(session: Session) -> list[str]:
     return list(
-        session.exec(select(RunRow.run_id).where(RunRow.state == "running").order_by(col(RunRow.run_id)))
+        session.exec(
+            select(RunRow.run_id).where(RunRow.state == RunState.RUNNING).order_by(col(RunRow.run_id))
+        )
     )
 
 
@@ -171,7 +174,7 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetim
     """Report every interval of the run that simulated time has reached; complete the run after the last,
     or fail it where the simulated fault strikes."""
     run = session.get(RunRow, run_id)
-    if run is None or run.state != "running":
+    if run is None or run.state != RunState.RUNNING:
         return 0
     job_uuid = uuid.UUID(run.job_id)
     started = as_utc(run.started_at)
@@ -215,7 +218,7 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetim
     # A run ends when its last interval does; a failing one when the interval it fails in would have.
     ends_at = intervals[-1 if fails_after is None else fails_after].end_offset_s
     status: Literal["succeeded", "failed"] = "succeeded" if fails_after is None else "failed"
-    state = "completed" if fails_after is None else "failed"
+    state = RunState.COMPLETED if fails_after is None else RunState.FAILED
     if ends_at <= simulated_elapsed and finish_run(session, run_id, state):
         _report_completion(
             ctx,

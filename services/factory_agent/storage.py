@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Table, bindparam, update
 from sqlmodel import Field, Session, SQLModel, select
 
 from services.shared.db import table_of, utc_now
+
+
+class RunState(StrEnum):
+    """A run at this factory: running until it completes, fails or is cancelled, each an end."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class RunRow(SQLModel, table=True):
@@ -24,7 +34,7 @@ class RunRow(SQLModel, table=True):
     expected_hours: float
     power_kw_per_gpu: float
     pue: float
-    state: str = Field(default="running", index=True)
+    state: str = Field(default=RunState.RUNNING, index=True)
     next_seq: int = 1
     started_at: datetime = Field(default_factory=utc_now)
 
@@ -46,7 +56,7 @@ def run_key(job_id: str, attempt: int) -> str:
 
 def running_run(session: Session, job_id: str) -> RunRow | None:
     """The job's run in progress here, if any (earlier attempts have ended)."""
-    query = select(RunRow).where(RunRow.job_id == job_id).where(RunRow.state == "running")
+    query = select(RunRow).where(RunRow.job_id == job_id).where(RunRow.state == RunState.RUNNING)
     return session.exec(query).first()
 
 
@@ -56,13 +66,13 @@ _CLAIM_INTERVAL = (
     update(_RUNS)
     .where(_RUNS.c.run_id == bindparam("match_run_id"))
     .where(_RUNS.c.next_seq == bindparam("seq"))
-    .where(_RUNS.c.state == "running")
+    .where(_RUNS.c.state == RunState.RUNNING)
     .values(next_seq=_RUNS.c.next_seq + 1)
 )
 _FINISH_RUN = (
     update(_RUNS)
     .where(_RUNS.c.run_id == bindparam("match_run_id"))
-    .where(_RUNS.c.state == "running")
+    .where(_RUNS.c.state == RunState.RUNNING)
     .values(state=bindparam("end_state"))
 )
 
@@ -73,7 +83,7 @@ def claim_interval(session: Session, run_id: str, seq: int) -> bool:
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def finish_run(session: Session, run_id: str, state: str = "completed") -> bool:
+def finish_run(session: Session, run_id: str, state: RunState) -> bool:
     """End a running run (completed, failed or cancelled); False if it already ended."""
     result = session.execute(_FINISH_RUN, {"match_run_id": run_id, "end_state": state})
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

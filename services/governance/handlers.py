@@ -37,6 +37,7 @@ from services.governance.storage import (
     decision_input,
     lock_head,
 )
+from services.governance.what_if import Decided
 from services.shared.batch import PoisonMessage
 from services.shared.db import insert_ignoring_duplicates, table_of
 from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
@@ -48,6 +49,7 @@ from services.shared.outbox import add_to_outbox
 
 CONSUMER = "governance"
 SOURCE = "service/governance"
+DECIDED_BY_TOPIC = {f"jobs.{decided.value}": decided for decided in Decided}
 
 
 def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | JobRejectedEvent) -> None:
@@ -66,9 +68,7 @@ def on_job_outcome(session: Session, event: JobPlacedEvent | JobQueuedEvent | Jo
         DecisionOutcome(
             decision_id=decision_id,
             job_id=str(data.job_id),
-            outcome={"jobs.placed": "placed", "jobs.queued": "queued", "jobs.rejected": "rejected"}[
-                event.type
-            ],
+            outcome=DECIDED_BY_TOPIC[event.type],
             site_id=site_id,
             code=data.code.value if isinstance(data, JobRejected) else None,
             explanation=explanation.model_dump(mode="json"),
@@ -133,7 +133,7 @@ def on_policy_published(keyring: Keyring, session: Session, event: PolicyPublish
     )
     engine = EmbeddedRegoEngine(bundle)
     for entry, outcome in latest_decided(session):
-        if outcome.outcome != "placed" or outcome.finished or outcome.site_id is None:
+        if outcome.outcome != Decided.PLACED or outcome.finished or outcome.site_id is None:
             continue
         if entry.policy_revision == published.policy_revision:
             continue

@@ -19,7 +19,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal, get_args
+
+from contracts.events import RejectionCode
 
 Verdicts = dict[str, dict[str, Any]]
 Fit = Literal["now", "later", "never"]
@@ -29,8 +32,8 @@ EffectKind = Literal[
 EFFECT_KINDS: tuple[EffectKind, ...] = get_args(EffectKind)
 NO_SINGLE_RULE = "(no single rule)"
 # Outcomes whose reason is not the policy's and which stand under any revision.
-HELD_CODES = frozenset({"deadline_passed", "deadline_unreachable"})
-BUDGET_CODE = "budget_exceeded"
+HELD_CODES = frozenset({RejectionCode.DEADLINE_PASSED, RejectionCode.DEADLINE_UNREACHABLE})
+BUDGET_CODE = RejectionCode.BUDGET_EXCEEDED
 DEPENDS_ON_CAPACITY = "capacity as it was at the decision"
 DEPENDS_ON_BUDGET = "the tenant's budget at the time, which is not replayed"
 
@@ -51,7 +54,7 @@ class RecordedDecision:
     tenant_id: str
     decided_at: datetime
     revision: str
-    outcome: str  # placed, queued or rejected
+    outcome: Decided
     code: str | None  # the rejection's code
     site_id: str | None  # where it was placed
     sites: dict[str, SiteFacts]
@@ -61,14 +64,22 @@ class RecordedDecision:
     cancelled_at: datetime | None = None
 
 
+class Decided(StrEnum):
+    """What placement made of a decision: the topic its answer went out on, jobs.<this>."""
+
+    PLACED = "placed"
+    QUEUED = "queued"
+    REJECTED = "rejected"
+
+
 @dataclass(frozen=True)
 class Outcome:
-    state: str  # placed, queued or rejected
+    state: Decided
     site_id: str | None = None
     code: str | None = None
 
     def describe(self) -> str:
-        if self.state == "placed":
+        if self.state == Decided.PLACED:
             return f"placed on {self.site_id}"
         return f"{self.state} ({self.code})" if self.code else self.state
 
@@ -158,15 +169,15 @@ def policy_outcome(sites: dict[str, SiteFacts], verdicts: Verdicts) -> Outcome:
         if facts.fit == "now" and facts.rank is not None and _allowed(verdicts, facts.site_id)
     ]
     if fitting:
-        return Outcome("placed", min(fitting, key=lambda facts: facts.rank or ()).site_id)
+        return Outcome(Decided.PLACED, min(fitting, key=lambda facts: facts.rank or ()).site_id)
     if not sites:
-        return Outcome("queued")  # no factory had offered capacity: no revision changes that
+        return Outcome(Decided.QUEUED)  # no factory had offered capacity: no revision changes that
     allowed = [site_id for site_id in sites if _allowed(verdicts, site_id)]
     if not allowed:
-        return Outcome("rejected", code="no_allowed_site")
+        return Outcome(Decided.REJECTED, code=RejectionCode.NO_ALLOWED_SITE)
     if any(sites[site_id].fit == "later" for site_id in allowed):
-        return Outcome("queued")
-    return Outcome("rejected", code="never_fits")
+        return Outcome(Decided.QUEUED)
+    return Outcome(Decided.REJECTED, code=RejectionCode.NEVER_FITS)
 
 
 def outcome_under(decision: RecordedDecision, verdicts: Verdicts) -> tuple[Outcome, tuple[str, ...]]:
@@ -174,9 +185,9 @@ def outcome_under(decision: RecordedDecision, verdicts: Verdicts) -> tuple[Outco
     if decision.code in HELD_CODES:
         return Outcome(decision.outcome, decision.site_id, decision.code), ()
     planned = policy_outcome(decision.sites, verdicts)
-    if decision.code == BUDGET_CODE and planned.state == "placed":
+    if decision.code == BUDGET_CODE and planned.state == Decided.PLACED:
         if planned.site_id == decision.refused_site:
-            return Outcome("rejected", code=BUDGET_CODE), ()
+            return Outcome(Decided.REJECTED, code=BUDGET_CODE), ()
         return planned, (DEPENDS_ON_BUDGET,)
     return planned, ()
 
@@ -259,15 +270,15 @@ def replay(
     old, _ = outcome_under(decision, before)
     new, depends = outcome_under(decision, after)
     effects = [e for e in (_allowed_by(changes), _denied_by(changes)) if e is not None]
-    if old.state == "placed" and new.state == "placed" and old.site_id != new.site_id:
+    if old.state == Decided.PLACED and new.state == Decided.PLACED and old.site_id != new.site_id:
         effects.append(_outcome_effect("moved", by_site, [old.site_id or ""], [new.site_id or ""]))
-    elif old.state != "placed" and new.state == "placed":
+    elif old.state != Decided.PLACED and new.state == Decided.PLACED:
         refused = [decision.refused_site] if decision.refused_site else []
         effects.append(_outcome_effect("newly_placed", by_site, refused, [new.site_id or ""]))
-    elif old.state == "placed" and new.state != "placed":
+    elif old.state == Decided.PLACED and new.state != Decided.PLACED:
         could_take_it = [s for s, f in decision.sites.items() if f.fit == "now" and _allowed(before, s)]
         effects.append(_unplaceable_effect(by_site, could_take_it))
-    at_new_site = by_site.get(new.site_id or "") if new.state == "placed" else None
+    at_new_site = by_site.get(new.site_id or "") if new.state == Decided.PLACED else None
     if at_new_site is not None and at_new_site.warnings_added:
         effects.append(Effect("warnings_added", (at_new_site.site_id,), at_new_site.warnings_added, True))
     if not effects:
@@ -276,7 +287,7 @@ def replay(
         # The cancel stands: the job ends cancelled either way, after running (or waiting) until then.
         depends = (*depends, f"the cancel at {decision.cancelled_at:%Y-%m-%d %H:%M} UTC, which stands")
     forbidden: tuple[str, ...] = ()
-    if new.state == "placed" and new.site_id != old.site_id:
+    if new.state == Decided.PLACED and new.site_id != old.site_id:
         depends = (*depends, DEPENDS_ON_CAPACITY)
         old_price, new_price = _price(decision, old.site_id), _price(decision, new.site_id)
         costs_more = old_price is None or (new_price is not None and new_price > old_price)
@@ -333,7 +344,7 @@ def recorded_decision(
         tenant_id=tenant_id,
         decided_at=decided_at,
         revision=revision,
-        outcome=outcome,
+        outcome=Decided(outcome),
         code=code,
         site_id=site_id,
         sites=sites,

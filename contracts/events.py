@@ -76,12 +76,27 @@ class JobKind(StrEnum):
     BATCH = "batch"
 
 
+# The data categories the policies know ("general": no special category); the policy's
+# facts.known_categories is the same list. Any other is refused, in any case: a category no rule knows
+# could be one that a rule should have stopped.
+DATA_CATEGORIES = frozenset({"general", "credit", "unique_id", "emr", "genomic", "map", "core_technology"})
+
+
+def _known_category(value: str) -> str:
+    category = value.strip().lower()
+    if category not in DATA_CATEGORIES:
+        known = ", ".join(sorted(DATA_CATEGORIES))
+        raise ValueError(f"{value!r} is not a data category the policies know ({known})")
+    return category
+
+
 class Dataset(Inbound):
     name: str = Field(min_length=1, max_length=200)
     n2sf_grade: Literal["C", "S", "O"] = Field(default="O", description="N2SF data grade.")
-    categories: list[str] = Field(
+    categories: list[Annotated[str, AfterValidator(_known_category)]] = Field(
         default_factory=list,
-        description="Known to the policies: credit, unique_id, emr, genomic, map, core_technology.",
+        description="Any of general, credit, unique_id, emr, genomic, map, core_technology, in any case; "
+        "any other is refused.",
     )
     personal_info: bool = False
     pseudonymised: bool = Field(default=False, description="Pseudonymised personal information (PIPA 28-2).")

@@ -1,5 +1,6 @@
-"""Inputs normalised and validated at the edge, before any policy reads them: country codes, finite
-numbers, approvals that say something, and policy data that is refused at publication, not at decision."""
+"""Inputs normalised and validated at the edge, before any policy reads them: country codes, data
+categories, finite numbers, approvals that say something, and policy data that is refused at publication,
+not at decision."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from typing import Any
 
 import iso3166
 import pytest
+import regorus
 from pydantic import ValidationError
 from sqlmodel import Session, select
 
-from contracts.events import CapacityOffered, CapacityOfferedEvent, CapacityRejectedEvent, JobRequest
+from contracts.events import (
+    DATA_CATEGORIES,
+    CapacityOffered,
+    CapacityOfferedEvent,
+    CapacityRejectedEvent,
+    Dataset,
+    JobRequest,
+)
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import PoolRow
@@ -146,6 +155,27 @@ def test_a_site_with_an_unknown_country_is_a_load_error(tmp_path: Path) -> None:
 def test_the_policy_s_country_list_is_the_iso_list_the_contracts_use() -> None:
     listed = PolicyBundle.load(POLICY_DIR).data["country_lists"]["iso_3166_1_alpha_2"]
     assert listed == sorted(iso3166.countries_by_alpha2)
+
+
+def test_the_policy_s_data_categories_are_the_ones_the_contracts_accept() -> None:
+    bundle = PolicyBundle.load(POLICY_DIR)
+    engine = regorus.Engine()
+    for path, text in bundle.policies.items():
+        engine.add_policy(path, text)
+    known = json.loads(engine.eval_rule_as_json("data.sovereign.facts.known_categories"))
+    assert set(known) == DATA_CATEGORIES
+
+
+@pytest.mark.parametrize("category", ["EMR", " emr ", "Core_Technology"])
+def test_a_known_data_category_is_read_in_any_case(category: str) -> None:
+    dataset = Dataset.model_validate({"name": "d", "categories": [category]})
+    assert dataset.categories == [category.strip().lower()]
+
+
+@pytest.mark.parametrize("category", ["medical_records", "\uff45\uff4d\uff52", "", "emr,map"])
+def test_a_data_category_the_policies_do_not_know_is_refused(category: str) -> None:
+    with pytest.raises(ValidationError, match="is not a data category the policies know"):
+        Dataset.model_validate({"name": "d", "categories": [category]})
 
 
 def with_data(tmp_path: Path, change: Any) -> Path:

@@ -114,6 +114,23 @@ def test_an_invalid_request_its_tenant_signed_is_answered_with_each_fields_error
     assert len(outbox(engine, "jobs.placed")) == 1
 
 
+def test_a_data_category_no_rule_knows_is_answered_naming_the_known_ones(
+    database_url: tuple[str, str],
+) -> None:
+    """A category the policies do not know could be one a rule should have stopped (medical records sent
+    as "medical_records" would otherwise run abroad): the tenant is told, and nothing is placed."""
+    engine = placement_engine(database_url)
+    datasets = [{"name": "charts", "categories": ["EMR", "medical_records"], "personal_info": True}]
+    document = request_document(datasets=datasets)
+    assert consume(engine, "jobs.requested", signed_as_sent(document)) is True
+    [refusal] = refusals(engine)
+    assert refusal.code == "invalid_request"
+    [error] = refusal.field_errors
+    assert error.location == "data.datasets.0.categories.1"
+    assert "'medical_records' is not a data category" in error.message and "emr" in error.message
+    assert not outbox(engine, "jobs.placed")
+
+
 def test_bytes_nobody_proved_they_sent_are_left_for_the_dead_letter_topic(
     database_url: tuple[str, str],
 ) -> None:

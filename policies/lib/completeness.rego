@@ -202,9 +202,16 @@ dataset_list(document, key) if {
 well_formed_dataset(dataset) if {
 	dataset.n2sf_grade in {"C", "S", "O"}
 	is_array(dataset.categories)
+	count([category | some category in dataset.categories; not known_category(category)]) == 0
 	is_boolean(dataset.personal_info)
 	is_boolean(dataset.pseudonymised)
 	is_boolean(dataset.contains_rrn)
+}
+
+# A category is read in any case and around spaces, as facts.categories reads it.
+known_category(value) if {
+	is_string(value)
+	lower(trim_space(value)) in facts.known_categories
 }
 
 # Only the rules that read an attribute find against its absence; `needs` is scanned for a gap only.

@@ -91,6 +91,21 @@ test_dataset_without_facets_denied if {
 	count({"N2SF-02", "PIPA-01", "HLT-01", "LOC-01"} - found) == 0
 }
 
+# Under every rule that reads datasets, at Korean sites too: a category the rules do not know could be one
+# that should have kept the job in Korea.
+test_unknown_or_mistyped_category_denied if {
+	every category in ["medical_records", "ｅｍｒ", 42, null, ["emr"], {"emr": true}] {
+		job := fx.with_datasets([fx.dataset({"categories": ["general", category]})])
+		found := rules_at(fx.request(job, fx.tenant("health"), fx.sites), "seoul")
+		count({"N2SF-02", "PIPA-01", "FIN-01", "HLT-01", "HLT-02", "LOC-01"} - found) == 0
+	}
+}
+
+test_known_category_in_odd_case_is_well_formed if {
+	job := fx.with_datasets([fx.dataset({"categories": [" EMR", "Core_Technology ", "general"]})])
+	count(rules_at(fx.request(job, fx.tenant("health"), fx.sites), "seoul")) == 0
+}
+
 test_deadline_that_is_not_a_time_denied if {
 	job := object.union(fx.job, {"csap_grade": "low", "deadline": "next week"})
 	"CSAP-05" in rules_at(fx.request(job, fx.tenant("startup"), fx.sites), "seoul")

@@ -13,6 +13,11 @@ tenant := input.tenant if is_object(input.tenant) else := {}
 
 datasets := job.datasets if is_array(job.datasets) else := []
 
+# The data categories the rules know ("general" is data of no special category). contracts.events'
+# DATA_CATEGORIES is the same list; any other category makes its dataset malformed (completeness.rego),
+# since it could be one a rule should have stopped.
+known_categories := {"general", "credit", "unique_id", "emr", "genomic", "map", "core_technology"}
+
 categories contains category if {
 	some dataset in datasets
 	some category in evidence.lowered(dataset.categories)

@@ -52,6 +52,10 @@ def _on_the_list(code: str) -> str:
 KnownCountryCode = Annotated[CountryCode, AfterValidator(_on_the_list)]
 
 
+# A region as a site names it and a job prefers or excludes it: compared in lower case, without the spaces
+# around it, so that a job excluding "Seoul " never runs in seoul.
+Region = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True)]
+
 # An id or an approval on file: blank is none.
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -124,8 +128,12 @@ class JobRequest(Inbound):
     importance: Literal["normal", "important"] = Field(default="normal", description="FSS 'important' work.")
     training_ops: float | None = Field(default=None, ge=0, description="Total training operations, if known.")
     open_weights: bool = False
-    preferred_regions: list[str] = Field(default_factory=list, description="Ranked after price and energy.")
-    excluded_regions: list[str] = Field(default_factory=list, description="Never placed in these regions.")
+    preferred_regions: list[Region] = Field(
+        default_factory=list, description="Ranked after price and energy; in any case."
+    )
+    excluded_regions: list[Region] = Field(
+        default_factory=list, description="Never placed in these regions; in any case."
+    )
     priority: Literal["low", "normal", "high", "urgent"] = Field(
         default="normal", description="Queue order: priority class first, then arrival."
     )
@@ -477,7 +485,7 @@ class SiteAttributes(Inbound):
     site_id: Slug = Field(pattern=SLUG_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     country: CountryCode
-    region: str = Field(min_length=1, max_length=100)
+    region: Region = Field(min_length=1, max_length=100)
     operator: str = Field(min_length=1, max_length=200)
     operator_country: CountryCode
     operator_type: Literal["government", "public", "private"]

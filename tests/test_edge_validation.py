@@ -51,6 +51,13 @@ def test_country_codes_are_read_in_any_case_and_stored_upper_case() -> None:
     assert offer.unknown_countries() == []
 
 
+def test_a_site_s_region_is_read_in_any_case_and_stored_lower_case() -> None:
+    offer = CapacityOffered.model_validate(offer_with(region="  Gyeonggi"))
+    assert offer.site.region == "gyeonggi"
+    with pytest.raises(ValidationError, match="at least 1 character"):
+        CapacityOffered.model_validate(offer_with(region="   "))
+
+
 @pytest.mark.parametrize("code", ["KOR", "K", "", "k1", "K R"])
 def test_a_code_that_is_not_two_letters_is_refused(code: str) -> None:
     with pytest.raises(ValidationError, match="country"):

@@ -236,6 +236,16 @@ def test_an_excluded_region_is_a_capacity_reason_not_a_policy_verdict() -> None:
     assert excluded.policy_allowed and "a region the job excludes" in excluded.capacity_reasons[0]
 
 
+def test_regions_are_compared_in_any_case_and_without_the_spaces_around_them() -> None:
+    sent = job().model_dump(mode="json") | {"excluded_regions": [" Seoul "], "preferred_regions": ["JEJU"]}
+    request = JobRequest.model_validate(sent)
+    seoul = replace(pool("s1", "seoul-site", price=1000), region="seoul")
+    busan = replace(pool("b1", "busan-site", price=2000), region="busan")
+    jeju = replace(pool("j1", "jeju-site", price=2000), region="jeju")
+    result = plan(request, allow("seoul-site", "busan-site", "jeju-site"), [seoul, busan, jeju])
+    assert result.chosen is not None and result.chosen.pool_id == "j1"
+
+
 def test_region_preference_ranks_after_price_and_energy() -> None:
     gwangju = replace(pool("g1", "a-gwangju", price=5000), region="gwangju")
     sejong = replace(pool("s1", "b-sejong", price=5000), region="sejong")

@@ -282,6 +282,26 @@ def test_expected_dead_letters_are_counted_exactly() -> None:
     assert [v.invariant for v in check(history, expected_dead_letters=2)] == [6]
 
 
+def test_a_request_refused_as_an_envelope_was_never_accepted_and_needs_no_outcome() -> None:
+    """A request in one tenant's name signed with another's key is refused to the signer (scope envelope);
+    its job was never taken on. A refusal of some other envelope excuses nothing."""
+    history = clean_history()
+    forged = event("jobs.requested", job_id=str(uuid.uuid4()))
+    history.events["jobs.requested"].append(forged)
+    refusal = event(
+        "jobs.rejected",
+        job_id=str(uuid.uuid4()),
+        tenant_id="hanbit-ai",
+        scope="envelope",
+        envelope_type="jobs.requested",
+        envelope_id=str(uuid.uuid4()),
+    )
+    history.events["jobs.rejected"].append(refusal)
+    assert {(v.invariant, v.subject) for v in check(history)} == {(1, forged["data"]["job_id"])}
+    refusal["data"]["envelope_id"] = forged["id"]
+    assert check(history) == []
+
+
 def test_a_failed_run_retried_elsewhere_ends_once() -> None:
     history = clean_history()
     failed = event("jobs.completed", time="2026-11-22T01:30:00Z", attempt=1, status="failed")

@@ -72,6 +72,16 @@ class History:
             seen.setdefault((event["source"], event["id"]), event)
         return list(seen.values())
 
+    def accepted_requests(self) -> list[Row]:
+        """The requests the marketplace took on: not one refused as an envelope (another tenant's key, an
+        invalid or conflicting resubmission), which leaves its job, if any, as it was."""
+        refused = {
+            e["data"]["envelope_id"]
+            for e in self.distinct("jobs.rejected")
+            if e["data"].get("scope") == "envelope" and e["data"].get("envelope_type") == "jobs.requested"
+        }
+        return [e for e in self.distinct("jobs.requested") if e["id"] not in refused]
+
     def job_rejections(self) -> list[Row]:
         """The rejections of jobs: not the refusals of a single envelope, which leave the job as it was."""
         return [e for e in self.distinct("jobs.rejected") if e["data"].get("scope", "job") == "job"]
@@ -137,7 +147,7 @@ def terminal_outcomes(history: History) -> list[Violation]:
             continue
         outcomes[job_id].append({"succeeded": "completed"}.get(data["status"], data["status"]))
     states = {row["job_id"]: row["state"] for row in history.jobs}
-    for job_id in sorted({str(e["data"]["job_id"]) for e in history.distinct("jobs.requested")}):
+    for job_id in sorted({str(e["data"]["job_id"]) for e in history.accepted_requests()}):
         ended = outcomes.get(job_id, [])
         if len(ended) != 1:
             found.append(Violation(1, job_id, f"{len(ended)} terminal outcomes on the topics: {ended}"))

@@ -32,9 +32,13 @@ effective_grade(site) := site.csap.grade if {
 # When the certificate ends: 24:00 KST on its expiry date.
 expiry_ns(site) := evidence.date_end_ns(site.csap, "expires")
 
-# The grade a site holds through the job's deadline; an expired certificate holds none.
+# A certificate must be in force from now through the job's deadline: until the later of the two (a
+# deadline already past does not make an expired certificate valid).
+in_force_until_ns := max([facts.deadline_ns, facts.now_ns + 1])
+
+# The grade a site holds from now through the job's deadline; an expired certificate holds none.
 unexpired_grade(site) := effective_grade(site) if {
-	expiry_ns(site) >= facts.deadline_ns
+	expiry_ns(site) >= in_force_until_ns
 } else := "none"
 
 # Every CSAP grade needs the site, its data and backups, and its operations staff in Korea.
@@ -97,26 +101,26 @@ violations contains finding if {
 	}
 }
 
-# CSAP-05: the certificate must be valid until the job's deadline ...
+# CSAP-05: the certificate must be valid until the job's deadline, and now ...
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	expiry_ns(site) < facts.deadline_ns
-	finding := {
-		"rule": "CSAP-05",
-		"site": site_id,
-		"message": sprintf(
-			"%s's CSAP certificate expires on %s (24:00 KST), before the job's deadline %s",
-			[site_id, site.csap.expires, facts.job.deadline],
-		),
-	}
+	expiry_ns(site) < in_force_until_ns
+	finding := {"rule": "CSAP-05", "site": site_id, "message": lapse(site_id, site)}
 }
+
+lapse(site_id, site) := sprintf("%s's CSAP certificate expired on %s (24:00 KST)", [site_id, site.csap.expires]) if {
+	expiry_ns(site) <= facts.now_ns
+} else := sprintf(
+	"%s's CSAP certificate expires on %s (24:00 KST), before the job's deadline %s",
+	[site_id, site.csap.expires, facts.job.deadline],
+)
 
 # ... and a certificate within 30 days of expiry is a warning even when it outlives the deadline.
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	expiry_ns(site) >= facts.deadline_ns
+	expiry_ns(site) >= in_force_until_ns
 	expiry_ns(site) - facts.now_ns < thirty_days_ns
 	finding := {
 		"rule": "CSAP-05",

@@ -90,3 +90,18 @@ test_csap05_deadline_before_midnight_kst_allowed if not "CSAP-05" in deadline_ru
 test_csap05_deadline_after_midnight_kst_denied if "CSAP-05" in deadline_rules("2027-03-01T15:00:01Z")
 
 test_csap05_deadline_in_kst_after_midnight_denied if "CSAP-05" in deadline_rules("2027-03-02T00:00:01+09:00")
+
+# Valid now too: a certificate that expired yesterday is denied even for a deadline before it expired, and
+# gives N2SF-03 no grade (an OPA client may send any deadline).
+test_csap05_certificate_expired_before_now_denied if {
+	past_due := object.union(job("medium"), {"deadline": "2026-11-01T00:00:00Z"})
+	findings := csap.violations with input as fx.request(past_due, fx.tenant("government"), {"s": expiring_on("2026-11-20")})
+	{f.rule | some f in findings; not f.warn_only} == {"CSAP-05"}
+	csap.unexpired_grade(expiring_on("2026-11-20")) == "none" with input as fx.request(past_due, fx.tenant("government"), {})
+}
+
+test_csap05_certificate_ending_tonight_is_valid_today if {
+	due := object.union(job("medium"), {"deadline": "2026-11-22T09:00:00Z"})
+	findings := csap.violations with input as fx.request(due, fx.tenant("government"), {"s": expiring_on("2026-11-22")})
+	{f.rule | some f in findings; not f.warn_only} == set()
+}

@@ -52,9 +52,9 @@ def _on_the_list(code: str) -> str:
 KnownCountryCode = Annotated[CountryCode, AfterValidator(_on_the_list)]
 
 
-# A region as a site names it and a job prefers or excludes it: compared in lower case, without the spaces
-# around it, so that a job excluding "Seoul " never runs in seoul.
-Region = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True)]
+# A name read in any case and around spaces (a region, a data category): compared as lower case without
+# them, so that a job excluding "Seoul " never runs in seoul.
+Lowered = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True)]
 
 # An id or an approval on file: blank is none.
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -86,18 +86,17 @@ class JobKind(StrEnum):
 DATA_CATEGORIES = frozenset({"general", "credit", "unique_id", "emr", "genomic", "map", "core_technology"})
 
 
-def _known_category(value: str) -> str:
-    category = value.strip().lower()
+def _known_category(category: str) -> str:
     if category not in DATA_CATEGORIES:
         known = ", ".join(sorted(DATA_CATEGORIES))
-        raise ValueError(f"{value!r} is not a data category the policies know ({known})")
+        raise ValueError(f"{category!r} is not a data category the policies know ({known})")
     return category
 
 
 class Dataset(Inbound):
     name: str = Field(min_length=1, max_length=200)
     n2sf_grade: Literal["C", "S", "O"] = Field(default="O", description="N2SF data grade.")
-    categories: list[Annotated[str, AfterValidator(_known_category)]] = Field(
+    categories: list[Annotated[Lowered, AfterValidator(_known_category)]] = Field(
         default_factory=list,
         description="Any of general, credit, unique_id, emr, genomic, map, core_technology, in any case; "
         "any other is refused.",
@@ -128,10 +127,10 @@ class JobRequest(Inbound):
     importance: Literal["normal", "important"] = Field(default="normal", description="FSS 'important' work.")
     training_ops: float | None = Field(default=None, ge=0, description="Total training operations, if known.")
     open_weights: bool = False
-    preferred_regions: list[Region] = Field(
+    preferred_regions: list[Lowered] = Field(
         default_factory=list, description="Ranked after price and energy; in any case."
     )
-    excluded_regions: list[Region] = Field(
+    excluded_regions: list[Lowered] = Field(
         default_factory=list, description="Never placed in these regions; in any case."
     )
     priority: Literal["low", "normal", "high", "urgent"] = Field(
@@ -485,7 +484,7 @@ class SiteAttributes(Inbound):
     site_id: Slug = Field(pattern=SLUG_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     country: CountryCode
-    region: Region = Field(min_length=1, max_length=100)
+    region: Lowered = Field(min_length=1, max_length=100)
     operator: str = Field(min_length=1, max_length=200)
     operator_country: CountryCode
     operator_type: Literal["government", "public", "private"]

@@ -24,9 +24,13 @@ rule_families := [
 # An array: the families' findings differ by rule, so a set would only hash them all to find no duplicate.
 findings := [finding | some family in rule_families; some finding in family]
 
-# A rule without a catalogue entry denies: an unknown rule must never be silently ignored.
-catalogue_mode(rule_id) := data.rules[rule_id].mode if {
-	data.rules[rule_id]
+known_modes := {"deny", "warn", "dryrun"}
+
+# A rule without a catalogue entry, or with a mode this policy does not know ("off", a typo, a number),
+# denies: publication refuses such a mode, but an engine fed other data must not switch the rule off.
+catalogue_mode(rule_id) := mode if {
+	mode := data.rules[rule_id].mode
+	mode in known_modes
 } else := "deny"
 
 # Looked up once per rule found, not once per finding.
@@ -35,11 +39,21 @@ rule_modes[rule_id] := catalogue_mode(rule_id) if {
 	rule_id := f.rule
 }
 
-# Some findings are warnings by nature (a certificate close to expiry); dryrun still wins over them.
-mode_of(finding) := "warn" if {
-	finding.warn_only
-	rule_modes[finding.rule] != "dryrun"
+strictness := {"dryrun": 0, "warn": 1, "deny": 2}
+
+# A part of a rule with a mode of its own (CSAP-05's early warning) is held to the weaker of that mode and
+# its rule's: the rule's mode governs every finding it makes, so dryrun silences the part too, and the part
+# blocks only when both say deny. A missing or unknown part mode is deny, as an unknown rule mode is.
+part_mode(rule_id, part) := mode if {
+	mode := data.rules[rule_id].part_modes[part]
+	mode in known_modes
+} else := "deny"
+
+mode_of(finding) := weaker(rule_modes[finding.rule], part_mode(finding.rule, finding.part)) if {
+	finding.part
 } else := rule_modes[finding.rule]
+
+weaker(a, b) := a if strictness[a] <= strictness[b] else := b
 
 # Each finding is classified once: waived by an exemption, or kept with its mode. Without exemptions in
 # force for the tenant (the usual case) there is nothing to look up per finding. `kept` is an array built

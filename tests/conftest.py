@@ -35,13 +35,14 @@ from contracts.events import (
 )
 from services.placement.logic import PoolState, offered_pools
 from services.shared.domain.catalogue import load_catalogue
-from services.shared.domain.policy import PolicyBundle
+from services.shared.domain.policy import EmbeddedRegoEngine, OpaServerEngine, PolicyBundle
 from services.shared.domain.signing import Keyring, Signer, jcs
 from services.shared.embedded_broker import FETCH_MAX_WAIT_MS, EmbeddedBroker
 from services.shared.kafka import all_topics, ensure_topics
 from services.shared.runtime import Service, running
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.keys import throwaway_keys
+from sovereign.stack.opa import LocalOpa
 from sovereign.stack.postgres import LocalPostgres, answers
 from sovereign.status import collect_status
 from sovereign.verification.tracker import Tracker
@@ -145,6 +146,65 @@ def postgres_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def opa_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An OPA server of the module's own (built from its Go module by set-up), with no policy loaded."""
+    server = LocalOpa(log_path=tmp_path_factory.mktemp("opa") / "opa.log")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+Decide = Callable[[PolicyBundle, dict[str, Any]], dict[str, dict[str, Any]]]
+
+# The three ways a decision is evaluated: regorus's compiled program, its interpreter, the OPA server.
+ENGINE_PATHS = ["compiled", "interpreted", pytest.param("opa", marks=pytest.mark.production_stack)]
+
+
+def decider(path: str, request: pytest.FixtureRequest) -> Decide:
+    """Verdicts for a document under a bundle on one engine path. The compiled path must answer from its
+    program (not fall back to the interpreter), and the server is given the bundle before each decision."""
+    if path == "opa":
+        url: str = request.getfixturevalue("opa_url")
+
+        def on_server(bundle: PolicyBundle, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+            return OpaServerEngine(url, bundle, timeout_seconds=10).decide(document)
+
+        return on_server
+
+    engines: dict[str, EmbeddedRegoEngine] = {}  # by revision: properties decide under few bundles often
+
+    def embedded(bundle: PolicyBundle, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        if bundle.revision not in engines:
+            if len(engines) >= 32:
+                engines.clear()
+            engines[bundle.revision] = EmbeddedRegoEngine(bundle, compile_program=path == "compiled")
+        engine = engines[bundle.revision]
+        verdicts = engine.decide(document)
+        assert engine.interpreted_after_failure == 0, "the program failed and the interpreter answered"
+        return verdicts
+
+    return embedded
+
+
+@pytest.fixture(scope="module", params=ENGINE_PATHS)
+def decide_on(request: pytest.FixtureRequest) -> Decide:
+    return decider(request.param, request)
+
+
+@pytest.fixture(scope="module", params=["compiled", "interpreted"])
+def decide_in_process(request: pytest.FixtureRequest) -> Decide:
+    return decider(request.param, request)
+
+
+@pytest.fixture(scope="module")
+def decide_on_opa(request: pytest.FixtureRequest) -> Decide:
+    """The OPA server: about 160 ms a decision when the bundle changes (it is checked and installed)."""
+    return decider("opa", request)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import random
 import re
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,6 @@ from services.shared.domain.policy import (
 from services.shared.embedded_broker import free_loopback_port
 from services.shared.settings import REPO_ROOT
 from sovereign.stack.installation import installation
-from sovereign.stack.opa import LocalOpa
 from sovereign.verification.workload import generate
 from tests.conftest import catalogue_pools, normalised
 from tests.test_policy_properties import EXAMPLES, bounded, bundle_with, requests, worse_evidence
@@ -84,16 +82,6 @@ def workload_cases(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def opa_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = LocalOpa(log_path=tmp_path_factory.mktemp("opa") / "opa.log")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
 @pytest.mark.production_stack
 def test_opa_s_own_test_runner_passes_the_rego_suite() -> None:
     result = subprocess.run(
@@ -129,10 +117,10 @@ def parity_documents() -> list[dict[str, Any]]:
 
 
 @pytest.mark.production_stack
-def test_regorus_compiled_and_interpreted_and_the_opa_server_decide_alike(opa_server: str) -> None:
+def test_regorus_compiled_and_interpreted_and_the_opa_server_decide_alike(opa_url: str) -> None:
     compiled = EmbeddedRegoEngine(BUNDLE)
     interpreted = EmbeddedRegoEngine(BUNDLE, compile_program=False)
-    server = OpaServerEngine(opa_server, BUNDLE, timeout_seconds=10)
+    server = OpaServerEngine(opa_url, BUNDLE, timeout_seconds=10)
     documents = parity_documents()
     assert len(documents) >= 300
     for document in documents:
@@ -146,23 +134,23 @@ def test_regorus_compiled_and_interpreted_and_the_opa_server_decide_alike(opa_se
 @bounded(EXAMPLES // 2)  # each example is two requests to the server
 @given(requests, st.randoms(use_true_random=False))
 def test_the_opa_server_decides_generated_and_broken_inputs_as_regorus(
-    opa_server: str, document: dict[str, Any], rng: random.Random
+    opa_url: str, document: dict[str, Any], rng: random.Random
 ) -> None:
     """The hostile inputs of the property tests (evidence removed, nulled, blanked, in odd case) on the
     server too: OPA and regorus read an undefined reference under `not` differently, and only running
     both shows a rule that leans on either reading."""
-    server = OpaServerEngine(opa_server, BUNDLE, timeout_seconds=10)
+    server = OpaServerEngine(opa_url, BUNDLE, timeout_seconds=10)
     _, worse = worse_evidence(document, rng)
     for each in (document, worse):
         assert normalised(server.decide(each)) == normalised(INTERPRETED.decide(each))
 
 
 @pytest.mark.production_stack
-def test_every_absence_denies_on_the_program_and_the_opa_server_too(opa_server: str) -> None:
+def test_every_absence_denies_on_the_program_and_the_opa_server_too(opa_url: str) -> None:
     """`policy test`'s absence checks run on the interpreter; the same requests on the two other engines."""
     run = run_rego_tests(BUNDLE)
     compiled = EmbeddedRegoEngine(BUNDLE)
-    server = OpaServerEngine(opa_server, BUNDLE, timeout_seconds=10)
+    server = OpaServerEngine(opa_url, BUNDLE, timeout_seconds=10)
     for case in run.absence:
         for engine in (compiled, server):
             assert case.sites_without_finding(engine.decide(case.request)) == [], (engine.name, case.name)

@@ -15,12 +15,13 @@ import os
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, verdicts_by_site
 from services.shared.settings import REPO_ROOT
-from tests.conftest import normalised
+from tests.conftest import Decide, normalised
 
 EXAMPLES = int(os.environ.get("SOVEREIGN_PROPERTY_EXAMPLES", "100"))
 
@@ -41,6 +42,7 @@ BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
 NOW = "2026-11-22T00:00:00+00:00"
 
 # Exemptions in force for some of the generated tenants: removing any one never allows more.
+# (They must last through a job's deadline: the first two cover some of the generated deadlines, not all.)
 EXEMPTIONS = [
     {"tenant": "t-startup", "rule": "EXP-01", "expires": "2027-06-30", "approver": "cpo", "reason": "pilot"},
     {
@@ -51,16 +53,22 @@ EXEMPTIONS = [
         "approver": "cpo",
         "reason": "r",
     },
-    {"tenant": "t-government", "rule": "RES-01", "expires": "2026-11-22", "approver": "cpo", "reason": "r"},
-    {"tenant": "t-health", "rule": "HLT-02", "expires": "2027-01-31", "approver": "cpo", "reason": "r"},
+    {"tenant": "t-government", "rule": "RES-01", "expires": "2030-12-31", "approver": "cpo", "reason": "r"},
+    {"tenant": "t-health", "rule": "HLT-02", "expires": "2028-12-31", "approver": "cpo", "reason": "r"},
 ]
 
 
-def bundle_with(exemptions: list[dict[str, Any]]) -> PolicyBundle:
-    """The shipped bundle with these exemptions in its data instead of its own."""
+def bundle_with(
+    exemptions: list[dict[str, Any]], modes: dict[str, str] | None = None, early_warning: str = "warn"
+) -> PolicyBundle:
+    """The shipped bundle with these exemptions in its data instead of its own, and these rules' modes
+    and CSAP-05's early-warning mode when given."""
     files = dict(BUNDLE.files)
     data = json.loads(files["data.json"])
     data["exemptions"] = exemptions
+    for rule_id, mode in (modes or {}).items():
+        data["rules"][rule_id]["mode"] = mode
+    data["rules"]["CSAP-05"]["part_modes"] = {"early_warning": early_warning}
     files["data.json"] = json.dumps(data)
     return PolicyBundle(files)
 
@@ -74,6 +82,13 @@ INTERPRETER = engine_with(EXEMPTIONS, compile_program=False)
 REVERSED_EXEMPTIONS = engine_with(list(reversed(EXEMPTIONS)))
 WITHOUT_ONE_EXEMPTION = [engine_with(EXEMPTIONS[:i] + EXEMPTIONS[i + 1 :]) for i in range(len(EXEMPTIONS))]
 
+# In order: a later one never allows more (the last only as a job's deadline moved later).
+DEADLINES = [
+    "2026-12-01T00:00:00+00:00",
+    "2027-02-01T00:00:00Z",
+    "2028-06-01T09:00:00+09:00",
+    "2031-01-01T00:00:00+09:00",
+]
 COUNTRIES = ["KR", "KR", "KR", "JP", "US", "SG", "DE", "CN", "HK", "RU", "kr", "Kr", "us"]
 GRADES = ["low", "medium", "high"]
 CATEGORIES = ["general", "credit", "unique_id", "emr", "genomic", "map", "core_technology", "EMR", "Map"]
@@ -150,9 +165,7 @@ jobs = st.fixed_dictionaries(
         "kind": st.sampled_from(["training", "fine_tuning", "inference", "batch"]),
         "gpu_count": st.just(8),
         "expected_hours": st.just(4.0),
-        "deadline": st.sampled_from(
-            ["2026-12-01T00:00:00+00:00", "2027-02-01T00:00:00Z", "2028-06-01T09:00:00+09:00"]
-        ),
+        "deadline": st.sampled_from(DEADLINES[:3]),
         "csap_grade": st.sampled_from(["none", "none", *GRADES]),
         "datasets": st.lists(datasets, max_size=3),
         "purpose": st.sampled_from(["service", "statistics", "research", "public_archiving", "commercial"]),
@@ -312,3 +325,175 @@ def compiled_answer(document: dict[str, Any]) -> Any:
     except RuntimeError as error:
         assert "instruction limit" in str(error)
         return None
+
+
+# The readings of modes and exemptions (rules.md, "How to read the rows"), on every engine path through
+# `decide_on`: the compiled program, the interpreter and the OPA server.
+RULE_IDS = sorted(BUNDLE.data["rules"])
+MODES = ["dryrun", "warn", "deny"]  # from the least to the most strict
+EARLY_WARNING = "CSAP-05 early warning"
+
+every_mode = st.fixed_dictionaries({rule_id: st.sampled_from(MODES) for rule_id in RULE_IDS})
+EXPIRIES = ["2026-11-21", "2026-11-30", "2027-01-31", "2027-06-30", "2028-12-31", "2030-12-31"]
+TENANT_IDS = [
+    f"t-{sector}" for sector in ["government", "public", "finance", "health", "enterprise", "startup"]
+]
+
+exemption_lists = st.lists(
+    st.builds(
+        lambda tenant, rule, site, expires: {
+            "tenant": tenant,
+            "rule": rule,
+            **({"site": site} if site else {}),
+            "expires": expires,
+            "approver": "cpo",
+            "reason": "r",
+        },
+        st.sampled_from(TENANT_IDS),
+        st.sampled_from(RULE_IDS),
+        st.sampled_from([None, None, "s0", "s1"]),
+        st.sampled_from(EXPIRIES),
+    ),
+    max_size=6,
+)
+
+
+Case = tuple[Any, ...]  # what one example drew
+
+
+def allowed_on(decide: Decide, bundle: PolicyBundle, document: dict[str, Any]) -> set[str]:
+    return {site_id for site_id, verdict in decide(bundle, document).items() if verdict["allowed"]}
+
+
+def check_raising_a_mode(decide: Decide, case: Case, data: st.DataObject) -> None:
+    document, modes, early_warning, raised = case
+    before = modes[raised] if raised != EARLY_WARNING else early_warning
+    after = data.draw(st.sampled_from(MODES[MODES.index(before) :]), label="raised to")
+    if raised == EARLY_WARNING:
+        stricter = bundle_with(EXEMPTIONS, modes, early_warning=after)
+    else:
+        stricter = bundle_with(EXEMPTIONS, {**modes, raised: after}, early_warning)
+    looser = bundle_with(EXEMPTIONS, modes, early_warning)
+    assert allowed_on(decide, stricter, document) <= allowed_on(decide, looser, document)
+
+
+def check_shortening_an_exemption(decide: Decide, case: Case, data: st.DataObject) -> None:
+    document, exemptions = case
+    own = [{**e, "tenant": document["tenant"]["tenant_id"]} for e in exemptions]  # so that they can waive
+    if not own:
+        return
+    index = data.draw(st.integers(0, len(own) - 1), label="shortened")
+    earlier = EXPIRIES[: EXPIRIES.index(own[index]["expires"]) + 1]
+    shorter = [
+        *own[:index],
+        {**own[index], "expires": data.draw(st.sampled_from(earlier))},
+        *own[index + 1 :],
+    ]
+    assert allowed_on(decide, bundle_with(shorter), document) <= allowed_on(
+        decide, bundle_with(own), document
+    )
+
+
+def check_a_later_deadline(decide: Decide, case: Case, data: st.DataObject) -> None:
+    document, exemptions = case
+    bundle = bundle_with([{**e, "tenant": document["tenant"]["tenant_id"]} for e in exemptions])
+    later = data.draw(st.sampled_from(DEADLINES[DEADLINES.index(document["job"]["deadline"]) :]))
+    moved = {**document, "job": {**document["job"], "deadline": later}}
+    assert allowed_on(decide, bundle, moved) <= allowed_on(decide, bundle, document)
+
+
+def check_foreign_exemptions(decide: Decide, case: Case) -> None:
+    document, own, others = case
+    tenant_id = document["tenant"]["tenant_id"]
+    own = [{**e, "tenant": tenant_id} for e in own]
+    plain = decide(bundle_with([]), document)
+    found = {f["rule"] for verdict in plain.values() for f in verdict["violations"] + verdict["warnings"]}
+    # Other tenants' exemptions, for any rule, and the tenant's own for rules nothing here found.
+    foreign = [e for e in others if e["tenant"] != tenant_id] + [
+        {**e, "tenant": tenant_id} for e in others if e["rule"] not in found
+    ]
+    with_own = decide(bundle_with(own), document)
+    assert normalised(decide(bundle_with(own + foreign), document)) == normalised(with_own)
+    assert normalised(decide(bundle_with(foreign), document)) == normalised(plain)
+    # What is waived is the tenant's own finding of the exempted rule, at the site it names if any.
+    for site_id, verdict in with_own.items():
+        for waived in verdict["exempted"]:
+            assert any(e["rule"] == waived["rule"] and e.get("site", site_id) == site_id for e in own), waived
+
+
+# Each property in process (the compiled program and the interpreter) and on the OPA server, where a
+# decision under a new bundle costs a check and an install: a quarter of the examples there.
+ON_THE_SERVER = bounded(max(1, EXAMPLES // 4))
+mode_changes = st.tuples(
+    requests, every_mode, st.sampled_from(MODES), st.sampled_from([*RULE_IDS, EARLY_WARNING])
+)
+exemption_changes = st.tuples(requests, exemption_lists)
+foreign_exemptions = st.tuples(requests, exemption_lists, exemption_lists)
+
+
+@PROPERTY
+@given(case=mode_changes, data=st.data())
+def test_raising_a_rules_mode_never_allows_more_sites(
+    decide_in_process: Decide, case: Case, data: st.DataObject
+) -> None:
+    check_raising_a_mode(decide_in_process, case, data)
+
+
+@pytest.mark.production_stack
+@ON_THE_SERVER
+@given(case=mode_changes, data=st.data())
+def test_raising_a_rules_mode_never_allows_more_sites_on_the_opa_server(
+    decide_on_opa: Decide, case: Case, data: st.DataObject
+) -> None:
+    check_raising_a_mode(decide_on_opa, case, data)
+
+
+@PROPERTY
+@given(case=exemption_changes, data=st.data())
+def test_shortening_an_exemption_never_allows_more_sites(
+    decide_in_process: Decide, case: Case, data: st.DataObject
+) -> None:
+    check_shortening_an_exemption(decide_in_process, case, data)
+
+
+@pytest.mark.production_stack
+@ON_THE_SERVER
+@given(case=exemption_changes, data=st.data())
+def test_shortening_an_exemption_never_allows_more_sites_on_the_opa_server(
+    decide_on_opa: Decide, case: Case, data: st.DataObject
+) -> None:
+    check_shortening_an_exemption(decide_on_opa, case, data)
+
+
+@PROPERTY
+@given(case=exemption_changes, data=st.data())
+def test_a_later_deadline_never_allows_more_sites(
+    decide_in_process: Decide, case: Case, data: st.DataObject
+) -> None:
+    check_a_later_deadline(decide_in_process, case, data)
+
+
+@pytest.mark.production_stack
+@ON_THE_SERVER
+@given(case=exemption_changes, data=st.data())
+def test_a_later_deadline_never_allows_more_sites_on_the_opa_server(
+    decide_on_opa: Decide, case: Case, data: st.DataObject
+) -> None:
+    check_a_later_deadline(decide_on_opa, case, data)
+
+
+@PROPERTY
+@given(case=foreign_exemptions)
+def test_an_exemption_for_another_tenant_or_another_rule_waives_nothing(
+    decide_in_process: Decide, case: Case
+) -> None:
+    check_foreign_exemptions(decide_in_process, case)
+
+
+@pytest.mark.production_stack
+@ON_THE_SERVER
+@given(case=foreign_exemptions)
+def test_an_exemption_for_another_tenant_or_another_rule_waives_nothing_on_the_opa_server(
+    decide_on_opa: Decide, case: Case
+) -> None:
+    check_foreign_exemptions(decide_on_opa, case)

@@ -107,9 +107,10 @@ def history(
     requests: Iterable[JobRequestedEvent],
     offers: Sequence[CapacityOffered] = CATALOGUE.offers,
     tenants: dict[str, Tenant] = CATALOGUE.tenants,
+    policies: Path = SHIPPED,
 ) -> Settings:
-    """Decide the jobs with the shipped policies, in order, and record everything in governance's
-    database, as the running services would."""
+    """Decide the jobs with the shipped policies (or others), in order, and record everything in
+    governance's database, as the running services would."""
     settings = replace(Settings(), data_dir=directory)
     shared = [table_of(OutboxMessage), table_of(ProcessedEvent)]
     decided = create_service_engine(
@@ -118,7 +119,7 @@ def history(
     log = create_service_engine(
         database_url_for(settings, "governance"), "governance", [*shared, *GOVERNANCE_TABLES]
     )
-    ctx = placement_context(tenants=tenants)
+    ctx = placement_context(tenants=tenants, policy=EmbeddedRegoEngine(PolicyBundle.load(policies)))
     with unit_of_work(decided) as session:
         for offer in offers:
             placement.on_capacity_offered(
@@ -340,6 +341,60 @@ def test_a_warn_mode_finding_is_only_reported(settings: Settings, tmp_path: Path
 
     [finding] = publish_to_governance(settings, candidate(tmp_path, stricter_but_warn))
     assert finding.enforcement == "report_only" and finding.violations[0].mode == "warn"
+
+
+def test_a_warning_rule_switched_to_deny_reports_the_jobs_it_newly_denies(tmp_path: Path) -> None:
+    """FIN-03 warns in the catalogue; a revision setting it to deny blocks, in what-if and on publication."""
+    bank = request("hanil-bank", "credit risk model", importance="important")
+    settings = history(tmp_path / "history", [bank])
+    denying = candidate(tmp_path, lambda data: data["rules"]["FIN-03"].update(mode="deny"))
+    report = replay(settings, denying)
+    [change] = report.changes
+    assert change.job_id == str(bank.data.job_id)
+    assert change.before.state == "placed" and change.after.state != "placed"
+    assert effect(change, "newly_denied").rules == ("FIN-03",)
+    assert effect(change, "newly_unplaceable").rules == ("FIN-03",)
+    assert set(report.by_rule()) == {"FIN-03"}
+    [finding] = publish_to_governance(settings, denying)
+    assert finding.job_id == bank.data.job_id and finding.enforcement == "action_required"
+    assert [(v.rule, v.mode) for v in finding.violations] == [("FIN-03", "deny")]
+
+
+def placed_sites(settings: Settings) -> dict[str, str]:
+    """Where placement put each job of a history, by job id."""
+    engine = create_service_engine(
+        database_url_for(settings, "placement"),
+        "placement",
+        [table_of(OutboxMessage), table_of(ProcessedEvent), *PLACEMENT_TABLES],
+    )
+    with Session(engine) as session:
+        rows = session.exec(select(OutboxMessage).where(OutboxMessage.topic == "jobs.placed"))
+        return {
+            str(data["job_id"]): data["site_id"] for data in (json.loads(r.payload)["data"] for r in rows)
+        }
+
+
+def test_an_exemption_that_lapses_before_the_deadline_places_nothing_under_it(tmp_path: Path) -> None:
+    """Only Chinese-designed chips are this cheap (EXP-01); an exemption lets the batch run there only if
+    it lasts through the job's deadline, 60 days out."""
+    today = datetime.now(UTC).date()
+
+    def exempted_until(days: int) -> Path:
+        exemption = {
+            "tenant": "hanbit-ai",
+            "rule": "EXP-01",
+            "expires": (today + timedelta(days=days)).isoformat(),
+            "approver": "cpo@example.go.kr",
+            "reason": "price pilot",
+        }
+        return candidate(
+            tmp_path / f"exempt-{days}", lambda data: data.__setitem__("exemptions", [exemption])
+        )
+
+    for days, site in [(30, None), (59, None), (62, "cn-ascend-cloud")]:
+        cheap = request("hanbit-ai", "cheap batch", kind=JobKind.BATCH, max_price_krw_per_gpu_hour=2000)
+        settings = history(tmp_path / f"history-{days}", [cheap], policies=exempted_until(days))
+        assert placed_sites(settings).get(str(cheap.data.job_id)) == site, days
 
 
 def test_a_finished_job_is_not_rechecked(settings: Settings, tmp_path: Path) -> None:

@@ -32,13 +32,9 @@ effective_grade(site) := site.csap.grade if {
 # When the certificate ends: 24:00 KST on its expiry date.
 expiry_ns(site) := evidence.date_end_ns(site.csap, "expires")
 
-# A certificate must be in force from now through the job's deadline: until the later of the two (a
-# deadline already past does not make an expired certificate valid).
-in_force_until_ns := max([facts.deadline_ns, facts.now_ns + 1])
-
 # The grade a site holds from now through the job's deadline; an expired certificate holds none.
 unexpired_grade(site) := effective_grade(site) if {
-	expiry_ns(site) >= in_force_until_ns
+	expiry_ns(site) >= facts.in_force_until_ns
 } else := "none"
 
 # Every CSAP grade needs the site, its data and backups, and its operations staff in Korea.
@@ -105,7 +101,7 @@ violations contains finding if {
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	expiry_ns(site) < in_force_until_ns
+	expiry_ns(site) < facts.in_force_until_ns
 	finding := {"rule": "CSAP-05", "site": site_id, "message": lapse(site_id, site)}
 }
 
@@ -116,16 +112,17 @@ lapse(site_id, site) := sprintf("%s's CSAP certificate expired on %s (24:00 KST)
 	[site_id, site.csap.expires, facts.job.deadline],
 )
 
-# ... and a certificate within 30 days of expiry is a warning even when it outlives the deadline.
+# ... and a certificate within 30 days of expiry is an early warning even when it outlives the deadline: a
+# part of the rule with its own mode (data.rules["CSAP-05"].part_modes.early_warning, warn in the catalogue).
 violations contains finding if {
 	job_needs_csap
 	some site_id, site in input.sites
-	expiry_ns(site) >= in_force_until_ns
+	expiry_ns(site) >= facts.in_force_until_ns
 	expiry_ns(site) - facts.now_ns < thirty_days_ns
 	finding := {
 		"rule": "CSAP-05",
 		"site": site_id,
-		"warn_only": true,
+		"part": "early_warning",
 		"message": sprintf("%s's CSAP certificate expires on %s, within 30 days", [site_id, site.csap.expires]),
 	}
 }

@@ -56,7 +56,7 @@ test_csap05_expiry_before_deadline_denied if {
 	expiring := object.union(medium_physical, {"csap": {"grade": "medium", "service_model": "IaaS", "expires": "2027-03-01"}})
 	some f in csap.violations with input as fx.request(job("medium"), fx.tenant("government"), {"s": expiring})
 	f.rule == "CSAP-05"
-	not f.warn_only
+	not f.part
 }
 
 test_csap05_expiry_within_30_days_warns if {
@@ -64,7 +64,7 @@ test_csap05_expiry_within_30_days_warns if {
 	short_job := object.union(job("medium"), {"deadline": "2026-12-01T00:00:00Z"})
 	some f in csap.violations with input as fx.request(short_job, fx.tenant("government"), {"s": expiring})
 	f.rule == "CSAP-05"
-	f.warn_only
+	f.part == "early_warning"
 }
 
 test_csap05_valid_certificate_allowed if not "CSAP-05" in rules_for("medium", medium_physical)
@@ -82,7 +82,7 @@ expiring_on(day) := object.union(medium_physical, {"csap": {"grade": "medium", "
 deadline_rules(deadline) := found if {
 	due := object.union(job("medium"), {"deadline": deadline})
 	findings := csap.violations with input as fx.request(due, fx.tenant("government"), {"s": expiring_on("2027-03-01")})
-	found := {f.rule | some f in findings; not f.warn_only}
+	found := {f.rule | some f in findings; not f.part}
 }
 
 test_csap05_deadline_before_midnight_kst_allowed if not "CSAP-05" in deadline_rules("2027-03-01T14:59:59Z")
@@ -96,12 +96,12 @@ test_csap05_deadline_in_kst_after_midnight_denied if "CSAP-05" in deadline_rules
 test_csap05_certificate_expired_before_now_denied if {
 	past_due := object.union(job("medium"), {"deadline": "2026-11-01T00:00:00Z"})
 	findings := csap.violations with input as fx.request(past_due, fx.tenant("government"), {"s": expiring_on("2026-11-20")})
-	{f.rule | some f in findings; not f.warn_only} == {"CSAP-05"}
+	{f.rule | some f in findings; not f.part} == {"CSAP-05"}
 	csap.unexpired_grade(expiring_on("2026-11-20")) == "none" with input as fx.request(past_due, fx.tenant("government"), {})
 }
 
 test_csap05_certificate_ending_tonight_is_valid_today if {
 	due := object.union(job("medium"), {"deadline": "2026-11-22T09:00:00Z"})
 	findings := csap.violations with input as fx.request(due, fx.tenant("government"), {"s": expiring_on("2026-11-22")})
-	{f.rule | some f in findings; not f.warn_only} == set()
+	{f.rule | some f in findings; not f.part} == set()
 }

@@ -7,15 +7,16 @@ import rego.v1
 import data.sovereign.evidence
 import data.sovereign.facts
 
-# Exemptions in force for this tenant now: a rule, an approver and a reason are required, an expired one is
-# void (it lasts until 24:00 KST on its expiry date), and a malformed one is void too.
+# Exemptions in force for this tenant for the whole job: a rule, an approver and a reason are required, and
+# it must last from now through the job's deadline, as a certificate must (it lasts until 24:00 KST on its
+# expiry date). One that lapses before the deadline, or a malformed one, is void.
 in_force contains exemption if {
 	some exemption in data.exemptions
 	evidence.text(exemption, "tenant") == evidence.text(facts.tenant, "tenant_id")
 	evidence.text(exemption, "rule")
 	evidence.text(exemption, "approver")
 	evidence.text(exemption, "reason")
-	evidence.date_end_ns(exemption, "expires") > facts.now_ns
+	evidence.date_end_ns(exemption, "expires") >= facts.in_force_until_ns
 }
 
 # An exemption names a rule and may narrow itself to one site.

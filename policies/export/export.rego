@@ -60,7 +60,6 @@ violations contains finding if {
 	finding := {
 		"rule": "EXP-03",
 		"site": site_id,
-		"warn_only": true,
 		"message": sprintf("%s is in %s: closed weights trained above 1e26 operations would leave Korea", [site_id, country]),
 	}
 }

@@ -33,7 +33,6 @@ frontier := object.union(fx.job, {"training_ops": 3e26, "open_weights": false})
 test_exp03_closed_frontier_weights_abroad_warns if {
 	some f in export.violations with input as fx.request(frontier, fx.tenant("startup"), {"s": fx.foreign_site})
 	f.rule == "EXP-03"
-	f.warn_only
 }
 
 test_exp03_open_weights_allowed if {
@@ -52,3 +51,18 @@ test_exp02_lower_case_d5_headquarters_denied if {
 }
 
 test_exp02_korean_headquarters_without_parent_allowed if not "EXP-02" in rules(fx.job, fx.tenant("enterprise"), fx.korean_site)
+
+# Country Group D:5 includes Hong Kong and Macau (the catalogue's own list, not a test's).
+test_exp02_parent_headquartered_in_hong_kong_denied if {
+	every place in ["HK", "hk", "MO"] {
+		tenant := object.union(fx.tenant("enterprise"), {"hq_country": "KR", "parent_hq_country": place})
+		"EXP-02" in rules(fx.job, tenant, fx.korean_site)
+	}
+}
+
+# What the EAR treats as China for chip design (EXP-01) it treats as China in D:5 too.
+test_exp02_every_chinese_design_place_is_in_d5_denied if {
+	every place in data.country_lists.chinese_design {
+		place in data.country_lists.d5
+	}
+}

@@ -49,7 +49,6 @@ violations contains finding if {
 	finding := {
 		"rule": "FIN-03",
 		"site": site_id,
-		"warn_only": true,
 		"message": sprintf("report this important workload at %s to the FSS within 3 months", [site_id]),
 	}
 }

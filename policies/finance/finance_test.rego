@@ -35,7 +35,6 @@ test_fin03_important_workload_warns if {
 	important := object.union(fx.job, {"importance": "important"})
 	some f in finance.violations with input as fx.request(important, fx.tenant("finance"), {"s": fx.korean_site})
 	f.rule == "FIN-03"
-	f.warn_only
 }
 
 test_fin03_normal_workload_allowed if not "FIN-03" in rules(fx.job, fx.tenant("finance"), fx.korean_site)

@@ -52,6 +52,10 @@ deadline_ns := evidence.timestamp_ns(job, "deadline")
 
 now_ns := evidence.timestamp_ns(input, "now")
 
+# A certificate or an exemption must be in force from now through the job's deadline: until the later of
+# the two (a deadline already past does not make an expired one valid). Undefined without both times.
+in_force_until_ns := max([deadline_ns, now_ns + 1])
+
 tenant_name := evidence.label(tenant, "tenant_id", "the tenant")
 
 sector := evidence.one_of(tenant, "sector", known_sectors)

@@ -26,6 +26,7 @@ from services.shared.logging import get_logger
 DECISION_RULE = "data.sovereign.placement.decision"
 # The decision's parts: the sites it judged, the findings kept with their mode, the findings waived.
 DECISION_PARTS = ("judged", "kept", "waived")
+NON_BLOCKING_MODES = frozenset({"warn", "dryrun"})
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]+)\b", re.MULTILINE)
 _PACKAGE = re.compile(r"^package\s+([A-Za-z0-9_.]+)", re.MULTILINE)
 
@@ -122,8 +123,9 @@ def _is_decision(answer: Any) -> bool:
 
 
 def verdicts_by_site(decision: Any) -> dict[str, dict[str, Any]]:
-    """Group the policy's flat answer by site. A finding in deny mode denies its site; warn and dryrun
-    findings are reported as warnings. A malformed answer is an engine failure, so callers fail closed."""
+    """Group the policy's flat answer by site. A finding in warn or dryrun mode is reported as a warning;
+    one in any other mode denies its site, as deny. A malformed answer is an engine failure, so callers
+    fail closed."""
     if not _is_decision(decision):
         raise PolicyEngineError(f"{DECISION_RULE} is undefined or not an object of judged, kept and waived")
     verdicts: dict[str, dict[str, Any]] = {
@@ -135,8 +137,10 @@ def verdicts_by_site(decision: Any) -> dict[str, dict[str, Any]]:
             verdict = verdicts.get(finding["site"])
             if verdict is None:
                 continue  # about a site that is not a candidate
-            kept = {"rule": finding["rule"], "message": finding["message"], "mode": finding["mode"]}
-            if kept["mode"] == "deny":
+            # Only warn and dryrun let a site through: any other mode an engine answers with is deny.
+            mode = finding["mode"] if finding["mode"] in NON_BLOCKING_MODES else "deny"
+            kept = {"rule": finding["rule"], "message": finding["message"], "mode": mode}
+            if mode == "deny":
                 verdict["allowed"] = False
                 verdict["violations"].append(kept)
             else:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
+from contracts import tenant_stream
 from contracts.events import (
     CapacityOffered,
     CapacityOfferedEvent,
@@ -34,7 +35,7 @@ from contracts.events import (
 from services.placement import handlers as placement
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw
-from services.shared.batch import handle_batch
+from services.shared.batch import PoisonMessage, handle_batch
 from services.shared.db import unit_of_work
 from services.shared.domain.catalogue import Budget
 from services.shared.domain.policy import PolicyBundle, PolicyEngineError
@@ -601,3 +602,52 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
     with Session(engine) as session:
         logged = {row.decision_id for row in session.exec(select(DecisionRow))}
     assert {str(p.explanation.decision_id) for p in placed} <= logged
+
+
+def started_report(placed: JobPlaced, tenant_id: str, subject: str) -> JobStartedEvent:
+    started = JobStarted.model_validate(
+        {**placed.model_dump(include={"job_id", "site_id", "pool_id", "gpu_count"}), "tenant_id": tenant_id}
+    )
+    return TEST_KEYS.factory.sign(
+        JobStartedEvent.create(source=f"factory/{placed.site_id}", subject=subject, data=started)
+    )
+
+
+def ended_report(placed: JobPlaced, tenant_id: str, subject: str) -> JobCompletedEvent:
+    run = placed.model_dump(include={"site_id", "pool_id", "gpu_count", "attempt"})
+    done = JobCompleted(
+        job_id=placed.job_id, tenant_id=tenant_id, status="succeeded", usage_reports=0, gpu_seconds=0, **run
+    )
+    return TEST_KEYS.factory.sign(
+        JobCompletedEvent.create(source=f"factory/{placed.site_id}", subject=subject, data=done)
+    )
+
+
+@pytest.mark.parametrize("report", [started_report, ended_report], ids=["started", "ended"])
+@pytest.mark.parametrize(
+    ("named", "subject"), [("mois", "mois"), ("mois", "hanbit-ai"), ("hanbit-ai", "mois")]
+)
+def test_a_run_report_naming_another_tenant_reaches_no_stream_and_changes_nothing(
+    database_url: tuple[str, str], report: Any, named: str, subject: str
+) -> None:
+    """The site's own key, the job's own run, but another tenant named (in the report, its envelope or
+    both): it is refused whole, and the job's tenant alone hears of the genuine report."""
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(ctx, session, request_event("hanbit-ai"))
+    [placed] = placements(engine)
+    handler = placement.on_job_started if report is started_report else placement.on_job_completed
+    before = len(outbox(engine))
+    with pytest.raises(PoisonMessage), unit_of_work(engine) as session:
+        handler(ctx, session, report(placed, named, subject))
+    assert len(outbox(engine)) == before
+    with Session(engine) as session:
+        job = session.get(JobRow, str(placed.job_id))
+        assert job is not None and job.state == "placed"
+        assert session.get(PoolRow, placed.pool_id).reserved_gpus == placed.gpu_count  # type: ignore[union-attr]
+    with unit_of_work(engine) as session:
+        handler(ctx, session, report(placed, "hanbit-ai", "hanbit-ai"))
+    [relayed] = outbox(engine)[before:]
+    assert (relayed.topic, relayed.also_to) == (tenant_stream("hanbit-ai"), None)

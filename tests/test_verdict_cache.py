@@ -15,7 +15,17 @@ from hypothesis import strategies as st
 from services.shared.domain.money import KST
 from services.shared.domain.policy import declared_reads
 from services.shared.domain.verdict_cache import VerdictCache, day_of
-from tests.test_policy_properties import BUNDLE, ENGINE, NOW, PROPERTY, bounded, engine_with, jobs, requests
+from tests.test_policy_properties import (
+    BUNDLE,
+    ENGINE,
+    NOW,
+    PROPERTY,
+    bounded,
+    engine_with,
+    jobs,
+    requests,
+    tenants,
+)
 
 SOME = bounded(10)
 # One complete request over two sites (a KR one and a foreign one).
@@ -195,3 +205,25 @@ def test_every_job_attribute_the_policies_read_is_declared() -> None:
     }
     assert read, "the pattern finds the policies' reads of the job"
     assert read <= declared, f"read but not in completeness.needs: {sorted(read - declared)}"
+
+
+@SOME
+@given(base=requests, others=st.lists(tenants, min_size=2, max_size=4))
+def test_the_same_job_on_the_same_day_for_another_tenant_is_decided_for_that_tenant(
+    base: dict[str, Any], others: list[dict[str, Any]]
+) -> None:
+    """The tenant's document is part of the key: one tenant's verdicts never answer for another's job,
+    however alike the jobs (the job's own tenant_id is not read, so it is left as it was)."""
+    cache = VerdictCache()
+    for tenant in others:
+        document = {**base, "tenant": tenant}
+        assert cache.decide(ENGINE, document).verdicts == fresh(document)
+
+
+def test_a_tenant_whose_document_differs_gets_its_own_verdicts() -> None:
+    cache = VerdictCache()
+    cache.decide(ENGINE, EXAMPLE)
+    sovereign = {**EXAMPLE, "tenant": {**EXAMPLE["tenant"], "sovereignty_level": "L2"}}
+    decided = cache.decide(ENGINE, sovereign)
+    assert decided.cached_sites == frozenset()
+    assert decided.verdicts["s2"]["allowed"] is False and fresh(EXAMPLE)["s2"]["allowed"] is True

@@ -10,18 +10,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from contracts.events import (
     CapacityOfferedEvent,
     JobKind,
     JobRequest,
-    PolicyPublishedEvent,
 )
 from services.placement import app as placement_app
 from services.shared.domain.catalogue import load_catalogue
-from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngine
-from services.shared.domain.policy_check import activate_published
+from services.shared.domain.policy import PolicyBundle
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
 from sovereign.policy_commands import PUBLICATION_KEY, policy_publish
@@ -29,7 +26,6 @@ from sovereign.verification.tracker import Tracker, following, wait_until
 from sovereign.verification.watch import produce
 from sovereign.verification.workload import request_events
 from tests.conftest import (
-    KEYRING,
     TEST_KEYS,
     TEST_KEYS_OFFICER,
     published_event,
@@ -163,53 +159,3 @@ def broken_copy(tmp_path: Path) -> Path:
     assert 'country != "KR"' in rule  # the change below must change something
     residency.write_text(rule.replace('country != "KR"', 'country == "KR"'))
     return broken
-
-
-async def test_a_worker_activates_only_a_tested_bundle_that_matches_its_revision(tmp_path: Path) -> None:
-    current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
-    good = PolicyBundle.load(policy_copy(tmp_path, "warn"))
-
-    async def activate(event: PolicyPublishedEvent) -> PolicyEngine | None:
-        return await activate_published(current, event, KEYRING)
-
-    tampered = {**good.files, "data.json": good.files["data.json"].replace('"warn"', '"dryrun"')}
-    assert await activate(published_event(published_revision(good, tampered))) is None
-    broken = PolicyBundle.load(broken_copy(tmp_path))
-    assert await activate(published_event(published_revision(broken))) is None
-    no_bundle = published_revision(good).model_copy(update={"bundle": None})
-    assert await activate(published_event(no_bundle)) is None
-    activated = await activate(published_event(published_revision(good)))
-    assert activated is not None and activated.revision == good.revision
-
-
-async def test_an_unsigned_or_wrongly_signed_revision_is_not_activated(tmp_path: Path) -> None:
-    current = EmbeddedRegoEngine(PolicyBundle.load(REPO_ROOT / "policies"))
-    good = published_revision(PolicyBundle.load(policy_copy(tmp_path, "warn")))
-    signed = published_event(good)
-    relaxed = PolicyBundle.load(policy_copy(tmp_path, "dryrun"))
-    # The officer's signature on one revision, the content of another swapped in after signing.
-    swapped = signed.model_copy(
-        update={
-            "data": good.model_copy(update={"bundle": relaxed.files, "policy_revision": relaxed.revision})
-        }
-    )
-    refused = {
-        "unsigned": published_event(good, signer=None),
-        "signed by a tenant": published_event(good, signer=TEST_KEYS.tenants["mois"]),
-        "signed as someone else": published_event(
-            good.model_copy(update={"published_by": "intern@example.go.kr"})
-        ),
-        "changed after signing": swapped,
-    }
-    reasons = {
-        "unsigned": "unsigned",
-        "signed by a tenant": "has the tenant role, not the officer role",
-        "signed as someone else": "does not speak for 'intern@example.go.kr'",
-        "changed after signing": "bad signature",
-    }
-    for name, event in refused.items():
-        with capture_logs() as logs:
-            assert await activate_published(current, event, KEYRING) is None, name
-        [refusal] = [entry for entry in logs if entry["event"] == "policy_revision_refused"]
-        assert reasons[name] in refusal["reason"], (name, refusal)
-    assert await activate_published(current, signed, KEYRING) is not None

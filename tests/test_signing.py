@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,10 +23,12 @@ from services.shared.domain.signing import (
     KeyEntry,
     Keyring,
     KeyRole,
+    Signer,
     jcs,
     make_key,
     pre_jcs_form,
     received_content,
+    write_private_key,
 )
 from sovereign.cli import main
 from tests.conftest import (
@@ -199,3 +203,20 @@ def test_keys_made_on_the_command_line_sign_and_verify_and_are_never_replaced(
     # Signed again by a key this keyring does not hold.
     refusal = keyring.refusal(TEST_KEYS.factory.sign(event), KeyRole.TENANT, "mois")
     assert refusal == "unknown key 'factory-demo': it is not in the keyring"
+
+
+def test_a_signer_loaded_from_its_pem_file_signs_what_its_public_key_verifies(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    write_private_key(key, tmp_path / "k.pem")
+    signer = Signer.load(tmp_path / "k.pem", "k-1")
+    assert signer.key_id == "k-1"
+    signature = base64.b64decode(signer.signature_over(b"form"))
+    key.public_key().verify(signature, b"form")  # raises if it does not verify
+
+
+def test_a_pem_file_that_is_not_an_ed25519_key_is_refused(tmp_path: Path) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ec.pem"
+    path.write_bytes(other.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    with pytest.raises(ValueError, match=r"ec\.pem is not an Ed25519 private key"):
+        Signer.load(path, "k-1")

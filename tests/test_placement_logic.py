@@ -6,13 +6,18 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from contracts.events import JobKind, JobRequest, RejectionCode, RuleViolation, SiteVerdict
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from contracts.events import JobKind, JobRequest, RejectionCode, RuleViolation, SiteVerdict, job_id_for
 from services.placement.logic import (
     ACTIVE_STATES,
     TERMINAL_STATES,
     TRANSITIONS,
     JobState,
     PoolState,
+    answered_job,
+    field_errors,
     forbidden_transitions,
     only_waits_for_capacity,
     parse_verdicts,
@@ -294,3 +299,47 @@ def test_the_job_state_machine_reaches_every_state_from_a_request_and_ends_only_
     assert forbidden_transitions({JobState.QUEUED, JobState.COMPLETED}, JobState.PLACED) == [
         "completed -> placed"
     ]
+
+
+# Which job a refused envelope's answer names (answered_job): the tenant must be able to match it.
+def test_a_refused_request_is_answered_under_the_job_its_client_request_id_names() -> None:
+    for client_id in ["c", "x" * 128]:
+        data = {"client_request_id": client_id, "job_id": str(uuid.uuid4())}  # a request's job_id is not read
+        assert answered_job("mois", "jobs.requested", data) == (job_id_for("mois", client_id), client_id)
+
+
+def test_a_refused_cancel_is_answered_under_its_job_id() -> None:
+    job_id = uuid.uuid4()
+    data = {"job_id": str(job_id), "client_request_id": "c"}
+    assert answered_job("mois", "jobs.cancel", data) == (job_id, "")
+    # A job id that is not one: the cancel is answered as a request would be.
+    assert answered_job("mois", "jobs.cancel", {"job_id": "nope", "client_request_id": "c"}) == (
+        job_id_for("mois", "c"),
+        "c",
+    )
+    assert answered_job("mois", "jobs.cancel", {"job_id": 7, "client_request_id": "c"})[1] == "c"
+
+
+def test_an_unusable_client_request_id_gives_an_id_that_matches_no_job() -> None:
+    for unusable in ["", "x" * 129, 5, None, ["c"], "c\x00"]:
+        job_id, client_id = answered_job("mois", "jobs.requested", {"client_request_id": unusable, "n": 1})
+        assert client_id == ""
+        assert job_id not in {job_id_for("mois", str(unusable)), job_id_for("mois", "")}
+    # Derived from the data, whatever its members' order, and from the tenant.
+    first = answered_job("mois", "jobs.requested", {"a": 1, "b": [2, 3]})
+    assert answered_job("mois", "jobs.requested", {"b": [2, 3], "a": 1}) == first
+    assert answered_job("nia", "jobs.requested", {"a": 1, "b": [2, 3]}) != first
+    assert answered_job("mois", "jobs.requested", {"a": 2, "b": [2, 3]}) != first
+
+
+def test_field_errors_name_the_envelope_when_the_error_is_its_own_and_cut_long_messages() -> None:
+    long = ValidationError.from_exception_data(
+        "envelope", [InitErrorDetails(type=PydanticCustomError("too_long", "x" * 600), loc=(), input=None)]
+    )
+    [error] = field_errors(long)
+    assert (error.location, error.message) == ("(envelope)", "x" * 500)
+    many = ValidationError.from_exception_data(
+        "envelope",
+        [InitErrorDetails(type="missing", loc=("data", f"f{n}"), input=None) for n in range(30)],
+    )
+    assert [e.location for e in field_errors(many)] == [f"data.f{n}" for n in range(20)]

@@ -24,6 +24,7 @@ from services.shared.domain.signing import (
     Keyring,
     KeyRole,
     Signer,
+    UnsignableContent,
     jcs,
     make_key,
     pre_jcs_form,
@@ -220,3 +221,29 @@ def test_a_pem_file_that_is_not_an_ed25519_key_is_refused(tmp_path: Path) -> Non
     path.write_bytes(other.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     with pytest.raises(ValueError, match=r"ec\.pem is not an Ed25519 private key"):
         Signer.load(path, "k-1")
+
+
+def test_the_author_of_an_invalid_envelope_is_a_known_key_of_the_role_whose_signature_verifies() -> None:
+    document = {"id": str(uuid.uuid4()), "type": "jobs.requested", "data": {"gpu_count": "eight"}}
+    content = json.loads(signed_as_sent(document, tenant="mois"))
+    entry = KEYRING.author(content, KeyRole.TENANT)
+    assert entry is not None and entry.principal == "mois"
+    # The same signature is no one's for another role, nor under a key id the keyring lacks or is not text.
+    assert KEYRING.author(content, KeyRole.FACTORY) is None
+    signature = content["signature"]
+    for key_id in ["nobody-knows", ["mois"], 7]:
+        assert (
+            KEYRING.author({**content, "signature": {**signature, "key_id": key_id}}, KeyRole.TENANT) is None
+        )
+    assert KEYRING.author({**content, "signature": {**signature, "value": 7}}, KeyRole.TENANT) is None
+    assert KEYRING.author({**content, "data": {"gpu_count": 9}}, KeyRole.TENANT) is None
+    assert Keyring.empty().author(content, KeyRole.TENANT) is None
+    assert Keyring.empty().entries == {}
+
+
+def test_a_number_that_is_not_finite_is_refused_saying_so() -> None:
+    for literal in ["NaN", "Infinity", "-Infinity"]:
+        with pytest.raises(
+            UnsignableContent, match=f"^{literal} is not a JSON number: every number must be finite$"
+        ):
+            received_content(f'{{"a": {literal}}}'.encode())

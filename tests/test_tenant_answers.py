@@ -19,13 +19,16 @@ from contracts import tenant_stream
 from contracts.events import (
     JobCancelEvent,
     JobCancelledEvent,
+    JobCancelRequested,
     JobPlacedEvent,
     JobRejected,
     JobRejectedEvent,
     JobRequestedEvent,
     JobStartedEvent,
+    job_id_for,
 )
 from services.placement import handlers as placement
+from services.placement.logic import unknown_job_reason
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow
 from services.shared.batch import parse_records
@@ -323,3 +326,223 @@ def test_a_factorys_report_reaches_the_tenants_stream_as_the_factory_wrote_it(
     assert (
         KEYRING.refusal(JobStartedEvent.from_received(copy.payload), KeyRole.FACTORY, placed.site_id) is None
     )
+
+
+# Every answer to a cancel, in full: what the tenant reads is the contract, not only its code.
+def cancelling(tenant: str, job_id: uuid.UUID, reason: str = "budget cut", **envelope: Any) -> JobCancelEvent:
+    """A cancel signed by the tenant's key, its envelope changed as given before signing."""
+    data = JobCancelRequested(job_id=job_id, tenant_id=tenant, reason=reason)
+    event = JobCancelEvent.create(source=f"tenant/{tenant}", subject=tenant, data=data)
+    return TEST_KEYS.tenants[tenant].sign(event.model_copy(update=envelope))
+
+
+def cancel_now(engine: Engine, event: JobCancelEvent) -> None:
+    with unit_of_work(engine) as session:
+        placement.on_job_cancel(placement_context(), session, event)
+
+
+def answers_since(engine: Engine, before: int) -> list[tuple[str, Any]]:
+    models = {"jobs.rejected": JobRejectedEvent, "jobs.cancelled": JobCancelledEvent}
+    return [
+        (row.topic, models[row.topic].model_validate_json(row.payload).data)  # type: ignore[attr-defined]
+        for row in outbox(engine)[before:]
+        if row.topic in models
+    ]
+
+
+def placed_job(engine: Engine, tenant: str = "mois") -> JobRequestedEvent:
+    request = request_event(tenant, csap_grade="medium") if tenant == "mois" else request_event(tenant)
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(placement_context(), session, request)
+    return request
+
+
+def test_a_cancel_whose_subject_is_not_its_tenant_is_refused_saying_so(database_url: tuple[str, str]) -> None:
+    engine = placement_engine(database_url)
+    request = placed_job(engine)
+    before = len(outbox(engine))
+    cancel = cancelling("mois", request.data.job_id, subject="hanbit-ai")
+    cancel_now(engine, cancel)
+    [(topic, refusal)] = answers_since(engine, before)
+    assert topic == "jobs.rejected"
+    assert refusal == JobRejected(
+        job_id=request.data.job_id,
+        tenant_id="mois",
+        client_request_id="",
+        code="invalid_request",
+        reason="the envelope's subject 'hanbit-ai' is not the cancel's tenant 'mois'",
+        scope="envelope",
+        envelope_id=cancel.id,
+        envelope_type="jobs.cancel",
+    )
+    with Session(engine) as session:
+        assert session.get(JobRow, str(request.data.job_id)).state == "placed"  # type: ignore[union-attr]
+
+
+def test_a_cancel_of_another_tenants_job_is_answered_as_for_a_job_nobody_has(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    request = placed_job(engine)
+    with Session(engine) as session:
+        placed_reason = session.get(JobRow, str(request.data.job_id)).reason  # type: ignore[union-attr]
+    before = len(outbox(engine))
+    cancel = cancelling("hanbit-ai", request.data.job_id)
+    cancel_now(engine, cancel)
+    [(_, refusal)] = answers_since(engine, before)
+    assert (refusal.tenant_id, refusal.code, refusal.reason, refusal.envelope_type) == (
+        "hanbit-ai",
+        "unknown_job",
+        unknown_job_reason(str(request.data.job_id)),
+        "jobs.cancel",
+    )
+    with Session(engine) as session:
+        job = session.get(JobRow, str(request.data.job_id))
+        assert job is not None and (job.state, job.reason, job.tenant_id) == ("placed", placed_reason, "mois")
+
+
+def test_a_cancel_signed_by_another_tenants_key_is_refused_to_the_signer(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    request = placed_job(engine)
+    before = len(outbox(engine))
+    data = JobCancelRequested(job_id=request.data.job_id, tenant_id="mois", reason="r")
+    forged = TEST_KEYS.tenants["hanbit-ai"].sign(
+        JobCancelEvent.create(source="tenant/mois", subject="mois", data=data)
+    )
+    cancel_now(engine, forged)
+    cancel_now(engine, forged)  # a redelivery is not answered twice
+    [(_, refusal)] = answers_since(engine, before)
+    assert (refusal.tenant_id, refusal.code, refusal.envelope_id) == (
+        "hanbit-ai",
+        "invalid_request",
+        forged.id,
+    )
+    assert "a tenant's key signs only for its own tenant, 'hanbit-ai'" in refusal.reason
+    with Session(engine) as session:
+        assert session.get(JobRow, str(request.data.job_id)).state == "placed"  # type: ignore[union-attr]
+
+
+def test_a_cancel_of_a_placed_job_names_its_site_and_reason_and_waits_for_the_factory(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    request = placed_job(engine)
+    [placed_row] = outbox(engine, "jobs.placed")
+    site = JobPlacedEvent.model_validate_json(placed_row.payload).data.site_id
+    before = len(outbox(engine))
+    cancel = cancelling("mois", request.data.job_id, reason="the minister changed her mind")
+    cancel_now(engine, cancel)
+    cancel_now(engine, cancel)  # the same envelope again changes nothing
+    [(topic, cancelled)] = answers_since(engine, before)
+    assert topic == "jobs.cancelled"
+    assert (cancelled.stage, cancelled.site_id, cancelled.reason, cancelled.tenant_id) == (
+        "placed",
+        site,
+        "the minister changed her mind",
+        "mois",
+    )
+    with Session(engine) as session:
+        job = session.get(JobRow, str(request.data.job_id))
+        assert job is not None and (job.state, job.reason) == ("cancelling", "the minister changed her mind")
+    second = len(outbox(engine))
+    cancel_now(engine, cancelling("mois", request.data.job_id))  # another cancel while it stops
+    [(_, refusal)] = answers_since(engine, second)
+    assert (refusal.code, refusal.reason) == ("not_cancellable", "the job is already being cancelled")
+
+
+def test_a_cancel_of_a_queued_job_cancels_it_at_once_and_a_repeat_of_its_request_changes_nothing(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    big = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=600)
+    waiting = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=100)
+    with unit_of_work(engine) as session:
+        for event in (big, waiting):
+            placement.on_job_requested(placement_context(), session, event)
+    before = len(outbox(engine))
+    cancel_now(engine, cancelling("mois", waiting.data.job_id, reason="not needed"))
+    [(_, cancelled)] = answers_since(engine, before)
+    assert (cancelled.stage, cancelled.site_id, cancelled.reason) == ("queued", None, "not needed")
+    with Session(engine) as session:
+        job = session.get(JobRow, str(waiting.data.job_id))
+        assert job is not None and (job.state, job.reason) == ("cancelled", "not needed")
+    after = len(outbox(engine))
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(placement_context(), session, waiting)  # redelivered
+        placement.on_job_requested(
+            placement_context(),
+            session,
+            request_event(
+                "mois",
+                client_id=waiting.data.client_request_id,
+                **waiting.data.model_dump(
+                    include={"csap_grade", "accelerator_model", "gpu_count", "deadline", "kind", "name"}
+                ),
+            ),
+        )
+    assert answers_since(engine, after) == []  # the same request again: nothing to answer, nothing cancelled
+
+
+def test_a_request_its_cancel_overtook_is_cancelled_on_arrival_with_the_cancels_reason(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    early = request_event("mois", csap_grade="medium")
+    cancel_now(engine, cancelling("mois", early.data.job_id, reason="sent too soon"))
+    before = len(outbox(engine))
+    with unit_of_work(engine) as session:
+        placement.on_job_requested(placement_context(), session, early)
+    [(topic, cancelled)] = answers_since(engine, before)
+    assert topic == "jobs.cancelled"
+    assert (cancelled.stage, cancelled.reason, cancelled.job_id, cancelled.site_id) == (
+        "before_request",
+        "sent too soon",
+        early.data.job_id,
+        None,
+    )
+    with Session(engine) as session:
+        job = session.get(JobRow, str(early.data.job_id))
+        assert job is not None and job.request == early.data.model_dump(mode="json")
+        assert job.client_request_id == early.data.client_request_id
+
+
+def test_an_invalid_envelope_is_answered_once_under_the_job_it_names_with_its_first_errors(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    document = request_document(gpu_count=0, expected_hours=0, name="", kind="dreaming", csap_grade="top")
+    sent = signed_as_sent(document)
+    assert consume(engine, "jobs.requested", sent) is True
+    assert consume(engine, "jobs.requested", sent) is True  # a redelivery: answered already, not again
+    [refusal] = refusals(engine)
+    client_id = document["data"]["client_request_id"]
+    assert (refusal.job_id, refusal.client_request_id) == (job_id_for("mois", client_id), client_id)
+    assert len(refusal.field_errors) == 5
+    shown = "; ".join(f"{e.location}: {e.message}" for e in refusal.field_errors[:3])
+    assert refusal.reason == f"the envelope is not a valid jobs.requested event: {shown}; and 2 more"
+
+
+def test_an_invalid_cancel_is_answered_under_its_job_id_and_data_that_is_not_an_object_too(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    job_id = uuid.uuid4()
+    cancel = {
+        "id": str(uuid.uuid4()),
+        "type": "jobs.cancel",
+        "source": "tenant/mois",
+        "subject": "mois",
+        "time": datetime.now(UTC).isoformat(),
+        "schema_version": "1.0",
+        "data": {"job_id": str(job_id), "tenant_id": "mois", "reason": 7},
+    }
+    assert consume(engine, "jobs.cancel", signed_as_sent(cancel)) is True
+    not_an_object = request_document() | {"data": 5}
+    assert consume(engine, "jobs.requested", signed_as_sent(not_an_object)) is True
+    first, second = refusals(engine)
+    assert (first.job_id, first.envelope_type, first.reason.count(";")) == (job_id, "jobs.cancel", 0)
+    assert first.reason.startswith("the envelope is not a valid jobs.cancel event: data.reason: ")
+    assert (second.client_request_id, second.envelope_type) == ("", "jobs.requested")
+    assert second.reason.startswith("the envelope is not a valid jobs.requested event: data: ")

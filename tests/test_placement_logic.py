@@ -17,6 +17,8 @@ from services.placement.logic import (
     JobState,
     PoolState,
     answered_job,
+    budget_refusal,
+    conflicting_resubmission_reason,
     field_errors,
     forbidden_transitions,
     only_waits_for_capacity,
@@ -24,6 +26,7 @@ from services.placement.logic import (
     plan_placement,
     site_of_run,
 )
+from services.shared.domain.catalogue import Budget
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 DECISION = uuid.UUID(int=1)
@@ -343,3 +346,27 @@ def test_field_errors_name_the_envelope_when_the_error_is_its_own_and_cut_long_m
         [InitErrorDetails(type="missing", loc=("data", f"f{n}"), input=None) for n in range(30)],
     )
     assert [e.location for e in field_errors(many)] == [f"data.f{n}" for n in range(20)]
+
+
+def test_a_budget_refusal_says_what_the_run_costs_and_what_is_left() -> None:
+    cap = Budget(kind="monthly_cap", amount_krw=100_000)
+    at = pool("p", "gwangju", price=2_100)
+    assert budget_refusal(cap, 66_400, job(gpu_count=8, expected_hours=2), at) is None  # exactly what is left
+    refusal = budget_refusal(cap, 70_000, job(gpu_count=8, expected_hours=2), at)
+    assert refusal == (
+        "the run's estimated 33,600 KRW (8 GPUs for 2 h at 2,100 KRW/GPU-h on gwangju) exceeds the "
+        "30,000 KRW left of the tenant's monthly cap budget of 100,000 KRW"
+    )
+    # Spent past the budget (bills can exceed estimates): nothing is left, never a negative amount.
+    overspent = budget_refusal(cap, 120_000, job(gpu_count=8, expected_hours=2), at)
+    assert overspent is not None and "exceeds the 0 KRW left" in overspent
+
+
+def test_a_conflicting_resubmission_names_the_fields_that_differ_and_the_jobs_state() -> None:
+    first = {"gpu_count": 8, "name": "a", "kind": "training"}
+    again = {"gpu_count": 16, "name": "a", "priority": "urgent"}
+    assert conflicting_resubmission_reason("r1", first, again, "queued") == (
+        "client_request_id 'r1' was first sent with other content (differing: gpu_count, kind, priority); "
+        "the job keeps its first request and its state (queued): send a new request under a new "
+        "client_request_id"
+    )

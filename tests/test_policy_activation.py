@@ -102,3 +102,17 @@ def test_the_check_commands_exit_status_and_last_line(
     assert policy_check.main([str(broken_copy(tmp_path))]) == 1
     assert "rule is false or undefined" in capsys.readouterr().out
     assert policy_check.main([str(tmp_path / "nothing")]) == 1
+
+
+def test_checking_a_directory_counts_what_passed_and_names_what_failed(tmp_path: Path) -> None:
+    passed = sum(r.passed for r in run_rego_tests(SHIPPED).results)
+    assert policy_check.check_directory(REPO_ROOT / "policies") == policy_check.CheckResult(
+        True, passed, f"{passed} tests passed"
+    )
+    broken = policy_check.check_directory(broken_copy(tmp_path))
+    failures = [line for line in broken.detail.split("; ") if "rule is false or undefined" in line]
+    assert not broken.ok and 0 < broken.tests_passed < passed and len(failures) >= 2
+    assert all(line.startswith("data.sovereign.") for line in failures)
+    assert policy_check.check_directory(tmp_path / "nothing") == policy_check.CheckResult(
+        False, 0, f"policy directory {tmp_path / 'nothing'} does not exist"
+    )

@@ -208,8 +208,10 @@ def test_keys_made_on_the_command_line_sign_and_verify_and_are_never_replaced(
 
 def test_a_signer_loaded_from_its_pem_file_signs_what_its_public_key_verifies(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
-    write_private_key(key, tmp_path / "k.pem")
-    signer = Signer.load(tmp_path / "k.pem", "k-1")
+    path = tmp_path / "keys" / "factory" / "k.pem"  # folders made as needed
+    write_private_key(key, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    signer = Signer.load(path, "k-1")
     assert signer.key_id == "k-1"
     signature = base64.b64decode(signer.signature_over(b"form"))
     key.public_key().verify(signature, b"form")  # raises if it does not verify
@@ -247,3 +249,19 @@ def test_a_number_that_is_not_finite_is_refused_saying_so() -> None:
             UnsignableContent, match=f"^{literal} is not a JSON number: every number must be finite$"
         ):
             received_content(f'{{"a": {literal}}}'.encode())
+
+
+def test_what_is_not_a_json_object_is_refused_saying_so() -> None:
+    with pytest.raises(UnsignableContent, match=r"^not JSON: Expecting property name"):
+        received_content(b"{")
+    for value in [b"[1]", b"7", b'"envelope"']:
+        with pytest.raises(UnsignableContent, match=r"^an envelope is a JSON object$"):
+            received_content(value)
+
+
+def test_a_made_factory_key_speaks_for_its_sites(tmp_path: Path) -> None:
+    make_key(tmp_path, "f-1", KeyRole.FACTORY, "acme", sites=["site-a", "site-b"])
+    entry = Keyring.load(tmp_path / "keyring.json").entries["f-1"]
+    assert (entry.role, entry.principal, entry.sites) == (KeyRole.FACTORY, "acme", ["site-a", "site-b"])
+    with pytest.raises(FileExistsError, match=r"f-1\.key exists"):
+        make_key(tmp_path, "f-1", KeyRole.FACTORY, "acme")

@@ -76,12 +76,12 @@ def consume(engine: Engine, topic: str, value: bytes) -> bool | None:
 
 
 def refusals(engine: Engine) -> list[JobRejected]:
+    """Every refusal placement wrote, each checked to go to its tenant's stream under its job's record key."""
     rows = outbox(engine, "jobs.rejected")
-    assert all(
-        row.also_to == tenant_stream(JobRejectedEvent.model_validate_json(row.payload).data.tenant_id)
-        for row in rows
-    )
-    return [JobRejectedEvent.model_validate_json(row.payload).data for row in rows]
+    answers = [JobRejectedEvent.model_validate_json(row.payload).data for row in rows]
+    for row, answer in zip(rows, answers, strict=True):
+        assert (row.also_to, row.key) == (tenant_stream(answer.tenant_id), str(answer.job_id))
+    return answers
 
 
 def placement_engine(database_url: tuple[str, str]) -> Engine:
@@ -282,6 +282,7 @@ def test_a_run_that_cannot_end_by_its_deadline_is_rejected_with_its_own_reason(
         )
     [rejected] = refusals(engine)
     assert rejected.code == "deadline_unreachable" and rejected.scope == "job"
+    assert rejected.explanation is not None and rejected.explanation.sites  # why, site by site
     assert "needs 3 h" in rejected.reason and not outbox(engine, "jobs.placed")
 
 

@@ -33,8 +33,9 @@ from contracts.events import (
     JobStartedEvent,
 )
 from services.placement import handlers as placement
+from services.placement.logic import offered_pools
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw
+from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_krw, load_pools
 from services.shared.batch import PoisonMessage, handle_batch
 from services.shared.db import unit_of_work
 from services.shared.domain.catalogue import Budget
@@ -651,3 +652,48 @@ def test_a_run_report_naming_another_tenant_reaches_no_stream_and_changes_nothin
         handler(ctx, session, report(placed, "hanbit-ai", "hanbit-ai"))
     [relayed] = outbox(engine)[before:]
     assert (relayed.topic, relayed.also_to) == (tenant_stream("hanbit-ai"), None)
+
+
+def test_the_market_the_tests_and_the_bench_assume_is_the_one_placement_builds_from_the_offers(
+    database_url: tuple[str, str],
+) -> None:
+    """offered_pools (the catalogue as the tests and the benchmark decide over it) equals placement's own
+    pools after the catalogue's offers, field by field."""
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    offer_all(engine, placement_context())
+    with Session(engine) as session:
+        built = sorted(load_pools(session), key=lambda p: p.pool_id)
+    assumed = sorted(offered_pools(CATALOGUE.offers), key=lambda p: p.pool_id)
+    assert assumed == built and len(built) == sum(len(offer.pools) for offer in CATALOGUE.offers)
+    assert any(p.price_krw_per_million_output_tokens is not None for p in built)
+    assert {p.status for p in built} == {"available"} and {p.reserved_gpus for p in built} == {0}
+
+
+@pytest.mark.parametrize("kind", ["inference", "training"])
+def test_a_placed_job_records_its_decision_and_only_inference_is_priced_per_token(
+    database_url: tuple[str, str], kind: str
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    with unit_of_work(engine) as session:
+        # Korea's only H100s (a ministry's jobs stay in Korea) are priced per token too.
+        placement.on_job_requested(ctx, session, request_event("mois", kind=kind, accelerator_model="H100"))
+    [placed] = placements(engine)
+    pool = next(p for o in CATALOGUE.offers for p in o.pools if p.pool_id == placed.pool_id)
+    assert placed.pool_id == "skt-pangyo-h100" and pool.price_krw_per_million_output_tokens is not None
+    tokens = (placed.price_krw_per_million_input_tokens, placed.price_krw_per_million_output_tokens)
+    if kind == "inference":
+        assert tokens == (pool.price_krw_per_million_input_tokens, pool.price_krw_per_million_output_tokens)
+    else:
+        assert tokens == (None, None)
+    with Session(engine) as session:
+        job = session.get(JobRow, str(placed.job_id))
+        assert job is not None
+        assert (job.decision_id, job.policy_revision, job.reason) == (
+            str(placed.explanation.decision_id),
+            placed.explanation.policy_revision,
+            placed.explanation.summary,
+        )
+        estimate = placed.gpu_count * placed.expected_hours * placed.price_krw_per_gpu_hour
+        assert job.estimate_krw == estimate == committed_krw(session, "mois", None)

@@ -651,7 +651,11 @@ def test_a_run_report_naming_another_tenant_reaches_no_stream_and_changes_nothin
     with unit_of_work(engine) as session:
         handler(ctx, session, report(placed, "hanbit-ai", "hanbit-ai"))
     [relayed] = outbox(engine)[before:]
-    assert (relayed.topic, relayed.also_to) == (tenant_stream("hanbit-ai"), None)
+    assert (relayed.topic, relayed.also_to, relayed.key) == (
+        tenant_stream("hanbit-ai"),
+        None,
+        str(placed.job_id),
+    )
 
 
 def test_the_market_the_tests_and_the_bench_assume_is_the_one_placement_builds_from_the_offers(
@@ -697,3 +701,42 @@ def test_a_placed_job_records_its_decision_and_only_inference_is_priced_per_toke
         )
         estimate = placed.gpu_count * placed.expected_hours * placed.price_krw_per_gpu_hour
         assert job.estimate_krw == estimate == committed_krw(session, "mois", None)
+
+
+@pytest.mark.parametrize(
+    ("after", "code", "words"),
+    [
+        (timedelta(minutes=45), "deadline_unreachable", "too little time is left after waiting for capacity"),
+        (timedelta(hours=1), "deadline_passed", "passed while it waited for capacity"),
+    ],
+    ids=["too-little-left", "at-the-deadline"],
+)
+def test_the_sweep_rejects_a_queued_job_that_can_no_longer_end_in_time(
+    database_url: tuple[str, str], after: timedelta, code: str, words: str
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    ctx = placement_context()
+    offer_all(engine, ctx)
+    deadline = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    blocker = request_event("mois", csap_grade="high", accelerator_model="A100", gpu_count=640)
+    waiting = request_event(
+        "mois",
+        csap_grade="high",
+        accelerator_model="A100",
+        gpu_count=8,
+        expected_hours=0.5,
+        deadline=deadline,
+    )
+    for event in (blocker, waiting):
+        with unit_of_work(engine) as session:
+            placement.on_job_requested(ctx, session, event)
+    later = placement_context(clock=lambda: deadline - timedelta(hours=1) + after)
+    with unit_of_work(engine) as session:
+        assert placement.sweep_queue(later, session) == 1
+    [row] = outbox(engine, "jobs.rejected")
+    rejected = JobRejectedEvent.model_validate_json(row.payload).data
+    assert (rejected.job_id, rejected.code, rejected.scope) == (waiting.data.job_id, code, "job")
+    assert words in rejected.reason
+    with Session(engine) as session:
+        job = session.get(JobRow, str(waiting.data.job_id))
+        assert job is not None and (job.state, job.reason) == ("rejected", rejected.reason)

@@ -1,5 +1,6 @@
 """`sovereign status`: each service's workers (ready, starting, stopped or down), its consumer lag per topic,
-its outbox backlog and its dead letters. Exit 0 when every service asked about has a ready worker."""
+its outbox backlog, what its outbox set aside and its dead letters. Exit 0 when every service asked about is
+ready: a ready worker, nothing set aside, and no outbox record waiting past OUTBOX_STALE_AFTER."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from contracts import TOPICS, dead_letter_topic
 from services.registry import SERVICES
 from services.shared.db import as_utc, table_of, utc_now
-from services.shared.health import WorkerRow, recent_workers, worker_state
+from services.shared.health import OUTBOX_STALE_AFTER, WorkerRow, recent_workers, worker_state
 from services.shared.kafka import consumer_group, transport_security
-from services.shared.outbox import OutboxMessage
+from services.shared.outbox import OUTBOX_TABLES, OutboxMessage, OutboxSetAside
 from services.shared.settings import Settings
 from sovereign.verification.databases import service_session
 from sovereign.verification.watch import each_record, lag_by_group
@@ -37,11 +38,27 @@ class ServiceStatus:
     workers: list[WorkerStatus] = field(default_factory=list)
     lag: dict[str, int] = field(default_factory=dict)
     outbox_backlog: int = 0
+    # How long the oldest row still in the outbox has waited to be published.
+    oldest_pending_seconds: float | None = None
+    # Rows the broker refused for good, by topic, with the last reason given.
+    set_aside: dict[str, tuple[int, str]] = field(default_factory=dict)
     dead_letters: int = 0
 
     @property
+    def not_ready_because(self) -> list[str]:
+        """Why the service is not ready, or nothing when it is."""
+        reasons = [] if any(w.state == "ready" for w in self.workers) else ["no worker is ready"]
+        for topic, (count, reason) in sorted(self.set_aside.items()):
+            reasons.append(f"{count} record(s) for {topic} set aside: {reason}")
+        bound = OUTBOX_STALE_AFTER.total_seconds()
+        if self.oldest_pending_seconds is not None and self.oldest_pending_seconds > bound:
+            waited = self.oldest_pending_seconds
+            reasons.append(f"the oldest outbox record has waited {waited:.0f} s (more than {bound:.0f})")
+        return reasons
+
+    @property
     def ready(self) -> bool:
-        return any(worker.state == "ready" for worker in self.workers)
+        return not self.not_ready_because
 
 
 async def collect_status(
@@ -53,9 +70,14 @@ async def collect_status(
     groups: dict[str, list[str]] = {}
     for service in services:
         status = ServiceStatus(service)
-        with service_session(settings, service, [table_of(OutboxMessage), table_of(WorkerRow)]) as session:
+        with service_session(settings, service, [*OUTBOX_TABLES, table_of(WorkerRow)]) as session:
             rows = [row for row in recent_workers(session) if host is None or row.host == host]
-            status.outbox_backlog = session.exec(select(func.count()).select_from(OutboxMessage)).one()
+            backlog, oldest = session.exec(
+                select(func.count(), func.min(OutboxMessage.created_at)).select_from(OutboxMessage)
+            ).one()
+            status.outbox_backlog = backlog
+            status.oldest_pending_seconds = None if oldest is None else (now - as_utc(oldest)).total_seconds()
+            status.set_aside = set_aside_by_topic(session)
         status.workers = [
             WorkerStatus(
                 row.worker_id, worker_state(row, now), (now - as_utc(row.heartbeat_at)).total_seconds()
@@ -79,6 +101,17 @@ async def collect_status(
     return report
 
 
+def set_aside_by_topic(session: Session) -> dict[str, tuple[int, str]]:
+    """How many rows the broker refused for good, by topic, and the reason of the last one."""
+    counts = session.exec(
+        select(OutboxSetAside.topic, func.count(), func.max(OutboxSetAside.id)).group_by(OutboxSetAside.topic)
+    ).all()
+    return {
+        topic: (count, session.get(OutboxSetAside, last).reason)  # type: ignore[union-attr]
+        for topic, count, last in counts
+    }
+
+
 def render_status(report: list[ServiceStatus]) -> str:
     lines = []
     for status in report:
@@ -93,6 +126,8 @@ def render_status(report: list[ServiceStatus]) -> str:
                 f"    {worker.worker_id:<40} {worker.state:<9} "
                 f"heartbeat {worker.seconds_since_heartbeat:.0f} s ago"
             )
+        for reason in status.not_ready_because:
+            lines.append(f"    not ready: {reason}")
         lagging = {topic: n for topic, n in status.lag.items() if n}
         if lagging:
             lines.append("    lag by topic: " + ", ".join(f"{t} {n}" for t, n in sorted(lagging.items())))

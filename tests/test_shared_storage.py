@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from contracts.events import (
     CapacityOffered,
@@ -17,9 +17,9 @@ from contracts.events import (
 )
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import PoolRow, try_reserve, upsert_offer
-from services.shared.db import unit_of_work
+from services.shared.db import table_of, unit_of_work
 from services.shared.inbox import claim_event
-from services.shared.outbox import OutboxMessage, OutboxRelay, add_to_outbox
+from services.shared.outbox import OutboxMessage, OutboxRelay, OutboxSetAside, add_to_outbox, retry_pause
 from tests.conftest import request_event
 from tests.storage_support import (
     CATALOGUE,
@@ -90,9 +90,10 @@ async def test_two_relays_on_one_database_publish_each_row_once(database_url: tu
             add_to_outbox(session, request_event(), "k")
     published: list[str] = []
 
-    async def publish(rows: Sequence[OutboxMessage]) -> None:
+    async def publish(rows: Sequence[OutboxMessage]) -> dict[int, str]:
         await asyncio.sleep(0.01)  # a broker round trip, during which the other relay runs
         published.extend(row.headers["event_id"] for row in rows)
+        return {}
 
     relays = [OutboxRelay(engine, publish, batch_size=7) for _ in range(2)]
     await asyncio.gather(*(relay.drain() for relay in relays))
@@ -105,15 +106,51 @@ async def test_a_batch_whose_publish_failed_is_published_again(database_url: tup
     with unit_of_work(engine) as session:
         add_to_outbox(session, request_event(), "k")
 
-    async def broker_down(rows: Sequence[OutboxMessage]) -> None:
+    async def broker_down(rows: Sequence[OutboxMessage]) -> dict[int, str]:
         raise ConnectionError("broker unreachable")
 
     with pytest.raises(ConnectionError):
         await OutboxRelay(engine, broker_down, lease_seconds=0).drain()
     delivered: list[OutboxMessage] = []
 
-    async def broker_up(rows: Sequence[OutboxMessage]) -> None:
+    async def broker_up(rows: Sequence[OutboxMessage]) -> dict[int, str]:
         delivered.extend(rows)
+        return {}
 
     assert await OutboxRelay(engine, broker_up).drain() == 1
     assert len(delivered) == 1 and outbox(engine) == []
+
+
+async def test_a_row_refused_for_good_is_set_aside_and_the_rows_behind_it_flow(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "relay", [table_of(OutboxSetAside)])
+    events = [request_event() for _ in range(5)]
+    with unit_of_work(engine) as session:
+        for event in events:
+            add_to_outbox(session, event, "k")
+    refused_id = str(events[1].id)
+    delivered: list[str] = []
+
+    async def refusing(rows: Sequence[OutboxMessage]) -> dict[int, str]:
+        """A broker that takes every row but one, which it will never take."""
+        refused = {row.id: "jobs.requested refused it for good: too large" for row in rows if row.id}
+        for row in rows:
+            if row.headers["event_id"] != refused_id:
+                delivered.append(row.headers["event_id"])
+                del refused[row.id]  # type: ignore[arg-type]
+        return refused
+
+    assert await OutboxRelay(engine, refusing, batch_size=3).drain() == 5
+    assert delivered == [str(e.id) for e in events if str(e.id) != refused_id]  # in order, none twice
+    assert outbox(engine) == []
+    with Session(engine) as session:
+        [kept] = session.exec(select(OutboxSetAside)).all()
+    assert (kept.topic, kept.key, kept.headers["event_id"]) == ("jobs.requested", "k", refused_id)
+    assert kept.reason == "jobs.requested refused it for good: too large"
+    assert kept.payload == events[1].model_dump_json().encode()
+    assert await OutboxRelay(engine, refusing).drain() == 0  # never published again
+
+
+def test_a_failing_relay_backs_off_to_half_a_minute() -> None:
+    assert [retry_pause(n) for n in range(8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]

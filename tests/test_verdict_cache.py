@@ -46,7 +46,7 @@ SITE = {
     "verified": True,
     "pools": [{"pool_id": "p1", "accelerator_model": "B200", "generation": 10, "accelerator_origin": "US"}],
 }
-EXAMPLE = {
+EXAMPLE: dict[str, Any] = {
     "job": {
         "tenant_id": "t-finance",
         "client_request_id": "c",

@@ -16,6 +16,9 @@ from services.shared.db import as_utc, unit_of_work, utc_now
 HEARTBEAT_SECONDS = 2.0
 # A worker whose last heartbeat is older than this is reported down (killed, hung or stopped).
 STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+# A service whose oldest outbox row has waited longer than this is not ready: its relay normally publishes
+# within a poll (half a second), so a minute means it is stuck (a broker down, or refusing it).
+OUTBOX_STALE_AFTER = timedelta(seconds=60)
 
 
 class WorkerRow(SQLModel, table=True):

@@ -10,13 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy, BaseMiddleware
 from faststream.kafka import KafkaBroker
@@ -243,19 +256,54 @@ def _destinations(row: OutboxMessage, tenants_with_streams: frozenset[str]) -> l
     return destinations
 
 
+# What a broker (or the client, before sending) refuses whatever the number of tries: the record itself is
+# wrong for it. Anything else (a timeout, a leader moving, a connection lost) may pass when tried again.
+REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    UnsupportedForMessageFormatError,
+    PolicyViolationError,
+)
+
+
+def _refusal(topic: str, error: Exception) -> str:
+    return f"{topic} refused it for good: {type(error).__name__}: {error}"
+
+
 async def publish_outbox_rows(
     broker: KafkaBroker, tenants_with_streams: frozenset[str], rows: Sequence[OutboxMessage]
-) -> None:
-    """Enqueue all rows in order, then wait for every acknowledgement (aiokafka batches them)."""
-    pending = [
-        await broker.publish(
-            row.payload,
-            topic,
-            key=row.key.encode(),
-            headers={**row.headers, "content-type": "application/json"},
-            no_confirm=True,
-        )
-        for row in rows
-        for topic in _destinations(row, tenants_with_streams)
-    ]
-    await asyncio.gather(*pending)
+) -> dict[int, str]:
+    """Enqueue all rows in order, then wait for every acknowledgement (aiokafka batches them). Returns the
+    rows refused for good (at any of their destinations), by id, with the reason; any other failure raises,
+    and the relay tries the batch again."""
+    refused: dict[int, str] = {}
+    pending: list[tuple[OutboxMessage, str, Awaitable[Any]]] = []
+    for row in rows:
+        assert row.id is not None, "a row the relay leased has its id"
+        for topic in _destinations(row, tenants_with_streams):
+            try:
+                sent = await broker.publish(
+                    row.payload,
+                    topic,
+                    key=row.key.encode(),
+                    headers={**row.headers, "content-type": "application/json"},
+                    no_confirm=True,
+                )
+            except REFUSED_FOR_GOOD as error:  # refused by the client before it was sent
+                refused.setdefault(row.id, _refusal(topic, error))
+                continue
+            pending.append((row, topic, sent))
+    for row, topic, acknowledgement in pending:
+        try:
+            await acknowledgement
+        except REFUSED_FOR_GOOD as error:
+            assert row.id is not None
+            refused.setdefault(row.id, _refusal(topic, error))
+    return refused

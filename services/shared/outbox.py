@@ -3,7 +3,9 @@
 The relay leases a batch in one short transaction, publishes it, then deletes it in another. The lease keeps
 a second relay on the same database (another worker of the service) off those rows; if the relay dies before
 deleting, the lease expires and the batch is published again. Consumers are idempotent on event id, so that
-repeat has no effect.
+repeat has no effect. A row the broker refuses for good (too large, invalid, not authorised) cannot jam the
+rows behind it: it is moved to `outbox_set_aside` with the broker's reason, and `sovereign status` reports
+the service not ready until an operator has dealt with it. Other failures are retried, backing off.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, bindparam, delete, insert, or_, update
@@ -41,6 +43,27 @@ class OutboxMessage(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), index=True)
     )
 
+
+class OutboxSetAside(SQLModel, table=True):
+    """An outbox row the broker refused for good, kept with the reason: nothing is lost, and nothing waits
+    behind it."""
+
+    __tablename__ = "outbox_set_aside"
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int
+    topic: str = Field(max_length=200)
+    also_to: str | None = Field(default=None, max_length=200)
+    key: str = Field(max_length=200)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime
+    set_aside_at: datetime = Field(default_factory=utc_now)
+    reason: str = Field(max_length=2000)
+
+
+# What every service's database holds for its outbox.
+OUTBOX_TABLES = [table_of(OutboxMessage), table_of(OutboxSetAside)]
 
 _INSERT_OUTBOX = insert(table_of(OutboxMessage))
 # The rows a transaction has written so far, inserted in one statement when it commits (one statement per
@@ -94,7 +117,17 @@ def _drop_outbox_rows(session: OrmSession) -> None:
     session.info.pop(OUTBOX_ROWS, None)
 
 
-Publish = Callable[[Sequence[OutboxMessage]], Awaitable[None]]
+# Publishes rows in order and returns those the broker refused for good, by row id, with the reason; raises
+# when the batch may succeed if tried again.
+Publish = Callable[[Sequence[OutboxMessage]], Awaitable[Mapping[int, str]]]
+
+# Seconds between tries after a failed publish, doubling to the last.
+RETRY_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+
+def retry_pause(failures_before: int) -> float:
+    """The pause after a publish that failed, when `failures_before` tries in a row failed before it."""
+    return RETRY_BACKOFF_SECONDS[min(failures_before, len(RETRY_BACKOFF_SECONDS) - 1)]
 
 
 class OutboxRelay:
@@ -120,14 +153,18 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def run_forever(self) -> None:
+        failures = 0
         while True:
             try:
                 await self.drain()
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the relay must outlive a broker or database hiccup
-                self._log.warning("outbox_publish_failed", error=repr(error))
-                await asyncio.sleep(1.0)
+                pause = retry_pause(failures)
+                failures += 1
+                self._log.warning("outbox_publish_failed", error=repr(error), retry_in_seconds=pause)
+                await asyncio.sleep(pause)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_seconds)
             self._wakeup.clear()
@@ -140,14 +177,42 @@ class OutboxRelay:
                 batch = self._lease_batch(session, token)
             if not batch:
                 return published
-            await self._publish(batch)
+            refused = await self._publish(batch)
             self._after_publish()
             with unit_of_work(self._engine) as session:
+                if refused:
+                    self._set_aside(session, [row for row in batch if row.id in refused], refused)
                 session.execute(_DELETE_LEASED, {"token": token})
             published += len(batch)
             self._log.debug("outbox_published", count=len(batch))
             if len(batch) < self._batch_size:
                 return published
+
+    def _set_aside(self, session: Session, rows: Sequence[OutboxMessage], reasons: Mapping[int, str]) -> None:
+        for row in rows:
+            assert row.id is not None
+            reason = reasons[row.id][:2000]
+            self._log.error(
+                "outbox_record_set_aside",
+                topic=row.topic,
+                key=row.key,
+                bytes=len(row.payload),
+                event_id=row.headers.get("event_id"),
+                reason=reason,
+            )
+            session.add(
+                OutboxSetAside(
+                    outbox_id=row.id,
+                    topic=row.topic,
+                    also_to=row.also_to,
+                    key=row.key,
+                    payload=row.payload,
+                    headers=row.headers,
+                    created_at=row.created_at,
+                    reason=reason,
+                )
+            )
+        session.flush()
 
     def _lease_batch(self, session: Session, token: str) -> list[OutboxMessage]:
         now = utc_now()

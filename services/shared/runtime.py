@@ -39,7 +39,7 @@ from services.shared.kafka import (
     transport_security,
 )
 from services.shared.logging import get_logger
-from services.shared.outbox import OutboxMessage, OutboxRelay
+from services.shared.outbox import OUTBOX_TABLES, OutboxRelay
 from services.shared.settings import Settings
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
@@ -80,7 +80,7 @@ def new_service(name: str, settings: Settings, tables: Sequence[Table], tenant_i
     engine = create_service_engine(
         database_url_for(settings, name),
         name,
-        [table_of(OutboxMessage), table_of(ProcessedEvent), table_of(WorkerRow), *tables],
+        [*OUTBOX_TABLES, table_of(ProcessedEvent), table_of(WorkerRow), *tables],
         schema_prefix=settings.database_schema_prefix,
     )
     crash_points = CrashPoints(settings.crash_points)

@@ -24,11 +24,15 @@ from services.placement.logic import (
     only_waits_for_capacity,
     parse_verdicts,
     plan_placement,
+    policy_input,
     site_of_run,
+    sites_document,
 )
-from services.shared.domain.catalogue import Budget
+from services.shared.domain.catalogue import Budget, load_catalogue
+from services.shared.settings import REPO_ROOT
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
+CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
 DECISION = uuid.UUID(int=1)
 
 
@@ -370,3 +374,159 @@ def test_a_conflicting_resubmission_names_the_fields_that_differ_and_the_jobs_st
         "the job keeps its first request and its state (queued): send a new request under a new "
         "client_request_id"
     )
+
+
+# plan_placement's every outcome, in full: what placement decides and what the tenant is told why.
+def test_a_site_without_a_verdict_is_never_chosen() -> None:
+    """Fail closed: a site with pools that the verdicts do not mention (the engine said nothing) is out."""
+    result = plan(job(), allow("a"), [pool("a1", "a", price=9000), pool("x1", "unjudged", price=100)])
+    assert result.chosen is not None and result.chosen.site_id == "a"
+    verdicts = parse_verdicts({"a": {"allowed": True}}, {"a", "silent"})
+    assert not verdicts["silent"].allowed
+    assert verdicts["silent"].violations == [
+        RuleViolation(rule="ENGINE", message="the policy returned no verdict for this site", mode="deny")
+    ]
+
+
+def test_verdicts_keep_every_finding_in_rule_order() -> None:
+    raw = {
+        "a": {
+            "allowed": False,
+            "violations": [
+                {"rule": "SOV-01", "message": "m2", "mode": "deny"},
+                {"rule": "RES-01", "message": "m1", "mode": "deny"},
+            ],
+            "warnings": [
+                {"rule": "FIN-03", "message": "w2", "mode": "warn"},
+                {"rule": "EXP-03", "message": "w1", "mode": "dryrun"},
+            ],
+            "exempted": [
+                {"rule": "EXP-01", "message": "e", "approver": "cpo", "expires": "2027-06-30", "reason": "r"}
+            ],
+        }
+    }
+    [verdict] = parse_verdicts(raw, {"a"}).values()
+    assert [v.rule for v in verdict.violations] == ["RES-01", "SOV-01"]
+    assert [(w.rule, w.mode) for w in verdict.warnings] == [("EXP-03", "dryrun"), ("FIN-03", "warn")]
+    assert [(e.rule, e.approver) for e in verdict.exempted] == [("EXP-01", "cpo")]
+    assessed = plan(job(), {"a": verdict, **allow("b")}, [pool("a1", "a"), pool("b1", "b")]).explanation.sites
+    a = next(s for s in assessed if s.site_id == "a")
+    assert (a.violations, a.warnings, a.exempted) == (verdict.violations, verdict.warnings, verdict.exempted)
+
+
+def test_a_site_fits_by_its_best_pool_that_fits_and_counts_once() -> None:
+    pools = [
+        pool("a-cheap-small", "a", price=1000, total=4),  # could never take 8 GPUs
+        pool("a-full", "a", price=2000, reserved=64),  # could, once GPUs free
+        pool("a-ok", "a", price=3000),
+        pool("a-ok-too", "a", price=3500),
+        pool("b1", "b", price=4000),
+    ]
+    result = plan(job(), allow("a", "b"), pools)
+    assert result.chosen is not None and result.chosen.pool_id == "a-ok"
+    assert result.explanation.summary == (
+        "placed on a (a-ok, B200) at 3,000 KRW/GPU-h: the cheapest of 2 allowed sites with capacity, "
+        "out of 2 considered"
+    )
+    a = next(s for s in result.explanation.sites if s.site_id == "a")
+    assert (a.fit, a.pool_id, a.rank, a.capacity_reasons) == ("now", "a-ok", 1, [])
+
+
+def test_a_site_offering_nothing_is_assessed_as_never_fitting() -> None:
+    result = plan(job(), allow("a", "empty"), [pool("a1", "a")])
+    empty = next(s for s in result.explanation.sites if s.site_id == "empty")
+    assert (empty.fit, empty.capacity_reasons, empty.pool_id, empty.rank) == (
+        "never",
+        ["no pool offered"],
+        None,
+        None,
+    )
+
+
+def test_a_deadline_reached_or_too_close_is_rejected_with_its_reason() -> None:
+    at_deadline = plan_placement(job(deadline=NOW), allow("a"), [pool("a1", "a")], DECISION, "rev", NOW)
+    assert (at_deadline.outcome, at_deadline.code, at_deadline.reason, at_deadline.explanation.summary) == (
+        "rejected",
+        RejectionCode.DEADLINE_PASSED,
+        f"the job's deadline {NOW.isoformat()} has passed",
+        "the deadline has passed",
+    )
+    close = job(deadline=NOW + timedelta(minutes=90), expected_hours=2)
+    too_close = plan_placement(close, allow("a"), [pool("a1", "a")], DECISION, "rev", NOW)
+    assert (too_close.outcome, too_close.code, too_close.explanation.summary) == (
+        "rejected",
+        RejectionCode.DEADLINE_UNREACHABLE,
+        "the run cannot end by the deadline",
+    )
+    assert too_close.reason == (
+        f"the run needs 2 h but the deadline {close.deadline.isoformat()} is 1.50 h away: "
+        "it cannot end in time"
+    )
+    just_in_time = job(deadline=NOW + timedelta(hours=2), expected_hours=2)
+    on_time = plan_placement(just_in_time, allow("a"), [pool("a1", "a")], DECISION, "rev", NOW)
+    assert on_time.outcome is JobState.PLACED
+
+
+def test_before_any_offer_a_job_waits_saying_so() -> None:
+    result = plan(job(), {}, [])
+    reason = "waiting for capacity: no AI factory has offered capacity yet"
+    assert (result.outcome, result.reason, result.explanation.summary) == ("queued", reason, reason)
+
+
+def test_no_allowed_site_names_the_rules_that_denied() -> None:
+    verdicts = {"a": deny("a", "RES-01"), "b": deny("b", "SOV-01"), "c": deny("c", "RES-01")}
+    result = plan(job(), verdicts, [pool("a1", "a"), pool("b1", "b"), pool("c1", "c")])
+    reason = "no site is allowed by policy (3 considered; rules: RES-01, SOV-01)"
+    assert (result.outcome, result.code, result.reason, result.explanation.summary) == (
+        "rejected",
+        RejectionCode.NO_ALLOWED_SITE,
+        reason,
+        reason,
+    )
+
+
+def test_a_job_waiting_for_capacity_names_its_first_choice() -> None:
+    pools = [pool("a1", "a", price=6000, reserved=60), pool("b1", "b", price=5000, reserved=60)]
+    result = plan(job(), allow("a", "b"), pools)
+    reason = "waiting for capacity: 2 allowed sites, none with 8 free GPUs now; first choice when free: b1"
+    assert (result.outcome, result.reason, result.explanation.summary) == ("queued", reason, reason)
+    assert {s.site_id: s.fit for s in result.explanation.sites} == {"a": "later", "b": "later"}
+
+
+def test_a_job_no_allowed_site_could_ever_run_lists_three_and_counts_the_rest() -> None:
+    sites = ["a", "b", "c", "d", "e"]
+    result = plan(job(gpu_count=128), allow(*sites), [pool(f"{s}1", s) for s in sites])
+    details = "; ".join(f"{s}: {s}1 has 64 GPUs in all, the job needs 128" for s in sites[:3])
+    reason = f"none of the 5 sites the policy allows could ever run this job ({details}; and 2 more)"
+    assert (result.outcome, result.code, result.reason) == ("rejected", RejectionCode.NEVER_FITS, reason)
+    assert result.explanation.summary == reason
+    three = plan(job(gpu_count=128), allow(*sites[:3]), [pool(f"{s}1", s) for s in sites[:3]])
+    assert three.reason is not None and three.reason.endswith(f"({details})")
+
+
+def test_a_price_equal_to_the_jobs_maximum_is_within_it() -> None:
+    result = plan(job(max_price_krw_per_gpu_hour=5000), allow("a"), [pool("a1", "a", price=5000)])
+    assert result.outcome == "placed"
+    dearer = plan(job(max_price_krw_per_gpu_hour=4999), allow("a"), [pool("a1", "a", price=5000)])
+    assert dearer.outcome == "rejected"
+    assert dearer.explanation.sites[0].capacity_reasons == [
+        "a1 costs 5,000 KRW/GPU-h, above the maximum 4,999"
+    ]
+
+
+def test_the_policy_reads_the_job_without_absent_fields_and_each_sites_pools_and_verification() -> None:
+    document = policy_input(job(), {"tenant_id": "hanbit-ai"}, {}, NOW)
+    assert None not in document["job"].values() and "training_ops" not in document["job"]
+    sites = {offer.site.site_id: offer.site for offer in CATALOGUE.offers[:2]}
+    first, second = sites
+    market = sites_document(sites, [pool("p1", first, generation=9)], {first: "auditor-key"})
+    assert market[first]["pools"] == [
+        {"pool_id": "p1", "accelerator_model": "B200", "generation": 9, "accelerator_origin": "US"}
+    ]
+    assert (market[first]["verified"], market[second]["verified"], market[second]["pools"]) == (
+        True,
+        False,
+        [],
+    )
+    assert None not in market[first].values()
+    assert sites_document(sites, [], None)[first]["verified"] is False

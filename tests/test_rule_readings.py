@@ -12,12 +12,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from contracts.events import JobKind, JobRequest
 from services.placement.logic import policy_input, sites_document
 from services.shared.domain.catalogue import load_catalogue
 from services.shared.domain.policy import DATA_SCHEMA, PolicyBundle, data_problems, verdicts_by_site
 from services.shared.settings import REPO_ROOT
-from tests.conftest import Decide, catalogue_pools
+from tests.conftest import Decide, catalogue_pools, request_event
 
 BUNDLE = PolicyBundle.load(REPO_ROOT / "policies")
 CATALOGUE = load_catalogue(REPO_ROOT / "catalogue")
@@ -27,18 +26,7 @@ NOW = datetime(2026, 12, 20, tzinfo=UTC)
 
 def document(tenant_id: str, tenant: dict[str, Any] | None = None, **job: Any) -> dict[str, Any]:
     """A training job of the tenant's over the whole catalogue, due in March unless told otherwise."""
-    request = JobRequest.model_validate(
-        {
-            "tenant_id": tenant_id,
-            "client_request_id": "c",
-            "name": "n",
-            "kind": JobKind.TRAINING,
-            "gpu_count": 8,
-            "expected_hours": 4,
-            "deadline": "2027-03-01T00:00:00+09:00",
-            **job,
-        }
-    )
+    request = request_event(tenant_id, **{"deadline": "2027-03-01T00:00:00+09:00", **job}).data
     record = CATALOGUE.tenants[tenant_id].model_dump(mode="json", exclude_none=True)
     return policy_input(request, {**record, **(tenant or {})}, MARKET, NOW)
 

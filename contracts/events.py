@@ -11,6 +11,18 @@ import iso3166
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StringConstraints, model_validator
 
 from contracts.envelope import SLUG_PATTERN, Contract, Event, Inbound
+from contracts.limits import (
+    MAX_ASSUMPTION_LENGTH,
+    MAX_ASSUMPTIONS,
+    MAX_CLIENT_REQUEST_ID_LENGTH,
+    MAX_DATASETS,
+    MAX_MODEL_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_POOLS_PER_SITE,
+    MAX_REASON_LENGTH,
+    MAX_REGION_LENGTH,
+    MAX_REGIONS,
+)
 
 Slug = str
 
@@ -58,6 +70,10 @@ Lowered = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True)
 
 # An id or an approval on file: blank is none.
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# A name people read: at least one character that is not white space.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"\S")]
+# A region as a request or an offer names it.
+Region = Annotated[Lowered, StringConstraints(min_length=1, max_length=MAX_REGION_LENGTH)]
 
 ChargeModel = Literal["gpu_hour", "tokens"]
 # Billing periods are calendar months in Korea Standard Time.
@@ -94,10 +110,11 @@ def _known_category(category: str) -> str:
 
 
 class Dataset(Inbound):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     n2sf_grade: Literal["C", "S", "O"] = Field(default="O", description="N2SF data grade.")
     categories: list[Annotated[Lowered, AfterValidator(_known_category)]] = Field(
         default_factory=list,
+        max_length=len(DATA_CATEGORIES),
         description="Any of general, credit, unique_id, emr, genomic, map, core_technology, in any case; "
         "any other is refused.",
     )
@@ -108,17 +125,21 @@ class Dataset(Inbound):
 
 class JobRequest(Inbound):
     tenant_id: Slug = Field(pattern=SLUG_PATTERN)
-    client_request_id: str = Field(min_length=1, max_length=128, description="Idempotency key per tenant.")
-    name: str = Field(min_length=1, max_length=200)
+    client_request_id: str = Field(
+        min_length=1, max_length=MAX_CLIENT_REQUEST_ID_LENGTH, description="Idempotency key per tenant."
+    )
+    name: Name
     kind: JobKind
     gpu_count: int = Field(ge=1, le=1_000_000)
-    accelerator_model: str | None = Field(default=None, max_length=50, description="e.g. B200; None = any.")
+    accelerator_model: str | None = Field(
+        default=None, min_length=1, max_length=MAX_MODEL_LENGTH, description="e.g. B200; None = any."
+    )
     min_generation: int | None = Field(default=None, ge=1, description="Minimum accelerator generation.")
     expected_hours: float = Field(gt=0, le=8760)
     max_price_krw_per_gpu_hour: int | None = Field(default=None, ge=1)
     deadline: AwareDatetime
     csap_grade: CsapGrade = Field(default="none", description="CSAP grade the job's system requires.")
-    datasets: list[Dataset] = Field(default_factory=list)
+    datasets: list[Dataset] = Field(default_factory=list, max_length=MAX_DATASETS)
     purpose: Literal["service", "statistics", "research", "public_archiving", "commercial"] = "service"
     consent_obtained: bool = Field(default=False, description="Data subjects consented to this use.")
     generative_ai: bool = False
@@ -127,11 +148,15 @@ class JobRequest(Inbound):
     importance: Literal["normal", "important"] = Field(default="normal", description="FSS 'important' work.")
     training_ops: float | None = Field(default=None, ge=0, description="Total training operations, if known.")
     open_weights: bool = False
-    preferred_regions: list[Lowered] = Field(
-        default_factory=list, description="Ranked after price and energy; in any case."
+    preferred_regions: list[Region] = Field(
+        default_factory=list,
+        max_length=MAX_REGIONS,
+        description="Ranked after price and energy; in any case.",
     )
-    excluded_regions: list[Lowered] = Field(
-        default_factory=list, description="Never placed in these regions; in any case."
+    excluded_regions: list[Region] = Field(
+        default_factory=list,
+        max_length=MAX_REGIONS,
+        description="Never placed in these regions; in any case.",
     )
     priority: Literal["low", "normal", "high", "urgent"] = Field(
         default="normal", description="Queue order: priority class first, then arrival."
@@ -146,6 +171,10 @@ class JobRequest(Inbound):
     @property
     def job_id(self) -> uuid.UUID:
         return job_id_for(self.tenant_id, self.client_request_id)
+
+    def policy_document(self) -> dict[str, Any]:
+        """The job as the policy reads it (the input's `job`); decisions refer to it by job_sha256."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class RuleViolation(Contract):
@@ -312,7 +341,7 @@ class JobCancelRequested(Inbound):
 
     job_id: uuid.UUID
     tenant_id: Slug
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=MAX_REASON_LENGTH)
 
 
 class JobCancelled(Contract):
@@ -467,7 +496,7 @@ class CsapCertificate(Inbound):
 
 class Pool(Inbound):
     pool_id: Slug = Field(pattern=SLUG_PATTERN)
-    accelerator_model: str = Field(min_length=1, max_length=50)
+    accelerator_model: str = Field(min_length=1, max_length=MAX_MODEL_LENGTH)
     generation: int = Field(ge=1, description="Ordinal accelerator generation, e.g. Hopper 9, Blackwell 10.")
     accelerator_origin: CountryCode = Field(description="ISO country of the chip's designer.")
     gpu_count: int = Field(ge=0)
@@ -482,10 +511,10 @@ class Pool(Inbound):
 
 class SiteAttributes(Inbound):
     site_id: Slug = Field(pattern=SLUG_PATTERN)
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     country: CountryCode
-    region: Lowered = Field(min_length=1, max_length=100)
-    operator: str = Field(min_length=1, max_length=200)
+    region: Region
+    operator: Name
     operator_country: CountryCode
     operator_type: Literal["government", "public", "private"]
     ops_staff_country: CountryCode
@@ -498,8 +527,10 @@ class SiteAttributes(Inbound):
     encryption_at_rest: bool
     holds_reid_key: bool
     closed_environment: bool
-    assumptions: list[str] = Field(
-        default_factory=list, description="Attributes that no public source gives: the catalogue's own."
+    assumptions: list[Annotated[str, StringConstraints(max_length=MAX_ASSUMPTION_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=MAX_ASSUMPTIONS,
+        description="Attributes that no public source gives: the catalogue's own.",
     )
 
 
@@ -512,7 +543,7 @@ class SiteAttestation(Inbound):
 
 class CapacityOffered(Inbound):
     site: SiteAttributes
-    pools: list[Pool] = Field(min_length=1)
+    pools: list[Pool] = Field(min_length=1, max_length=MAX_POOLS_PER_SITE)
     attestation: SiteAttestation | None = Field(
         default=None, description="Absent: attributes not vouched for."
     )
@@ -584,13 +615,29 @@ class PolicyDecisionRecord(Contract):
     input: dict[str, Any] | None = Field(
         default=None,
         description="The policy input as evaluated (job, tenant, time, and every site unless site_sha256 "
-        "names their snapshots), for audit and replay.",
+        "names their snapshots), for audit and replay; without its job when job_sha256 names it.",
+    )
+    job_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The digest (sha256 of the canonical JSON) of the job as the policy read it: the request "
+        "of job_id on jobs.requested, as its model reads it. When present, `input` has no `job`. Absent "
+        "from decisions before 1.4.",
     )
     site_sha256: dict[str, str] | None = Field(
         default=None,
         description="Each judged site's snapshot on market.sites, by site id: the digest (sha256 of the "
         "canonical JSON) of the site's document as the policy read it. When present, `input` holds the job, "
         "the tenant and the time, and its `sites` are these snapshots.",
+    )
+    worker_id: str | None = Field(
+        default=None, max_length=100, description="The placement worker that decided. Absent before 1.4."
+    )
+    worker_seq: int | None = Field(
+        default=None,
+        ge=1,
+        description="This decision's number among the worker's decisions, from 1 without a gap: "
+        "`sovereign decisions verify` reports any number missing from the log. Absent before 1.4.",
     )
     cached_sites: list[str] = Field(
         default_factory=list,
@@ -719,7 +766,7 @@ class SiteSnapshotEvent(Event[SiteSnapshot]):
 
 
 class PolicyDecisionEvent(Event[PolicyDecisionRecord]):
-    SCHEMA_VERSION: ClassVar[str] = "1.3"
+    SCHEMA_VERSION: ClassVar[str] = "1.4"
     type: Literal["policy.decisions"] = "policy.decisions"
 
 
@@ -768,6 +815,13 @@ EVENT_MODELS: dict[str, type[Event]] = {  # type: ignore[type-arg]
 }
 
 TOPICS: tuple[str, ...] = tuple(EVENT_MODELS)
+# The topics parties outside the marketplace's services write (tenants, factories, officers): their
+# envelopes are held to MAX_ENVELOPE_BYTES, what the services write only to the broker's limit.
+WRITTEN_OUTSIDE: frozenset[str] = frozenset(
+    topic
+    for topic, model in EVENT_MODELS.items()
+    if issubclass(model.model_fields["data"].annotation, Inbound)  # type: ignore[arg-type]
+)
 
 # The shared topics carry every tenant's events. Each tenant also has a stream of its own, the only outcome
 # topic its principal may read, with a copy of every event about its jobs, runs, usage and bills.

@@ -37,12 +37,19 @@ def list_decisions(settings: Settings, query: DecisionQuery, limit: int) -> int:
 
 def verify_decisions(settings: Settings) -> int:
     with governance_session(settings) as session:
-        count, broken = verify_log(session)
-    if broken is None:
-        print(f"decision log intact: {count} entries, every hash links to the one before it")
-        return 0
-    print(f"decision log BROKEN at entry {broken.seq}: {broken.reason}")
-    return 1
+        verification = verify_log(session)
+    if verification.broken is not None:
+        broken = verification.broken
+        print(f"decision log BROKEN at entry {broken.seq}: {broken.reason}")
+    for gap in verification.gaps:
+        print(f"decision log INCOMPLETE: {gap.describe()}")
+    if not verification.intact:
+        return 1
+    print(
+        f"decision log intact: {verification.entries} entries, every hash links to the one before it and "
+        "every worker's decisions are there without a gap"
+    )
+    return 0
 
 
 def register(commands: Commands) -> None:

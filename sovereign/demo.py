@@ -283,8 +283,11 @@ def _read_service_database(service: str, tables: list[Table], read: Callable[[Se
 
 def _decision_log() -> tuple[int, str | None] | None:
     def check(session: Session) -> tuple[int, str | None]:
-        count, broken = verify_log(session)
-        return count, None if broken is None else f"entry {broken.seq}: {broken.reason}"
+        verification = verify_log(session)
+        problems = [gap.describe() for gap in verification.gaps]
+        if (broken := verification.broken) is not None:
+            problems.insert(0, f"entry {broken.seq}: {broken.reason}")
+        return verification.entries, "; ".join(problems) or None
 
     return _read_service_database("governance", GOVERNANCE_TABLES, check)
 

@@ -10,17 +10,16 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlmodel import Session, col, select
 
 from contracts.events import JobRequestedEvent
-from services.shared.batch import MAX_EVENT_BYTES, PoisonMessage, handle_batch, parse_records
+from contracts.limits import BROKER_MESSAGE_MAX_BYTES, MAX_ENVELOPE_BYTES
+from services.shared.batch import PoisonMessage, handle_batch, oversized, parse_records
 from services.shared.db import create_service_engine, defer_to_commit, table_of
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.outbox import OutboxMessage, add_to_outbox
 from tests.conftest import request_event
 
 
-def record(offset: int, value: bytes) -> SimpleNamespace:
-    return SimpleNamespace(
-        topic="jobs.requested", partition=0, offset=offset, value=value, key=None, headers=[]
-    )
+def record(offset: int, value: bytes, topic: str = "jobs.requested") -> SimpleNamespace:
+    return SimpleNamespace(topic=topic, partition=0, offset=offset, value=value, key=None, headers=[])
 
 
 def test_records_that_are_too_big_not_json_or_not_the_schema_are_refused_alone() -> None:
@@ -29,12 +28,23 @@ def test_records_that_are_too_big_not_json_or_not_the_schema_are_refused_alone()
         record(0, good.model_dump_json().encode()),
         record(1, b"not json"),
         record(2, b'{"id": "x"}'),
-        record(3, b" " * (MAX_EVENT_BYTES + 1)),
+        record(3, b" " * (MAX_ENVELOPE_BYTES + 1)),
     ]
     events, refused = parse_records(JobRequestedEvent, records)
     assert [(r.offset, e) for r, e in events] == [(0, good)]
     assert [r.offset for r, _ in refused] == [1, 2, 3]
     assert isinstance(refused[2][1], PoisonMessage)
+
+
+def test_what_the_services_write_is_held_to_the_brokers_limit_not_an_envelopes() -> None:
+    """A decision over an outside envelope's limit is still a valid decision: governance logs it."""
+    assert oversized(record(0, b" " * (MAX_ENVELOPE_BYTES + 1), "policy.decisions")) is None
+    assert oversized(record(0, b" " * (MAX_ENVELOPE_BYTES + 1), "tenant.mois")) is None
+    too_big = oversized(record(0, b" " * (BROKER_MESSAGE_MAX_BYTES + 1), "policy.decisions"))
+    assert too_big is not None and f"{BROKER_MESSAGE_MAX_BYTES}-byte limit" in str(too_big)
+    for topic in ("jobs.requested", "capacity.offered", "usage.reported", "policy.published"):
+        refused = oversized(record(0, b" " * (MAX_ENVELOPE_BYTES + 1), topic))
+        assert refused is not None and f"{MAX_ENVELOPE_BYTES}-byte limit" in str(refused)
 
 
 def test_a_failing_event_rolls_back_alone_and_its_deferred_action_with_it(tmp_path: Path) -> None:

@@ -290,15 +290,15 @@ async def test_governance_logs_every_decision_in_an_intact_chain(marketplace: Ma
     assert await wait_until(logged, within=30)
     assert await wait_until(lambda: _log_size(governance) == len(tracker.decisions), within=30)
     with Session(governance.engine) as session:
-        count, broken = verify_log(session)
-        assert broken is None and count == len(tracker.decisions)
+        verification = verify_log(session)
+        assert verification.intact and verification.entries == len(tracker.decisions)
         by_rule = find_decisions(session, DecisionQuery(rule="EXP-01", tenant_id="hanbit-ai"))
         assert by_rule and all(e.tenant_id == "hanbit-ai" for e in by_rule)
 
 
 def _log_size(governance: Service) -> int:
     with Session(governance.engine) as session:
-        return verify_log(session)[0]
+        return verify_log(session).entries
 
 
 async def test_cancelling_a_running_job_bills_its_usage_so_far_and_frees_capacity(

@@ -25,9 +25,10 @@ from pydantic import ValidationError
 from contracts import AnyEvent
 from contracts.envelope import SLUG_PATTERN
 from contracts.events import PolicyPublishedEvent
+from contracts.limits import BROKER_MESSAGE_MAX_BYTES
 from contracts.pinning import EXAMPLES_DIR
 from services.registry import SERVICES
-from services.shared.batch import MAX_EVENT_BYTES, handle_batch, parse_records
+from services.shared.batch import handle_batch, parse_records
 from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
 from services.shared.domain.policy_check import activate_published
 from services.shared.domain.signing import Signer
@@ -131,7 +132,7 @@ def payloads(topic: str) -> st.SearchStrategy[bytes]:
         mutated_example(topic),
         st.binary(max_size=200),
         JSON_VALUES.map(lambda value: json.dumps(value).encode()),
-        st.just(b"{" + b" " * (MAX_EVENT_BYTES + 1) + b"}"),
+        st.just(b"{" + b" " * (BROKER_MESSAGE_MAX_BYTES + 1) + b"}"),
     )
 
 

@@ -8,8 +8,10 @@ import uuid
 
 from sqlmodel import Session
 
+from contracts.events import PolicyDecisionEvent
 from services.governance import handlers as governance
 from services.governance import queries as governance_queries
+from services.governance.queries import LogVerification
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.shared.db import unit_of_work
@@ -30,7 +32,7 @@ def test_decision_log_chains_entries_and_detects_tampering(database_url: tuple[s
         with unit_of_work(engine) as session:
             governance.on_policy_decision(session, event)
     with Session(engine) as session:
-        assert governance_queries.verify_log(session) == (5, None)
+        assert governance_queries.verify_log(session) == LogVerification(5, None, [])
         by_job = governance_queries.find_decisions(
             session, governance_queries.DecisionQuery(job_id=str(jobs[3]))
         )
@@ -67,8 +69,14 @@ def test_decision_log_chains_entries_and_detects_tampering(database_url: tuple[s
         altered["decision"]["sites"][1]["allowed"] = True
         entry.content = altered
     with Session(engine) as session:
-        count, broken = governance_queries.verify_log(session)
-        assert count == 5 and broken is not None and broken.seq == 3 and "altered" in broken.reason
+        verification = governance_queries.verify_log(session)
+        broken = verification.broken
+        assert (
+            verification.entries == 5
+            and broken is not None
+            and broken.seq == 3
+            and "altered" in broken.reason
+        )
 
 
 def test_decision_log_detects_a_removed_entry(database_url: tuple[str, str]) -> None:
@@ -79,7 +87,7 @@ def test_decision_log_detects_a_removed_entry(database_url: tuple[str, str]) -> 
     with unit_of_work(engine) as session:
         session.delete(session.get(DecisionLogEntry, 2))
     with Session(engine) as session:
-        _, broken = governance_queries.verify_log(session)
+        broken = governance_queries.verify_log(session).broken
         assert broken is not None and broken.seq == 3 and "missing" in broken.reason
 
 
@@ -95,3 +103,38 @@ def test_a_completion_read_before_its_placement_still_finishes_the_run(database_
     with Session(engine) as session:
         outcome = session.get(DecisionOutcome, str(placed.data.explanation.decision_id))
     assert outcome is not None and outcome.finished
+
+
+def test_a_decision_missing_from_a_workers_numbers_fails_verification(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "governance", GOVERNANCE_TABLES)
+
+    def numbered(worker_id: str, seq: int) -> PolicyDecisionEvent:
+        event = decision_event(uuid.uuid4())
+        data = event.data.model_copy(update={"worker_id": worker_id, "worker_seq": seq})
+        return event.model_copy(update={"data": data})
+
+    # Worker a's third and sixth to seventh decisions never arrived; b's all did, out of order; c numbered
+    # two decisions 1; and one decision from before numbering is not counted.
+    arrived = [
+        *(numbered("a", seq) for seq in (1, 2, 4, 5, 8)),
+        *(numbered("b", seq) for seq in (2, 1, 3)),
+        numbered("c", 1),
+        numbered("c", 1),
+        decision_event(uuid.uuid4()),
+    ]
+    for event in arrived:
+        with unit_of_work(engine) as session:
+            governance.on_policy_decision(session, event)
+    with Session(engine) as session:
+        verification = governance_queries.verify_log(session)
+    assert verification.broken is None and verification.entries == len(arrived) and not verification.intact
+    assert [gap.describe() for gap in verification.gaps] == [
+        "worker a lacks its decisions 3, 6-7 (of 1-8)",
+        "worker c holds its decisions 1 more than once (of 1-1)",
+    ]
+    # The missing ones arrive late (another partition): the log is whole.
+    for event in (numbered("a", 3), numbered("a", 6), numbered("a", 7)):
+        with unit_of_work(engine) as session:
+            governance.on_policy_decision(session, event)
+    with Session(engine) as session:
+        assert [gap.worker_id for gap in governance_queries.verify_log(session).gaps] == ["c"]

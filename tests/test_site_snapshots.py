@@ -1,6 +1,7 @@
-"""Decisions refer to the sites they judged by digest: each site's document goes out on market.sites the first
-time a decision refers to it, governance keeps it under its digest, and the audit log's what-if and re-checks
-read each decision's input back whole."""
+"""Decisions refer to the sites they judged and to the job by digest: each site's document goes out on
+market.sites the first time a decision refers to it, the job is its signed request on jobs.requested,
+governance keeps both under their digests, and the audit log's what-if and re-checks read each decision's
+input back whole."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from services.shared.batch import PoisonMessage
 from services.shared.db import unit_of_work
 from services.shared.domain.signing import canonical_json
 from services.shared.domain.verdict_cache import site_digest
-from tests.conftest import TEST_KEYS, request_event
+from tests.conftest import KEYRING, TEST_KEYS, request_event
 from tests.storage_support import CATALOGUE, make_engine, offer_all, outbox, placement_context
 
 
@@ -40,9 +41,10 @@ def test_a_decision_refers_to_each_site_snapshot_published_once(database_url: tu
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     ctx = placement_context()
     offer_all(engine, ctx)
-    for _ in range(2):  # two transactions: the second publishes no snapshot again
+    requests = [request_event("hanbit-ai") for _ in range(2)]
+    for request in requests:  # two transactions: the second publishes no snapshot again
         with unit_of_work(engine) as session:
-            placement.on_job_requested(ctx, session, request_event("hanbit-ai"))
+            placement.on_job_requested(ctx, session, request)
     snapshots = [
         SiteSnapshotEvent.model_validate_json(r.payload).data for r in outbox(engine, "market.sites")
     ]
@@ -52,13 +54,14 @@ def test_a_decision_refers_to_each_site_snapshot_published_once(database_url: tu
     assert sorted(s.site_id for s in snapshots) == sorted(CATALOGUE.site_ids)
     assert all(site_digest(s.document) == s.site_sha256 for s in snapshots)
     by_site = {s.site_id: s.site_sha256 for s in snapshots}
-    for decision in decisions:
-        assert (
-            decision.site_sha256 == by_site and decision.input is not None and "sites" not in decision.input
-        )
+    for decision, request in zip(decisions, requests, strict=True):
+        assert decision.site_sha256 == by_site and decision.input is not None
+        assert "sites" not in decision.input and "job" not in decision.input
+        job = request.data.policy_document()
+        assert decision.job_sha256 == hashlib.sha256(canonical_json(job)).hexdigest()
         assert (
             decision.input_sha256
-            == hashlib.sha256(canonical_json({**decision.input, "sites": by_site})).hexdigest()
+            == hashlib.sha256(canonical_json({**decision.input, "job": job, "sites": by_site})).hexdigest()
         )
     # A site offered anew with other attributes is a new document: its snapshot goes out, the others do not.
     changed = next(o for o in CATALOGUE.offers if o.site.site_id == "nacc-haenam")
@@ -76,7 +79,7 @@ def test_a_decision_refers_to_each_site_snapshot_published_once(database_url: tu
     assert [s.site_id for s in later[len(snapshots) :]] == ["nacc-haenam"]
 
 
-def test_governance_reads_back_the_input_as_evaluated_and_refuses_a_forged_snapshot(
+def test_governance_reads_back_the_input_as_evaluated_and_refuses_forged_documents(
     database_url: tuple[str, str],
 ) -> None:
     decided = make_engine(database_url, "placement", PLACEMENT_TABLES)
@@ -106,10 +109,25 @@ def test_governance_reads_back_the_input_as_evaluated_and_refuses_a_forged_snaps
         content = session.get(DecisionLogEntry, 1).content["decision"]  # type: ignore[union-attr]
         assert decision_input(session, content) is None
     logged(log, snapshots)
+    # The job's request, unsigned or signed by another tenant's key, is kept by nobody.
+    unsigned = request.model_copy(update={"signature": None})
+    signed_by_another = TEST_KEYS.tenants["hanbit-ai"].sign(unsigned)
+    for forged_request in (unsigned, signed_by_another):
+        with unit_of_work(log) as session:
+            governance.on_job_requested(KEYRING, session, forged_request)
+        with Session(log) as session:
+            assert decision_input(session, content) is None
+    with unit_of_work(log) as session:
+        governance.on_job_requested(KEYRING, session, request)
+        governance.on_job_requested(KEYRING, session, request)  # a redelivery changes nothing
     with Session(log) as session:
         evaluated = decision_input(session, content)
     record = decisions[0].data
-    assert evaluated == {**(record.input or {}), "sites": market.document}
+    assert evaluated == {
+        **(record.input or {}),
+        "job": request.data.policy_document(),
+        "sites": market.document,
+    }
     # The input read back decides as the recorded decision did.
     verdicts = ctx.policy.decide(evaluated)
     assert {v.site_id for v in record.sites if v.allowed} == {s for s, v in verdicts.items() if v["allowed"]}

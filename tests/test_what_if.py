@@ -135,6 +135,8 @@ def history(
         ctx.clock = _stopped_at(event.time)
         with unit_of_work(decided) as session:
             placement.on_job_requested(ctx, session, event)
+        with unit_of_work(log) as session:
+            governance.on_job_requested(KEYRING, session, event)
     record: dict[str, Callable[[Session, Any], None]] = {
         "policy.decisions": governance.on_policy_decision,
         "market.sites": governance.on_site_snapshot,

@@ -10,6 +10,7 @@ from contracts.events import (
     JobPlacedEvent,
     JobQueuedEvent,
     JobRejectedEvent,
+    JobRequestedEvent,
     PolicyDecisionEvent,
     PolicyNonComplianceEvent,
     PolicyPublishedEvent,
@@ -28,12 +29,14 @@ NAME = "governance"
 def build(settings: Settings) -> Service:
     catalogue = load_catalogue(settings.catalogue_dir)
     service = new_service(NAME, settings, TABLES, catalogue.tenants)
+    keyring = Keyring.load(settings.keyring_path)
     consume(
         service,
         {
+            JobRequestedEvent: partial(handlers.on_job_requested, keyring),
             PolicyDecisionEvent: handlers.on_policy_decision,
             SiteSnapshotEvent: handlers.on_site_snapshot,
-            PolicyPublishedEvent: partial(handlers.on_policy_published, Keyring.load(settings.keyring_path)),
+            PolicyPublishedEvent: partial(handlers.on_policy_published, keyring),
             JobPlacedEvent: handlers.on_job_outcome,
             JobQueuedEvent: handlers.on_job_outcome,
             JobRejectedEvent: handlers.on_job_outcome,
@@ -41,5 +44,7 @@ def build(settings: Settings) -> Service:
             JobCancelledEvent: handlers.on_job_cancelled,
         },
     )
+    # Placement answers or dead-letters a request that is not a valid event; governance only reads requests.
+    service.answers[JobRequestedEvent.model_fields["type"].default] = handlers.left_to_placement
     document_publishers(service.broker, [PolicyNonComplianceEvent], NAME)
     return service

@@ -4,6 +4,7 @@ of running jobs when a new revision is published. What is read back (the log, wh
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from sqlalchemy import bindparam, insert, update
@@ -17,6 +18,7 @@ from contracts.events import (
     JobQueuedEvent,
     JobRejected,
     JobRejectedEvent,
+    JobRequestedEvent,
     PolicyDecisionEvent,
     PolicyNonCompliance,
     PolicyNonComplianceEvent,
@@ -32,16 +34,17 @@ from services.governance.storage import (
     DecisionLogEntry,
     DecisionOutcome,
     FinishedRun,
+    JobDocumentRow,
     PolicyRevisionRow,
     SiteSnapshotRow,
     decision_input,
     lock_head,
 )
 from services.governance.what_if import Decided
-from services.shared.batch import PoisonMessage
+from services.shared.batch import PoisonMessage, Record
 from services.shared.db import insert_ignoring_duplicates, table_of
 from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle
-from services.shared.domain.signing import Keyring, KeyRole
+from services.shared.domain.signing import Keyring, KeyRole, canonical_json
 from services.shared.domain.verdict_cache import site_digest
 from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
@@ -181,6 +184,31 @@ def on_site_snapshot(session: Session, event: SiteSnapshotEvent) -> None:
         table_of(SiteSnapshotRow),
         {"site_sha256": snapshot.site_sha256, "site_id": snapshot.site_id, "document": snapshot.document},
     )
+
+
+def on_job_requested(keyring: Keyring, session: Session, event: JobRequestedEvent) -> None:
+    """Keep the job of a request its tenant signed, as the policy reads it, under its digest: decisions
+    name it by that digest instead of copying it. Placement refuses what its tenant did not sign; so does
+    this, which keeps nothing of it."""
+    request = event.data
+    if keyring.refusal(event, KeyRole.TENANT, request.tenant_id) is not None:
+        return
+    document = request.policy_document()
+    insert_ignoring_duplicates(
+        session,
+        table_of(JobDocumentRow),
+        {
+            "job_sha256": hashlib.sha256(canonical_json(document)).hexdigest(),
+            "job_id": str(request.job_id),
+            "document": document,
+        },
+    )
+
+
+def left_to_placement(session: Session, record: Record, error: BaseException) -> bool:
+    """A request that is not a valid event is placement's to answer or dead-letter: governance keeps nothing
+    of it, and sends no second dead letter."""
+    return True
 
 
 def on_policy_decision(session: Session, event: PolicyDecisionEvent) -> None:

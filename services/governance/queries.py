@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from services.governance.decision_log import ChainBreak, verify
+from services.governance.decision_log import ChainBreak, SequenceGap, sequence_gaps, verify
 from services.governance.storage import (
     CancelledJob,
     DecisionFinding,
@@ -59,10 +59,23 @@ def find_decisions(session: Session, query: DecisionQuery, limit: int = 200) -> 
     return list(session.exec(statement.order_by(col(DecisionLogEntry.seq)).limit(limit)))
 
 
-def verify_log(session: Session) -> tuple[int, ChainBreak | None]:
+@dataclass(frozen=True)
+class LogVerification:
+    entries: int
+    broken: ChainBreak | None
+    gaps: list[SequenceGap]
+
+    @property
+    def intact(self) -> bool:
+        return self.broken is None and not self.gaps
+
+
+def verify_log(session: Session) -> LogVerification:
+    """The hash chain checked, and every worker's decision numbers: a decision made but never logged is a
+    gap."""
     entries = entries_in_order(session)
     rows = ((e.seq, e.content, e.previous_hash, e.entry_hash) for e in entries)
-    return len(entries), verify(rows)
+    return LogVerification(len(entries), verify(rows), sequence_gaps(e.content for e in entries))
 
 
 def latest_decisions(session: Session) -> list[tuple[DecisionLogEntry, DecisionOutcome | None]]:

@@ -94,6 +94,16 @@ class SiteSnapshotRow(SQLModel, table=True):
     document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
+class JobDocumentRow(SQLModel, table=True):
+    """A job as the policy reads it, from its signed request, by digest (decisions refer to it)."""
+
+    __tablename__ = "job_documents"
+
+    job_sha256: str = Field(primary_key=True, max_length=64)
+    job_id: str = Field(max_length=36)
+    document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
 class PolicyRevisionRow(SQLModel, table=True):
     __tablename__ = "policy_revisions"
 
@@ -113,16 +123,22 @@ TABLES: list[Table] = [
     table_of(FinishedRun),
     table_of(PolicyRevisionRow),
     table_of(SiteSnapshotRow),
+    table_of(JobDocumentRow),
 ]
 
 
 def decision_input(session: Session, decision: dict[str, Any]) -> dict[str, Any] | None:
-    """A logged decision's policy input as it was evaluated, its sites read back from their snapshots; None
-    when it has no input or a snapshot it refers to was never received."""
+    """A logged decision's policy input as it was evaluated, its sites read back from their snapshots and its
+    job from its request; None when it has no input or a document it refers to was never received."""
     recorded = decision.get("input")
     digests = decision.get("site_sha256")
     if recorded is None or digests is None:
         return recorded  # logged before decisions referred to snapshots: the input has its sites
+    if (job_sha256 := decision.get("job_sha256")) is not None:
+        job = session.get(JobDocumentRow, job_sha256)
+        if job is None:
+            return None
+        recorded = {**recorded, "job": job.document}
     rows = session.exec(
         select(SiteSnapshotRow).where(col(SiteSnapshotRow.site_sha256).in_(set(digests.values())))
     )

@@ -51,6 +51,7 @@ def build(settings: Settings) -> Service:
         else EmbeddedRegoEngine(bundle)
     )
     context = handlers.PlacementContext(
+        worker_id=service.worker_id,
         policy=engine,
         tenants=catalogue.tenants,
         policy_budget_ms=settings.policy_budget_ms,

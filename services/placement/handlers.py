@@ -83,6 +83,8 @@ from services.placement.storage import (
     load_market,
     load_pools,
     new_site_snapshots,
+    next_decision_seq,
+    offer_beyond_bounds,
     queued_jobs,
     release,
     site_of_tenants_run,
@@ -106,6 +108,7 @@ from services.shared.domain.signing import (
     staleness,
 )
 from services.shared.domain.verdict_cache import VerdictCache
+from services.shared.health import new_worker_id
 from services.shared.inbox import claim, claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox, relay_to_tenant
@@ -144,6 +147,8 @@ class PlacementContext:
     # A request signed longer ago than this is rejected: the inbox remembers envelope ids, this bounds how
     # old a replayed one can be.
     signature_max_age: timedelta = timedelta(seconds=900)
+    # Numbers this worker's decisions 1, 2, ...: governance reports a gap in any worker's numbers.
+    worker_id: str = field(default_factory=new_worker_id)
 
 
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
@@ -388,8 +393,10 @@ def on_capacity_offered(ctx: PlacementContext, session: Session, event: Capacity
         return
     offer = event.data
     attestation = offer.attestation
-    failure = _unknown_countries(offer) or (
-        verification_failure(offer.site, attestation, ctx.auditor_keys) if attestation else None
+    failure = (
+        _unknown_countries(offer)
+        or (verification_failure(offer.site, attestation, ctx.auditor_keys) if attestation else None)
+        or offer_beyond_bounds(session, offer)
     )
     if failure is not None:
         rejected = CapacityRejected(site_id=offer.site.site_id, reason=failure)
@@ -696,7 +703,8 @@ def _record_decision(
 ) -> None:
     """The decision, for placement's own record and, through the outbox, governance's audit log. The sites
     it judged travel by digest: each site's document goes out on market.sites the first time a decision
-    refers to it, so a decision's event stays small however large the market."""
+    refers to it, so a decision's event stays small however large the market; the job's request is on
+    jobs.requested already."""
     for site_id in new_site_snapshots(session, market):
         snapshot = SiteSnapshot(
             site_sha256=market.site_digests[site_id], site_id=site_id, document=market.document[site_id]
@@ -705,8 +713,12 @@ def _record_decision(
             session, SiteSnapshotEvent.create(source=SOURCE, subject=site_id, data=snapshot), site_id
         )
     site_sha256 = {site_id: market.site_digests[site_id] for site_id in document["sites"]}
-    recorded_input = {key: value for key, value in document.items() if key != "sites"}
-    input_sha256 = hashlib.sha256(canonical_json({**recorded_input, "sites": site_sha256})).hexdigest()
+    # The job is on jobs.requested, and its sites on market.sites: the decision names both by digest.
+    job_sha256 = hashlib.sha256(canonical_json(document["job"])).hexdigest()
+    recorded_input = {key: value for key, value in document.items() if key not in {"sites", "job"}}
+    input_sha256 = hashlib.sha256(
+        canonical_json({**recorded_input, "job": document["job"], "sites": site_sha256})
+    ).hexdigest()
     record = PolicyDecisionRecord(
         decision_id=decision_id,
         job_id=uuid.UUID(job.job_id),
@@ -718,7 +730,10 @@ def _record_decision(
         sites=sorted(verdicts.values(), key=lambda v: v.site_id),
         input=recorded_input,
         site_sha256=site_sha256,
+        job_sha256=job_sha256,
         cached_sites=sorted(cached_sites),
+        worker_id=ctx.worker_id,
+        worker_seq=next_decision_seq(session, ctx.worker_id),
     )
     add_decision(session, record)
     add_to_outbox(

@@ -33,6 +33,7 @@ from contracts.events import (
     SiteVerdict,
     job_id_for,
 )
+from contracts.limits import MAX_FINDING_BYTES_PER_SITE
 from services.shared.domain.catalogue import Budget
 from services.shared.domain.money import estimate_krw
 
@@ -158,7 +159,7 @@ def policy_input(
     """The one input document that lets the policy judge every candidate site at once; `sites` is the
     market's part (`sites_document`), the same for every job until an offer changes it."""
     return {
-        "job": job.model_dump(mode="json", exclude_none=True),
+        "job": job.policy_document(),
         "tenant": tenant,
         "sites": sites,
         "now": now.isoformat(),
@@ -222,18 +223,66 @@ def parse_verdicts(decision: dict[str, Any], site_ids: set[str]) -> dict[str, Si
                 ],
             )
             continue
-        verdicts[site_id] = SiteVerdict(
-            site_id=site_id,
-            allowed=bool(raw.get("allowed")),
-            violations=sorted((RuleViolation(**v) for v in raw.get("violations", [])), key=_by_rule),
-            warnings=sorted((RuleViolation(**w) for w in raw.get("warnings", [])), key=_by_rule),
-            exempted=[ExemptedFinding(**e) for e in raw.get("exempted", [])],
+        verdicts[site_id] = within_budget(
+            SiteVerdict(
+                site_id=site_id,
+                allowed=bool(raw.get("allowed")),
+                violations=sorted((RuleViolation(**v) for v in raw.get("violations", [])), key=_by_rule),
+                warnings=sorted((RuleViolation(**w) for w in raw.get("warnings", [])), key=_by_rule),
+                exempted=[ExemptedFinding(**e) for e in raw.get("exempted", [])],
+            )
         )
     return verdicts
 
 
 def _by_rule(violation: RuleViolation) -> tuple[str, str]:
     return violation.rule, violation.message
+
+
+# What one finding costs in an event beyond its text: member names, quotes and its mode.
+FINDING_OVERHEAD_BYTES = 48
+# How much of the rules left out a summing-up finding names.
+SUMMARY_LENGTH = 300
+
+
+def within_budget(verdict: SiteVerdict) -> SiteVerdict:
+    """The verdict with its findings' text within MAX_FINDING_BYTES_PER_SITE, violations first, then
+    warnings, then exemptions (a faulty revision could find without end). Each list's findings past the
+    budget are summed up in one last finding of that list, in the mode of the first left out; whether the
+    site is allowed is the policy's, whatever was left out."""
+    budget = MAX_FINDING_BYTES_PER_SITE
+    kept: dict[str, list[Any]] = {}
+    for name in ("violations", "warnings", "exempted"):
+        findings: list[Any] = getattr(verdict, name)
+        kept[name] = []
+        for index, finding in enumerate(findings):
+            cost = FINDING_OVERHEAD_BYTES + sum(
+                len(value.encode())
+                for value in finding.model_dump(mode="json").values()
+                if isinstance(value, str)
+            )
+            if cost > budget:
+                kept[name].append(_left_out(findings[index:]))
+                budget = 0
+                break
+            budget -= cost
+            kept[name].append(finding)
+    if all(kept[name] == getattr(verdict, name) for name in kept):
+        return verdict
+    return verdict.model_copy(update=kept)
+
+
+def _left_out(findings: Sequence[RuleViolation | ExemptedFinding]) -> RuleViolation:
+    rules = sorted({finding.rule for finding in findings})
+    listed = ", ".join(rules)
+    if len(listed) > SUMMARY_LENGTH:
+        listed = listed[: SUMMARY_LENGTH - 1] + "\u2026"
+    first = findings[0]
+    return RuleViolation(
+        rule=first.rule[:SUMMARY_LENGTH],
+        message=f"and {len(findings)} more findings, not listed, of {listed}",
+        mode=first.mode if isinstance(first, RuleViolation) else "dryrun",
+    )
 
 
 def _static_misfit(job: JobRequest, pool: PoolState, failed_sites: Sequence[str]) -> str | None:

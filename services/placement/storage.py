@@ -11,6 +11,7 @@ from sqlalchemy import JSON, BigInteger, Column, Table, bindparam, insert, updat
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from contracts.events import CapacityOffered, PolicyDecisionRecord, SiteAttributes
+from contracts.limits import MAX_POOLS_PER_SITE, MAX_SITES
 from services.placement.logic import JobState, PoolState, forbidden_transitions, site_of_run, sites_document
 from services.shared.db import (
     as_utc,
@@ -113,6 +114,16 @@ class SiteSnapshotRow(SQLModel, table=True):
 POOL_STATE_FIELDS = list(PoolState.__dataclass_fields__)
 
 
+class DecisionSequenceRow(SQLModel, table=True):
+    """The last sequence number each placement worker gave a decision: numbered in the decision's own
+    transaction, so a decision rolled back takes no number, and governance can tell a gap from a pause."""
+
+    __tablename__ = "decision_sequences"
+
+    worker_id: str = Field(primary_key=True, max_length=100)
+    last_seq: int = Field(default=0, sa_type=BigInteger)
+
+
 class CommitmentRow(SQLModel, table=True):
     """A tenant's commitments per billing period of its requests: what its runs were billed plus the
     estimates of runs not billed yet. A running total, so a budget check reads rows, not the job history."""
@@ -131,6 +142,7 @@ TABLES: list[Table] = [
     table_of(DecisionRow),
     table_of(SiteSnapshotRow),
     table_of(CommitmentRow),
+    table_of(DecisionSequenceRow),
 ]
 
 
@@ -173,6 +185,27 @@ def upsert_offer(session: Session, offer: CapacityOffered) -> None:
         row.price_krw_per_million_output_tokens = pool.price_krw_per_million_output_tokens
         row.status = "available"
         row.region = offer.site.region
+
+
+def offer_beyond_bounds(session: Session, offer: CapacityOffered) -> str | None:
+    """Why the market cannot take this offer (it would hold more sites, or the site more pools, than the
+    bounds allow, or it names another site's pool), or None."""
+    site_id = offer.site.site_id
+    known_sites = set(session.exec(select(SiteRow.site_id)))
+    if site_id not in known_sites and len(known_sites) >= MAX_SITES:
+        return f"the market holds {MAX_SITES} sites, its bound: {site_id} is not added until one is withdrawn"
+    offered = {pool.pool_id for pool in offer.pools}
+    homes = session.execute(select(PoolRow.pool_id, PoolRow.site_id).where(col(PoolRow.pool_id).in_(offered)))
+    taken = sorted(f"{row.pool_id} is {row.site_id}'s" for row in homes if row.site_id != site_id)
+    if taken:
+        return f"the offer names pools of other sites: {', '.join(taken)}"
+    kept = set(session.exec(select(PoolRow.pool_id).where(PoolRow.site_id == site_id)))
+    if len(kept | offered) > MAX_POOLS_PER_SITE:
+        return (
+            f"{site_id} would have {len(kept | offered)} pools with those it offered before, over the bound "
+            f"of {MAX_POOLS_PER_SITE}"
+        )
+    return None
 
 
 MARKET_KEY = "placement.market"
@@ -388,6 +421,23 @@ def keep_cancel(session: Session, job_id: str, tenant_id: str, reason: str) -> N
 
 
 _INSERT_DECISION = insert(table_of(DecisionRow))
+_NEXT_SEQ = (
+    update(DecisionSequenceRow)
+    .where(col(DecisionSequenceRow.worker_id) == bindparam("match_worker_id"))
+    .values(last_seq=DecisionSequenceRow.last_seq + 1)
+    .returning(col(DecisionSequenceRow.last_seq))
+)
+
+
+def next_decision_seq(session: Session, worker_id: str) -> int:
+    """The worker's next decision number, from 1, counted in this transaction."""
+    seq = session.execute(_NEXT_SEQ, {"match_worker_id": worker_id}).scalar()
+    if seq is None:
+        insert_ignoring_duplicates(
+            session, table_of(DecisionSequenceRow), {"worker_id": worker_id, "last_seq": 0}
+        )
+        seq = session.execute(_NEXT_SEQ, {"match_worker_id": worker_id}).scalar_one()
+    return int(seq)
 
 
 def add_decision(session: Session, record: PolicyDecisionRecord) -> None:

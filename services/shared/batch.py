@@ -21,6 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from contracts import AnyEvent
+from contracts.events import WRITTEN_OUTSIDE
+from contracts.limits import BROKER_MESSAGE_MAX_BYTES, MAX_ENVELOPE_BYTES
 from services.shared.db import DEFERRED_TO_COMMIT, is_transient_database_error, unit_of_work
 from services.shared.logging import get_logger
 from services.shared.outbox import OUTBOX_ROWS
@@ -28,8 +30,6 @@ from services.shared.outbox import OUTBOX_ROWS
 # A duplicate losing a race with another worker is retried this many times (the retry sees the winner's
 # row and does nothing) before the event is dead-lettered, so an event that always collides cannot loop.
 MAX_INTEGRITY_ATTEMPTS = 5
-# No event of this marketplace comes near this size; a bigger one is refused before it is parsed.
-MAX_EVENT_BYTES = 256 * 1024
 
 EventT = TypeVar("EventT", bound=AnyEvent)
 # A consumed Kafka record (aiokafka's ConsumerRecord): topic, partition, offset, key, value, headers.
@@ -42,10 +42,14 @@ class PoisonMessage(ValueError):
 
 
 def oversized(record: Record) -> PoisonMessage | None:
-    """The refusal of a record over the size limit, or None."""
+    """The refusal of a record over its topic's size limit (an outside party's envelope, or the broker's
+    for what the services write: a valid decision is never refused for its size), or None."""
     size = len(record.value or b"")
-    if size > MAX_EVENT_BYTES:
-        return PoisonMessage(f"the event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    limit = MAX_ENVELOPE_BYTES if record.topic in WRITTEN_OUTSIDE else BROKER_MESSAGE_MAX_BYTES
+    if size > limit:
+        return PoisonMessage(
+            f"the event is {size} bytes, over the {limit}-byte limit of an envelope on {record.topic}"
+        )
     return None
 
 

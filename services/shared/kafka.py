@@ -39,6 +39,7 @@ from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from sqlalchemy.exc import IntegrityError
 
 from contracts import TOPICS, dead_letter_topic, stream_tenant, tenant_stream
+from contracts.limits import BROKER_MESSAGE_MAX_BYTES
 from services.shared.batch import MAX_INTEGRITY_ATTEMPTS, Record, oversized
 from services.shared.db import is_transient_database_error
 from services.shared.logging import get_logger
@@ -210,6 +211,7 @@ def build_broker(settings: Settings, service: str) -> KafkaBroker:
         client_id=f"sovereign-{service}",
         enable_idempotence=settings.idempotent_producer,
         acks="all",
+        max_request_size=BROKER_MESSAGE_MAX_BYTES,
         middlewares=[dead_letter_middleware(service)],
         logger=None,
     )

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+)
+
+from contracts.limits import MAX_JSON_DEPTH
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -44,6 +56,95 @@ def portability_problem(value: object) -> str | None:
     if isinstance(value, dict):
         return next(filter(None, map(portability_problem, [*value, *value.values()])), None)
     return None
+
+
+class UnreadableJson(ValueError):
+    """Bytes that are not one plain reading of a JSON object: refused before any model or signature."""
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_json(value: bytes) -> dict[str, Any]:
+    """The one reading of an envelope's bytes, which its signature check and its model both take: UTF-8
+    without a byte-order mark, each member once, nested at most MAX_JSON_DEPTH deep, every number finite
+    and, as JavaScript and RFC 8785 read numbers, an integer beyond +-(2**53 - 1) read as the nearest IEEE
+    double (5000000000000000000 is 5e18, as JSON.stringify writes it)."""
+    if value.startswith(UTF8_BOM):
+        raise UnreadableJson("the envelope starts with a byte-order mark: send UTF-8 JSON without one")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UnreadableJson(f"the envelope is not UTF-8: {error.reason} at byte {error.start}") from None
+    try:
+        content = json.loads(
+            text,
+            object_pairs_hook=_members_once,
+            parse_int=_integer,
+            parse_float=_finite,
+            parse_constant=_finite,
+        )
+    except RecursionError:
+        raise UnreadableJson(f"the envelope is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except UnreadableJson:
+        raise
+    except ValueError as error:
+        raise UnreadableJson(f"the envelope is not JSON: {error}") from None
+    if not isinstance(content, dict):
+        raise UnreadableJson("an envelope is a JSON object")
+    if _deeper_than(content, MAX_JSON_DEPTH):
+        raise UnreadableJson(f"the envelope is nested deeper than {MAX_JSON_DEPTH} levels")
+    return content
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise UnreadableJson(f"the member {repeated[0]!r} appears twice in one object: send it once")
+    return dict(pairs)
+
+
+def _integer(literal: str) -> int | float:
+    # Python reads any integer exactly, and refuses one of over 4,300 digits; JavaScript reads a double.
+    if len(literal) <= 15:
+        return int(literal)
+    number = int(literal) if len(literal) <= 4000 else _finite(literal)
+    return number if abs(number) <= MAX_PORTABLE_INTEGER else _finite(literal)
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise UnreadableJson(f"{literal[:40]} is not a finite number: every number must be finite")
+    return number
+
+
+def _deeper_than(content: Any, limit: int) -> bool:
+    level = [content]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _canonical_uuid_text(value: object) -> object:
+    if isinstance(value, str) and not UUID_TEXT.fullmatch(value):
+        raise ValueError(
+            "a UUID is written as 8-4-4-4-12 hexadecimal digits, e.g. 6f1c2a4e-8d0b-4c55-9a57-3b7d2f0e9c11"
+        )
+    return value
+
+
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A UUID in its one text form: no braces, no urn: prefix, no missing hyphens.
+UuidText = Annotated[uuid.UUID, BeforeValidator(_canonical_uuid_text)]
 
 
 # Values that are portable whatever they hold (floats are finite by the config below).
@@ -101,7 +202,7 @@ class Event(Contract, Generic[DataT]):
     # version, and refused from its next one.
     JCS_SIGNATURES_SINCE: ClassVar[str | None] = None
 
-    id: uuid.UUID = Field(description="Unique event id; consumers deduplicate on (source, id).")
+    id: UuidText = Field(description="Unique event id; consumers deduplicate on (source, id).")
     type: str = Field(
         description="Event type, equal to the shared topic it is published on; copies of events about a "
         "tenant are also on the tenant's own stream, tenant.<tenant_id>."
@@ -120,7 +221,10 @@ class Event(Contract, Generic[DataT]):
 
     @classmethod
     def from_received(cls, value: bytes) -> Self:
-        event = cls.model_validate_json(value)
+        """The event its bytes are, read once (`read_json`) and then strictly: a boolean, a string or a
+        number is only ever itself (no `true` for 1, no "8" for 8); any number where a float is taken."""
+        content = read_json(value)
+        event = cls.model_validate_json(json.dumps(content, ensure_ascii=False), strict=True)
         event._received = Received(value)
         return event
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import iso3166
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StringConstraints, model_validator
 
-from contracts.envelope import SLUG_PATTERN, Contract, Event, Inbound
+from contracts.envelope import SLUG_PATTERN, Contract, Event, Inbound, UuidText
 from contracts.limits import (
     MAX_ASSUMPTION_LENGTH,
     MAX_ASSUMPTIONS,
@@ -302,6 +302,9 @@ class RejectionCode(StrEnum):
     CONFLICTING_RESUBMISSION = "conflicting_resubmission"
     UNKNOWN_JOB = "unknown_job"
     NOT_CANCELLABLE = "not_cancellable"
+    REUSED_ENVELOPE_ID = "reused_envelope_id"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    SOURCE_NOT_SIGNER = "source_not_signer"
 
 
 class FieldError(Contract):
@@ -339,7 +342,7 @@ class JobRejected(Contract):
 class JobCancelRequested(Inbound):
     """A tenant asks to cancel one of its jobs, at whatever stage it is."""
 
-    job_id: uuid.UUID
+    job_id: UuidText
     tenant_id: Slug
     reason: str = Field(default="", max_length=MAX_REASON_LENGTH)
 
@@ -356,7 +359,7 @@ class JobCancelled(Contract):
 
 
 class JobStarted(Inbound):
-    job_id: uuid.UUID
+    job_id: UuidText
     tenant_id: Slug
     site_id: Slug
     pool_id: Slug
@@ -367,7 +370,7 @@ class JobStarted(Inbound):
 class UsageReported(Inbound):
     """One interval of a running job's usage. `seq` runs 1..n per run; jobs.completed states n."""
 
-    job_id: uuid.UUID
+    job_id: UuidText
     tenant_id: Slug
     site_id: Slug
     pool_id: Slug
@@ -388,7 +391,7 @@ class UsageReported(Inbound):
 
 
 class JobCompleted(Inbound):
-    job_id: uuid.UUID
+    job_id: UuidText
     tenant_id: Slug
     site_id: Slug
     pool_id: Slug
@@ -702,7 +705,7 @@ class JobQueuedEvent(Event[JobQueued]):
 
 
 class JobRejectedEvent(Event[JobRejected]):
-    SCHEMA_VERSION: ClassVar[str] = "1.5"
+    SCHEMA_VERSION: ClassVar[str] = "1.6"
     type: Literal["jobs.rejected"] = "jobs.rejected"
 
 
@@ -849,6 +852,11 @@ TENANT_STREAM_TYPES = TOLD_TO_TENANT | RELAYED_TO_TENANT
 
 def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
+
+
+def tenant_source(tenant_id: str) -> str:
+    """The `source` of a tenant's envelopes: the principal whose key signs them."""
+    return f"tenant/{tenant_id}"
 
 
 def tenant_stream(tenant_id: str) -> str:

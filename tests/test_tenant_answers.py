@@ -29,6 +29,7 @@ from contracts.events import (
 )
 from services.placement import handlers as placement
 from services.placement.logic import unknown_job_reason
+from services.placement.refusals import answer_invalid_envelope
 from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow
 from services.shared.batch import parse_records
@@ -72,7 +73,7 @@ def consume(engine: Engine, topic: str, value: bytes) -> bool | None:
         for _, event in events:
             handler = placement.on_job_requested if topic == "jobs.requested" else placement.on_job_cancel
             handler(ctx, session, event)  # type: ignore[arg-type]
-        return placement.answer_invalid_envelope(ctx, session, *refused[0]) if refused else None
+        return answer_invalid_envelope(ctx.keyring, session, *refused[0]) if refused else None
 
 
 def refusals(engine: Engine) -> list[JobRejected]:
@@ -547,3 +548,57 @@ def test_an_invalid_cancel_is_answered_under_its_job_id_and_data_that_is_not_an_
     assert first.reason.startswith("the envelope is not a valid jobs.cancel event: data.reason: ")
     assert (second.client_request_id, second.envelope_type) == ("", "jobs.requested")
     assert second.reason.startswith("the envelope is not a valid jobs.requested event: data: ")
+
+
+def test_a_reused_envelope_id_with_other_content_is_refused_and_a_redelivery_is_not(
+    database_url: tuple[str, str],
+) -> None:
+    engine = placement_engine(database_url)
+    first = request_document()
+    reused = request_document()
+    reused["id"] = first["id"]
+    # The first as sent, the same envelope written again otherwise (a redelivery), then other content
+    # under its id, twice.
+    rewritten = json.dumps(first, indent=2)
+    for sent in (signed_as_sent(first), signed_as_sent(first, rewritten), *[signed_as_sent(reused)] * 2):
+        assert consume(engine, "jobs.requested", sent) is None
+    [refusal] = refusals(engine)
+    assert (refusal.code, refusal.scope, refusal.envelope_id) == (
+        "reused_envelope_id",
+        "envelope",
+        uuid.UUID(first["id"]),
+    )
+    assert refusal.client_request_id == reused["data"]["client_request_id"]
+    assert "an id of its own" in refusal.reason
+    assert len(outbox(engine, "jobs.placed")) == 1
+    with Session(engine) as session:
+        assert session.get(JobRow, str(refusal.job_id)) is None
+
+
+def test_a_source_that_is_not_the_signer_is_refused_with_its_code(database_url: tuple[str, str]) -> None:
+    engine = placement_engine(database_url)
+    document = request_document()
+    document["source"] = "tenant/hanbit-ai"
+    for _ in range(2):  # answered once
+        assert consume(engine, "jobs.requested", signed_as_sent(document)) is None
+    [refusal] = refusals(engine)
+    assert (refusal.code, refusal.tenant_id) == ("source_not_signer", "mois")
+    assert "'tenant/mois'" in refusal.reason
+    assert not outbox(engine, "jobs.placed")
+
+
+def test_a_schema_major_version_not_read_is_refused_with_its_code(database_url: tuple[str, str]) -> None:
+    engine = placement_engine(database_url)
+    readable = request_document()
+    readable["schema_version"] = "2.0"
+    unreadable = request_document(gpu_count="many")
+    unreadable["schema_version"] = "2.1"
+    assert consume(engine, "jobs.requested", signed_as_sent(readable)) is None
+    assert consume(engine, "jobs.requested", signed_as_sent(unreadable)) is True
+    answers = refusals(engine)
+    assert [(a.code, a.envelope_id) for a in answers] == [
+        ("unsupported_schema_version", uuid.UUID(readable["id"])),
+        ("unsupported_schema_version", uuid.UUID(unreadable["id"])),
+    ]
+    assert all("major version 1" in answer.reason for answer in answers)
+    assert not outbox(engine, "jobs.placed")

@@ -24,6 +24,7 @@ from contracts.events import (
     SiteSnapshotEvent,
 )
 from services.placement import handlers
+from services.placement.refusals import answer_invalid_envelope
 from services.placement.storage import TABLES
 from services.shared.db import unit_of_work
 from services.shared.domain.attestation import load_auditor_keys
@@ -76,7 +77,7 @@ def build(settings: Settings) -> Service:
         },
     )
     # A tenant whose key signed a request or cancel that is not a valid event is told why.
-    answer = partial(handlers.answer_invalid_envelope, context)
+    answer = partial(answer_invalid_envelope, context.keyring)
     service.answers.update({"jobs.requested": answer, "jobs.cancel": answer})
     document_publishers(
         service.broker,

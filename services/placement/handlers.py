@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
 from sqlmodel import Session
 
 from contracts.events import (
@@ -25,7 +24,6 @@ from contracts.events import (
     CapacityRejectedEvent,
     CapacityUpdatedEvent,
     Explanation,
-    FieldError,
     JobBilledEvent,
     JobCancelEvent,
     JobCancelled,
@@ -56,12 +54,9 @@ from services.placement.logic import (
     JobState,
     Plan,
     PoolState,
-    answered_job,
-    as_uuid,
     budget_refusal,
     conflicting_resubmission_reason,
     deadline_unreachable,
-    field_errors,
     not_cancellable_reason,
     only_waits_for_capacity,
     parse_verdicts,
@@ -70,6 +65,14 @@ from services.placement.logic import (
     probe_request,
     site_of_run,
     unknown_job_reason,
+)
+from services.placement.refusals import (
+    CONSUMER,
+    SOURCE,
+    EnvelopeRefusal,
+    refuse_envelope,
+    refused_before_reading,
+    taken_first_time,
 )
 from services.placement.storage import (
     JobRow,
@@ -92,7 +95,7 @@ from services.placement.storage import (
     try_reserve,
     upsert_offer,
 )
-from services.shared.batch import PoisonMessage, Record
+from services.shared.batch import PoisonMessage
 from services.shared.db import defer_to_commit, utc_now
 from services.shared.domain.attestation import attest_placement, site_attributes_sha256, verification_failure
 from services.shared.domain.catalogue import Tenant
@@ -101,27 +104,21 @@ from services.shared.domain.policy import PolicyEngine, PolicyEngineError
 from services.shared.domain.signing import (
     Keyring,
     KeyRole,
-    SignatureRefused,
     Signer,
     canonical_json,
-    received_content,
     staleness,
 )
 from services.shared.domain.verdict_cache import VerdictCache
 from services.shared.health import new_worker_id
-from services.shared.inbox import claim, claim_event
+from services.shared.inbox import claim_event
 from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox, relay_to_tenant
 
-CONSUMER = "placement"
-SOURCE = "service/placement"
 # A freed pool re-plans at most this many queued jobs in one transaction; the sweep picks up the rest.
 QUEUE_BATCH = 50
 PRIORITY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
 # Attempts to reserve when a concurrent worker takes the chosen GPUs first.
 RESERVE_ATTEMPTS = 3
-# Kafka redelivers, and an attacker can copy an envelope: either way its id was seen, and nothing happens.
-SEEN_BEFORE = "an envelope with this id from this source was handled already: a redelivery or a replay"
 
 
 @dataclass
@@ -154,12 +151,13 @@ class PlacementContext:
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
     request = event.data
     # Before anything is recorded: a forged request must not even reserve its job id.
-    if _refused_before_reading(ctx, session, event, request.tenant_id):
+    if refused_before_reading(ctx.keyring, session, event, request.tenant_id):
         return
     job_id = str(request.job_id)
-    log = get_logger(job_id=job_id, event_id=str(event.id), tenant_id=request.tenant_id)
-    if not claim_event(session, CONSUMER, event):
-        log.info("envelope_seen_before_ignored", reason=SEEN_BEFORE)
+    envelope = EnvelopeRefusal(
+        request.tenant_id, request.job_id, request.client_request_id, event.id, event.type
+    )
+    if not taken_first_time(session, event, envelope):
         return
     job = JobRow(
         job_id=job_id,
@@ -222,7 +220,7 @@ def _request_for_a_known_job(session: Session, event: JobRequestedEvent, job: Jo
     if existing.request == job.request:
         log.info("duplicate_request_ignored", client_request_id=request.client_request_id)
         return
-    _refuse_envelope(
+    refuse_envelope(
         session,
         EnvelopeRefusal(request.tenant_id, request.job_id, request.client_request_id, event.id, event.type),
         RejectionCode.CONFLICTING_RESUBMISSION,
@@ -237,23 +235,22 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
     stopped (jobs.completed with status cancelled), so capacity is never handed out twice. A cancel that
     cannot apply is answered on the tenant's stream."""
     cancel = event.data
-    if _refused_before_reading(ctx, session, event, cancel.tenant_id):
+    if refused_before_reading(ctx.keyring, session, event, cancel.tenant_id):
         return
-    if not claim_event(session, CONSUMER, event):
-        get_logger(job_id=str(cancel.job_id)).info("envelope_seen_before_ignored", reason=SEEN_BEFORE)
+    refusal = EnvelopeRefusal(cancel.tenant_id, cancel.job_id, "", event.id, event.type)
+    if not taken_first_time(session, event, refusal):
         return
     job_id = str(cancel.job_id)
     log = get_logger(job_id=job_id, tenant_id=cancel.tenant_id)
-    refusal = EnvelopeRefusal(cancel.tenant_id, cancel.job_id, "", event.id, event.type)
     if cancel.tenant_id != event.subject:
         reason = f"the envelope's subject {event.subject!r} is not the cancel's tenant {cancel.tenant_id!r}"
-        _refuse_envelope(session, refusal, RejectionCode.INVALID_REQUEST, reason)
+        refuse_envelope(session, refusal, RejectionCode.INVALID_REQUEST, reason)
         return
     job = session.get(JobRow, job_id)
     if job is not None and job.tenant_id != cancel.tenant_id:
         # Answered as for a job nobody has: no tenant learns another's job ids (a tenant's own requests can
         # never have this id, which derives from the tenant).
-        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, unknown_job_reason(job_id))
+        refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, unknown_job_reason(job_id))
         return
     stage: str
     if job is None or not job.request:  # no request yet (perhaps a cancel before this one kept its place)
@@ -261,7 +258,7 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
             # The cancel may have overtaken its request (they travel on different topics): the request will
             # find this row and be cancelled on arrival.
             keep_cancel(session, job_id, cancel.tenant_id, cancel.reason)
-        _refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, unknown_job_reason(job_id))
+        refuse_envelope(session, refusal, RejectionCode.UNKNOWN_JOB, unknown_job_reason(job_id))
         return
     if transition(
         session, job_id, {JobState.REQUESTED, JobState.QUEUED}, JobState.CANCELLED, reason=cancel.reason
@@ -273,7 +270,7 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
         stage = "placed"
     else:
         log.info("cancel_refused", state=job.state)
-        _refuse_envelope(session, refusal, RejectionCode.NOT_CANCELLABLE, not_cancellable_reason(job.state))
+        refuse_envelope(session, refusal, RejectionCode.NOT_CANCELLABLE, not_cancellable_reason(job.state))
         return
     cancelled = JobCancelled(
         job_id=cancel.job_id,
@@ -286,105 +283,6 @@ def on_job_cancel(ctx: PlacementContext, session: Session, event: JobCancelEvent
         session, JobCancelledEvent.create(source=SOURCE, subject=cancel.tenant_id, data=cancelled), job_id
     )
     log.info("job_cancelled", stage=stage)
-
-
-@dataclass(frozen=True)
-class EnvelopeRefusal:
-    """Whom to tell that an envelope was refused, and which envelope it was."""
-
-    tenant_id: str
-    job_id: uuid.UUID
-    client_request_id: str
-    envelope_id: uuid.UUID | None
-    envelope_type: str
-
-
-def _refuse_envelope(
-    session: Session,
-    refusal: EnvelopeRefusal,
-    code: RejectionCode,
-    reason: str,
-    field_errors: Sequence[FieldError] = (),
-) -> None:
-    """Tell a tenant on its stream that one of its envelopes was refused; its job, if any, is unchanged."""
-    get_logger(job_id=str(refusal.job_id), tenant_id=refusal.tenant_id).info(
-        "envelope_refused", code=code.value, reason=reason[:300], envelope_type=refusal.envelope_type
-    )
-    rejected = JobRejected(
-        job_id=refusal.job_id,
-        tenant_id=refusal.tenant_id,
-        client_request_id=refusal.client_request_id,
-        code=code,
-        reason=reason,
-        scope="envelope",
-        envelope_id=refusal.envelope_id,
-        envelope_type=refusal.envelope_type,
-        field_errors=list(field_errors),
-    )
-    add_to_outbox(
-        session,
-        JobRejectedEvent.create(source=SOURCE, subject=refusal.tenant_id, data=rejected),
-        str(refusal.job_id),
-    )
-
-
-def _refused_before_reading(
-    ctx: PlacementContext, session: Session, event: JobRequestedEvent | JobCancelEvent, tenant_id: str
-) -> bool:
-    """Check a tenant's envelope is signed by a key that speaks for the tenant it names. A signature that
-    does not verify is refused unread (dead-lettered: nobody proved who sent it). A valid signature of
-    another tenant's key is that tenant's mistake: it is told, and nothing else happens. True if refused."""
-    refusal = ctx.keyring.refusal(event, KeyRole.TENANT, tenant_id)
-    if refusal is None:
-        return False
-    received = event.received
-    content = received_content(received) if received is not None else event.model_dump(mode="json")
-    author = ctx.keyring.author(content, KeyRole.TENANT)
-    if author is None:
-        raise SignatureRefused(refusal)
-    if claim_event(session, CONSUMER, event):
-        job_id, client_request_id = answered_job(author.principal, event.type, content["data"])
-        _refuse_envelope(
-            session,
-            EnvelopeRefusal(author.principal, job_id, client_request_id, event.id, event.type),
-            RejectionCode.INVALID_REQUEST,
-            f"{refusal}: a tenant's key signs only for its own tenant, {author.principal!r}",
-        )
-    return True
-
-
-def answer_invalid_envelope(
-    ctx: PlacementContext, session: Session, record: Record, error: BaseException
-) -> bool:
-    """A record on a tenant's topic that is not a valid event: if a tenant's key signed it, the tenant is
-    told why on its stream (invalid_request, with each field's error) and True, the record is done with; if
-    nobody can be proved to have sent it, False: it goes to the dead-letter topic. Its job id is not
-    reserved, so a corrected request may use the same client_request_id."""
-    if not isinstance(error, ValidationError):
-        return False
-    try:
-        content = received_content(record.value or b"")
-    except SignatureRefused:
-        return False
-    author = ctx.keyring.author(content, KeyRole.TENANT)
-    if author is None:
-        return False
-    digest = hashlib.sha256(record.value or b"").hexdigest()
-    if not claim(session, CONSUMER, f"tenant/{author.principal}", digest):
-        return True  # a redelivery, answered already
-    tenant, data = author.principal, content.get("data")
-    job_id, client_request_id = answered_job(tenant, record.topic, data if isinstance(data, dict) else {})
-    errors = field_errors(error)
-    _refuse_envelope(
-        session,
-        EnvelopeRefusal(tenant, job_id, client_request_id, as_uuid(content.get("id")), record.topic),
-        RejectionCode.INVALID_REQUEST,
-        f"the envelope is not a valid {record.topic} event: "
-        + "; ".join(f"{error.location}: {error.message}" for error in errors[:3])
-        + (f"; and {len(errors) - 3} more" if len(errors) > 3 else ""),
-        errors,
-    )
-    return True
 
 
 def on_capacity_offered(ctx: PlacementContext, session: Session, event: CapacityOfferedEvent) -> None:

@@ -124,6 +124,17 @@ class DecisionSequenceRow(SQLModel, table=True):
     last_seq: int = Field(default=0, sa_type=BigInteger)
 
 
+class TenantEnvelopeRow(SQLModel, table=True):
+    """The digest of each tenant envelope placement took, by its (source, id): a second envelope under the
+    same id is a redelivery when its content is the same, and is refused when it is not."""
+
+    __tablename__ = "tenant_envelopes"
+
+    source: str = Field(primary_key=True, max_length=200)
+    event_id: str = Field(primary_key=True, max_length=64)
+    content_sha256: str = Field(max_length=64)
+
+
 class CommitmentRow(SQLModel, table=True):
     """A tenant's commitments per billing period of its requests: what its runs were billed plus the
     estimates of runs not billed yet. A running total, so a budget check reads rows, not the job history."""
@@ -143,6 +154,7 @@ TABLES: list[Table] = [
     table_of(SiteSnapshotRow),
     table_of(CommitmentRow),
     table_of(DecisionSequenceRow),
+    table_of(TenantEnvelopeRow),
 ]
 
 

@@ -4,6 +4,7 @@
 //
 //   tsx src/client.ts vector [contracts/signing-vector.json]   verify the worked signing vector
 //   tsx src/client.ts tour                                     the tour below, against a running marketplace
+//   tsx src/client.ts sign < envelope.json                     sign an envelope as JavaScript reads it
 //
 // The tour reads KAFKA_BOOTSTRAP_SERVERS, TENANT_ID, TENANT_KEY_ID and TENANT_KEY_FILE (a PKCS#8 PEM
 // Ed25519 private key, as `sovereign keys new` writes it) and prints one JSON line per step.
@@ -200,8 +201,21 @@ async function tour(): Promise<void> {
   await stream.disconnect();
 }
 
+// An envelope read as JavaScript reads it (each number an IEEE double), signed with the tenant's key, and
+// written as JSON.stringify writes it: what any JavaScript client sends.
+function signStdin(): void {
+  const envelope = JSON.parse(readFileSync(0, "utf8")) as Envelope;
+  const key = createPrivateKey(readFileSync(process.env.TENANT_KEY_FILE ?? "", "utf8"));
+  console.log(JSON.stringify(signed(envelope, process.env.TENANT_KEY_ID ?? "", key)));
+}
+
 const [command, argument] = process.argv.slice(2);
-const run = command === "vector" ? async () => verifyVector(argument ?? "../../contracts/signing-vector.json") : tour;
+const commands: { [name: string]: () => Promise<void> } = {
+  vector: async () => verifyVector(argument ?? "../../contracts/signing-vector.json"),
+  sign: async () => signStdin(),
+  tour,
+};
+const run = commands[command] ?? tour;
 run().then(
   () => process.exit(0),
   (error: unknown) => {

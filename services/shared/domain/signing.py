@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import AnyEvent
-from contracts.envelope import EnvelopeSignature
+from contracts.envelope import EnvelopeSignature, UnreadableJson, read_json
 from services.shared.batch import PoisonMessage
 
 SignedEvent = TypeVar("SignedEvent", bound=AnyEvent)
@@ -166,30 +166,13 @@ class UnsignableContent(SignatureRefused):
     """JSON that has no RFC 8785 form, so no signature can cover it: the envelope is refused unread."""
 
 
-def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names):
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        raise UnsignableContent(f"the member {repeated[0]!r} appears twice in one object: send it once")
-    return dict(pairs)
-
-
-def _not_finite(literal: str) -> Any:
-    raise UnsignableContent(f"{literal} is not a JSON number: every number must be finite")
-
-
 def received_content(value: bytes) -> dict[str, Any]:
-    """An envelope's JSON as received. Duplicate member names and non-finite numbers are refused: a reader
-    could take either of two values, and JCS has no form for NaN or infinity."""
+    """An envelope's JSON as received, read as its model reads it (`read_json`): duplicate member names,
+    non-finite numbers, a byte-order mark and deep nesting are refused."""
     try:
-        content = json.loads(value, object_pairs_hook=_members, parse_constant=_not_finite)
-    except UnsignableContent:
-        raise
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise UnsignableContent(f"not JSON: {error}") from None
-    if not isinstance(content, dict):
-        raise UnsignableContent("an envelope is a JSON object")
-    return content
+        return read_json(value)
+    except UnreadableJson as error:
+        raise UnsignableContent(str(error)) from None
 
 
 def jcs(content: Any) -> bytes:

@@ -39,7 +39,7 @@ from services.placement.storage import DecisionRow, JobRow, PoolRow, committed_k
 from services.shared.batch import PoisonMessage, handle_batch
 from services.shared.db import unit_of_work
 from services.shared.domain.catalogue import Budget
-from services.shared.domain.policy import PolicyBundle, PolicyEngineError
+from services.shared.domain.policy import OutOfTime, PolicyBundle, PolicyEngineError
 from services.shared.settings import Settings
 from sovereign.job_commands import list_jobs
 from tests.conftest import TEST_KEYS, request_event
@@ -560,7 +560,9 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
         revision = "r"
         bundle = PolicyBundle({})
 
-        def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
+        def decide(
+            self, policy_input: dict[str, Any], out_of_time: OutOfTime | None = None
+        ) -> dict[str, Any]:
             raise PolicyEngineError("engine crashed")
 
     broken = placement_context()
@@ -576,7 +578,9 @@ def test_unknown_tenant_policy_failure_and_slow_policy_never_place(database_url:
         revision = "r"
         bundle = PolicyBundle({})
 
-        def decide(self, policy_input: dict[str, Any]) -> dict[str, Any]:
+        def decide(
+            self, policy_input: dict[str, Any], out_of_time: OutOfTime | None = None
+        ) -> dict[str, Any]:
             clock[0] += 0.05  # 50 ms pass on the decision's timer
             return {site_id: {"allowed": True} for site_id in policy_input["sites"]}
 

@@ -100,7 +100,7 @@ from services.shared.db import defer_to_commit, utc_now
 from services.shared.domain.attestation import attest_placement, site_attributes_sha256, verification_failure
 from services.shared.domain.catalogue import Tenant
 from services.shared.domain.money import estimate_krw, period_start
-from services.shared.domain.policy import PolicyEngine, PolicyEngineError
+from services.shared.domain.policy import PolicyEngine, PolicyEngineError, PolicyOverBudget
 from services.shared.domain.signing import (
     Keyring,
     KeyRole,
@@ -490,8 +490,16 @@ def _decide(
     tenant_document = tenant.model_dump(mode="json", exclude_none=True, exclude={"budget", "volume_tiers"})
     document = policy_input(request, tenant_document, market.document, now)
     started = ctx.timer()
+
+    def out_of_time() -> bool:
+        return (ctx.timer() - started) * 1000 > ctx.policy_budget_ms
+
     try:
-        decision = ctx.verdicts.decide(ctx.policy, document, market.site_digests)
+        decision = ctx.verdicts.decide(ctx.policy, document, market.site_digests, out_of_time)
+    except PolicyOverBudget as error:
+        log.error("policy_evaluation_stopped_over_budget", reason=str(error))
+        stopped = f"the policy evaluation was stopped at its {ctx.policy_budget_ms:.0f} ms budget ({error})"
+        return _wait_for_policy(session, ctx, job, request, decision_id, stopped)
     except PolicyEngineError as error:
         probe = policy_input(probe_request(request, now), tenant_document, market.document, now)
         if _engine_answers(ctx, probe):

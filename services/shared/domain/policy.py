@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,14 +96,25 @@ class PolicyBundle:
         return merged
 
 
+# Says, when asked during an evaluation, whether its time is up.
+OutOfTime = Callable[[], bool]
+
+
+class PolicyOverBudget(PolicyEngineError):
+    """An evaluation stopped because its time was up: nothing it found is used."""
+
+
 class PolicyEngine(Protocol):
     name: str
     revision: str
     # What it decides under: the revision is this bundle's.
     bundle: PolicyBundle
 
-    def decide(self, policy_input: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """A verdict per judged site: allowed, violations, warnings and exempted findings."""
+    def decide(
+        self, policy_input: dict[str, Any], out_of_time: OutOfTime | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """A verdict per judged site: allowed, violations, warnings and exempted findings. With
+        `out_of_time`, an evaluation whose time is up stops (PolicyOverBudget) instead of finishing."""
         ...
 
 
@@ -181,11 +193,14 @@ class EmbeddedRegoEngine:
         if refusal is not None:
             self._log.warning("policy_interpreted_not_compiled", reason=refusal)
 
-    def decide(self, policy_input: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return verdicts_by_site(self.evaluate(policy_input))
+    def decide(
+        self, policy_input: dict[str, Any], out_of_time: OutOfTime | None = None
+    ) -> dict[str, dict[str, Any]]:
+        return verdicts_by_site(self.evaluate(policy_input, out_of_time))
 
-    def evaluate(self, policy_input: dict[str, Any]) -> Any:
-        """The decision rule's value, as OPA's data API would answer it."""
+    def evaluate(self, policy_input: dict[str, Any], out_of_time: OutOfTime | None = None) -> Any:
+        """The decision rule's value, as OPA's data API would answer it. The time is checked before each
+        run after the first: an evaluation is stopped within one run (tens of milliseconds) of its time."""
         sites = policy_input.get("sites")
         if not isinstance(sites, dict):
             return self._evaluate_run(policy_input, None)
@@ -193,7 +208,12 @@ class EmbeddedRegoEngine:
         runs = [
             items[start : start + self.SITES_PER_RUN] for start in range(0, len(items), self.SITES_PER_RUN)
         ]
-        return _merged([self._evaluate_run(policy_input, run) for run in runs or [[]]])
+        answers = []
+        for index, run in enumerate(runs or [[]]):
+            if index and out_of_time is not None and out_of_time():
+                raise PolicyOverBudget(f"stopped after {index} of {len(runs)} runs of sites: its time was up")
+            answers.append(self._evaluate_run(policy_input, run))
+        return _merged(answers)
 
     def _evaluate_run(self, policy_input: dict[str, Any], sites: list[tuple[str, Any]] | None) -> Any:
         """One run over some sites (all of the input's, with None). A run the machine stops at its
@@ -257,7 +277,10 @@ class OpaServerEngine:
         self._checked_at: float | None = None
         self._log = get_logger(component="policy", engine="opa", revision=bundle.revision)
 
-    def decide(self, policy_input: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def decide(
+        self, policy_input: dict[str, Any], out_of_time: OutOfTime | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """One query; its time is bounded by the client's timeout (the decision budget), not `out_of_time`."""
         try:
             self._ensure_serving()
             response = self._client.query_rule(

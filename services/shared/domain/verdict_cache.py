@@ -21,7 +21,7 @@ from typing import Any
 import pydantic_core
 
 from services.shared.domain.money import KST
-from services.shared.domain.policy import PolicyEngine, declared_reads
+from services.shared.domain.policy import OutOfTime, PolicyEngine, declared_reads
 from services.shared.domain.signing import canonical_json
 
 # About 500 bytes a verdict: a worker keeps at most some tens of megabytes.
@@ -78,6 +78,7 @@ class VerdictCache:
         engine: PolicyEngine,
         policy_input: dict[str, Any],
         site_digests: Mapping[str, str] | None = None,
+        out_of_time: OutOfTime | None = None,
     ) -> CachedDecision:
         """The engine's verdicts for the input's sites, those judged before under the same key from memory.
         `site_digests` (each site's `site_digest`, computed once per market) saves hashing every site."""
@@ -89,7 +90,7 @@ class VerdictCache:
         sites = policy_input.get("sites")
         request = self._request_key(policy_input)
         if request is None or not isinstance(sites, dict):
-            return CachedDecision(engine.decide(policy_input), frozenset())
+            return CachedDecision(engine.decide(policy_input, out_of_time), frozenset())
         digests = site_digests or {}
         keys = {
             site_id: (request, site_id, digests.get(site_id) or site_digest(site))
@@ -105,7 +106,7 @@ class VerdictCache:
                 verdicts[site_id] = verdict
         cached = frozenset(verdicts)
         if missed:
-            fresh = engine.decide({**policy_input, "sites": missed})
+            fresh = engine.decide({**policy_input, "sites": missed}, out_of_time)
             for site_id in missed:
                 verdict = fresh.get(site_id)
                 if verdict is not None:  # a site the policy said nothing about is denied by the caller

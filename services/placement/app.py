@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from functools import partial
 
@@ -113,5 +114,22 @@ def build(settings: Settings) -> Service:
             if moved:
                 service.relay.wake()
 
-    service.background.append(sweep_queue)
+    # Requests left to wait their turn (a tenant's flood) are decided here, a turn per transaction, so the
+    # consumer (another tenant's request) runs between any two turns.
+    waiting = asyncio.Event()
+    context.on_backlog = waiting.set
+
+    async def decide_in_turn() -> None:
+        while True:
+            with unit_of_work(service.engine) as session:
+                decided = handlers.decide_in_turn(context, session)
+            if decided:
+                service.relay.wake()
+                await asyncio.sleep(0)
+                continue
+            waiting.clear()
+            with contextlib.suppress(TimeoutError):  # a restarted worker finds what waited before it
+                await asyncio.wait_for(waiting.wait(), timeout=QUEUE_SWEEP_SECONDS)
+
+    service.background.extend([sweep_queue, decide_in_turn])
     return service

@@ -412,6 +412,35 @@ def queued_jobs(session: Session, limit: int, untouched_since: datetime | None =
     return list(session.exec(query.order_by(*order).limit(limit)))
 
 
+def tenant_has_waiting(session: Session, tenant_id: str, other_than: str) -> bool:
+    """Whether the tenant has a request waiting its turn (requested, not decided) besides `other_than`."""
+    query = select(JobRow.job_id).where(
+        JobRow.tenant_id == tenant_id, JobRow.state == JobState.REQUESTED, JobRow.job_id != other_than
+    )
+    return session.exec(query.limit(1)).first() is not None
+
+
+# Waiting requests read for one turn: a turn takes one per tenant among these.
+WAITING_SCAN = 500
+
+
+def waiting_turns(session: Session) -> list[JobRow]:
+    """Each tenant's first waiting request (by priority, then arrival), the tenants in the order of their
+    oldest; rows another worker is deciding are skipped (PostgreSQL's SKIP LOCKED)."""
+    order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))
+    waiting = session.exec(
+        select(JobRow)
+        .where(JobRow.state == JobState.REQUESTED)
+        .order_by(*order)
+        .limit(WAITING_SCAN)
+        .with_for_update(skip_locked=True)
+    )
+    first: dict[str, JobRow] = {}
+    for job in waiting:
+        first.setdefault(job.tenant_id, job)
+    return sorted(first.values(), key=lambda job: (job.requested_at, job.job_id))
+
+
 def insert_job(session: Session, job: JobRow) -> bool:
     """Insert a new job as a plain row (`job` stays a detached snapshot); False if its id is taken."""
     return insert_ignoring_duplicates(session, table_of(JobRow), job.model_dump())

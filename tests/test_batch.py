@@ -3,15 +3,18 @@ the commit run once, and not for an event whose work was rolled back."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy import event as sqlalchemy_event
 from sqlmodel import Session, col, select
 
 from contracts.events import JobRequestedEvent
 from contracts.limits import BROKER_MESSAGE_MAX_BYTES, MAX_ENVELOPE_BYTES
-from services.shared.batch import PoisonMessage, handle_batch, oversized, parse_records
+from services.shared.batch import PoisonMessage, handle_batch, oversized, parse_records, refusal_reason
 from services.shared.db import create_service_engine, defer_to_commit, table_of
 from services.shared.inbox import ProcessedEvent, claim_event
 from services.shared.outbox import OutboxMessage, add_to_outbox
@@ -127,3 +130,19 @@ def test_objects_each_event_adds_are_written_though_the_next_event_expunges(tmp_
     assert handle_batch(engine, handle, [(record(i, b""), e) for i, e in enumerate(events)]) == []
     with Session(engine) as session:
         assert {row.event_id for row in session.exec(select(ProcessedEvent))} == {str(e.id) for e in events}
+
+
+def test_a_dead_letters_reason_is_a_sentence_naming_the_members_not_pydantics_text() -> None:
+    document = request_event("mois").model_dump(mode="json")
+    document["data"].update(gpu_count="eight-hundred", expected_hours=-1, name="", kind="x", priority="y")
+    with pytest.raises(ValidationError) as invalid:
+        JobRequestedEvent.model_validate_json(json.dumps(document), strict=True)
+    reason = refusal_reason(invalid.value, "jobs.requested")
+    assert reason.startswith("the envelope is not a valid jobs.requested event: data.name: ")
+    assert "; data.gpu_count: Input should be a valid integer;" in reason
+    assert reason.endswith("; and 2 more")
+    for raw in ("validation error", "pydantic", "input_value", "eight-hundred", "https://"):
+        assert raw not in reason
+    assert refusal_reason(PoisonMessage("a report on another site's run"), "jobs.completed") == (
+        "a report on another site's run"
+    )

@@ -19,7 +19,14 @@ from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import PoolRow, try_reserve, upsert_offer
 from services.shared.db import table_of, unit_of_work
 from services.shared.inbox import claim_event
-from services.shared.outbox import OutboxMessage, OutboxRelay, OutboxSetAside, add_to_outbox, retry_pause
+from services.shared.outbox import (
+    LANE_SHARE,
+    OutboxMessage,
+    OutboxRelay,
+    OutboxSetAside,
+    add_to_outbox,
+    retry_pause,
+)
 from tests.conftest import request_event
 from tests.storage_support import (
     CATALOGUE,
@@ -154,3 +161,25 @@ async def test_a_row_refused_for_good_is_set_aside_and_the_rows_behind_it_flow(
 
 def test_a_failing_relay_backs_off_to_half_a_minute() -> None:
     assert [retry_pause(n) for n in range(8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+async def test_one_tenants_flood_of_events_takes_only_its_share_of_a_batch(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "relay", [])
+    flood = [request_event("hanbit-ai") for _ in range(3 * LANE_SHARE)]
+    other = [request_event("mois") for _ in range(3)]
+    with unit_of_work(engine) as session:
+        for event in [*flood, *other]:
+            add_to_outbox(session, event, str(event.data.job_id))
+    batches: list[list[str]] = []
+
+    async def publish(rows: Sequence[OutboxMessage]) -> dict[int, str]:
+        batches.append([row.lane for row in rows])
+        return {}
+
+    assert await OutboxRelay(engine, publish, batch_size=2 * LANE_SHARE).drain() == len(flood) + len(other)
+    # The other tenant's events go out in the first batch, behind no more than the flood's share.
+    assert batches[0] == ["hanbit-ai"] * LANE_SHARE + ["mois"] * 3
+    assert [len(batch) for batch in batches] == [LANE_SHARE + 3, LANE_SHARE, LANE_SHARE]
+    assert outbox(engine) == []

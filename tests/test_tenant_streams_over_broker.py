@@ -170,11 +170,10 @@ async def test_a_factory_cannot_report_on_a_run_placed_elsewhere_or_write_into_a
     reasons = dict(await dead_letters(settings, "jobs.started", len(forged)))
     assert [reasons[event.model_dump_json().encode()] for event in forged] == [
         *(
-            f"PoisonMessage: run 1 of job {request.job_id} of tenant {tenant} was not placed at {site}, "
-            "which reports on it"
+            f"run 1 of job {request.job_id} of tenant {tenant} was not placed at {site}, which reports on it"
             for tenant, site in ((request.tenant_id, elsewhere), ("mois", placed.site_id))
         ),
-        f"PoisonMessage: a report on tenant {request.tenant_id}'s run sent with subject mois",
+        f"a report on tenant {request.tenant_id}'s run sent with subject mois",
     ]
     assert await wait_until_async(
         lambda: consumer_lag(settings.bootstrap_servers, consumer_group("placement"), "jobs.started"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
 from functools import partial
 
@@ -40,6 +41,10 @@ from services.shared.settings import Settings
 NAME = "placement"
 # How often queued jobs are re-planned even when no capacity event arrives (deadlines expire meanwhile).
 QUEUE_SWEEP_SECONDS = 5.0
+# The consumer counts as busy for this long after a batch: it takes the turns itself meanwhile.
+CONSUMER_BUSY_SECONDS = 0.1
+# Between two turns the loop takes, so that a record arriving is fetched without waiting for many turns.
+TURN_PAUSE_SECONDS = 0.005
 
 
 def build(settings: Settings) -> Service:
@@ -119,13 +124,23 @@ def build(settings: Settings) -> Service:
     waiting = asyncio.Event()
     context.on_backlog = waiting.set
 
+    def take_turn() -> int:
+        with unit_of_work(service.engine) as session:
+            decided = handlers.decide_in_turn(context, session)
+        if decided:
+            service.relay.wake()
+        return decided
+
+    # While records arrive the consumer takes a turn after each batch; the loop only when it is idle.
+    service.after_batch.append(take_turn)
+
     async def decide_in_turn() -> None:
         while True:
-            with unit_of_work(service.engine) as session:
-                decided = handlers.decide_in_turn(context, session)
-            if decided:
-                service.relay.wake()
-                await asyncio.sleep(0)
+            if time.monotonic() - service.last_batch_at < CONSUMER_BUSY_SECONDS:
+                await asyncio.sleep(CONSUMER_BUSY_SECONDS)
+                continue
+            if take_turn():
+                await asyncio.sleep(TURN_PAUSE_SECONDS)  # room for the consumer's next fetch
                 continue
             waiting.clear()
             with contextlib.suppress(TimeoutError):  # a restarted worker finds what waited before it

@@ -226,11 +226,14 @@ def _waits_its_turn(session: Session, ctx: PlacementContext, job: JobRow) -> boo
 
 
 def decide_in_turn(ctx: PlacementContext, session: Session) -> int:
-    """One turn: the first waiting request (by priority, then arrival) of each tenant with requests waiting,
-    tenants in the order of their oldest waiting request, until the turn's allowance is spent. Returns how
-    many were decided."""
+    """One turn: waiting requests one tenant after another (each tenant's by priority, then arrival; the
+    tenants in the order of their oldest waiting request), round after round, until the turn's allowance is
+    spent. Returns how many were decided."""
     started, decided = ctx.timer(), 0
-    for job in waiting_turns(session):
+    for job_id in waiting_turns(session):
+        job = session.get(JobRow, job_id)
+        if job is None or job.state != JobState.REQUESTED:
+            continue
         request = JobRequest.model_validate(job.request)
         tenant = ctx.tenants.get(job.tenant_id)
         if tenant is None:

@@ -26,7 +26,7 @@ from contracts.events import (
 )
 from services.placement.logic import answered_job, as_uuid, field_errors
 from services.placement.storage import TenantEnvelopeRow
-from services.shared.batch import Record
+from services.shared.batch import Record, refusal_reason
 from services.shared.domain.signing import Keyring, KeyRole, SignatureRefused, received_content, signed_form
 from services.shared.inbox import claim, claim_event
 from services.shared.logging import get_logger
@@ -134,7 +134,7 @@ def taken_first_time(session: Session, event: TenantEnvelope, refusal: EnvelopeR
     if taken is None or taken.content_sha256 == digest:
         get_logger(event_id=str(event.id)).info("envelope_seen_before_ignored", reason=SEEN_BEFORE)
         return False
-    if claim(session, CONSUMER, f"reused/{event.source}", f"{event.id}/{digest}"):
+    if claim(session, CONSUMER, f"reused/{event.source}/{event.id}", digest):
         reason = (
             f"envelope id {event.id} from {event.source} was taken already by an envelope with other "
             "content: nothing of this one was done; send it with an id of its own"
@@ -168,14 +168,6 @@ def answer_invalid_envelope(keyring: Keyring, session: Session, record: Record, 
     if (problem := unread_version(content.get("schema_version"), major)) is not None:
         refuse_envelope(session, refusal, RejectionCode.UNSUPPORTED_SCHEMA_VERSION, problem)
         return True
-    errors = field_errors(error)
-    refuse_envelope(
-        session,
-        refusal,
-        RejectionCode.INVALID_REQUEST,
-        f"the envelope is not a valid {record.topic} event: "
-        + "; ".join(f"{error.location}: {error.message}" for error in errors[:3])
-        + (f"; and {len(errors) - 3} more" if len(errors) > 3 else ""),
-        errors,
-    )
+    reason = refusal_reason(error, record.topic)
+    refuse_envelope(session, refusal, RejectionCode.INVALID_REQUEST, reason, field_errors(error))
     return True

@@ -424,21 +424,26 @@ def tenant_has_waiting(session: Session, tenant_id: str, other_than: str) -> boo
 WAITING_SCAN = 500
 
 
-def waiting_turns(session: Session) -> list[JobRow]:
-    """Each tenant's first waiting request (by priority, then arrival), the tenants in the order of their
-    oldest; rows another worker is deciding are skipped (PostgreSQL's SKIP LOCKED)."""
+def waiting_turns(session: Session) -> list[str]:
+    """The ids of waiting requests in turns: each tenant's first (by priority, then arrival), the tenants in
+    the order of their oldest, then each one's second, and so on. Only ids are read (a turn decides a few of
+    them); rows another worker is deciding are skipped (PostgreSQL's SKIP LOCKED)."""
     order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))
-    waiting = session.exec(
-        select(JobRow)
+    waiting = session.execute(
+        select(JobRow.job_id, JobRow.tenant_id, JobRow.requested_at)
         .where(JobRow.state == JobState.REQUESTED)
         .order_by(*order)
         .limit(WAITING_SCAN)
         .with_for_update(skip_locked=True)
-    )
-    first: dict[str, JobRow] = {}
-    for job in waiting:
-        first.setdefault(job.tenant_id, job)
-    return sorted(first.values(), key=lambda job: (job.requested_at, job.job_id))
+    ).all()
+    by_tenant: dict[str, list[str]] = {}
+    oldest: dict[str, tuple[datetime, str]] = {}
+    for job_id, tenant_id, requested_at in waiting:
+        by_tenant.setdefault(tenant_id, []).append(job_id)
+        oldest[tenant_id] = min(oldest.get(tenant_id, (requested_at, job_id)), (requested_at, job_id))
+    tenants = [by_tenant[tenant] for tenant in sorted(by_tenant, key=oldest.__getitem__)]
+    rounds = max(map(len, tenants), default=0)
+    return [jobs[turn] for turn in range(rounds) for jobs in tenants if turn < len(jobs)]
 
 
 def insert_job(session: Session, job: JobRow) -> bool:

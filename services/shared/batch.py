@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -39,6 +40,25 @@ Refusal = tuple[Record, BaseException]
 
 class PoisonMessage(ValueError):
     """A message that parses but can never be handled; it goes straight to the dead-letter topic."""
+
+
+# How many of a record's field errors a reason names; the refusal to a tenant lists them all.
+REASON_FIELD_ERRORS = 3
+
+
+def refusal_reason(error: BaseException, topic: str) -> str:
+    """Why a record was refused, as a sentence its sender can read: for a record that is not a valid event,
+    its first members in error and what is wrong with each (never the value it held)."""
+    if isinstance(error, ValidationError):
+        details = error.errors(include_url=False, include_input=False)
+        named = [f"{'.'.join(map(str, d['loc'])) or '(envelope)'}: {d['msg']}" for d in details]
+        more = len(named) - REASON_FIELD_ERRORS
+        return (
+            f"the envelope is not a valid {topic} event: "
+            + "; ".join(named[:REASON_FIELD_ERRORS])
+            + (f"; and {more} more" if more > 0 else "")
+        )
+    return str(error) or type(error).__name__
 
 
 def oversized(record: Record) -> PoisonMessage | None:

@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contracts import TOPICS, dead_letter_topic, stream_tenant, tenant_stream
 from contracts.limits import BROKER_MESSAGE_MAX_BYTES
-from services.shared.batch import MAX_INTEGRITY_ATTEMPTS, Record, oversized
+from services.shared.batch import MAX_INTEGRITY_ATTEMPTS, Record, oversized, refusal_reason
 from services.shared.db import is_transient_database_error
 from services.shared.logging import get_logger
 from services.shared.outbox import OutboxMessage
@@ -130,7 +130,7 @@ async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException,
     headers = {name: value.decode("utf-8", "replace") for name, value in (record.headers or ())}
     headers.update(
         {
-            "dlq-error": f"{type(error).__name__}: {error}"[:ERROR_HEADER_LIMIT],
+            "dlq-error": refusal_reason(error, record.topic)[:ERROR_HEADER_LIMIT],
             "dlq-error-type": type(error).__name__,
             "dlq-original-topic": record.topic,
             "dlq-original-partition": str(record.partition),
@@ -148,7 +148,7 @@ async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException,
         partition=record.partition,
         offset=record.offset,
         error_type=type(error).__name__,
-        error=str(error)[:300],
+        error=refusal_reason(error, record.topic)[:300],
     )
 
 

@@ -16,7 +16,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import JSON, Column, DateTime, Engine, LargeBinary, bindparam, delete, insert, or_, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    LargeBinary,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    update,
+)
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -35,6 +47,9 @@ class OutboxMessage(SQLModel, table=True):
     # A second topic the same event goes to: the stream of the tenant it is about, for what tenants are told.
     also_to: str | None = Field(default=None, max_length=200)
     key: str = Field(max_length=200)
+    # Whom the event is about (its envelope's subject: a tenant, or a site): the relay takes a bounded share
+    # of each lane into a batch, so one tenant's flood of events cannot hold up another's.
+    lane: str = Field(default="", max_length=200)
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utc_now)
@@ -95,6 +110,7 @@ def _insert(
             "topic": topic,
             "also_to": also_to,
             "key": key,
+            "lane": event.subject,
             "payload": payload if payload is not None else event.model_dump_json().encode(),
             "headers": {
                 "event_id": str(event.id),
@@ -121,6 +137,8 @@ def _drop_outbox_rows(session: OrmSession) -> None:
 # when the batch may succeed if tried again.
 Publish = Callable[[Sequence[OutboxMessage]], Awaitable[Mapping[int, str]]]
 
+# How many rows of one lane (one tenant's events, or one site's) a batch takes at most.
+LANE_SHARE = 25
 # Seconds between tries after a failed publish, doubling to the last.
 RETRY_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
@@ -185,8 +203,6 @@ class OutboxRelay:
                 session.execute(_DELETE_LEASED, {"token": token})
             published += len(batch)
             self._log.debug("outbox_published", count=len(batch))
-            if len(batch) < self._batch_size:
-                return published
 
     def _set_aside(self, session: Session, rows: Sequence[OutboxMessage], reasons: Mapping[int, str]) -> None:
         for row in rows:
@@ -216,7 +232,8 @@ class OutboxRelay:
 
     def _lease_batch(self, session: Session, token: str) -> list[OutboxMessage]:
         now = utc_now()
-        ids = list(session.exec(_FREE_IDS, params={"now": now, "limit": self._batch_size}))
+        params = {"now": now, "limit": self._batch_size, "share": LANE_SHARE}
+        ids = list(session.execute(_FREE_IDS, params).scalars())
         if not ids:
             return []
         # Re-checked under the row lock: of two relays that saw the same rows, only one leases them.
@@ -228,7 +245,24 @@ class OutboxRelay:
 _FREE = or_(
     col(OutboxMessage.lease_expires_at).is_(None), col(OutboxMessage.lease_expires_at) < bindparam("now")
 )
-_FREE_IDS = select(OutboxMessage.id).where(_FREE).order_by(col(OutboxMessage.id)).limit(bindparam("limit"))
+# Each lane's oldest free rows, at most LANE_SHARE of them, all lanes in row order: a lane's rows go out in
+# the order they were written, and never more than its share of a batch while other lanes wait.
+_BY_LANE = (
+    select(
+        col(OutboxMessage.id).label("id"),
+        func.row_number()
+        .over(partition_by=col(OutboxMessage.lane), order_by=col(OutboxMessage.id))
+        .label("place"),
+    )
+    .where(_FREE)
+    .subquery()
+)
+_FREE_IDS = (
+    select(_BY_LANE.c.id)
+    .where(_BY_LANE.c.place <= bindparam("share"))
+    .order_by(_BY_LANE.c.id)
+    .limit(bindparam("limit"))
+)
 _LEASE = (
     update(OutboxMessage)
     .where(col(OutboxMessage.id).in_(bindparam("ids", expanding=True)))

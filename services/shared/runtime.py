@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,6 +68,11 @@ class Service:
     # Per topic, what answers a record that is not a valid event: True if its sender was proved and told
     # (the record is then done with), False to dead-letter it.
     answers: dict[str, Callable[[Session, Record, BaseException], bool]] = field(default_factory=dict)
+    # Run after each consumed batch, in the consumer's turn: work that waits for the consumer to make room
+    # (placement's waiting requests), so that it never delays the next batch by more than itself.
+    after_batch: list[Callable[[], object]] = field(default_factory=list)
+    # When the consumer last handled a batch (time.monotonic()).
+    last_batch_at: float = 0.0
 
     @property
     def consumed(self) -> list[str]:
@@ -144,6 +150,9 @@ def consume(service: Service, handlers: Handlers) -> None:
         for record, error in refused:
             await dead_letter(service.broker, record, error, service.name)
         service.relay.wake()
+        for follow_up in service.after_batch:
+            follow_up()
+        service.last_batch_at = time.monotonic()
 
     # FastStream reads the annotation to document the payload of each topic (the export narrows it to the
     # topic's own event); the events are already parsed.

@@ -106,11 +106,12 @@ def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _integer(literal: str) -> int | float:
-    # Python reads any integer exactly, and refuses one of over 4,300 digits; JavaScript reads a double.
-    if len(literal) <= 15:
+    # Python reads any integer exactly (and refuses one of over 4,300 digits); JavaScript reads a double.
+    if len(literal) <= 15:  # below 2**53 whatever its digits
         return int(literal)
-    number = int(literal) if len(literal) <= 4000 else _finite(literal)
-    return number if abs(number) <= MAX_PORTABLE_INTEGER else _finite(literal)
+    if len(literal) <= 4000 and abs(number := int(literal)) <= MAX_PORTABLE_INTEGER:
+        return number
+    return _finite(literal)
 
 
 def _finite(literal: str) -> float:
@@ -179,13 +180,15 @@ class EnvelopeSignature(Inbound):
 
 
 class Received:
-    """The bytes an envelope arrived as. Two events with equal fields are equal however each was written."""
+    """The bytes an envelope arrived as, and their one reading (`read_json`). Two events with equal fields
+    are equal however each was written."""
 
-    __slots__ = ("value",)
+    __slots__ = ("content", "value")
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, value: bytes):
+    def __init__(self, value: bytes, content: dict[str, Any]):
         self.value = value
+        self.content = content
 
     def __eq__(self, other: object) -> bool:
         return other is None or isinstance(other, Received)
@@ -225,12 +228,19 @@ class Event(Contract, Generic[DataT]):
         number is only ever itself (no `true` for 1, no "8" for 8); any number where a float is taken."""
         content = read_json(value)
         event = cls.model_validate_json(json.dumps(content, ensure_ascii=False), strict=True)
-        event._received = Received(value)
+        event._received = Received(value, content)
         return event
 
     @property
     def received(self) -> bytes | None:
         return self._received.value if self._received is not None else None
+
+    def sent_content(self) -> dict[str, Any]:
+        """The envelope's members as its sender wrote them: as read when it was received (not read again),
+        else as this service writes it. A new top-level dict each call, for the caller to change."""
+        if self._received is not None:
+            return dict(self._received.content)
+        return self.model_dump(mode="json")
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)

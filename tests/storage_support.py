@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -55,6 +56,17 @@ def placement_context(**overrides: Any) -> placement.PlacementContext:
         "tenant_allowance_ms": 60_000.0,
     }
     return placement.PlacementContext(**(defaults | overrides))
+
+
+def stepping_timer(step_seconds: float) -> Callable[[], float]:
+    """A decision timer on which every look finds `step_seconds` gone."""
+    clock = [0.0]
+
+    def timer() -> float:
+        clock[0] += step_seconds
+        return clock[0]
+
+    return timer
 
 
 def offer_all(engine: Engine, ctx: placement.PlacementContext) -> None:

@@ -13,7 +13,7 @@ from services.placement.storage import TABLES as PLACEMENT_TABLES
 from services.placement.storage import JobRow
 from services.shared.db import unit_of_work
 from tests.conftest import request_event
-from tests.storage_support import make_engine, offer_all, outbox, placement_context
+from tests.storage_support import make_engine, offer_all, outbox, placement_context, stepping_timer
 
 
 def states(engine: object, tenant: str) -> list[str]:
@@ -27,21 +27,17 @@ def states(engine: object, tenant: str) -> list[str]:
 def test_a_flood_waits_its_turns_and_another_tenant_is_decided_at_once(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     offer_all(engine, placement_context())
-    clock = [0.0]
-
-    def timer() -> float:
-        clock[0] += 0.03  # every look at the clock finds 30 ms gone
-        return clock[0]
-
     woken: list[bool] = []
-    ctx = placement_context(timer=timer, tenant_allowance_ms=50, on_backlog=lambda: woken.append(True))
+    ctx = placement_context(
+        timer=stepping_timer(0.03), tenant_allowance_ms=50, on_backlog=lambda: woken.append(True)
+    )
     flood = [request_event("hanbit-ai", gpu_count=1) for _ in range(6)]
     with unit_of_work(engine) as session:
         for event in flood:
             placement.on_job_requested(ctx, session, event)
     # The first takes the whole allowance (each look at the clock 30 ms); the rest wait, the loop woken.
     assert states(engine, "hanbit-ai") == [JobState.PLACED] + [JobState.REQUESTED] * 5
-    assert len(woken) == 5
+    assert len(woken) == 5 and ctx.backlog
     # Another tenant's request, in the next batch, is decided at once; the flood's next one is not, nor
     # does it overtake the flood's waiting requests.
     with unit_of_work(engine) as session:
@@ -58,6 +54,7 @@ def test_a_flood_waits_its_turns_and_another_tenant_is_decided_at_once(database_
             break
         turns.append(decided)
     assert sum(turns) == 6 and set(states(engine, "hanbit-ai")) == {JobState.PLACED}
+    assert not ctx.backlog  # the last turn found none waiting
     placed = [
         JobPlacedEvent.model_validate_json(row.payload).data.job_id for row in outbox(engine, "jobs.placed")
     ]

@@ -15,7 +15,7 @@ from services.shared.db import unit_of_work
 from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, PolicyOverBudget
 from services.shared.settings import REPO_ROOT
 from tests.conftest import request_event
-from tests.storage_support import make_engine, offer_all, outbox, placement_context
+from tests.storage_support import make_engine, offer_all, outbox, placement_context, stepping_timer
 
 
 class CountingEngine(EmbeddedRegoEngine):
@@ -59,13 +59,8 @@ def test_an_evaluation_whose_time_is_up_stops_before_its_next_run(database_url: 
 def test_a_job_whose_evaluation_is_stopped_waits_with_nothing_recorded(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     offer_all(engine, placement_context())
-    clock = [0.0]
-
-    def timer() -> float:
-        clock[0] += 0.1  # every look at the clock finds 100 ms gone
-        return clock[0]
-
-    ctx = placement_context(policy=CountingEngine(), policy_budget_ms=150, timer=timer)
+    # Every look at the clock finds 100 ms gone.
+    ctx = placement_context(policy=CountingEngine(), policy_budget_ms=150, timer=stepping_timer(0.1))
     waiting = request_event("mois")
     with unit_of_work(engine) as session:
         placement.on_job_requested(ctx, session, waiting)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import timedelta
 from functools import partial
@@ -132,19 +131,18 @@ def build(settings: Settings) -> Service:
         return decided
 
     # While records arrive the consumer takes a turn after each batch; the loop only when it is idle.
-    service.after_batch.append(take_turn)
+    service.after_batch.append(lambda: take_turn() if context.backlog else 0)
 
     async def decide_in_turn() -> None:
         while True:
-            if time.monotonic() - service.last_batch_at < CONSUMER_BUSY_SECONDS:
+            if not context.backlog:  # at start it is set: a restarted worker finds what waited before it
+                waiting.clear()
+                await waiting.wait()
+            elif time.monotonic() - service.last_batch_at < CONSUMER_BUSY_SECONDS:
                 await asyncio.sleep(CONSUMER_BUSY_SECONDS)
-                continue
-            if take_turn():
+            else:
+                take_turn()
                 await asyncio.sleep(TURN_PAUSE_SECONDS)  # room for the consumer's next fetch
-                continue
-            waiting.clear()
-            with contextlib.suppress(TimeoutError):  # a restarted worker finds what waited before it
-                await asyncio.wait_for(waiting.wait(), timeout=QUEUE_SWEEP_SECONDS)
 
     service.background.extend([sweep_queue, decide_in_turn])
     return service

@@ -153,6 +153,10 @@ class PlacementContext:
     # What deciding one tenant's new requests may take in one transaction before the rest wait their turn
     # (and what one turn of waiting requests may take): another tenant's request waits at most about this.
     tenant_allowance_ms: float = 50.0
+    # Whether requests may be waiting their turn: set when one is left waiting (and at start, for those
+    # left by an earlier worker), cleared when a turn finds none. While clear, neither a new request nor
+    # the end of a batch looks for waiting requests in the database.
+    backlog: bool = True
     # Called when a request is left to wait its turn: the turns' loop wakes.
     on_backlog: Callable[[], None] = field(default=lambda: None)
 
@@ -206,6 +210,7 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
         return
     if _waits_its_turn(session, ctx, job):
         get_logger(job_id=job_id, tenant_id=job.tenant_id).info("decision_waits_its_turn")
+        ctx.backlog = True
         ctx.on_backlog()
         return
     started = ctx.timer()
@@ -222,7 +227,7 @@ def _waits_its_turn(session: Session, ctx: PlacementContext, job: JobRow) -> boo
     spent: dict[str, float] = session.info.get(DECIDING_SPENT_KEY, {})
     if spent.get(job.tenant_id, 0.0) >= ctx.tenant_allowance_ms:
         return True
-    return tenant_has_waiting(session, job.tenant_id, job.job_id)
+    return ctx.backlog and tenant_has_waiting(session, job.tenant_id, job.job_id)
 
 
 def decide_in_turn(ctx: PlacementContext, session: Session) -> int:
@@ -230,7 +235,9 @@ def decide_in_turn(ctx: PlacementContext, session: Session) -> int:
     tenants in the order of their oldest waiting request), round after round, until the turn's allowance is
     spent. Returns how many were decided."""
     started, decided = ctx.timer(), 0
-    for job_id in waiting_turns(session):
+    waiting = waiting_turns(session)
+    ctx.backlog = bool(waiting)
+    for job_id in waiting:
         job = session.get(JobRow, job_id)
         if job is None or job.state != JobState.REQUESTED:
             continue

@@ -250,26 +250,30 @@ def within_budget(verdict: SiteVerdict) -> SiteVerdict:
     warnings, then exemptions (a faulty revision could find without end). Each list's findings past the
     budget are summed up in one last finding of that list, in the mode of the first left out; whether the
     site is allowed is the policy's, whatever was left out."""
-    budget = MAX_FINDING_BYTES_PER_SITE
+    budget, cut = MAX_FINDING_BYTES_PER_SITE, False
     kept: dict[str, list[Any]] = {}
     for name in ("violations", "warnings", "exempted"):
         findings: list[Any] = getattr(verdict, name)
         kept[name] = []
         for index, finding in enumerate(findings):
-            cost = FINDING_OVERHEAD_BYTES + sum(
-                len(value.encode())
-                for value in finding.model_dump(mode="json").values()
-                if isinstance(value, str)
-            )
+            cost = _cost_bytes(finding)
             if cost > budget:
                 kept[name].append(_left_out(findings[index:]))
-                budget = 0
+                budget, cut = 0, True
                 break
             budget -= cost
             kept[name].append(finding)
-    if all(kept[name] == getattr(verdict, name) for name in kept):
-        return verdict
-    return verdict.model_copy(update=kept)
+    return verdict.model_copy(update=kept) if cut else verdict
+
+
+def _cost_bytes(finding: RuleViolation | ExemptedFinding) -> int:
+    """What a finding's text costs in an event (its UTF-8 text fields, as its JSON holds them)."""
+    texts: tuple[str, ...]
+    if isinstance(finding, RuleViolation):
+        texts = (finding.rule, finding.message, finding.mode)
+    else:
+        texts = (finding.rule, finding.message, finding.approver, finding.expires.isoformat(), finding.reason)
+    return FINDING_OVERHEAD_BYTES + sum(len(text.encode()) for text in texts)
 
 
 def _left_out(findings: Sequence[RuleViolation | ExemptedFinding]) -> RuleViolation:

@@ -86,10 +86,8 @@ def refused_before_reading(keyring: Keyring, session: Session, event: TenantEnve
     refused unread (dead-lettered: nobody proved who sent it). Anything else is the signer's mistake: it is
     told, once, and nothing else happens. True if refused."""
     refusal = keyring.refusal(event, KeyRole.TENANT, tenant_id)
-    received = event.received
-    content = received_content(received) if received is not None else event.model_dump(mode="json")
     if refusal is not None:
-        author = keyring.author(content, KeyRole.TENANT)
+        author = keyring.author(event.sent_content(), KeyRole.TENANT)
         if author is None:
             raise SignatureRefused(refusal)
         code = RejectionCode.INVALID_REQUEST
@@ -106,7 +104,7 @@ def refused_before_reading(keyring: Keyring, session: Session, event: TenantEnve
     else:
         return False
     if claim_event(session, CONSUMER, event):
-        job_id, client_request_id = answered_job(signer, event.type, content["data"])
+        job_id, client_request_id = answered_job(signer, event.type, event.sent_content()["data"])
         envelope = EnvelopeRefusal(signer, job_id, client_request_id, event.id, event.type)
         refuse_envelope(session, envelope, code, reason)
     return True

@@ -189,8 +189,7 @@ def jcs(content: Any) -> bytes:
 def signed_form(event: AnyEvent) -> bytes:
     """What an envelope's signature covers: the RFC 8785 form of the envelope as its sender wrote it (as
     received, or as this service will send it), without its `signature` member."""
-    received = event.received
-    content = received_content(received) if received is not None else event.model_dump(mode="json")
+    content = event.sent_content()
     content.pop("signature", None)
     return jcs(content)
 

@@ -212,6 +212,10 @@ def build_broker(settings: Settings, service: str) -> KafkaBroker:
         enable_idempotence=settings.idempotent_producer,
         acks="all",
         max_request_size=BROKER_MESSAGE_MAX_BYTES,
+        # With aiokafka's 16 KiB batches, each record past 16 KiB waits for the sender to drain the one
+        # before it, an event-loop turn apiece: behind a busy consumer, a relay batch of decisions took
+        # seconds. A batch as large as the broker takes makes enqueueing a relay batch one step.
+        max_batch_size=BROKER_MESSAGE_MAX_BYTES,
         middlewares=[dead_letter_middleware(service)],
         logger=None,
     )

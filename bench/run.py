@@ -100,8 +100,8 @@ def bench_catalogue(directory: Path, sites: int) -> Path:
         clone_id = f"{site_id}-{index // len(korean) + 2}"
         clone = json.loads(json.dumps(entry))
         clone["site"].update(site_id=clone_id, name=f"{entry['site']['name']} (benchmark clone)")
-        for pool in clone["pools"]:
-            pool["pool_id"] = pool["pool_id"].replace(site_id, clone_id, 1)
+        for pool in clone["pools"]:  # a pool belongs to one site: a clone's pools are its own
+            pool["pool_id"] = f"{pool['pool_id']}-{clone_id}"
         clones.append(clone)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sites.json").write_text(json.dumps({"sites": entries + clones}))

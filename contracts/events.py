@@ -825,6 +825,10 @@ WRITTEN_OUTSIDE: frozenset[str] = frozenset(
     for topic, model in EVENT_MODELS.items()
     if issubclass(model.model_fields["data"].annotation, Inbound)  # type: ignore[arg-type]
 )
+# What tenants write: their requests and cancels, each signed by the tenant's key.
+WRITTEN_BY_TENANTS: frozenset[str] = frozenset(
+    model.model_fields["type"].default for model in (JobRequestedEvent, JobCancelEvent)
+)
 
 # The shared topics carry every tenant's events. Each tenant also has a stream of its own, the only outcome
 # topic its principal may read, with a copy of every event about its jobs, runs, usage and bills.

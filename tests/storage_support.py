@@ -51,9 +51,6 @@ def placement_context(**overrides: Any) -> placement.PlacementContext:
         # These tests are not about the policy's time budget (one is, and sets its own): on a loaded
         # machine a decision past the production budget would make a job wait.
         "policy_budget_ms": 60_000.0,
-        # Nor about fair turns (tests/test_fair_turns.py is): a slow first decision must not leave the
-        # tenant's next request waiting its turn.
-        "tenant_allowance_ms": 60_000.0,
     }
     return placement.PlacementContext(**(defaults | overrides))
 

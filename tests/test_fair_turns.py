@@ -1,82 +1,188 @@
-"""One tenant's flood cannot hold another tenant's request: once a tenant has spent its allowance deciding in
-a transaction, its further requests wait their turn, in its own order, and are decided a turn at a time,
-each waiting tenant in rounds."""
+"""One tenant's flood cannot hold another tenant's request: what tenants write is kept as it arrives and
+handled in turns, each lane (the envelope's subject) in its own order, the lanes in rounds, a turn at most
+its allowance."""
 
 from __future__ import annotations
 
-from sqlmodel import Session, col, select
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from contracts.events import JobPlacedEvent
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+from contracts.events import JobPlacedEvent, JobRequestedEvent
+from contracts.limits import MAX_ENVELOPE_BYTES
 from services.placement import handlers as placement
-from services.placement.logic import JobState
 from services.placement.storage import TABLES as PLACEMENT_TABLES
-from services.placement.storage import JobRow
+from services.shared.arrivals import (
+    LANE_LENGTH,
+    TURN_SCAN,
+    ArrivalRow,
+    KeptRecord,
+    Turns,
+    claimed_subject,
+    keep,
+)
 from services.shared.db import unit_of_work
 from tests.conftest import request_event
 from tests.storage_support import make_engine, offer_all, outbox, placement_context, stepping_timer
 
 
-def states(engine: object, tenant: str) -> list[str]:
-    with Session(engine) as session:  # type: ignore[arg-type]
-        jobs = session.exec(
-            select(JobRow).where(JobRow.tenant_id == tenant).order_by(col(JobRow.requested_at))
-        )
-        return [job.state for job in jobs]
+def record(value: bytes, offset: int, topic: str = "jobs.requested") -> Any:
+    return SimpleNamespace(topic=topic, partition=0, offset=offset, key=b"k", value=value, headers=[])
 
 
-def test_a_flood_waits_its_turns_and_another_tenant_is_decided_at_once(database_url: tuple[str, str]) -> None:
+def kept(engine: Engine, values: list[bytes]) -> None:
+    with unit_of_work(engine) as session:
+        keep(session, [record(value, offset) for offset, value in enumerate(values)], claimed_subject)
+
+
+def waiting(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(ArrivalRow)).one()
+
+
+def placed_jobs(engine: Engine) -> list[object]:
+    return [JobPlacedEvent.model_validate_json(r.payload).data.job_id for r in outbox(engine, "jobs.placed")]
+
+
+def envelope(subject: str, number: int) -> bytes:
+    return json.dumps({"subject": subject, "number": number}).encode()
+
+
+def test_a_turn_takes_each_lane_in_rounds_the_oldest_lane_first(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    lanes = ["hanbit-ai", "hanbit-ai", "mois", "hanbit-ai", "mois"]
+    kept(engine, [envelope(lane, number) for number, lane in enumerate(lanes)])
+    handled: list[int] = []
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+        assert kept_record.topic == "jobs.requested" and kept_record.key == b"k"
+
+    with unit_of_work(engine) as session:
+        assert Turns().take(session, handle) == 5
+    assert handled == [0, 2, 1, 4, 3]
+    assert waiting(engine) == 0
+    with unit_of_work(engine) as session:
+        assert Turns().take(session, handle) == 0  # none kept: the caller stops looking
+
+
+def test_a_turn_stops_at_its_allowance_and_leaves_the_rest_kept(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    kept(engine, [envelope("hanbit-ai", n) for n in range(5)])
+    handled: list[int] = []
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+
+    # Every look at the clock finds 30 ms gone: the second record spends the 50 ms allowance.
+    with unit_of_work(engine) as session:
+        assert Turns(50, stepping_timer(0.03)).take(session, handle) == 2
+    assert handled == [0, 1] and waiting(engine) == 3
+
+
+def test_a_lane_whose_records_take_whole_turns_cannot_keep_another_waiting(
+    database_url: tuple[str, str],
+) -> None:
+    """Each record spends a whole turn's allowance: the next turn starts with the lane served longest ago,
+    so a record arriving behind a flood waits one turn, and the flood goes on after it."""
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    kept(engine, [envelope("hanbit-ai", n) for n in range(4)])
+    handled: list[int] = []
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+
+    turns = Turns(50, stepping_timer(0.06))
+    with unit_of_work(engine) as session:
+        assert turns.take(session, handle) == 1
+    kept(engine, [envelope("mois", 10), envelope("hanbit-ai", 11)])
+    for _ in range(3):
+        with unit_of_work(engine) as session:
+            assert turns.take(session, handle) == 1
+    assert handled == [0, 10, 1, 2]
+
+
+def test_a_record_behind_more_than_a_turn_reads_of_another_lane_is_read_for_the_next_turn(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    kept(engine, [envelope("hanbit-ai", n) for n in range(TURN_SCAN + 100)] + [envelope("mois", -1)])
+    handled: list[int] = []
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+
+    with unit_of_work(engine) as session:
+        assert Turns(50, stepping_timer(0.02)).take(session, handle) == 3
+    assert handled == [0, -1, 1]
+
+
+def test_a_turn_that_fails_leaves_its_records_kept(database_url: tuple[str, str]) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    kept(engine, [envelope("mois", 0)])
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError), unit_of_work(engine) as session:
+        Turns().take(session, handle)
+    assert waiting(engine) == 1
+
+
+def test_a_flood_ahead_of_another_tenants_request_costs_it_one_turn(
+    database_url: tuple[str, str], tmp_path: Path
+) -> None:
+    """Six of one tenant's requests, then another's: the first turn (two decisions' worth of allowance)
+    decides the flood's first and then the other tenant's; the flood is decided in its own order."""
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     offer_all(engine, placement_context())
-    woken: list[bool] = []
-    ctx = placement_context(
-        timer=stepping_timer(0.03), tenant_allowance_ms=50, on_backlog=lambda: woken.append(True)
-    )
+    ctx = placement_context()
     flood = [request_event("hanbit-ai", gpu_count=1) for _ in range(6)]
+    other = request_event("mois", gpu_count=1)
+    kept(engine, [event.model_dump_json().encode() for event in [*flood, other]])
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        placement.on_job_requested(ctx, session, JobRequestedEvent.from_received(kept_record.value))
+
     with unit_of_work(engine) as session:
-        for event in flood:
-            placement.on_job_requested(ctx, session, event)
-    # The first takes the whole allowance (each look at the clock 30 ms); the rest wait, the loop woken.
-    assert states(engine, "hanbit-ai") == [JobState.PLACED] + [JobState.REQUESTED] * 5
-    assert len(woken) == 5 and ctx.backlog
-    # Another tenant's request, in the next batch, is decided at once; the flood's next one is not, nor
-    # does it overtake the flood's waiting requests.
-    with unit_of_work(engine) as session:
-        placement.on_job_requested(ctx, session, request_event("mois", gpu_count=1))
-        placement.on_job_requested(ctx, session, later := request_event("hanbit-ai", gpu_count=1))
-    assert states(engine, "mois") == [JobState.PLACED]
-    assert states(engine, "hanbit-ai")[-1] == JobState.REQUESTED
-    # Turns decide the flood in its order, until none waits.
-    turns = []
+        assert Turns(50, stepping_timer(0.03)).take(session, handle) == 2
+    assert placed_jobs(engine) == [flood[0].data.job_id, other.data.job_id]
     while True:
         with unit_of_work(engine) as session:
-            decided = placement.decide_in_turn(ctx, session)
-        if not decided:
-            break
-        turns.append(decided)
-    assert sum(turns) == 6 and set(states(engine, "hanbit-ai")) == {JobState.PLACED}
-    assert not ctx.backlog  # the last turn found none waiting
-    placed = [
-        JobPlacedEvent.model_validate_json(row.payload).data.job_id for row in outbox(engine, "jobs.placed")
-    ]
-    hanbit = [e.data.job_id for e in [*flood, later]]
-    assert [job for job in placed if job in hanbit] == hanbit
+            if not Turns().take(session, handle):
+                break
+    flood_placed = [job for job in placed_jobs(engine) if job != other.data.job_id]
+    assert flood_placed == [event.data.job_id for event in flood]
 
 
-def test_a_turn_takes_each_waiting_tenant_in_rounds_the_oldest_first(database_url: tuple[str, str]) -> None:
-    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
-    offer_all(engine, placement_context())
-    ctx = placement_context(tenant_allowance_ms=0)  # every new request waits its turn
-    events = [
-        request_event(tenant, gpu_count=1) for tenant in ("hanbit-ai", "hanbit-ai", "mois", "hanbit-ai")
-    ]
-    with unit_of_work(engine) as session:
-        for event in events:
-            placement.on_job_requested(ctx, session, event)
-    assert set(states(engine, "hanbit-ai") + states(engine, "mois")) == {JobState.REQUESTED}
-    turn = placement_context(tenant_allowance_ms=60_000)
-    with unit_of_work(engine) as session:
-        assert placement.decide_in_turn(turn, session) == 4
-    placed = [
-        JobPlacedEvent.model_validate_json(row.payload).data.job_id for row in outbox(engine, "jobs.placed")
-    ]
-    assert placed == [events[index].data.job_id for index in (0, 2, 1, 3)]
+@given(
+    value=st.one_of(
+        st.binary(max_size=300),
+        st.just(b"[" * 5000 + b"]" * 5000),
+        st.just(b'{"subject": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        st.builds(lambda subject: json.dumps({"subject": subject}).encode(), st.text(max_size=1000)),
+        st.builds(
+            lambda subject: json.dumps({"subject": subject}).encode(),
+            st.one_of(
+                st.integers(), st.none(), st.lists(st.text(), max_size=3), st.just("s" * MAX_ENVELOPE_BYTES)
+            ),
+        ),
+    )
+)
+def test_any_record_gets_a_lane_within_its_bound(value: bytes) -> None:
+    """Whatever a record holds, reading its lane neither fails nor yields a lane past the column's bound;
+    only a text subject names one."""
+    lane = claimed_subject(value)
+    assert isinstance(lane, str) and len(lane) <= LANE_LENGTH
+    try:
+        subject = json.loads(value).get("subject")
+    except Exception:
+        subject = None
+    assert lane == (subject[:LANE_LENGTH] if isinstance(subject, str) else "")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 from functools import partial
 
 from contracts.events import (
+    WRITTEN_BY_TENANTS,
     CapacityOfferedEvent,
     CapacityRejectedEvent,
     CapacityUpdatedEvent,
@@ -40,10 +40,6 @@ from services.shared.settings import Settings
 NAME = "placement"
 # How often queued jobs are re-planned even when no capacity event arrives (deadlines expire meanwhile).
 QUEUE_SWEEP_SECONDS = 5.0
-# The consumer counts as busy for this long after a batch: it takes the turns itself meanwhile.
-CONSUMER_BUSY_SECONDS = 0.1
-# Between two turns the loop takes, so that a record arriving is fetched without waiting for many turns.
-TURN_PAUSE_SECONDS = 0.005
 
 
 def build(settings: Settings) -> Service:
@@ -80,10 +76,14 @@ def build(settings: Settings) -> Service:
             JobCompletedEvent: partial(handlers.on_job_completed, context),
             JobCancelEvent: partial(handlers.on_job_cancel, context),
         },
+        # What tenants write is kept as it arrives and handled in turns, tenant by tenant (the envelope's
+        # subject), in each tenant's order: one tenant's flood costs another's request a turn.
+        arrival_topics=WRITTEN_BY_TENANTS,
     )
     # A tenant whose key signed a request or cancel that is not a valid event is told why.
     answer = partial(answer_invalid_envelope, context.keyring)
-    service.answers.update({"jobs.requested": answer, "jobs.cancel": answer})
+    service.answers.update(dict.fromkeys(WRITTEN_BY_TENANTS, answer))
+
     document_publishers(
         service.broker,
         [
@@ -118,31 +118,5 @@ def build(settings: Settings) -> Service:
             if moved:
                 service.relay.wake()
 
-    # Requests left to wait their turn (a tenant's flood) are decided here, a turn per transaction, so the
-    # consumer (another tenant's request) runs between any two turns.
-    waiting = asyncio.Event()
-    context.on_backlog = waiting.set
-
-    def take_turn() -> int:
-        with unit_of_work(service.engine) as session:
-            decided = handlers.decide_in_turn(context, session)
-        if decided:
-            service.relay.wake()
-        return decided
-
-    # While records arrive the consumer takes a turn after each batch; the loop only when it is idle.
-    service.after_batch.append(lambda: take_turn() if context.backlog else 0)
-
-    async def decide_in_turn() -> None:
-        while True:
-            if not context.backlog:  # at start it is set: a restarted worker finds what waited before it
-                waiting.clear()
-                await waiting.wait()
-            elif time.monotonic() - service.last_batch_at < CONSUMER_BUSY_SECONDS:
-                await asyncio.sleep(CONSUMER_BUSY_SECONDS)
-            else:
-                take_turn()
-                await asyncio.sleep(TURN_PAUSE_SECONDS)  # room for the consumer's next fetch
-
-    service.background.extend([sweep_queue, decide_in_turn])
+    service.background.append(sweep_queue)
     return service

@@ -91,11 +91,9 @@ from services.placement.storage import (
     queued_jobs,
     release,
     site_of_tenants_run,
-    tenant_has_waiting,
     transition,
     try_reserve,
     upsert_offer,
-    waiting_turns,
 )
 from services.shared.batch import PoisonMessage
 from services.shared.db import defer_to_commit, utc_now
@@ -119,8 +117,6 @@ from services.shared.outbox import add_to_outbox, relay_to_tenant
 # A freed pool re-plans at most this many queued jobs in one transaction; the sweep picks up the rest.
 QUEUE_BATCH = 50
 PRIORITY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
-# How long a transaction has spent deciding each tenant's new requests.
-DECIDING_SPENT_KEY = "placement.deciding_spent_ms"
 # Attempts to reserve when a concurrent worker takes the chosen GPUs first.
 RESERVE_ATTEMPTS = 3
 
@@ -150,15 +146,6 @@ class PlacementContext:
     signature_max_age: timedelta = timedelta(seconds=900)
     # Numbers this worker's decisions 1, 2, ...: governance reports a gap in any worker's numbers.
     worker_id: str = field(default_factory=new_worker_id)
-    # What deciding one tenant's new requests may take in one transaction before the rest wait their turn
-    # (and what one turn of waiting requests may take): another tenant's request waits at most about this.
-    tenant_allowance_ms: float = 50.0
-    # Whether requests may be waiting their turn: set when one is left waiting (and at start, for those
-    # left by an earlier worker), cleared when a turn finds none. While clear, neither a new request nor
-    # the end of a batch looks for waiting requests in the database.
-    backlog: bool = True
-    # Called when a request is left to wait its turn: the turns' loop wakes.
-    on_backlog: Callable[[], None] = field(default=lambda: None)
 
 
 def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequestedEvent) -> None:
@@ -208,50 +195,7 @@ def on_job_requested(ctx: PlacementContext, session: Session, event: JobRequeste
             f"tenant {request.tenant_id!r} is not in the tenant registry",
         )
         return
-    if _waits_its_turn(session, ctx, job):
-        get_logger(job_id=job_id, tenant_id=job.tenant_id).info("decision_waits_its_turn")
-        ctx.backlog = True
-        ctx.on_backlog()
-        return
-    started = ctx.timer()
     _decide(session, ctx, job, request, tenant)
-    spent = session.info.setdefault(DECIDING_SPENT_KEY, {})
-    spent[job.tenant_id] = spent.get(job.tenant_id, 0.0) + (ctx.timer() - started) * 1000
-
-
-def _waits_its_turn(session: Session, ctx: PlacementContext, job: JobRow) -> bool:
-    """Whether a new request is left for the fair turns (`decide_in_turn`) instead of being decided at
-    once: its tenant already spent its allowance deciding in this transaction (a batch), or has requests
-    waiting their turn already, which this one must not overtake. So one tenant's flood costs another's
-    request at most one turn, not the flood."""
-    spent: dict[str, float] = session.info.get(DECIDING_SPENT_KEY, {})
-    if spent.get(job.tenant_id, 0.0) >= ctx.tenant_allowance_ms:
-        return True
-    return ctx.backlog and tenant_has_waiting(session, job.tenant_id, job.job_id)
-
-
-def decide_in_turn(ctx: PlacementContext, session: Session) -> int:
-    """One turn: waiting requests one tenant after another (each tenant's by priority, then arrival; the
-    tenants in the order of their oldest waiting request), round after round, until the turn's allowance is
-    spent. Returns how many were decided."""
-    started, decided = ctx.timer(), 0
-    waiting = waiting_turns(session)
-    ctx.backlog = bool(waiting)
-    for job_id in waiting:
-        job = session.get(JobRow, job_id)
-        if job is None or job.state != JobState.REQUESTED:
-            continue
-        request = JobRequest.model_validate(job.request)
-        tenant = ctx.tenants.get(job.tenant_id)
-        if tenant is None:
-            reason = f"tenant {job.tenant_id!r} left the registry"
-            _reject(session, job, request, RejectionCode.UNKNOWN_TENANT, reason)
-        else:
-            _decide(session, ctx, job, request, tenant)
-        decided += 1
-        if (ctx.timer() - started) * 1000 >= ctx.tenant_allowance_ms:
-            break
-    return decided
 
 
 def _request_for_a_known_job(session: Session, event: JobRequestedEvent, job: JobRow) -> None:

@@ -13,6 +13,7 @@ from sqlmodel import Field, Session, SQLModel, col, func, select
 from contracts.events import CapacityOffered, PolicyDecisionRecord, SiteAttributes
 from contracts.limits import MAX_POOLS_PER_SITE, MAX_SITES
 from services.placement.logic import JobState, PoolState, forbidden_transitions, site_of_run, sites_document
+from services.shared.arrivals import ARRIVAL_TABLES
 from services.shared.db import (
     as_utc,
     empty_json_list,
@@ -155,6 +156,7 @@ TABLES: list[Table] = [
     table_of(CommitmentRow),
     table_of(DecisionSequenceRow),
     table_of(TenantEnvelopeRow),
+    *ARRIVAL_TABLES,
 ]
 
 
@@ -410,40 +412,6 @@ def queued_jobs(session: Session, limit: int, untouched_since: datetime | None =
         query = query.where(col(JobRow.updated_at) < untouched_since)
     order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))
     return list(session.exec(query.order_by(*order).limit(limit)))
-
-
-def tenant_has_waiting(session: Session, tenant_id: str, other_than: str) -> bool:
-    """Whether the tenant has a request waiting its turn (requested, not decided) besides `other_than`."""
-    query = select(JobRow.job_id).where(
-        JobRow.tenant_id == tenant_id, JobRow.state == JobState.REQUESTED, JobRow.job_id != other_than
-    )
-    return session.exec(query.limit(1)).first() is not None
-
-
-# Waiting requests read for one turn: a turn takes one per tenant among these.
-WAITING_SCAN = 500
-
-
-def waiting_turns(session: Session) -> list[str]:
-    """The ids of waiting requests in turns: each tenant's first (by priority, then arrival), the tenants in
-    the order of their oldest, then each one's second, and so on. Only ids are read (a turn decides a few of
-    them); rows another worker is deciding are skipped (PostgreSQL's SKIP LOCKED)."""
-    order = (col(JobRow.priority_rank), col(JobRow.requested_at), col(JobRow.job_id))
-    waiting = session.execute(
-        select(JobRow.job_id, JobRow.tenant_id, JobRow.requested_at)
-        .where(JobRow.state == JobState.REQUESTED)
-        .order_by(*order)
-        .limit(WAITING_SCAN)
-        .with_for_update(skip_locked=True)
-    ).all()
-    by_tenant: dict[str, list[str]] = {}
-    oldest: dict[str, tuple[datetime, str]] = {}
-    for job_id, tenant_id, requested_at in waiting:
-        by_tenant.setdefault(tenant_id, []).append(job_id)
-        oldest[tenant_id] = min(oldest.get(tenant_id, (requested_at, job_id)), (requested_at, job_id))
-    tenants = [by_tenant[tenant] for tenant in sorted(by_tenant, key=oldest.__getitem__)]
-    rounds = max(map(len, tenants), default=0)
-    return [jobs[turn] for turn in range(rounds) for jobs in tenants if turn < len(jobs)]
 
 
 def insert_job(session: Session, job: JobRow) -> bool:

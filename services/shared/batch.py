@@ -102,7 +102,7 @@ def handle_batch(
         with unit_of_work(engine) as session:
             for record, event in events:
                 with _event_logged(record, event):
-                    session.expunge_all()  # as in _apply
+                    session.expunge_all()  # as in apply_in_savepoint
                     handle(session, event)
                     # Written now, as a savepoint's release would: the next event's expunge drops what is
                     # still pending.
@@ -113,9 +113,8 @@ def handle_batch(
             raise
     try:
         with unit_of_work(engine) as session:
-            return [
-                refusal for record, event in events if (refusal := _apply(session, handle, record, event))
-            ]
+            applied = (apply_in_savepoint(session, handle, record, event) for record, event in events)
+            return [refusal for refusal in applied if refusal is not None]
     except Exception as error:
         if is_transient_database_error(error):
             raise
@@ -126,7 +125,7 @@ def handle_batch(
     for record, event in events:
         try:
             with unit_of_work(engine) as session:
-                refusal = _apply(session, handle, record, event)
+                refusal = apply_in_savepoint(session, handle, record, event)
         except Exception as error:
             if is_transient_database_error(error):
                 raise
@@ -146,7 +145,7 @@ def _event_logged(record: Record, event: AnyEvent) -> AbstractContextManager[Non
     )
 
 
-def _apply(
+def apply_in_savepoint(
     session: Session, handle: Callable[[Session, EventT], None], record: Record, event: EventT
 ) -> Refusal | None:
     with _event_logged(record, event):

@@ -127,6 +127,14 @@ def dead_letter_middleware(consumer: str) -> type[BaseMiddleware]:
 async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException, consumer: str) -> None:
     """Send a message its consumer cannot process to `<topic>.dlq`, with the reason and the original
     position in headers, and log it."""
+    headers = dead_letter_headers(record, error, consumer)
+    await broker.publish(
+        record.value or b"", dead_letter_topic(record.topic), key=record.key, headers=headers
+    )
+
+
+def dead_letter_headers(record: Record, error: BaseException, consumer: str) -> dict[str, str]:
+    """The record's own headers, and why it is dead-lettered, where it was and who refused it; logged."""
     headers = {name: value.decode("utf-8", "replace") for name, value in (record.headers or ())}
     headers.update(
         {
@@ -139,9 +147,6 @@ async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException,
             "dlq-failed-at": datetime.now(UTC).isoformat(),
         }
     )
-    await broker.publish(
-        record.value or b"", dead_letter_topic(record.topic), key=record.key, headers=headers
-    )
     get_logger(component="dead_letter", consumer=consumer).error(
         "message_dead_lettered",
         topic=record.topic,
@@ -150,6 +155,7 @@ async def dead_letter(broker: KafkaBroker, record: Record, error: BaseException,
         error_type=type(error).__name__,
         error=refusal_reason(error, record.topic)[:300],
     )
+    return headers
 
 
 def consumer_group(service: str) -> str:

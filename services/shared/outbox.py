@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from contracts import AnyEvent, tenant_stream
-from contracts.events import TOLD_TO_TENANT
+from contracts.events import TOLD_TO_TENANT, dead_letter_topic
 from services.shared.db import table_of, unit_of_work, utc_now
 from services.shared.logging import get_logger
 
@@ -103,6 +103,29 @@ def relay_to_tenant(session: Session, event: AnyEvent, key: str) -> None:
 def _insert(
     session: Session, topic: str, also_to: str | None, event: AnyEvent, key: str, payload: bytes | None = None
 ) -> None:
+    headers = {"event_id": str(event.id), "event_type": event.type, "schema_version": event.schema_version}
+    body = payload if payload is not None else event.model_dump_json().encode()
+    _insert_row(session, topic, also_to, key, event.subject, body, headers)
+
+
+def add_dead_letter(
+    session: Session, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]
+) -> None:
+    """Write a record of `topic` its consumer refused to `<topic>.dlq` as it arrived, the reason in
+    `headers`."""
+    text_key = (key or b"").decode("utf-8", "replace")
+    _insert_row(session, dead_letter_topic(topic), None, text_key, "", value, headers)
+
+
+def _insert_row(
+    session: Session,
+    topic: str,
+    also_to: str | None,
+    key: str,
+    lane: str,
+    payload: bytes,
+    headers: dict[str, str],
+) -> None:
     # Plain INSERTs (no ORM objects) at the commit: rows keep the order they were added in, which the relay
     # publishes in.
     session.info.setdefault(OUTBOX_ROWS, []).append(
@@ -110,13 +133,9 @@ def _insert(
             "topic": topic,
             "also_to": also_to,
             "key": key,
-            "lane": event.subject,
-            "payload": payload if payload is not None else event.model_dump_json().encode(),
-            "headers": {
-                "event_id": str(event.id),
-                "event_type": event.type,
-                "schema_version": event.schema_version,
-            },
+            "lane": lane,
+            "payload": payload,
+            "headers": headers,
             "created_at": utc_now(),
         }
     )

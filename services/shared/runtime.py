@@ -19,7 +19,8 @@ from sqlmodel import Session
 
 from contracts import Event, tenant_stream
 from contracts.events import TOLD_TO_TENANT
-from services.shared.batch import Record, Refusal, handle_batch, parse_records
+from services.shared.arrivals import Turns, claimed_subject, keep
+from services.shared.batch import Record, Refusal, apply_in_savepoint, handle_batch, oversized, parse_records
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import (
     create_service_engine,
@@ -34,16 +35,21 @@ from services.shared.kafka import (
     all_topics,
     build_broker,
     dead_letter,
+    dead_letter_headers,
     ensure_topics,
     publish_outbox_rows,
     subscriber_options,
     transport_security,
 )
 from services.shared.logging import get_logger
-from services.shared.outbox import OUTBOX_TABLES, OutboxRelay
+from services.shared.outbox import OUTBOX_TABLES, OutboxRelay, add_dead_letter
 from services.shared.settings import Settings
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+# The consumer counts as busy for this long after a batch: it takes the arrivals' turns itself meanwhile.
+CONSUMER_BUSY_SECONDS = 0.1
+# Between two turns the loop takes, so that a record arriving is fetched without waiting for many turns.
+TURN_PAUSE_SECONDS = 0.005
 # A background loop that fails (the database went away, say) is restarted after this pause.
 BACKGROUND_RESTART_SECONDS = 1.0
 
@@ -68,9 +74,13 @@ class Service:
     # Per topic, what answers a record that is not a valid event: True if its sender was proved and told
     # (the record is then done with), False to dead-letter it.
     answers: dict[str, Callable[[Session, Record, BaseException], bool]] = field(default_factory=dict)
-    # Run after each consumed batch, in the consumer's turn: work that waits for the consumer to make room
-    # (placement's waiting requests), so that it never delays the next batch by more than itself.
-    after_batch: list[Callable[[], object]] = field(default_factory=list)
+    # Topics whose records are kept as they arrive and handled in turns, lane by lane (set by `consume`),
+    # and what names a record's lane.
+    arrival_topics: frozenset[str] = frozenset()
+    arrival_lane: Callable[[bytes], str] = claimed_subject
+    # Set when records may be waiting their turn (so at start: a restarted worker finds what others kept).
+    arrivals_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    turns: Turns = field(default_factory=Turns)
     # When the consumer last handled a batch (time.monotonic()).
     last_batch_at: float = 0.0
 
@@ -112,31 +122,38 @@ Handlers = Mapping[type[Event[Any]], Callable[[Session, Any], None]]
 
 
 def _batch_decoder(
-    models: Mapping[str, type[Event[Any]]],
+    models: Mapping[str, type[Event[Any]]], arrival_topics: frozenset[str]
 ) -> Callable[[StreamMessage[Any]], Awaitable[list[Event[Any]]]]:
     """Parse each record of a batch alone, as an event of its topic's model, so one bad record is refused
-    alone. The handler's `events` are the good ones; the pairs of record and event, and the refusals,
+    alone; a record of an arrival topic (within its size) is left unread, to be kept for its turn. The
+    handler's `events` are the good ones; the pairs of record and event, the refusals and the arrivals
     travel on the message."""
 
     async def decode(message: StreamMessage[Any]) -> list[Event[Any]]:
         events: list[tuple[Any, Event[Any]]] = []
         refused: list[Refusal] = []
+        arrivals: list[Record] = []
         for record in message.raw_message:
+            if record.topic in arrival_topics and oversized(record) is None:
+                arrivals.append(record)
+                continue
             parsed, refusals = parse_records(models[record.topic], [record])
             events += parsed
             refused += refusals
-        message.parsed_batch = events, refused  # type: ignore[attr-defined]
+        message.parsed_batch = events, refused, arrivals  # type: ignore[attr-defined]
         return [event for _, event in events]
 
     return decode
 
 
-def consume(service: Service, handlers: Handlers) -> None:
+def consume(service: Service, handlers: Handlers, arrival_topics: frozenset[str] = frozenset()) -> None:
     """Subscribe the service to each model's topic with one consumer, in one consumer group: what its
     topics have ready (up to the batch size, from any of them) is handled in one transaction, each event by
     its model's handler; then dead letters are sent, offsets committed and the outbox relay woken. One
     consumer per service, not per topic: each consumer fetches on its own, and an idle one polls the broker
-    every fetch_max_wait_ms."""
+    every fetch_max_wait_ms. Records of `arrival_topics` are kept as they arrive and handled in turns
+    (arrivals.py)."""
+    service.arrival_topics = arrival_topics
     models = {model.model_fields["type"].default: model for model in handlers}
     by_model = dict(handlers)
 
@@ -144,14 +161,19 @@ def consume(service: Service, handlers: Handlers) -> None:
         by_model[type(event)](session, event)
 
     async def handler(events: list[Event[Any]], message: KafkaMessage) -> None:
-        parsed, refused = message.parsed_batch  # type: ignore[attr-defined]
+        parsed, refused, arrivals = message.parsed_batch  # type: ignore[attr-defined]
+        if arrivals:
+            with unit_of_work(service.engine) as session:
+                keep(session, arrivals, service.arrival_lane)
         refused = _unanswered(service, refused) + handle_batch(service.engine, handle, parsed)
         service.crash_points.reached(HANDLER_COMMITTED)
         for record, error in refused:
             await dead_letter(service.broker, record, error, service.name)
+        if arrivals or service.arrivals_waiting.is_set():
+            # One turn in the consumer's own time, so that a steady flow never waits for the loop.
+            service.arrivals_waiting.set()
+            take_arrivals_turn(service)
         service.relay.wake()
-        for follow_up in service.after_batch:
-            follow_up()
         service.last_batch_at = time.monotonic()
 
     # FastStream reads the annotation to document the payload of each topic (the export narrows it to the
@@ -167,10 +189,61 @@ def consume(service: Service, handlers: Handlers) -> None:
         batch=True,
         max_records=service.settings.batch_max_events,
         batch_timeout_ms=service.settings.batch_wait_ms,
-        decoder=_batch_decoder(models),
+        decoder=_batch_decoder(models, arrival_topics),
         **subscriber_options(service.name, service.settings),
     )(handler)
     service.handlers.update({topic: (model, by_model[model]) for topic, model in models.items()})
+
+
+def take_arrivals_turn(service: Service) -> int:
+    """One turn over the kept arrivals, in a transaction of its own; clears `arrivals_waiting` when none was
+    left. Each record is read, answered or dead-lettered (through the outbox) and handled as the consumer
+    would have, within a savepoint of its own."""
+    with unit_of_work(service.engine) as session:
+        handled = service.turns.take(session, partial(_handle_arrival, service))
+    if handled:
+        service.relay.wake()
+    else:
+        service.arrivals_waiting.clear()
+    return handled
+
+
+def _handle_arrival(service: Service, session: Session, record: Record) -> None:
+    model, handle = service.handlers[record.topic]
+    events, refused = parse_records(model, [record])
+    refused += [
+        refusal for record, event in events if (refusal := apply_in_savepoint(session, handle, record, event))
+    ]
+    for record, error in refused:
+        answer = service.answers.get(record.topic)
+        if answer is not None:
+            try:
+                with session.begin_nested():
+                    if answer(session, record, error):
+                        continue
+            except Exception as failure:
+                if is_transient_database_error(failure):
+                    raise
+                get_logger(component="runtime", topic=record.topic).error(
+                    "answer_failed", error=repr(failure)[:300]
+                )
+        headers = dead_letter_headers(record, error, service.name)
+        add_dead_letter(session, record.topic, record.key, record.value, headers)
+
+
+def _arrival_turns(service: Service) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def arrival_turns() -> None:
+        """Turns over the kept arrivals while the consumer is idle (it takes one after each batch)."""
+        service.arrivals_waiting.set()
+        while True:
+            await service.arrivals_waiting.wait()
+            if time.monotonic() - service.last_batch_at < CONSUMER_BUSY_SECONDS:
+                await asyncio.sleep(CONSUMER_BUSY_SECONDS)
+                continue
+            take_arrivals_turn(service)
+            await asyncio.sleep(TURN_PAUSE_SECONDS)  # room for the consumer's next fetch
+
+    return arrival_turns
 
 
 def _unanswered(service: Service, refused: list[Refusal]) -> list[Refusal]:
@@ -274,6 +347,7 @@ async def running(service: Service) -> AsyncIterator[Service]:
         service.relay.run_forever,
         _heartbeat(service),
         *service.background,
+        *([_arrival_turns(service)] if service.arrival_topics else []),
     ]
     tasks = [asyncio.create_task(_supervised(loop)) for loop in loops]
     log.info("service_started", bootstrap_servers=service.settings.bootstrap_servers)

@@ -30,6 +30,7 @@ from services.shared.domain.signing import (
     make_key,
     pre_jcs_form,
     received_content,
+    signed_form,
     write_private_key,
 )
 from sovereign.cli import main
@@ -267,3 +268,17 @@ def test_a_made_factory_key_speaks_for_its_sites(tmp_path: Path) -> None:
     assert (entry.role, entry.principal, entry.sites) == (KeyRole.FACTORY, "acme", ["site-a", "site-b"])
     with pytest.raises(FileExistsError, match=r"f-1\.key exists"):
         make_key(tmp_path, "f-1", KeyRole.FACTORY, "acme")
+
+
+def test_a_received_envelopes_signed_form_is_computed_once_and_is_what_was_signed() -> None:
+    signed = request_event("hanbit-ai")
+    received = JobRequestedEvent.from_received(signed.model_dump_json().encode())
+    first = signed_form(received)
+    assert signed_form(received) is first  # the reuse digest does not compute it again
+    content = json.loads(signed.model_dump_json())
+    content.pop("signature")
+    assert first == jcs(content)
+    assert KEYRING.refusal(received, KeyRole.TENANT, "hanbit-ai") is None
+    # A changed copy is not what was received: its form is its own.
+    changed = received.model_copy(update={"subject": "mois"})
+    assert signed_form(changed) != first

@@ -188,10 +188,17 @@ def jcs(content: Any) -> bytes:
 
 def signed_form(event: AnyEvent) -> bytes:
     """What an envelope's signature covers: the RFC 8785 form of the envelope as its sender wrote it (as
-    received, or as this service will send it), without its `signature` member."""
+    received, or as this service will send it), without its `signature` member. A received envelope's is
+    computed once (the signature check and the reuse digest both ask)."""
+    reading = event.reading
+    if reading is not None and reading.signed_form is not None:
+        return reading.signed_form
     content = event.sent_content()
     content.pop("signature", None)
-    return jcs(content)
+    form = jcs(content)
+    if reading is not None:
+        reading.signed_form = form
+    return form
 
 
 def model_form(signed: BaseModel) -> bytes:

@@ -39,7 +39,7 @@ def record(value: bytes, offset: int, topic: str = "jobs.requested") -> Any:
 
 def kept(engine: Engine, values: list[bytes]) -> None:
     with unit_of_work(engine) as session:
-        keep(session, [record(value, offset) for offset, value in enumerate(values)], claimed_subject)
+        keep(session, [record(value, offset) for offset, value in enumerate(values)])
 
 
 def waiting(engine: Engine) -> int:

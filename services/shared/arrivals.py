@@ -73,13 +73,13 @@ def claimed_subject(value: bytes) -> str:
     return subject[:LANE_LENGTH] if isinstance(subject, str) else ""
 
 
-def keep(session: Session, records: Sequence[Record], lane_of: Callable[[bytes], str]) -> None:
-    """Keep the records for their turns, in the order consumed."""
+def keep(session: Session, records: Sequence[Record]) -> None:
+    """Keep the records for their turns, in the order consumed, each in the lane it claims."""
     session.execute(
         insert(table_of(ArrivalRow)),
         [
             {
-                "lane": lane_of(record.value or b""),
+                "lane": claimed_subject(record.value or b""),
                 "topic": record.topic,
                 "partition": record.partition,
                 "record_offset": record.offset,

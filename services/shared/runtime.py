@@ -6,7 +6,16 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Union
@@ -19,7 +28,7 @@ from sqlmodel import Session
 
 from contracts import Event, tenant_stream
 from contracts.events import TOLD_TO_TENANT
-from services.shared.arrivals import Turns, claimed_subject, keep
+from services.shared.arrivals import Turns, keep
 from services.shared.batch import Record, Refusal, apply_in_savepoint, handle_batch, oversized, parse_records
 from services.shared.crash_points import HANDLER_COMMITTED, OUTBOX_PUBLISHED, CrashPoints
 from services.shared.db import (
@@ -74,10 +83,8 @@ class Service:
     # Per topic, what answers a record that is not a valid event: True if its sender was proved and told
     # (the record is then done with), False to dead-letter it.
     answers: dict[str, Callable[[Session, Record, BaseException], bool]] = field(default_factory=dict)
-    # Topics whose records are kept as they arrive and handled in turns, lane by lane (set by `consume`),
-    # and what names a record's lane.
+    # Topics whose records are kept as they arrive and handled in turns, lane by lane (set by `consume`).
     arrival_topics: frozenset[str] = frozenset()
-    arrival_lane: Callable[[bytes], str] = claimed_subject
     # Set when records may be waiting their turn (so at start: a restarted worker finds what others kept).
     arrivals_waiting: asyncio.Event = field(default_factory=asyncio.Event)
     turns: Turns = field(default_factory=Turns)
@@ -164,7 +171,7 @@ def consume(service: Service, handlers: Handlers, arrival_topics: frozenset[str]
         parsed, refused, arrivals = message.parsed_batch  # type: ignore[attr-defined]
         if arrivals:
             with unit_of_work(service.engine) as session:
-                keep(session, arrivals, service.arrival_lane)
+                keep(session, arrivals)
         refused = _unanswered(service, refused) + handle_batch(service.engine, handle, parsed)
         service.crash_points.reached(HANDLER_COMMITTED)
         for record, error in refused:
@@ -215,20 +222,15 @@ def _handle_arrival(service: Service, session: Session, record: Record) -> None:
         refusal for record, event in events if (refusal := apply_in_savepoint(session, handle, record, event))
     ]
     for record, error in refused:
-        answer = service.answers.get(record.topic)
-        if answer is not None:
-            try:
-                with session.begin_nested():
-                    if answer(session, record, error):
-                        continue
-            except Exception as failure:
-                if is_transient_database_error(failure):
-                    raise
-                get_logger(component="runtime", topic=record.topic).error(
-                    "answer_failed", error=repr(failure)[:300]
-                )
-        headers = dead_letter_headers(record, error, service.name)
-        add_dead_letter(session, record.topic, record.key, record.value, headers)
+        if not _answered(service, partial(_savepoint, session), record, error):
+            headers = dead_letter_headers(record, error, service.name)
+            add_dead_letter(session, record.topic, record.key, record.value, headers)
+
+
+@contextlib.contextmanager
+def _savepoint(session: Session) -> Iterator[Session]:
+    with session.begin_nested():
+        yield session
 
 
 def _arrival_turns(service: Service) -> Callable[[], Coroutine[Any, Any, None]]:
@@ -248,23 +250,33 @@ def _arrival_turns(service: Service) -> Callable[[], Coroutine[Any, Any, None]]:
 
 def _unanswered(service: Service, refused: list[Refusal]) -> list[Refusal]:
     """The records not valid events whose senders no answer could be given to: those are dead-lettered.
-    Each answer is a transaction of its own (this path is rare); a database outage propagates, so the batch
-    is redelivered."""
-    left: list[Refusal] = []
-    for record, error in refused:
-        answer = service.answers.get(record.topic)
-        try:
-            if answer is not None:
-                with unit_of_work(service.engine) as session:
-                    if answer(session, record, error):
-                        continue
-        except Exception as failure:
-            if is_transient_database_error(failure):
-                raise
-            log = get_logger(component="runtime", topic=record.topic)
-            log.error("answer_failed", error=repr(failure)[:300])
-        left.append((record, error))
-    return left
+    Each answer is a transaction of its own (this path is rare)."""
+    in_transaction = partial(unit_of_work, service.engine)
+    return [
+        (record, error) for record, error in refused if not _answered(service, in_transaction, record, error)
+    ]
+
+
+def _answered(
+    service: Service,
+    scope: Callable[[], contextlib.AbstractContextManager[Session]],
+    record: Record,
+    error: BaseException,
+) -> bool:
+    """Whether the record's sender was proved and told why its record was refused (within `scope`): the
+    record is then done with. A failed answer is logged; a database outage propagates, so the record is
+    tried again."""
+    answer = service.answers.get(record.topic)
+    if answer is None:
+        return False
+    try:
+        with scope() as session:
+            return answer(session, record, error)
+    except Exception as failure:
+        if is_transient_database_error(failure):
+            raise
+        get_logger(component="runtime", topic=record.topic).error("answer_failed", error=repr(failure)[:300])
+        return False
 
 
 # How the AsyncAPI documents and the ACLs name the tenant streams a service writes.

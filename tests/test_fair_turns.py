@@ -37,9 +37,14 @@ def record(value: bytes, offset: int, topic: str = "jobs.requested") -> Any:
     return SimpleNamespace(topic=topic, partition=0, offset=offset, key=b"k", value=value, headers=[])
 
 
-def kept(engine: Engine, values: list[bytes]) -> None:
+def kept(engine: Engine, values: list[bytes]) -> set[str]:
     with unit_of_work(engine) as session:
-        keep(session, [record(value, offset) for offset, value in enumerate(values)])
+        return keep(session, [record(value, offset) for offset, value in enumerate(values)])
+
+
+def unhurried() -> Turns:
+    """Turns on a clock that stands still: each turn handles every record it reads."""
+    return Turns(timer=stepping_timer(0.0))
 
 
 def waiting(engine: Engine) -> int:
@@ -66,11 +71,11 @@ def test_a_turn_takes_each_lane_in_rounds_the_oldest_lane_first(database_url: tu
         assert kept_record.topic == "jobs.requested" and kept_record.key == b"k"
 
     with unit_of_work(engine) as session:
-        assert Turns().take(session, handle) == 5
+        assert unhurried().take(session, handle) == 5
     assert handled == [0, 2, 1, 4, 3]
     assert waiting(engine) == 0
     with unit_of_work(engine) as session:
-        assert Turns().take(session, handle) == 0  # none kept: the caller stops looking
+        assert unhurried().take(session, handle) == 0  # none kept: the caller stops looking
 
 
 def test_a_turn_stops_at_its_allowance_and_leaves_the_rest_kept(database_url: tuple[str, str]) -> None:
@@ -102,7 +107,7 @@ def test_a_lane_whose_records_take_whole_turns_cannot_keep_another_waiting(
     turns = Turns(50, stepping_timer(0.06))
     with unit_of_work(engine) as session:
         assert turns.take(session, handle) == 1
-    kept(engine, [envelope("mois", 10), envelope("hanbit-ai", 11)])
+    turns.noticed(kept(engine, [envelope("mois", 10), envelope("hanbit-ai", 11)]))
     for _ in range(3):
         with unit_of_work(engine) as session:
             assert turns.take(session, handle) == 1
@@ -124,16 +129,51 @@ def test_a_record_behind_more_than_a_turn_reads_of_another_lane_is_read_for_the_
     assert handled == [0, -1, 1]
 
 
-def test_a_turn_that_fails_leaves_its_records_kept(database_url: tuple[str, str]) -> None:
+def test_a_turn_that_fails_leaves_its_records_kept_for_the_next(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
-    kept(engine, [envelope("mois", 0)])
+    kept(engine, [envelope("mois", 0), envelope("mois", 1)])
+    handled: list[int] = []
 
-    def handle(session: Session, kept_record: KeptRecord) -> None:
+    def fail(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
         raise RuntimeError("the database went away")
 
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+
+    turns = unhurried()
     with pytest.raises(RuntimeError), unit_of_work(engine) as session:
-        Turns().take(session, handle)
-    assert waiting(engine) == 1
+        turns.take(session, fail)
+    assert waiting(engine) == 2
+    # The order the failed turn had read is forgotten with it: the next turn starts again at the oldest.
+    with unit_of_work(engine) as session:
+        assert turns.take(session, handle) == 2
+    assert handled == [0, 0, 1]
+
+
+def test_the_order_read_lasts_across_turns_until_a_lane_it_lacks_is_kept(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
+    kept(engine, [envelope("hanbit-ai", n) for n in range(3)])
+    handled: list[int] = []
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+
+    turns = Turns(50, stepping_timer(0.06))
+    with unit_of_work(engine) as session:
+        assert turns.take(session, handle) == 1
+    # A later record of a lane the order has waits for the order to be spent; a new lane goes first.
+    turns.noticed(kept(engine, [envelope("hanbit-ai", 3)]))
+    with unit_of_work(engine) as session:
+        assert turns.take(session, handle) == 1
+    turns.noticed(kept(engine, [envelope("mois", 10)]))
+    while True:
+        with unit_of_work(engine) as session:
+            if not turns.take(session, handle):
+                break
+    assert handled == [0, 1, 10, 2, 3]
 
 
 def test_a_flood_ahead_of_another_tenants_request_costs_it_one_turn(
@@ -156,7 +196,7 @@ def test_a_flood_ahead_of_another_tenants_request_costs_it_one_turn(
     assert placed_jobs(engine) == [flood[0].data.job_id, other.data.job_id]
     while True:
         with unit_of_work(engine) as session:
-            if not Turns().take(session, handle):
+            if not unhurried().take(session, handle):
                 break
     flood_placed = [job for job in placed_jobs(engine) if job != other.data.job_id]
     assert flood_placed == [event.data.job_id for event in flood]

@@ -171,7 +171,8 @@ def consume(service: Service, handlers: Handlers, arrival_topics: frozenset[str]
         parsed, refused, arrivals = message.parsed_batch  # type: ignore[attr-defined]
         if arrivals:
             with unit_of_work(service.engine) as session:
-                keep(session, arrivals)
+                lanes = keep(session, arrivals)
+            service.turns.noticed(lanes)
         refused = _unanswered(service, refused) + handle_batch(service.engine, handle, parsed)
         service.crash_points.reached(HANDLER_COMMITTED)
         for record, error in refused:

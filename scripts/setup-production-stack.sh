@@ -2,7 +2,8 @@
 # Installs the production parts that run here as processes, into a cache reused by later runs:
 #   Apache Kafka: its jars from Maven Central (deploy/kafka/pom.xml) laid out as an installation like the
 #     image's /opt/kafka (libs/ and the bin/ commands that deploy/kafka's scripts call);
-#   the OPA server: built from its Go module.
+#   the OPA server: built from its Go module;
+#   Slurm 22.05 with accounting (slurmdbd on MariaDB) and munge: Debian's packages, installed once.
 # Prints the two installation paths as shell assignments (KAFKA_HOME=..., OPA_BIN=...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,19 @@ if [ ! -x "$OPA_HOME/opa" ]; then
     mkdir -p "$OPA_HOME"
     # Outside the repository, so that no go.mod of ours is involved; the build cache is Go's own.
     (cd "$CACHE" && GOBIN="$OPA_HOME" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/opa@$OPA_VERSION") >&2
+fi
+
+# The package list is written once, in sovereign/stack/slurm.py.
+read -r -a SLURM_PACKAGES <<< "$(.venv/bin/python -c 'from sovereign.stack.slurm import DEBIAN_PACKAGES; print(*DEBIAN_PACKAGES)')"
+INSTALLED="$(dpkg-query -W -f='${db:Status-Status}\n' "${SLURM_PACKAGES[@]}" 2>/dev/null | grep -cx installed || true)"
+if [ "$INSTALLED" -ne "${#SLURM_PACKAGES[@]}" ]; then
+    echo "setup: ${SLURM_PACKAGES[*]} from Debian" >&2
+    SUDO=()
+    [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+    "${SUDO[@]}" apt-get update -qq >&2
+    # No service is started for them: the suite and the demo start their own daemons in a fresh directory.
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq \
+        "${SLURM_PACKAGES[@]}" >&2
 fi
 
 echo "KAFKA_HOME=$KAFKA_HOME"

@@ -116,10 +116,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> ModuleS
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """In CI, a skipped PostgreSQL variant or production-stack test is a failure, not a pass."""
+    """In CI, a skipped PostgreSQL variant, production-stack or Slurm test is a failure, not a pass."""
     report: pytest.TestReport = yield
     callspec = getattr(item, "callspec", None)
-    needs_real_parts = item.get_closest_marker("production_stack") is not None or (
+    needs_real_parts = any(item.get_closest_marker(name) for name in ("production_stack", "slurm")) or (
         callspec is not None and callspec.params.get("database_url") == "postgres"
     )
     if IN_CI and report.skipped and needs_real_parts:

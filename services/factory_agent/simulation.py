@@ -32,6 +32,11 @@ def runtime_factor(job_id: uuid.UUID) -> float:
     return 0.80 + (int(job_id.hex[:8], 16) % 2001) / 10_000
 
 
+def energy_wh(gpu_seconds: int, power_kw_per_gpu: float, pue: float) -> int:
+    """The site's power model: its GPUs' draw times the facility's PUE, in whole watt-hours."""
+    return round(gpu_seconds * power_kw_per_gpu * pue * 1000 / 3600)
+
+
 def usage_intervals(
     job_id: uuid.UUID,
     kind: JobKind,
@@ -53,7 +58,7 @@ def usage_intervals(
                 start_offset_s=bounds[index],
                 end_offset_s=bounds[index + 1],
                 gpu_seconds=gpu_seconds,
-                energy_wh=round(gpu_seconds * power_kw_per_gpu * pue * 1000 / 3600),
+                energy_wh=energy_wh(gpu_seconds, power_kw_per_gpu, pue),
                 input_tokens=gpu_seconds * INPUT_TOKENS_PER_GPU_SECOND if inference else 0,
                 output_tokens=gpu_seconds * OUTPUT_TOKENS_PER_GPU_SECOND if inference else 0,
             )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.events import PolicyPublishedEvent
+from services.shared.commands import output_within
 from services.shared.domain.policy import (
     EmbeddedRegoEngine,
     OpaServerEngine,
@@ -69,12 +70,10 @@ async def check_in_child_process(bundle: PolicyBundle) -> CheckResult:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        try:
-            output, _ = await asyncio.wait_for(process.communicate(), CHECK_SECONDS)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        finished = await output_within(process, CHECK_SECONDS)
+        if finished is None:
             return CheckResult(False, 0, f"the policy check did not finish within {CHECK_SECONDS:.0f} s")
+        output, _ = finished
     lines = output.decode(errors="replace").strip().splitlines()
     if process.returncode != 0:
         return CheckResult(

@@ -1,0 +1,215 @@
+"""The Slurm adapter's commands on a real Slurm 22.05 cluster with accounting (slurmdbd on MariaDB), started
+for this module: GPU jobs run as GRES, are charged to the tenant's account at its priority class's QOS,
+fail, are cancelled and are accounted to the second; a drained node's GPUs leave the offer."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import get_args
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts.events import JobRequest
+from services.factory_agent.slurm import (
+    QOS_PRIORITIES,
+    RUN_END,
+    SlurmCluster,
+    SlurmJob,
+    SlurmState,
+    Submission,
+    accounted_intervals,
+)
+from sovereign.stack.slurm import DEBIAN_PACKAGES, LocalSlurm
+
+LAUNCH_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "run-job.sh"
+GPUS = 8
+PARTITION = "gpu"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSlurm, SlurmCluster, Path]]:
+    if shutil.which("slurmctld") is None or shutil.which("mariadbd") is None:
+        pytest.skip(f"Slurm is not installed (Debian: {' '.join(DEBIAN_PACKAGES)}; scripts/setup.sh)")
+    local = LocalSlurm(gpus=GPUS, partitions=(PARTITION,))
+    local.start()
+    fail_dir = tmp_path_factory.mktemp("fail")
+    commands = SlurmCluster({**local.env, "SOVEREIGN_FAIL_DIR": str(fail_dir)})
+    asyncio.run(commands.ensure_qos())
+    try:
+        yield local, commands, fail_dir
+    finally:
+        local.stop()
+
+
+def submission(run_seconds: int = 2, gpus: int = 2, priority: str = "normal") -> Submission:
+    job_id = str(uuid.uuid4())
+    return Submission(
+        run_id=f"{job_id}/1",
+        job_id=job_id,
+        tenant_id="mois",
+        kind="training",
+        partition=PARTITION,
+        gpu_count=gpus,
+        priority=priority,
+        time_limit_minutes=5,
+        deadline=None,
+        run_seconds=run_seconds,
+        launch_script=LAUNCH_SCRIPT,
+    )
+
+
+def wait_for_job(commands: SlurmCluster, job_id: str, done: str = "ended", timeout: float = 60) -> SlurmJob:
+    """Until the job has `done` (ended, or started) in Slurm's accounting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = asyncio.run(commands.jobs([job_id])).get(job_id)
+        if job is not None and getattr(job, done):
+            return job
+        assert time.monotonic() < deadline, f"Slurm job {job_id} not {done}: {job}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slurm
+def test_a_gpu_job_runs_under_the_tenants_account_and_is_accounted_to_the_second(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    local, commands, _ = cluster
+    asked = submission(run_seconds=2, gpus=2, priority="urgent")
+    job_id = asyncio.run(commands.submit(asked))
+    job = wait_for_job(commands, job_id)
+    assert job.state is SlurmState.COMPLETED and RUN_END[job.state] == "succeeded"
+    assert job.gpus == 2 and job.elapsed_seconds >= 2
+    assert job.start is not None and job.end is not None
+    assert (job.end - job.start).total_seconds() == job.elapsed_seconds
+    account = local.command("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "Account,QOS,JobName").strip()
+    assert account == f"mois|urgent|sov-{asked.job_id}-1"
+    intervals = accounted_intervals(job, interval_seconds=1, power_kw_per_gpu=1.0, pue=1.2)
+    assert sum(interval.gpu_seconds for interval in intervals) == job.elapsed_seconds * 2
+
+
+@pytest.mark.slurm
+def test_a_run_is_submitted_once_however_often_it_is_asked(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    _, commands, _ = cluster
+    asked = submission(run_seconds=1)
+    first = asyncio.run(commands.submit(asked))
+    assert asyncio.run(commands.submit(asked)) == first
+    wait_for_job(commands, first)
+    # Once accounted and gone from the queue, it is still found.
+    assert asyncio.run(commands.submit(asked)) == first
+
+
+@pytest.mark.slurm
+def test_a_job_that_exits_non_zero_fails_with_slurms_reason(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    _, commands, fail_dir = cluster
+    asked = submission(run_seconds=1)
+    (fail_dir / asked.job_id).write_text("3")
+    job = wait_for_job(commands, asyncio.run(commands.submit(asked)))
+    assert job.state is SlurmState.FAILED and RUN_END[job.state] == "failed"
+    assert "FAILED" in job.why_it_ended() and "3:0" in job.why_it_ended()
+
+
+@pytest.mark.slurm
+def test_cancelled_while_pending_it_never_starts_and_while_running_it_is_accounted(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    _, commands, _ = cluster
+    running = asyncio.run(commands.submit(submission(run_seconds=60, gpus=GPUS)))
+    wait_for_job(commands, running, done="started")
+    pending = asyncio.run(commands.submit(submission(run_seconds=60, gpus=1)))  # no GPU is free
+    asyncio.run(commands.cancel(pending))
+    asyncio.run(commands.cancel(running))
+    never_ran = wait_for_job(commands, pending)
+    assert never_ran.state is SlurmState.CANCELLED and not never_ran.started
+    assert accounted_intervals(never_ran, 1, 1.0, 1.0) == []
+    stopped = wait_for_job(commands, running)
+    assert stopped.state is SlurmState.CANCELLED and RUN_END[stopped.state] == "cancelled"
+    assert stopped.started and stopped.gpus == GPUS
+
+
+@pytest.mark.slurm
+def test_a_job_runs_on_through_a_restart_of_slurmctld_and_is_accounted_whole(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    local, commands, _ = cluster
+    job_id = asyncio.run(commands.submit(submission(run_seconds=4, gpus=1)))
+    wait_for_job(commands, job_id, done="started")
+    local.restart("slurmctld")
+    job = wait_for_job(commands, job_id)
+    assert job.state is SlurmState.COMPLETED and job.elapsed_seconds >= 4
+    assert sum(i.gpu_seconds for i in accounted_intervals(job, 1, 1.0, 1.0)) == job.elapsed_seconds
+
+
+@pytest.mark.slurm
+def test_a_node_set_down_under_a_running_job_fails_it_for_the_marketplace_to_retry(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    local, commands, _ = cluster
+    job_id = asyncio.run(commands.submit(submission(run_seconds=60, gpus=1)))
+    wait_for_job(commands, job_id, done="started")
+    local.command("scontrol", "update", f"nodename={local.node}", "state=down", "reason=power")
+    job = wait_for_job(commands, job_id)
+    # Its slurmd still answers, so the node returns by itself (ReturnToService=2); resume it if not.
+    local.command("scontrol", "update", f"nodename={local.node}", "state=resume", check=False)
+    deadline = time.monotonic() + 60
+    while asyncio.run(commands.gpus_by_partition()) != {PARTITION: GPUS}:
+        assert time.monotonic() < deadline, "the node did not return to service"
+        time.sleep(0.2)
+    assert job.state is SlurmState.NODE_FAIL and RUN_END[job.state] == "failed"
+    assert "NODE_FAIL" in job.why_it_ended()
+    assert job.started and job.elapsed_seconds >= 0
+
+
+@pytest.mark.slurm
+def test_a_drained_node_takes_its_gpus_out_of_the_offer_until_it_returns(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path],
+) -> None:
+    local, commands, _ = cluster
+    assert asyncio.run(commands.gpus_by_partition()) == {PARTITION: GPUS}
+    local.command("scontrol", "update", f"nodename={local.node}", "state=drain", "reason=maintenance")
+    assert asyncio.run(commands.gpus_by_partition()) == {PARTITION: 0}
+    local.command("scontrol", "update", f"nodename={local.node}", "state=resume")
+    assert asyncio.run(commands.gpus_by_partition()) == {PARTITION: GPUS}
+
+
+def test_every_priority_class_has_its_qos() -> None:
+    assert set(QOS_PRIORITIES) == set(get_args(JobRequest.model_fields["priority"].annotation))
+
+
+def job_of(state: SlurmState, elapsed: int, gpus: int = 3) -> SlurmJob:
+    start = None if state is SlurmState.PENDING else datetime(2027, 1, 1, tzinfo=UTC)
+    return SlurmJob("1", "sov-x", state, start, None, elapsed, gpus, "0:0", "None")
+
+
+@given(
+    interval=st.integers(1, 7200),
+    whole=st.integers(0, 300),
+    part=st.floats(0, 1, exclude_max=True),
+    later=st.integers(0, 20_000),
+    gpus=st.integers(1, 1_000_000),
+)
+def test_intervals_reported_while_running_are_a_prefix_of_the_final_ones_and_add_up(
+    interval: int, whole: int, part: float, later: int, gpus: int
+) -> None:
+    """However long a run and whenever it is looked at while running, what was reported then stays as it
+    was, and the intervals once it ended add up to Slurm's elapsed seconds times its GPUs."""
+    elapsed = whole * interval + int(part * interval)
+    running = accounted_intervals(job_of(SlurmState.RUNNING, elapsed, gpus), interval, 0.7, 1.3)
+    final = accounted_intervals(job_of(SlurmState.COMPLETED, elapsed + later, gpus), interval, 0.7, 1.3)
+    assert final[: len(running)] == running
+    assert sum(i.gpu_seconds for i in final) == (elapsed + later) * gpus
+    assert [i.seq for i in final] == list(range(1, len(final) + 1))
+    assert all(a.end_offset_s == b.start_offset_s for a, b in pairwise(final))
+    assert all(i.end_offset_s > i.start_offset_s for i in final)

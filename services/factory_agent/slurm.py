@@ -214,13 +214,15 @@ class SlurmCluster:
         )
 
     async def find(self, run_id: str) -> str | None:
-        """The Slurm job of a run, if one was submitted: live (squeue) or already accounted (sacct)."""
+        """The Slurm job of a run, if one was submitted: in slurmctld's memory (squeue of every state, which
+        keeps an ended job for MinJobAge), else in the accounting (sacct). sacct alone missed a job in the
+        second it ended (once in three, measured on a loaded machine), and a run was submitted twice."""
         name = job_name(run_id)
-        live = (await self.run("squeue", "-h", "-n", name, "-o", "%i")).split()
-        if live:
-            return live[0]
+        known = (await self.run("squeue", "-h", "-t", "all", "-n", name, "-o", "%i")).split()
+        if known:
+            return known[0]
         accounted = await self.run(
-            "sacct", "-n", "-X", "-P", "--name", name, "-S", "2000-01-01", "-o", "JobID"
+            "sacct", "-n", "-X", "-P", "--name", name, "-S", "2000-01-01", "-E", "now+1days", "-o", "JobID"
         )
         ids = accounted.split()
         return ids[0] if ids else None

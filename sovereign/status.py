@@ -1,6 +1,7 @@
 """`sovereign status`: each service's workers (ready, starting, stopped or down), its consumer lag per topic,
-its outbox backlog, what its outbox set aside and its dead letters. Exit 0 when every service asked about is
-ready: a ready worker, nothing set aside, and no outbox record waiting past OUTBOX_STALE_AFTER."""
+its outbox backlog, the records it keeps for their turns, what its outbox set aside and its dead letters.
+Exit 0 when every service asked about is ready: a ready worker, nothing set aside, and no outbox or kept
+record waiting past OUTBOX_STALE_AFTER."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import asyncio
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from contracts import TOPICS, dead_letter_topic
 from services.registry import SERVICES
+from services.shared.arrivals import ArrivalRow
 from services.shared.db import as_utc, table_of, utc_now
 from services.shared.health import OUTBOX_STALE_AFTER, WorkerRow, recent_workers, worker_state
 from services.shared.kafka import consumer_group, transport_security
@@ -43,6 +46,9 @@ class ServiceStatus:
     # Rows the broker refused for good, by topic, with the last reason given.
     set_aside: dict[str, tuple[int, str]] = field(default_factory=dict)
     dead_letters: int = 0
+    # Records consumed and kept for their turns (arrivals.py), not yet handled: not lag, yet not answered.
+    kept: int = 0
+    oldest_kept_seconds: float | None = None
 
     @property
     def not_ready_because(self) -> list[str]:
@@ -54,6 +60,11 @@ class ServiceStatus:
         if self.oldest_pending_seconds is not None and self.oldest_pending_seconds > bound:
             waited = self.oldest_pending_seconds
             reasons.append(f"the oldest outbox record has waited {waited:.0f} s (more than {bound:.0f})")
+        if self.oldest_kept_seconds is not None and self.oldest_kept_seconds > bound:
+            waited = self.oldest_kept_seconds
+            reasons.append(
+                f"the oldest kept record has waited {waited:.0f} s for its turn (more than {bound:.0f})"
+            )
         return reasons
 
     @property
@@ -70,14 +81,24 @@ async def collect_status(
     groups: dict[str, list[str]] = {}
     for service in services:
         status = ServiceStatus(service)
-        with service_session(settings, service, [*OUTBOX_TABLES, table_of(WorkerRow)]) as session:
+        keeps = table_of(ArrivalRow) in SERVICES[service].tables
+        tables = [*OUTBOX_TABLES, table_of(WorkerRow), *([table_of(ArrivalRow)] if keeps else [])]
+        with service_session(settings, service, tables) as session:
             rows = [row for row in recent_workers(session) if host is None or row.host == host]
             backlog, oldest = session.exec(
                 select(func.count(), func.min(OutboxMessage.created_at)).select_from(OutboxMessage)
             ).one()
             status.outbox_backlog = backlog
-            status.oldest_pending_seconds = None if oldest is None else (now - as_utc(oldest)).total_seconds()
+            status.oldest_pending_seconds = _seconds_since(now, oldest)
             status.set_aside = set_aside_by_topic(session)
+            if keeps:
+                kept, oldest_kept = session.exec(
+                    select(func.count(), func.min(ArrivalRow.arrived_at)).select_from(ArrivalRow)
+                ).one()
+                status.kept = kept
+                status.oldest_kept_seconds = (
+                    None if oldest_kept is None else (now - as_utc(oldest_kept)).total_seconds()
+                )
         status.workers = [
             WorkerStatus(
                 row.worker_id, worker_state(row, now), (now - as_utc(row.heartbeat_at)).total_seconds()
@@ -101,6 +122,10 @@ async def collect_status(
     return report
 
 
+def _seconds_since(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else (now - as_utc(then)).total_seconds()
+
+
 def set_aside_by_topic(session: Session) -> dict[str, tuple[int, str]]:
     """How many rows the broker refused for good, by topic, and the reason of the last one."""
     counts = session.exec(
@@ -119,7 +144,7 @@ def render_status(report: list[ServiceStatus]) -> str:
         lines.append(
             f"{status.service:<14} {'ready' if status.ready else 'NOT READY':<10} "
             f"lag {sum(status.lag.values()):>6}  outbox {status.outbox_backlog:>5}  "
-            f"dead letters {status.dead_letters}"
+            f"dead letters {status.dead_letters}" + (f"  kept {status.kept}" if status.kept else "")
         )
         for worker in live or status.workers[:1]:
             lines.append(

@@ -89,6 +89,10 @@ def job_id_for(tenant_id: str, client_request_id: str) -> uuid.UUID:
     return uuid.uuid5(JOB_ID_NAMESPACE, f"{tenant_id}/{client_request_id}")
 
 
+# A request's priority class: the queue's order, and at a Slurm site the QOS its run is submitted under.
+Priority = Literal["low", "normal", "high", "urgent"]
+
+
 class JobKind(StrEnum):
     TRAINING = "training"
     FINE_TUNING = "fine_tuning"
@@ -158,7 +162,7 @@ class JobRequest(Inbound):
         max_length=MAX_REGIONS,
         description="Never placed in these regions; in any case.",
     )
-    priority: Literal["low", "normal", "high", "urgent"] = Field(
+    priority: Priority = Field(
         default="normal", description="Queue order: priority class first, then arrival."
     )
     max_attempts: int = Field(
@@ -275,6 +279,10 @@ class JobPlaced(Contract):
     )
     attestation: PlacementAttestation | None = Field(
         default=None, description="The marketplace's signed statement of this placement; `sovereign attest`."
+    )
+    priority: Priority = Field(default="normal", description="The request's priority class (since 1.7).")
+    deadline: AwareDatetime | None = Field(
+        default=None, description="The request's deadline, for the factory's scheduler (since 1.7)."
     )
 
 
@@ -400,6 +408,11 @@ class JobCompleted(Inbound):
     usage_reports: int = Field(ge=0, description="How many usage.reported events this run emitted.")
     attempt: int = Field(default=1, ge=1, description="The run of the job, as placed.")
     gpu_seconds: int = Field(ge=0)
+    reason: str | None = Field(
+        default=None,
+        max_length=MAX_REASON_LENGTH,
+        description="Why a run failed, as the factory's scheduler says (since 1.5).",
+    )
 
 
 class JobBilled(Contract):
@@ -693,7 +706,7 @@ class JobRequestedEvent(Event[JobRequest]):
 
 
 class JobPlacedEvent(Event[JobPlaced]):
-    SCHEMA_VERSION: ClassVar[str] = "1.6"
+    SCHEMA_VERSION: ClassVar[str] = "1.7"
     # The attestation it carries is signed over the claim's RFC 8785 form.
     JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.6"
     type: Literal["jobs.placed"] = "jobs.placed"
@@ -732,7 +745,7 @@ class UsageReportedEvent(Event[UsageReported]):
 
 
 class JobCompletedEvent(Event[JobCompleted]):
-    SCHEMA_VERSION: ClassVar[str] = "1.4"
+    SCHEMA_VERSION: ClassVar[str] = "1.5"
     JCS_SIGNATURES_SINCE: ClassVar[str | None] = "1.4"
     type: Literal["jobs.completed"] = "jobs.completed"
 

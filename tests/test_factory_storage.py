@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Engine
+
 from contracts.events import (
     JobCancelled,
     JobCancelledEvent,
@@ -13,8 +15,9 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.factory_agent import handlers as factory
+from services.factory_agent.backends import SimulatedBackend
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
-from services.factory_agent.storage import run_key
+from services.factory_agent.storage import RunRow, run_key
 from services.shared.db import unit_of_work
 from tests.conftest import placed_at_haenam
 from tests.storage_support import (
@@ -26,10 +29,20 @@ from tests.storage_support import (
 # --- factory agent ----------------------------------------------------------------------------------
 
 
+def tick(
+    engine: Engine, ctx: factory.FactoryContext, backend: SimulatedBackend, run_id: str, now: datetime
+) -> None:
+    """One turn of the agent's loop for a run: what the simulation says of it at `now`, reported."""
+    with unit_of_work(engine) as session:
+        run = session.get(RunRow, run_id)
+        assert run is not None
+        factory.advance_run(ctx, session, run_id, backend.report_now(run, now))
+
+
 def test_a_second_cancel_notice_before_the_placement_changes_nothing(database_url: tuple[str, str]) -> None:
     """Found by the fuzz tests: the second notice for a job not placed here yet failed on its primary key."""
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers})
     job_id = uuid.uuid4()
     data = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam", reason="x")
     for _ in range(2):
@@ -44,17 +57,17 @@ def test_a_second_cancel_notice_before_the_placement_changes_nothing(database_ur
 
 def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers})
+    backend = SimulatedBackend(3600, {})
     running = placed_at_haenam(uuid.uuid4())
     running = running.model_copy(
         update={"data": running.data.model_copy(update={"pool_id": "nacc-haenam-b200", "expected_hours": 6})}
     )
     with unit_of_work(engine) as session:
         factory.on_job_placed(ctx, session, running)
-    with unit_of_work(engine) as session:  # two simulated hours pass: two intervals reported
-        factory.advance_run(
-            ctx, session, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(seconds=2.2)
-        )
+    tick(
+        engine, ctx, backend, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(seconds=2.2)
+    )  # two simulated hours pass: two intervals reported
 
     def cancelled(job_id: uuid.UUID) -> JobCancelledEvent:
         data = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam")
@@ -62,10 +75,9 @@ def test_factory_stops_a_cancelled_run_and_reports_what_it_used(database_url: tu
 
     with unit_of_work(engine) as session:
         factory.on_job_cancelled(ctx, session, cancelled(running.data.job_id))
-    with unit_of_work(engine) as session:  # later ticks report nothing more
-        factory.advance_run(
-            ctx, session, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
-        )
+    tick(
+        engine, ctx, backend, run_key(str(running.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
+    )  # later ticks report nothing more
     [completed] = [
         JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
     ]
@@ -88,7 +100,8 @@ def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
 ) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
     offers = {o.site.site_id: o for o in CATALOGUE.offers}
-    ctx = factory.FactoryContext(offers=offers, time_scale=3600, failure_rates={"nacc-haenam": 1.0})
+    ctx = factory.FactoryContext(offers=offers)
+    backend = SimulatedBackend(3600, {"nacc-haenam": 1.0})
     placed = placed_at_haenam(uuid.uuid4())
     # Long enough for six usage intervals, whatever the job's runtime factor.
     placed = placed.model_copy(
@@ -96,10 +109,7 @@ def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
     )
     with unit_of_work(engine) as session:
         factory.on_job_placed(ctx, session, placed)
-    with unit_of_work(engine) as session:
-        factory.advance_run(
-            ctx, session, run_key(str(placed.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1)
-        )
+    tick(engine, ctx, backend, run_key(str(placed.data.job_id), 1), datetime.now(UTC) + timedelta(hours=1))
     [completed] = [
         JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
     ]
@@ -111,7 +121,8 @@ def test_a_faulty_site_fails_the_run_halfway_and_reports_only_whole_intervals(
 
 def test_factory_reports_each_interval_once_and_completes(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
-    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers}, time_scale=3600)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers})
+    backend = SimulatedBackend(3600, {})
     placed = placed_at_haenam(uuid.uuid4())
     placed = placed.model_copy(
         update={"data": placed.data.model_copy(update={"pool_id": "nacc-haenam-b200"})}
@@ -120,8 +131,7 @@ def test_factory_reports_each_interval_once_and_completes(database_url: tuple[st
         factory.on_job_placed(ctx, session, placed)
     later = datetime.now(UTC) + timedelta(hours=1)
     for _ in range(2):
-        with unit_of_work(engine) as session:
-            factory.advance_run(ctx, session, run_key(str(placed.data.job_id), 1), later)
+        tick(engine, ctx, backend, run_key(str(placed.data.job_id), 1), later)
     usage = outbox(engine, "usage.reported")
     assert len(usage) >= 1
     assert len({row.headers["event_id"] for row in usage}) == len(usage)

@@ -71,7 +71,7 @@ def clean_history() -> History:
             }
         ],
         logged_decision_ids={DECISION},
-        runs=[{"job_id": JOB, "attempt": 1}],
+        runs=[{"job_id": JOB, "attempt": 1, "started_reported": True}],
         usage_lines=[
             {"source": usage["source"], "event_id": usage["id"], "job_id": JOB, "attempt": 1, "seq": 1}
         ],
@@ -351,3 +351,11 @@ def test_a_failed_run_whose_retry_was_rejected_ends_rejected() -> None:
     assert check(history) == []
     history.jobs[0]["state"] = "failed"
     assert [v.invariant for v in check(history)] == [1]
+
+
+def test_a_run_accepted_at_a_factory_needs_jobs_started_only_once_its_backend_started_it() -> None:
+    history = clean_history()
+    history.runs.append({"job_id": str(uuid.uuid4()), "attempt": 1, "started_reported": False})
+    assert check(history) == []  # cancelled before its backend ran it: it never started
+    history.runs[-1]["started_reported"] = True
+    assert [v.invariant for v in check(history)] == [6]

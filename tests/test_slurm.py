@@ -17,8 +17,19 @@ from typing import get_args
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Engine
 
-from contracts.events import JobRequest
+from contracts.events import (
+    JobCancelled,
+    JobCancelledEvent,
+    JobCompletedEvent,
+    JobKind,
+    JobRequest,
+    UsageReportedEvent,
+)
+from services.factory_agent.app import drive_runs_once
+from services.factory_agent.backends import SlurmBackend
+from services.factory_agent.handlers import FactoryContext, on_job_cancelled, on_job_placed
 from services.factory_agent.slurm import (
     QOS_PRIORITIES,
     RUN_END,
@@ -28,7 +39,11 @@ from services.factory_agent.slurm import (
     Submission,
     accounted_intervals,
 )
+from services.factory_agent.storage import TABLES as FACTORY_TABLES
+from services.shared.db import unit_of_work
 from sovereign.stack.slurm import DEBIAN_PACKAGES, LocalSlurm
+from tests.conftest import placed_at_haenam
+from tests.storage_support import CATALOGUE, make_engine, outbox
 
 LAUNCH_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "run-job.sh"
 GPUS = 8
@@ -183,6 +198,96 @@ def test_a_drained_node_takes_its_gpus_out_of_the_offer_until_it_returns(
     assert asyncio.run(commands.gpus_by_partition()) == {PARTITION: 0}
     local.command("scontrol", "update", f"nodename={local.node}", "state=resume")
     assert asyncio.run(commands.gpus_by_partition()) == {PARTITION: GPUS}
+
+
+def slurm_site(commands: SlurmCluster, tmp_path: Path) -> tuple[Engine, FactoryContext, SlurmBackend]:
+    """A factory agent's database, context and Slurm backend for the catalogue's nacc-haenam."""
+    engine = make_engine((f"sqlite:///{tmp_path / 'factory.db'}", ""), "factory-agent", FACTORY_TABLES)
+    context = FactoryContext(
+        offers={o.site.site_id: o for o in CATALOGUE.offers if o.site.site_id == "nacc-haenam"}
+    )
+    backend = SlurmBackend(
+        commands,
+        partitions={pool.pool_id: PARTITION for pool in context.offers["nacc-haenam"].pools},
+        launch_scripts=dict.fromkeys([kind.value for kind in JobKind], LAUNCH_SCRIPT),
+        time_scale=3600,  # an expected hour runs for a second
+        interval_seconds=1,
+    )
+    return engine, context, backend
+
+
+def drive_until(engine: Engine, backend: SlurmBackend, context: FactoryContext, topic: str) -> None:
+    """The agent's loop, pass after pass, until it has emitted an event to `topic`."""
+    deadline = time.monotonic() + 60
+    while not outbox(engine, topic):
+        asyncio.run(drive_runs_once(engine, backend, context))
+        assert time.monotonic() < deadline, f"nothing reached {topic}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slurm
+def test_a_placed_run_runs_as_a_slurm_job_and_its_usage_is_slurms_accounting(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path], tmp_path: Path
+) -> None:
+    """The factory agent's loop on a Slurm backend: jobs.placed becomes a Slurm job under the tenant's
+    account at the request's priority class; jobs.started, each usage interval and jobs.completed follow,
+    and the GPU-seconds reported are sacct's elapsed seconds times its gres/gpu."""
+    local, commands, _ = cluster
+    engine, context, backend = slurm_site(commands, tmp_path)
+    job_id = uuid.uuid4()
+    placed = placed_at_haenam(job_id, gpu_count=2, expected_hours=3.0, priority="high")
+    with unit_of_work(engine) as session:
+        on_job_placed(context, session, placed)
+    deadline = time.monotonic() + 60
+    while not outbox(engine, "jobs.completed"):
+        asyncio.run(drive_runs_once(engine, backend, context))
+        assert time.monotonic() < deadline, "the run never ended"
+        time.sleep(0.2)
+    [completed] = [
+        JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
+    ]
+    usage = [UsageReportedEvent.model_validate_json(r.payload).data for r in outbox(engine, "usage.reported")]
+    assert len(outbox(engine, "jobs.started")) == 1
+    [slurm_job] = local.command(
+        "sacct", "-n", "-X", "-P", "--name", f"sov-{job_id}-1", "-S", "2000-01-01", "-o", "JobID,QOS,Account"
+    ).split()
+    slurm_id, qos, account = slurm_job.split("|")
+    assert (qos, account) == ("high", "mois")
+    accounted = asyncio.run(commands.jobs([slurm_id]))[slurm_id]
+    assert accounted.gpus == 2 and accounted.elapsed_seconds >= 3
+    assert completed.status == "succeeded" and completed.usage_reports == len(usage)
+    assert sum(u.gpu_seconds for u in usage) == completed.gpu_seconds == accounted.elapsed_seconds * 2
+    assert [u.seq for u in usage] == list(range(1, len(usage) + 1))
+
+
+@pytest.mark.slurm
+def test_a_run_cancelled_while_it_runs_on_slurm_is_billed_for_what_it_used(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path], tmp_path: Path
+) -> None:
+    _, commands, _ = cluster
+    engine, context, backend = slurm_site(commands, tmp_path)
+    job_id = uuid.uuid4()
+    with unit_of_work(engine) as session:
+        on_job_placed(context, session, placed_at_haenam(job_id, gpu_count=1, expected_hours=60.0))
+    drive_until(engine, backend, context, "jobs.started")
+    cancel = JobCancelled(job_id=job_id, tenant_id="mois", stage="placed", site_id="nacc-haenam")
+    with unit_of_work(engine) as session:
+        on_job_cancelled(
+            context,
+            session,
+            JobCancelledEvent.create(source="service/placement", subject="mois", data=cancel),
+        )
+    drive_until(engine, backend, context, "jobs.completed")
+    [completed] = [
+        JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
+    ]
+    usage = [UsageReportedEvent.model_validate_json(r.payload).data for r in outbox(engine, "usage.reported")]
+    assert completed.status == "cancelled" and completed.usage_reports == len(usage)
+    slurm_id = asyncio.run(commands.find(f"{job_id}/1"))
+    assert slurm_id is not None
+    accounted = asyncio.run(commands.jobs([slurm_id]))[slurm_id]
+    assert accounted.state is SlurmState.CANCELLED
+    assert sum(u.gpu_seconds for u in usage) == accounted.elapsed_seconds * 1
 
 
 def test_every_priority_class_has_its_qos() -> None:

@@ -1,19 +1,32 @@
-"""The factory agent's wiring. It SIMULATES AI factories (scaled time, synthetic usage); see handlers.py."""
+"""The factory agent's wiring: its consumer, and the loop that hands placed runs to the site's backend
+(backends.py: the simulation by default, or a Slurm cluster) and reports what the backend says of them."""
 
 from __future__ import annotations
 
 import asyncio
 from functools import partial
 
+from sqlalchemy import Engine
+
 from contracts.events import (
     CapacityOfferedEvent,
+    CapacityUpdatedEvent,
     JobCancelledEvent,
     JobCompletedEvent,
+    JobKind,
     JobPlacedEvent,
     JobStartedEvent,
     UsageReportedEvent,
 )
 from services.factory_agent import handlers
+from services.factory_agent.backends import (
+    BackendKind,
+    FactoryBackend,
+    RunReport,
+    SimulatedBackend,
+    SlurmBackend,
+)
+from services.factory_agent.slurm import SlurmCluster
 from services.factory_agent.storage import TABLES
 from services.shared.db import unit_of_work, utc_now
 from services.shared.domain.attestation import load_attestations
@@ -24,6 +37,8 @@ from services.shared.settings import Settings
 
 NAME = "factory-agent"
 TICK_SECONDS = 0.1
+# How often the backend is asked what each pool can take (the simulation never changes).
+CAPACITY_SECONDS = 5.0
 
 
 def build(settings: Settings) -> Service:
@@ -40,12 +55,11 @@ def build(settings: Settings) -> Service:
             for o in catalogue.offers
             if not wanted or o.site.site_id in wanted
         },
-        time_scale=settings.time_scale,
-        failure_rates=settings.site_failure_rates,
         signer=Signer.load(settings.signing_key_path, settings.signing_key_id)
         if settings.signing_key_path
         else None,
     )
+    backend = build_backend(settings, context)
     # Offers go through the outbox like every other event: published as soon as the relay runs.
     service.on_start.append(partial(handlers.offer_capacity, context))
     consume(
@@ -56,20 +70,79 @@ def build(settings: Settings) -> Service:
         },
     )
     document_publishers(
-        service.broker, [CapacityOfferedEvent, JobStartedEvent, UsageReportedEvent, JobCompletedEvent], NAME
+        service.broker,
+        [CapacityOfferedEvent, CapacityUpdatedEvent, JobStartedEvent, UsageReportedEvent, JobCompletedEvent],
+        NAME,
     )
 
-    async def simulate() -> None:
+    async def drive_runs() -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            with unit_of_work(service.engine) as session:
-                run_ids = handlers.running_run_ids(session)
-            emitted = 0
-            for run_id in run_ids:
-                with unit_of_work(service.engine) as session:
-                    emitted += handlers.advance_run(context, session, run_id, utc_now())
-            if emitted:
+            if await drive_runs_once(service.engine, backend, context):
                 service.relay.wake()
 
-    service.background.append(simulate)
+    async def follow_capacity() -> None:
+        """A pool whose usable GPUs change (a node drained, down or back) is offered at its new size."""
+        offered = {pool.pool_id: pool.gpu_count for offer in context.offers.values() for pool in offer.pools}
+        while True:
+            usable = await backend.capacity()
+            changed = {pool: gpus for pool, gpus in (usable or {}).items() if offered.get(pool) != gpus}
+            if changed:
+                with unit_of_work(service.engine) as session:
+                    handlers.update_capacity(context, session, changed)
+                offered.update(changed)
+                service.relay.wake()
+            await asyncio.sleep(CAPACITY_SECONDS)
+
+    service.background += [drive_runs, follow_capacity]
     return service
+
+
+async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: handlers.FactoryContext) -> int:
+    """One pass over the runs not yet ended: hand each new one to the backend, pass cancels on, and report
+    what the backend says of each. Returns how many events it emitted."""
+    with unit_of_work(engine) as session:
+        runs = handlers.active_runs(session)
+    reports: dict[str, RunReport] = {}
+    for run in runs:
+        if run.cancel_requested and not run.submitted:
+            reports[run.run_id] = RunReport(started=False, status="cancelled")  # it never ran
+            continue
+        if not run.submitted:
+            backend_ref = await backend.submit(run)
+            with unit_of_work(engine) as session:
+                handlers.mark_submitted(session, run.run_id, backend_ref)
+            run.submitted, run.backend_ref = True, backend_ref
+        if run.cancel_requested and not run.cancel_sent:
+            await backend.cancel(run)
+            with unit_of_work(engine) as session:
+                handlers.mark_cancel_sent(session, run.run_id)
+    handed = [run for run in runs if run.submitted and run.run_id not in reports]
+    reports.update(await backend.report(handed, utc_now()))
+    emitted = 0
+    for run_id, report in reports.items():
+        with unit_of_work(engine) as session:
+            emitted += handlers.advance_run(context, session, run_id, report)
+    return emitted
+
+
+def build_backend(settings: Settings, context: handlers.FactoryContext) -> FactoryBackend:
+    kind = BackendKind(settings.factory_backend)
+    if kind is BackendKind.SIMULATION:
+        return SimulatedBackend(settings.time_scale, settings.site_failure_rates)
+    pools = {pool.pool_id for offer in context.offers.values() for pool in offer.pools}
+    unmapped = pools - set(settings.slurm_partitions)
+    if unmapped:
+        raise ValueError(
+            f"SOVEREIGN_SLURM_PARTITIONS has no partition for pools {', '.join(sorted(unmapped))}"
+        )
+    unscripted = {kind.value for kind in JobKind} - set(settings.slurm_launch_scripts)
+    if unscripted:
+        raise ValueError(f"SOVEREIGN_SLURM_LAUNCH_SCRIPTS has no script for {', '.join(sorted(unscripted))}")
+    return SlurmBackend(
+        SlurmCluster({}),
+        settings.slurm_partitions,
+        settings.slurm_launch_scripts,
+        settings.time_scale,
+        settings.slurm_usage_interval_seconds,
+    )

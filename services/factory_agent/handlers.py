@@ -1,11 +1,12 @@
-"""The factory agent's transaction scripts. It simulates an AI factory's own scheduler: a real adapter
-(Slurm, Kubernetes/Kueue) would take jobs.placed the same way and report real usage instead."""
+"""The factory agent's transaction scripts, the same whatever runs the jobs (backends.py): a placed run is
+recorded here and handed to the backend by the agent's loop, which brings each report back through
+advance_run: jobs.started once, each usage interval once, jobs.completed at the end."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from sqlmodel import Session, col, select
@@ -14,17 +15,20 @@ from contracts import AnyEvent
 from contracts.events import (
     CapacityOffered,
     CapacityOfferedEvent,
+    CapacityUpdated,
+    CapacityUpdatedEvent,
     JobCancelledEvent,
     JobCompleted,
     JobCompletedEvent,
-    JobKind,
     JobPlacedEvent,
     JobStarted,
     JobStartedEvent,
     UsageReported,
     UsageReportedEvent,
 )
-from services.factory_agent.simulation import UsageInterval, failure_point, usage_event_id, usage_intervals
+from contracts.limits import MAX_REASON_LENGTH
+from services.factory_agent.backends import RunReport
+from services.factory_agent.simulation import UsageInterval, usage_event_id
 from services.factory_agent.storage import (
     CancelledJob,
     RunRow,
@@ -46,9 +50,6 @@ CONSUMER = "factory-agent"
 @dataclass(frozen=True)
 class FactoryContext:
     offers: dict[str, CapacityOffered]
-    time_scale: float
-    # Share of runs that fail at each site (simulated hardware faults); absent sites never fail.
-    failure_rates: dict[str, float] = field(default_factory=dict)
     # The factory's key: placement and billing refuse its offers, runs' starts and ends and usage unsigned.
     signer: Signer | None = None
 
@@ -71,6 +72,21 @@ def offer_capacity(ctx: FactoryContext, session: Session) -> None:
             CapacityOfferedEvent.create(source=ctx.source(site_id), subject=site_id, data=offer),
             site_id,
         )
+
+
+def update_capacity(ctx: FactoryContext, session: Session, usable: dict[str, int]) -> None:
+    """capacity.updated for each pool whose usable GPUs changed: none usable is maintenance."""
+    site_of = {pool.pool_id: site_id for site_id, offer in ctx.offers.items() for pool in offer.pools}
+    for pool_id, gpus in sorted(usable.items()):
+        site_id = site_of[pool_id]
+        status: Literal["available", "maintenance"] = "available" if gpus else "maintenance"
+        update = CapacityUpdated(site_id=site_id, pool_id=pool_id, status=status, gpu_count=gpus)
+        ctx.emit(
+            session,
+            CapacityUpdatedEvent.create(source=ctx.source(site_id), subject=site_id, data=update),
+            site_id,
+        )
+        get_logger(site_id=site_id, pool_id=pool_id).info("capacity_updated", gpus=gpus, status=status)
 
 
 def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) -> None:
@@ -114,22 +130,11 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
             expected_hours=placed.expected_hours,
             power_kw_per_gpu=pool.power_kw_per_gpu,
             pue=pool.pue,
+            priority=placed.priority,
+            deadline=placed.deadline,
         )
     )
-    started = JobStarted(
-        job_id=placed.job_id,
-        tenant_id=placed.tenant_id,
-        site_id=placed.site_id,
-        pool_id=placed.pool_id,
-        gpu_count=placed.gpu_count,
-        attempt=placed.attempt,
-    )
-    ctx.emit(
-        session,
-        JobStartedEvent.create(source=ctx.source(placed.site_id), subject=placed.tenant_id, data=started),
-        str(placed.job_id),
-    )
-    get_logger(job_id=str(placed.job_id), site_id=placed.site_id).info("job_started", attempt=placed.attempt)
+    get_logger(job_id=str(placed.job_id), site_id=placed.site_id).info("run_accepted", attempt=placed.attempt)
 
 
 def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledEvent) -> None:
@@ -145,49 +150,59 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
         # Before its placement arrives; a second notice for the job (the fuzz tests sent one) changes nothing.
         insert_ignoring_duplicates(session, table_of(CancelledJob), {"job_id": job_id})
         return
-    if not finish_run(session, run.run_id, RunState.CANCELLED):
-        return  # it had already finished
-    reported = _intervals(run)[: run.next_seq - 1]
-    _report_completion(
-        ctx,
-        session,
-        cancelled.job_id,
-        run.attempt,
-        run.tenant_id,
-        run.site_id,
-        run.pool_id,
-        run.gpu_count,
-        "cancelled",
-        reported,
+    # The agent's loop passes it on; the backend's report then ends the run, with the usage until then.
+    run.cancel_requested = True
+
+
+def active_runs(session: Session) -> list[RunRow]:
+    """The runs not yet ended here, detached from the session (the loop awaits the backend with them)."""
+    runs = list(
+        session.exec(select(RunRow).where(RunRow.state == RunState.RUNNING).order_by(col(RunRow.run_id)))
     )
+    session.expunge_all()
+    return runs
 
 
-def running_run_ids(session: Session) -> list[str]:
-    return list(
-        session.exec(
-            select(RunRow.run_id).where(RunRow.state == RunState.RUNNING).order_by(col(RunRow.run_id))
-        )
-    )
+def mark_submitted(session: Session, run_id: str, backend_ref: str | None) -> None:
+    run = session.get(RunRow, run_id)
+    if run is not None:
+        run.submitted, run.backend_ref = True, backend_ref
 
 
-def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetime) -> int:
-    """Report every interval of the run that simulated time has reached; complete the run after the last,
-    or fail it where the simulated fault strikes."""
+def mark_cancel_sent(session: Session, run_id: str) -> None:
+    run = session.get(RunRow, run_id)
+    if run is not None:
+        run.cancel_sent = True
+
+
+def advance_run(ctx: FactoryContext, session: Session, run_id: str, report: RunReport) -> int:
+    """Report what the backend says of a run that was not reported yet: its start, each usage interval,
+    and its end. Each interval is claimed first, so two agents (or a restarted one) report it once.
+    Returns how many events were emitted."""
     run = session.get(RunRow, run_id)
     if run is None or run.state != RunState.RUNNING:
         return 0
     job_uuid = uuid.UUID(run.job_id)
-    started = as_utc(run.started_at)
-    simulated_elapsed = (now - started).total_seconds() * ctx.time_scale
-    intervals = _intervals(run)
-    fails_after = failure_point(
-        job_uuid, run.attempt, ctx.failure_rates.get(run.site_id, 0.0), len(intervals)
-    )
-    reportable = intervals if fails_after is None else intervals[:fails_after]
-    emitted = 0
     source = ctx.source(run.site_id)
-    for interval in reportable[run.next_seq - 1 :]:
-        if interval.end_offset_s > simulated_elapsed or not claim_interval(session, run_id, interval.seq):
+    emitted = 0
+    if report.started and not run.started_reported:
+        run.started_reported = True
+        started = JobStarted(
+            job_id=job_uuid,
+            tenant_id=run.tenant_id,
+            site_id=run.site_id,
+            pool_id=run.pool_id,
+            gpu_count=run.gpu_count,
+            attempt=run.attempt,
+        )
+        ctx.emit(
+            session, JobStartedEvent.create(source=source, subject=run.tenant_id, data=started), run.job_id
+        )
+        get_logger(job_id=run.job_id, site_id=run.site_id).info("job_started", attempt=run.attempt)
+        emitted += 1
+    began = report.began or as_utc(run.started_at)
+    for interval in report.intervals[run.next_seq - 1 :]:
+        if not claim_interval(session, run_id, interval.seq):
             break
         usage = UsageReported(
             job_id=job_uuid,
@@ -200,9 +215,8 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetim
             energy_wh=interval.energy_wh,
             input_tokens=interval.input_tokens,
             output_tokens=interval.output_tokens,
-            # Simulated clock: the run's start plus simulated seconds.
-            interval_start=started + timedelta(seconds=interval.start_offset_s),
-            interval_end=started + timedelta(seconds=interval.end_offset_s),
+            interval_start=began + timedelta(seconds=interval.start_offset_s),
+            interval_end=began + timedelta(seconds=interval.end_offset_s),
         )
         ctx.emit(
             session,
@@ -215,11 +229,8 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetim
             run.job_id,
         )
         emitted += 1
-    # A run ends when its last interval does; a failing one when the interval it fails in would have.
-    ends_at = intervals[-1 if fails_after is None else fails_after].end_offset_s
-    status: Literal["succeeded", "failed"] = "succeeded" if fails_after is None else "failed"
-    state = RunState.COMPLETED if fails_after is None else RunState.FAILED
-    if ends_at <= simulated_elapsed and finish_run(session, run_id, state):
+    end_state = {"succeeded": RunState.COMPLETED, "failed": RunState.FAILED, "cancelled": RunState.CANCELLED}
+    if report.status is not None and finish_run(session, run_id, end_state[report.status]):
         _report_completion(
             ctx,
             session,
@@ -229,22 +240,12 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, now: datetim
             run.site_id,
             run.pool_id,
             run.gpu_count,
-            status,
-            reportable,
+            report.status,
+            list(report.intervals),
+            report.reason,
         )
         emitted += 1
     return emitted
-
-
-def _intervals(run: RunRow) -> list[UsageInterval]:
-    return usage_intervals(
-        uuid.UUID(run.job_id),
-        JobKind(run.kind),
-        run.gpu_count,
-        run.expected_hours,
-        run.power_kw_per_gpu,
-        run.pue,
-    )
 
 
 def _report_completion(
@@ -258,6 +259,7 @@ def _report_completion(
     gpu_count: int,
     status: Literal["succeeded", "failed", "cancelled"],
     reported: list[UsageInterval],
+    reason: str | None = None,
 ) -> None:
     """jobs.completed, with how many usage intervals were reported, so billing knows when it has them all."""
     completed = JobCompleted(
@@ -270,6 +272,7 @@ def _report_completion(
         usage_reports=len(reported),
         gpu_seconds=sum(i.gpu_seconds for i in reported),
         attempt=attempt,
+        reason=reason[:MAX_REASON_LENGTH] if reason else None,
     )
     event = JobCompletedEvent.create(source=ctx.source(site_id), subject=tenant_id, data=completed)
     ctx.emit(session, event, str(job_id))

@@ -37,6 +37,15 @@ class RunRow(SQLModel, table=True):
     state: str = Field(default=RunState.RUNNING, index=True)
     next_seq: int = 1
     started_at: datetime = Field(default_factory=utc_now)
+    priority: str = Field(default="normal", max_length=16)
+    deadline: datetime | None = None
+    # What the backend was asked and has said: the run handed to it (with its own id for it, a Slurm job's),
+    # jobs.started reported, a cancel asked for and passed on.
+    submitted: bool = False
+    backend_ref: str | None = Field(default=None, max_length=64)
+    started_reported: bool = False
+    cancel_requested: bool = False
+    cancel_sent: bool = False
 
 
 class CancelledJob(SQLModel, table=True):

@@ -386,7 +386,8 @@ def on_job_completed(ctx: PlacementContext, session: Session, event: JobComplete
         estimate_krw=0,  # the failed run's cost arrives with its bill
         site_id=None,
         pool_id=None,
-        reason=f"run {job.attempt} failed at {done.site_id}; retrying elsewhere",
+        reason=f"run {job.attempt} failed at {done.site_id}{f' ({done.reason})' if done.reason else ''}; "
+        "retrying elsewhere",
     ):
         release(session, pool_id, job.gpu_count)
         add_commitment(session, job, -job.estimate_krw)
@@ -685,6 +686,8 @@ def _place(session: Session, ctx: PlacementContext, job: JobRow, request: JobReq
         attestation=_attestation(session, ctx, job, chosen.site_id, chosen.pool_id, plan.explanation),
         price_krw_per_million_input_tokens=chosen.price_krw_per_million_input_tokens if per_token else None,
         price_krw_per_million_output_tokens=chosen.price_krw_per_million_output_tokens if per_token else None,
+        priority=request.priority,
+        deadline=request.deadline,
     )
     add_to_outbox(
         session, JobPlacedEvent.create(source=SOURCE, subject=request.tenant_id, data=placed), job.job_id

@@ -9,6 +9,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def parse_pairs(variable: str, text: str) -> dict[str, str]:
+    """'a=x,b=y' -> {'a': 'x', 'b': 'y'}; a clear error naming the variable for anything else."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, separator, value = item.partition("=")
+        if not separator or not name or not value:
+            raise ValueError(f"{variable}: {item!r} is not name=value")
+        pairs[name] = value
+    return pairs
+
+
 def parse_failure_rates(text: str) -> dict[str, float]:
     """'site-a=0.1,site-b=1' -> {'site-a': 0.1, 'site-b': 1.0}; a clear error for anything else."""
     rates: dict[str, float] = {}
@@ -62,6 +73,13 @@ class Settings:
     factory_sites: tuple[str, ...] = field(default_factory=tuple)
     # Simulated hardware faults: the share of runs that fail at each site (factory agent).
     site_failure_rates: dict[str, float] = field(default_factory=dict)
+    # What runs the factory agent's jobs (backends.BackendKind): the simulation, or a Slurm cluster that the
+    # SLURM_CONF of its environment names, each pool a partition and each job kind a launch script.
+    factory_backend: str = "simulation"
+    slurm_partitions: dict[str, str] = field(default_factory=dict)
+    slurm_launch_scripts: dict[str, Path] = field(default_factory=dict)
+    # A Slurm run's usage is reported in intervals of this many seconds of its accounted time.
+    slurm_usage_interval_seconds: int = 3600
     marketplace_fee_bps: int = 500
     outbox_poll_seconds: float = 0.5
     policy_budget_ms: float = 250.0
@@ -120,6 +138,19 @@ class Settings:
             time_scale=float(env.get("SOVEREIGN_TIME_SCALE", base.time_scale)),
             factory_sites=tuple(s for s in env.get("SOVEREIGN_FACTORY_SITES", "").split(",") if s),
             site_failure_rates=parse_failure_rates(env.get("SOVEREIGN_SITE_FAILURE_RATES", "")),
+            factory_backend=env.get("SOVEREIGN_FACTORY_BACKEND", base.factory_backend),
+            slurm_partitions=parse_pairs(
+                "SOVEREIGN_SLURM_PARTITIONS", env.get("SOVEREIGN_SLURM_PARTITIONS", "")
+            ),
+            slurm_launch_scripts={
+                kind: Path(path)
+                for kind, path in parse_pairs(
+                    "SOVEREIGN_SLURM_LAUNCH_SCRIPTS", env.get("SOVEREIGN_SLURM_LAUNCH_SCRIPTS", "")
+                ).items()
+            },
+            slurm_usage_interval_seconds=int(
+                env.get("SOVEREIGN_SLURM_USAGE_INTERVAL_SECONDS", base.slurm_usage_interval_seconds)
+            ),
             marketplace_fee_bps=int(env.get("SOVEREIGN_MARKETPLACE_FEE_BPS", base.marketplace_fee_bps)),
             policy_budget_ms=float(env.get("SOVEREIGN_POLICY_BUDGET_MS", base.policy_budget_ms)),
             queue_retry_seconds=float(env.get("SOVEREIGN_QUEUE_RETRY_SECONDS", base.queue_retry_seconds)),

@@ -9,7 +9,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import get_args
@@ -288,6 +288,44 @@ def test_a_run_cancelled_while_it_runs_on_slurm_is_billed_for_what_it_used(
     accounted = asyncio.run(commands.jobs([slurm_id]))[slurm_id]
     assert accounted.state is SlurmState.CANCELLED
     assert sum(u.gpu_seconds for u in usage) == accounted.elapsed_seconds * 1
+
+
+@pytest.mark.slurm
+def test_a_deadline_slurm_cannot_meet_fails_the_run_and_a_refused_one_blocks_no_other(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path], tmp_path: Path
+) -> None:
+    """Slurm's own --deadline: a run that cannot end before it is ended DEADLINE by Slurm; one whose deadline
+    has passed is refused by sbatch. Both end failed with Slurm's reason, and a run placed after them at the
+    same site still runs."""
+    _, commands, _ = cluster
+    engine, context, backend = slurm_site(commands, tmp_path)
+    too_close, passed, fine = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    with unit_of_work(engine) as session:
+        # 300 expected hours run for 300 s here: no start can end within 20 s.
+        for job_id, hours, deadline in (
+            (too_close, 300.0, now + timedelta(seconds=20)),
+            (passed, 1.0, now - timedelta(minutes=5)),
+            (fine, 1.0, now + timedelta(days=1)),
+        ):
+            placed = placed_at_haenam(job_id, gpu_count=1, expected_hours=hours, deadline=deadline)
+            on_job_placed(context, session, placed)
+    give_up = time.monotonic() + 90
+    while len(outbox(engine, "jobs.completed")) < 3:
+        asyncio.run(drive_runs_once(engine, backend, context))
+        assert time.monotonic() < give_up, "the runs never ended"
+        time.sleep(0.2)
+    ended = {
+        event.job_id: event
+        for event in (
+            JobCompletedEvent.model_validate_json(r.payload).data for r in outbox(engine, "jobs.completed")
+        )
+    }
+    assert ended[fine].status == "succeeded" and ended[fine].reason is None
+    assert ended[too_close].status == "failed" and "DEADLINE" in (ended[too_close].reason or "")
+    assert ended[passed].status == "failed"
+    assert (ended[passed].reason or "").startswith("Slurm refused the job: ")
+    assert ended[passed].usage_reports == ended[too_close].usage_reports == 0
 
 
 def test_every_priority_class_has_its_qos() -> None:

@@ -21,7 +21,9 @@ from contracts.events import (
 from services.factory_agent import handlers
 from services.factory_agent.backends import (
     BackendKind,
+    BackendUnavailable,
     FactoryBackend,
+    RunRefused,
     RunReport,
     SimulatedBackend,
     SlurmBackend,
@@ -32,10 +34,12 @@ from services.shared.db import unit_of_work, utc_now
 from services.shared.domain.attestation import load_attestations
 from services.shared.domain.catalogue import load_catalogue
 from services.shared.domain.signing import Signer
+from services.shared.logging import get_logger
 from services.shared.runtime import Service, consume, document_publishers, new_service
 from services.shared.settings import Settings
 
 NAME = "factory-agent"
+log = get_logger(component="factory-agent")
 TICK_SECONDS = 0.1
 # How often the backend is asked what each pool can take (the simulation never changes).
 CAPACITY_SECONDS = 5.0
@@ -109,7 +113,14 @@ async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: hand
             reports[run.run_id] = RunReport(started=False, status="cancelled")  # it never ran
             continue
         if not run.submitted:
-            backend_ref = await backend.submit(run)
+            try:
+                backend_ref = await backend.submit(run)
+            except RunRefused as refusal:
+                reports[run.run_id] = RunReport(started=False, status="failed", reason=str(refusal))
+                continue
+            except BackendUnavailable as error:  # this run waits for a later pass; the others go on
+                log.error("run_not_handed_over", run_id=run.run_id, error=str(error)[:500])
+                continue
             with unit_of_work(engine) as session:
                 handlers.mark_submitted(session, run.run_id, backend_ref)
             run.submitted, run.backend_ref = True, backend_ref

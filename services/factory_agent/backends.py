@@ -16,12 +16,27 @@ from typing import Literal, Protocol
 
 from contracts.events import JobKind
 from services.factory_agent.simulation import UsageInterval, failure_point, usage_intervals
-from services.factory_agent.slurm import RUN_END, SlurmCluster, Submission, accounted_intervals
+from services.factory_agent.slurm import (
+    RUN_END,
+    SlurmCluster,
+    SlurmError,
+    SlurmRefused,
+    Submission,
+    accounted_intervals,
+)
 from services.factory_agent.storage import RunRow
 from services.shared.db import as_utc
 
 # A Slurm job may run this much longer than the job's expected time before Slurm stops it (TIMEOUT).
 TIME_LIMIT_MARGIN = 1.5
+
+
+class RunRefused(Exception):
+    """The backend will never run this run (its message says why): it ends failed, to be retried elsewhere."""
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be asked (its scheduler down, say): the run is handed over at a later pass."""
 
 
 class BackendKind(StrEnum):
@@ -44,7 +59,8 @@ class RunReport:
 
 class FactoryBackend(Protocol):
     async def submit(self, run: RunRow) -> str | None:
-        """Hand the run over (at most once, however often asked); returns the backend's id for it."""
+        """Hand the run over (at most once, however often asked); returns the backend's id for it. Raises
+        RunRefused or BackendUnavailable."""
 
     async def cancel(self, run: RunRow) -> None:
         """Stop a submitted run; its report then ends it as cancelled."""
@@ -116,6 +132,14 @@ class SlurmBackend:
         self._interval_seconds = interval_seconds
 
     async def submit(self, run: RunRow) -> str | None:
+        try:
+            return await self._submit(run)
+        except SlurmRefused as refusal:
+            raise RunRefused(str(refusal)) from refusal
+        except SlurmError as error:
+            raise BackendUnavailable(str(error)) from error
+
+    async def _submit(self, run: RunRow) -> str | None:
         run_seconds = max(1, round(run.expected_hours * 3600 / self._time_scale))
         return await self._cluster.submit(
             Submission(

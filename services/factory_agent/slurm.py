@@ -41,6 +41,16 @@ class SlurmError(RuntimeError):
     """A Slurm command failed: its arguments, exit code and what it wrote to stderr."""
 
 
+class SlurmRefused(SlurmError):
+    """sbatch refused the job itself (its time limit, deadline or account): asking again is of no use. The
+    message is Slurm's reason alone."""
+
+
+# How sbatch says it refused a job, and how it says it could not ask (then it is asked again later).
+_REFUSED = "Batch job submission failed: "
+_UNREACHABLE = "Unable to contact slurm controller"
+
+
 class SlurmState(StrEnum):
     """Slurm's job states, as sacct writes them (its first word: "CANCELLED by 0" is CANCELLED)."""
 
@@ -260,7 +270,13 @@ class SlurmCluster:
         if submission.deadline is not None:
             # Slurm reads the deadline in the cluster's local time.
             arguments.append(f"--deadline={submission.deadline.astimezone().strftime('%Y-%m-%dT%H:%M:%S')}")
-        output = await self.run(*arguments, str(submission.launch_script))
+        try:
+            output = await self.run(*arguments, str(submission.launch_script))
+        except SlurmError as error:
+            message = str(error)
+            if _REFUSED in message and _UNREACHABLE not in message:
+                raise SlurmRefused(f"Slurm refused the job: {message.split(_REFUSED, 1)[1]}") from error
+            raise
         return output.strip().split(";")[0]
 
     async def jobs(self, job_ids: Sequence[str]) -> dict[str, SlurmJob]:

@@ -29,7 +29,7 @@ from contracts.events import (
 )
 from services.factory_agent.app import drive_runs_once
 from services.factory_agent.backends import SlurmBackend
-from services.factory_agent.handlers import FactoryContext, on_job_cancelled, on_job_placed
+from services.factory_agent.handlers import FactoryContext, active_runs, on_job_cancelled, on_job_placed
 from services.factory_agent.slurm import (
     QOS_PRIORITIES,
     RUN_END,
@@ -326,6 +326,38 @@ def test_a_deadline_slurm_cannot_meet_fails_the_run_and_a_refused_one_blocks_no_
     assert ended[passed].status == "failed"
     assert (ended[passed].reason or "").startswith("Slurm refused the job: ")
     assert ended[passed].usage_reports == ended[too_close].usage_reports == 0
+
+
+@pytest.mark.slurm
+def test_an_agent_that_died_after_sbatch_and_mid_run_submits_nothing_twice_and_reports_once(
+    cluster: tuple[LocalSlurm, SlurmCluster, Path], tmp_path: Path
+) -> None:
+    """The crash windows of a -9: after sbatch but before the Slurm job was recorded, and mid-run. A fresh
+    agent (new backend, same database) finds the job by its name and reports the run exactly once."""
+    local, commands, _ = cluster
+    engine, context, backend = slurm_site(commands, tmp_path)
+    job_id = uuid.uuid4()
+    with unit_of_work(engine) as session:
+        on_job_placed(context, session, placed_at_haenam(job_id, gpu_count=1, expected_hours=4.0))
+    with unit_of_work(engine) as session:
+        [run] = active_runs(session)
+    submitted = asyncio.run(backend.submit(run))  # ... and the agent died before recording it
+    assert submitted is not None
+    # Restarted: nothing of the old agent is left but its database.
+    engine, context, backend = slurm_site(commands, tmp_path)
+    drive_until(engine, backend, context, "jobs.started")
+    engine, context, backend = slurm_site(commands, tmp_path)  # and again, mid-run
+    drive_until(engine, backend, context, "jobs.completed")
+    for _ in range(3):  # passes after the end change nothing
+        asyncio.run(drive_runs_once(engine, backend, context))
+    name = f"sov-{job_id}-1"
+    jobs = local.command("sacct", "-n", "-X", "-P", "--name", name, "-S", "2000-01-01", "-o", "JobID").split()
+    assert jobs == [submitted]
+    usage = [UsageReportedEvent.model_validate_json(r.payload).data for r in outbox(engine, "usage.reported")]
+    assert len({(u.seq, u.attempt) for u in usage}) == len(usage)
+    assert len(outbox(engine, "jobs.started")) == len(outbox(engine, "jobs.completed")) == 1
+    accounted = asyncio.run(commands.jobs(jobs))[submitted]
+    assert sum(u.gpu_seconds for u in usage) == accounted.elapsed_seconds
 
 
 def test_every_priority_class_has_its_qos() -> None:

@@ -5,6 +5,7 @@ its allowance."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,6 +41,16 @@ def record(value: bytes, offset: int, topic: str = "jobs.requested") -> Any:
 def kept(engine: Engine, values: list[bytes]) -> set[str]:
     with unit_of_work(engine) as session:
         return keep(session, [record(value, offset) for offset, value in enumerate(values)])
+
+
+def numbers_handled() -> tuple[list[int], Callable[[Session, KeptRecord], None]]:
+    """A handler that notes the number of each envelope it is given, and that list."""
+    handled: list[int] = []
+
+    def handle(session: Session, kept_record: KeptRecord) -> None:
+        handled.append(json.loads(kept_record.value)["number"])
+
+    return handled, handle
 
 
 def unhurried() -> Turns:
@@ -81,11 +92,7 @@ def test_a_turn_takes_each_lane_in_rounds_the_oldest_lane_first(database_url: tu
 def test_a_turn_stops_at_its_allowance_and_leaves_the_rest_kept(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     kept(engine, [envelope("hanbit-ai", n) for n in range(5)])
-    handled: list[int] = []
-
-    def handle(session: Session, kept_record: KeptRecord) -> None:
-        handled.append(json.loads(kept_record.value)["number"])
-
+    handled, handle = numbers_handled()
     # Every look at the clock finds 30 ms gone: the second record spends the 50 ms allowance.
     with unit_of_work(engine) as session:
         assert Turns(50, stepping_timer(0.03)).take(session, handle) == 2
@@ -99,11 +106,7 @@ def test_a_lane_whose_records_take_whole_turns_cannot_keep_another_waiting(
     so a record arriving behind a flood waits one turn, and the flood goes on after it."""
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     kept(engine, [envelope("hanbit-ai", n) for n in range(4)])
-    handled: list[int] = []
-
-    def handle(session: Session, kept_record: KeptRecord) -> None:
-        handled.append(json.loads(kept_record.value)["number"])
-
+    handled, handle = numbers_handled()
     turns = Turns(50, stepping_timer(0.06))
     with unit_of_work(engine) as session:
         assert turns.take(session, handle) == 1
@@ -119,11 +122,7 @@ def test_a_record_behind_more_than_a_turn_reads_of_another_lane_is_read_for_the_
 ) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     kept(engine, [envelope("hanbit-ai", n) for n in range(TURN_SCAN + 100)] + [envelope("mois", -1)])
-    handled: list[int] = []
-
-    def handle(session: Session, kept_record: KeptRecord) -> None:
-        handled.append(json.loads(kept_record.value)["number"])
-
+    handled, handle = numbers_handled()
     with unit_of_work(engine) as session:
         assert Turns(50, stepping_timer(0.02)).take(session, handle) == 3
     assert handled == [0, -1, 1]
@@ -132,14 +131,11 @@ def test_a_record_behind_more_than_a_turn_reads_of_another_lane_is_read_for_the_
 def test_a_turn_that_fails_leaves_its_records_kept_for_the_next(database_url: tuple[str, str]) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     kept(engine, [envelope("mois", 0), envelope("mois", 1)])
-    handled: list[int] = []
+    handled, handle = numbers_handled()
 
     def fail(session: Session, kept_record: KeptRecord) -> None:
-        handled.append(json.loads(kept_record.value)["number"])
+        handle(session, kept_record)
         raise RuntimeError("the database went away")
-
-    def handle(session: Session, kept_record: KeptRecord) -> None:
-        handled.append(json.loads(kept_record.value)["number"])
 
     turns = unhurried()
     with pytest.raises(RuntimeError), unit_of_work(engine) as session:
@@ -156,11 +152,7 @@ def test_the_order_read_lasts_across_turns_until_a_lane_it_lacks_is_kept(
 ) -> None:
     engine = make_engine(database_url, "placement", PLACEMENT_TABLES)
     kept(engine, [envelope("hanbit-ai", n) for n in range(3)])
-    handled: list[int] = []
-
-    def handle(session: Session, kept_record: KeptRecord) -> None:
-        handled.append(json.loads(kept_record.value)["number"])
-
+    handled, handle = numbers_handled()
     turns = Turns(50, stepping_timer(0.06))
     with unit_of_work(engine) as session:
         assert turns.take(session, handle) == 1

@@ -93,6 +93,13 @@ def wait_for_job(commands: SlurmCluster, job_id: str, done: str = "ended", timeo
         time.sleep(0.2)
 
 
+def started_job(commands: SlurmCluster, run_seconds: int, gpus: int) -> str:
+    """A job submitted and running on its GPUs."""
+    job_id = asyncio.run(commands.submit(submission(run_seconds=run_seconds, gpus=gpus)))
+    wait_for_job(commands, job_id, done="started")
+    return job_id
+
+
 @pytest.mark.slurm
 def test_a_gpu_job_runs_under_the_tenants_account_and_is_accounted_to_the_second(
     cluster: tuple[LocalSlurm, SlurmCluster, Path],
@@ -142,8 +149,7 @@ def test_cancelled_while_pending_it_never_starts_and_while_running_it_is_account
     cluster: tuple[LocalSlurm, SlurmCluster, Path],
 ) -> None:
     _, commands, _ = cluster
-    running = asyncio.run(commands.submit(submission(run_seconds=60, gpus=GPUS)))
-    wait_for_job(commands, running, done="started")
+    running = started_job(commands, run_seconds=60, gpus=GPUS)
     pending = asyncio.run(commands.submit(submission(run_seconds=60, gpus=1)))  # no GPU is free
     asyncio.run(commands.cancel(pending))
     asyncio.run(commands.cancel(running))
@@ -160,8 +166,7 @@ def test_a_job_runs_on_through_a_restart_of_slurmctld_and_is_accounted_whole(
     cluster: tuple[LocalSlurm, SlurmCluster, Path],
 ) -> None:
     local, commands, _ = cluster
-    job_id = asyncio.run(commands.submit(submission(run_seconds=4, gpus=1)))
-    wait_for_job(commands, job_id, done="started")
+    job_id = started_job(commands, run_seconds=4, gpus=1)
     local.restart("slurmctld")
     job = wait_for_job(commands, job_id)
     assert job.state is SlurmState.COMPLETED and job.elapsed_seconds >= 4
@@ -173,8 +178,7 @@ def test_a_node_set_down_under_a_running_job_fails_it_for_the_marketplace_to_ret
     cluster: tuple[LocalSlurm, SlurmCluster, Path],
 ) -> None:
     local, commands, _ = cluster
-    job_id = asyncio.run(commands.submit(submission(run_seconds=60, gpus=1)))
-    wait_for_job(commands, job_id, done="started")
+    job_id = started_job(commands, run_seconds=60, gpus=1)
     local.command("scontrol", "update", f"nodename={local.node}", "state=down", "reason=power")
     job = wait_for_job(commands, job_id)
     # Its slurmd still answers, so the node returns by itself (ReturnToService=2); resume it if not.

@@ -45,6 +45,12 @@ from services.shared.logging import get_logger
 from services.shared.outbox import add_to_outbox
 
 CONSUMER = "factory-agent"
+# The state a run ends in, by how its backend says it ended.
+RUN_STATE_AT_END = {
+    "succeeded": RunState.COMPLETED,
+    "failed": RunState.FAILED,
+    "cancelled": RunState.CANCELLED,
+}
 
 
 @dataclass(frozen=True)
@@ -229,8 +235,7 @@ def advance_run(ctx: FactoryContext, session: Session, run_id: str, report: RunR
             run.job_id,
         )
         emitted += 1
-    end_state = {"succeeded": RunState.COMPLETED, "failed": RunState.FAILED, "cancelled": RunState.CANCELLED}
-    if report.status is not None and finish_run(session, run_id, end_state[report.status]):
+    if report.status is not None and finish_run(session, run_id, RUN_STATE_AT_END[report.status]):
         _report_completion(
             ctx,
             session,

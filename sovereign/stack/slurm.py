@@ -49,9 +49,7 @@ class LocalSlurm:
         return {"SLURM_CONF": str(self.conf)}
 
     def command(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(
-            list(args), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60
-        )
+        done = self._run(*args)
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
@@ -238,14 +236,17 @@ class LocalSlurm:
         )
         log.close()
 
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One of Slurm's commands on this cluster, its output kept."""
+        return subprocess.run(
+            list(args), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60
+        )
+
     def _answers(self, *command: str) -> bool:
-        done = subprocess.run(list(command), env={**os.environ, **self.env}, capture_output=True, timeout=30)
-        return done.returncode == 0
+        return self._run(*command).returncode == 0
 
     def _node_ready(self) -> bool:
-        done = subprocess.run(
-            ["sinfo", "-h", "-N", "-o", "%T"], env={**os.environ, **self.env}, capture_output=True, text=True
-        )
+        done = self._run("sinfo", "-h", "-N", "-o", "%T")
         return done.returncode == 0 and done.stdout.strip() in {"idle", "mixed", "allocated"}
 
     def _wait_for(self, ready: Callable[[], bool], name: str, timeout: float) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from contracts.events import (
+    CapacityOfferedEvent,
     JobCancelled,
     JobCancelledEvent,
     JobCompletedEvent,
@@ -138,3 +139,22 @@ def test_factory_reports_each_interval_once_and_completes(database_url: tuple[st
     [completed] = outbox(engine, "jobs.completed")
     assert f'"usage_reports":{len(usage)}'.encode() in completed.payload
     assert len(outbox(engine, "jobs.started")) == 1
+
+
+def test_each_pool_is_offered_at_what_its_backend_can_take_or_else_at_the_catalogues_size(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers})
+    catalogue = {pool.pool_id: pool.gpu_count for offer in CATALOGUE.offers for pool in offer.pools}
+    # A node of 8 GPUs behind Haenam's pool; Sejong's two pools unknown and none usable (an offer has one).
+    usable = {"nacc-haenam-b200": 8, "naver-sejong-b200": 0}
+    with unit_of_work(engine) as session:
+        offered = factory.offer_capacity(ctx, session, usable)
+    assert offered == {**catalogue, "nacc-haenam-b200": 8}
+    published = {
+        pool.pool_id: pool.gpu_count
+        for message in outbox(engine, "capacity.offered")
+        for pool in CapacityOfferedEvent.model_validate_json(message.payload).data.pools
+    }
+    assert published == offered

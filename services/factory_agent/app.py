@@ -64,8 +64,6 @@ def build(settings: Settings) -> Service:
         else None,
     )
     backend = build_backend(settings, context)
-    # Offers go through the outbox like every other event: published as soon as the relay runs.
-    service.on_start.append(partial(handlers.offer_capacity, context))
     consume(
         service,
         {
@@ -86,20 +84,32 @@ def build(settings: Settings) -> Service:
                 service.relay.wake()
 
     async def follow_capacity() -> None:
-        """A pool whose usable GPUs change (a node drained, down or back) is offered at its new size."""
-        offered = {pool.pool_id: pool.gpu_count for offer in context.offers.values() for pool in offer.pools}
+        """Offer each site at what its backend can take, then offer a pool whose usable GPUs change (a node
+        drained, down or back) at its new size."""
+        with unit_of_work(service.engine) as session:
+            offered = handlers.offer_capacity(context, session, await usable_gpus(backend) or {})
+        service.relay.wake()
         while True:
-            usable = await backend.capacity()
+            await asyncio.sleep(CAPACITY_SECONDS)
+            usable = await usable_gpus(backend)
             changed = {pool: gpus for pool, gpus in (usable or {}).items() if offered.get(pool) != gpus}
             if changed:
                 with unit_of_work(service.engine) as session:
                     handlers.update_capacity(context, session, changed)
                 offered.update(changed)
                 service.relay.wake()
-            await asyncio.sleep(CAPACITY_SECONDS)
 
     service.background += [drive_runs, follow_capacity]
     return service
+
+
+async def usable_gpus(backend: FactoryBackend) -> dict[str, int] | None:
+    """What each pool can take now, or None if the backend does not say (or cannot be asked just now)."""
+    try:
+        return await backend.capacity()
+    except BackendUnavailable as error:
+        log.error("capacity_not_known", error=str(error)[:500])
+        return None
 
 
 async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: handlers.FactoryContext) -> int:
@@ -125,11 +135,18 @@ async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: hand
                 handlers.mark_submitted(session, run.run_id, backend_ref)
             run.submitted, run.backend_ref = True, backend_ref
         if run.cancel_requested and not run.cancel_sent:
-            await backend.cancel(run)
+            try:
+                await backend.cancel(run)
+            except BackendUnavailable as error:  # asked again at the next pass
+                log.error("run_not_cancelled", run_id=run.run_id, error=str(error)[:500])
+                continue
             with unit_of_work(engine) as session:
                 handlers.mark_cancel_sent(session, run.run_id)
     handed = [run for run in runs if run.submitted and run.run_id not in reports]
-    reports.update(await backend.report(handed, utc_now()))
+    try:
+        reports.update(await backend.report(handed, utc_now()))
+    except BackendUnavailable as error:  # what was decided above is reported; the rest at a later pass
+        log.error("runs_not_reported", error=str(error)[:500])
     emitted = 0
     for run_id, report in reports.items():
         with unit_of_work(engine) as session:

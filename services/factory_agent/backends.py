@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -132,37 +133,32 @@ class SlurmBackend:
         self._interval_seconds = interval_seconds
 
     async def submit(self, run: RunRow) -> str | None:
-        try:
-            return await self._submit(run)
-        except SlurmRefused as refusal:
-            raise RunRefused(str(refusal)) from refusal
-        except SlurmError as error:
-            raise BackendUnavailable(str(error)) from error
-
-    async def _submit(self, run: RunRow) -> str | None:
         run_seconds = max(1, round(run.expected_hours * 3600 / self._time_scale))
-        return await self._cluster.submit(
-            Submission(
-                run_id=run.run_id,
-                job_id=run.job_id,
-                tenant_id=run.tenant_id,
-                kind=run.kind,
-                partition=self._partitions[run.pool_id],
-                gpu_count=run.gpu_count,
-                priority=run.priority,
-                time_limit_minutes=max(1, math.ceil(run_seconds * TIME_LIMIT_MARGIN / 60)),
-                deadline=as_utc(run.deadline) if run.deadline else None,
-                run_seconds=run_seconds,
-                launch_script=self._launch_scripts[run.kind],
+        with as_backend_errors():
+            return await self._cluster.submit(
+                Submission(
+                    run_id=run.run_id,
+                    job_id=run.job_id,
+                    tenant_id=run.tenant_id,
+                    kind=run.kind,
+                    partition=self._partitions[run.pool_id],
+                    gpu_count=run.gpu_count,
+                    priority=run.priority,
+                    time_limit_minutes=max(1, math.ceil(run_seconds * TIME_LIMIT_MARGIN / 60)),
+                    deadline=as_utc(run.deadline) if run.deadline else None,
+                    run_seconds=run_seconds,
+                    launch_script=self._launch_scripts[run.kind],
+                )
             )
-        )
 
     async def cancel(self, run: RunRow) -> None:
         if run.backend_ref is not None:
-            await self._cluster.cancel(run.backend_ref)
+            with as_backend_errors():
+                await self._cluster.cancel(run.backend_ref)
 
     async def report(self, runs: Sequence[RunRow], now: datetime) -> dict[str, RunReport]:
-        jobs = await self._cluster.jobs([run.backend_ref for run in runs if run.backend_ref])
+        with as_backend_errors():
+            jobs = await self._cluster.jobs([run.backend_ref for run in runs if run.backend_ref])
         reports = {}
         for run in runs:
             job = jobs.get(run.backend_ref or "")
@@ -175,5 +171,18 @@ class SlurmBackend:
         return reports
 
     async def capacity(self) -> dict[str, int] | None:
-        by_partition = await self._cluster.gpus_by_partition()
+        with as_backend_errors():
+            by_partition = await self._cluster.gpus_by_partition()
         return {pool: by_partition.get(partition, 0) for pool, partition in self._partitions.items()}
+
+
+@contextmanager
+def as_backend_errors() -> Iterator[None]:
+    """Slurm's errors as the port's: a job sbatch refused is refused for good; any other failed or
+    unanswered command means the cluster cannot be asked just now."""
+    try:
+        yield
+    except SlurmRefused as refusal:
+        raise RunRefused(str(refusal)) from refusal
+    except SlurmError as error:
+        raise BackendUnavailable(str(error)) from error

@@ -5,6 +5,7 @@ advance_run: jobs.started once, each usage interval once, jobs.completed at the 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -67,17 +68,30 @@ class FactoryContext:
         add_to_outbox(session, self.signer.sign(event) if self.signer else event, key)
 
 
-def offer_capacity(ctx: FactoryContext, session: Session) -> None:
+def offer_capacity(ctx: FactoryContext, session: Session, usable: Mapping[str, int]) -> dict[str, int]:
+    """Each site's offer, a pool at the GPUs the backend says it can take now (the catalogue's size when
+    the backend does not say, or says none: an offer has at least one). Returns each pool's offered size.
+
+    Sized here rather than corrected by a capacity.updated after: that event may reach placement before
+    the offer it corrects (another topic), and is then dropped as for an unknown pool."""
     if ctx.signer is None:
         get_logger(component="factory-agent").warning(
             "factory_unsigned", reason="no SOVEREIGN_SIGNING_KEY: placement and billing refuse its events"
         )
+    offered: dict[str, int] = {}
     for site_id, offer in sorted(ctx.offers.items()):
+        pools = [
+            pool.model_copy(update={"gpu_count": usable.get(pool.pool_id) or pool.gpu_count})
+            for pool in offer.pools
+        ]
+        offered |= {pool.pool_id: pool.gpu_count for pool in pools}
+        data = offer.model_copy(update={"pools": pools})
         ctx.emit(
             session,
-            CapacityOfferedEvent.create(source=ctx.source(site_id), subject=site_id, data=offer),
+            CapacityOfferedEvent.create(source=ctx.source(site_id), subject=site_id, data=data),
             site_id,
         )
+    return offered
 
 
 def update_capacity(ctx: FactoryContext, session: Session, usable: dict[str, int]) -> None:

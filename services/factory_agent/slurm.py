@@ -172,6 +172,7 @@ class SlurmCluster:
     def __init__(self, env: Mapping[str, str], user: str | None = None) -> None:
         self._env = {**os.environ, **env}
         self._user = user or os.environ.get("USER") or "root"
+        self._qos_ready = False  # a fresh cluster has none of the priority classes' QOS
 
     async def run(self, *arguments: str) -> str:
         process = await asyncio.create_subprocess_exec(
@@ -242,6 +243,9 @@ class SlurmCluster:
         found = await self.find(submission.run_id)
         if found is not None:
             return found
+        if not self._qos_ready:
+            await self.ensure_qos()
+            self._qos_ready = True
         await self.ensure_account(submission.tenant_id)
         arguments = [
             "sbatch",

@@ -70,18 +70,7 @@ if [ ! -x "$OPA_HOME/opa" ]; then
     (cd "$CACHE" && GOBIN="$OPA_HOME" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/opa@$OPA_VERSION") >&2
 fi
 
-# The package list is written once, in sovereign/stack/slurm.py.
-read -r -a SLURM_PACKAGES <<< "$(.venv/bin/python -c 'from sovereign.stack.slurm import DEBIAN_PACKAGES; print(*DEBIAN_PACKAGES)')"
-INSTALLED="$(dpkg-query -W -f='${db:Status-Status}\n' "${SLURM_PACKAGES[@]}" 2>/dev/null | grep -cx installed || true)"
-if [ "$INSTALLED" -ne "${#SLURM_PACKAGES[@]}" ]; then
-    echo "setup: ${SLURM_PACKAGES[*]} from Debian" >&2
-    SUDO=()
-    [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
-    "${SUDO[@]}" apt-get update -qq >&2
-    # No service is started for them: the suite and the demo start their own daemons in a fresh directory.
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq \
-        "${SLURM_PACKAGES[@]}" >&2
-fi
+scripts/setup-slurm.sh
 
 echo "KAFKA_HOME=$KAFKA_HOME"
 echo "OPA_BIN=$OPA_HOME/opa"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +42,8 @@ from sovereign.embedded import start_service
 from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.options import Commands
 from sovereign.report import render_report
+from sovereign.slurm_demo import SLURM_SITE, charges_at, slurm_accounting_report, slurm_cluster_for
+from sovereign.stack.slurm import LocalSlurm, not_installed
 from sovereign.submit import cancel_event
 from sovereign.verification.history import collect_history
 from sovereign.verification.invariants import bills_unequal_to_usage, check, tenant_streams
@@ -53,7 +57,12 @@ T = TypeVar("T")
 STOP_SECONDS = 15
 
 
-def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, placement_workers: int) -> int:
+def run_demo(
+    jobs: int, seed: int, time_scale: float, wait_seconds: float, placement_workers: int, slurm: bool = False
+) -> int:
+    if slurm and (missing := not_installed()):
+        print(f"The demo's Slurm mode cannot run: {missing}.", file=sys.stderr)
+        return 2
     if RUN_DIR.exists():
         shutil.rmtree(RUN_DIR)
     logs = RUN_DIR / "logs"
@@ -62,6 +71,20 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
         f"Sovereign AI job marketplace demo: {jobs} jobs, seed {seed}, 1 real second = "
         f"{time_scale / 3600:g} simulated hours. Logs in {logs.relative_to(REPO_ROOT)}/"
     )
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(slurm_cluster_for(SLURM_SITE)) if slurm else None
+        return _run(jobs, seed, time_scale, wait_seconds, placement_workers, logs, cluster)
+
+
+def _run(
+    jobs: int,
+    seed: int,
+    time_scale: float,
+    wait_seconds: float,
+    placement_workers: int,
+    logs: Path,
+    cluster: LocalSlurm | None,
+) -> int:
     with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
         print(f"  broker   Tansu on {broker.bootstrap_servers} (memory storage)")
         tenants = load_catalogue(REPO_ROOT / "catalogue").tenants
@@ -95,15 +118,24 @@ def run_demo(jobs: int, seed: int, time_scale: float, wait_seconds: float, place
             "SOVEREIGN_SITE_FAILURE_RATES": "nacc-haenam=0.25",
         }
         env.pop("DATABASE_URL", None)
-        names = [*(["placement"] * placement_workers), "factory-agent", "billing", "governance"]
+        services = [(name, env) for name in ["placement"] * placement_workers]
+        if cluster is None:
+            services.append(("factory-agent", env))
+        else:
+            # Two factories' agents: the Slurm site's own, and the simulation of every other site.
+            others = [site for site in load_catalogue(REPO_ROOT / "catalogue").site_ids if site != SLURM_SITE]
+            services.append(("factory-agent", {**env, "SOVEREIGN_FACTORY_SITES": ",".join(others)}))
+            services.append(("factory-agent", {**env, **cluster.agent_env(SLURM_SITE)}))
+            print(f"  slurm    {SLURM_SITE} on a one-node Slurm cluster in {cluster.root}")
+        services += [("billing", env), ("governance", env)]
         processes: Processes = []
         try:
-            for index, name in enumerate(names):
-                process = start_service(name, env, logs / f"{name}-{index}.log")
+            for index, (name, service_env) in enumerate(services):
+                process = start_service(name, service_env, logs / f"{name}-{index}.log")
                 processes.append((name, process))
                 print(f"  service  {name:<14} pid {process.pid}")
             return asyncio.run(
-                _drive(broker.bootstrap_servers, jobs, seed, wait_seconds, processes, demo_keys)
+                _drive(broker.bootstrap_servers, jobs, seed, wait_seconds, processes, demo_keys, cluster)
             )
         finally:
             _stop(processes)
@@ -128,6 +160,7 @@ async def _drive(
     wait_seconds: float,
     processes: Processes,
     keys: ThrowawayKeys,
+    cluster: LocalSlurm | None,
 ) -> int:
     catalogue = load_catalogue(REPO_ROOT / "catalogue")
     requests = generate(jobs, seed)
@@ -224,6 +257,12 @@ async def _drive(
         print("\n== Placement attestations, checked offline from jobs.placed and the public keys")
         attested = verify_placements(await placements_on_topic(settings), Keyring.load(keys.keyring), None)
         finished = tracker.all_terminal(job_ids) and not violations and attested == 0 and forged_refused
+        if cluster is not None:
+            print(f"\n== Slurm at {SLURM_SITE}: each run's Slurm job (sacct) and its bill")
+            runs = _read_service_database("billing", BILLING_TABLES, partial(charges_at, SLURM_SITE)) or []
+            report, exact = slurm_accounting_report(runs, cluster.accounted_gpu_seconds())
+            print(report)
+            finished &= exact
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")
         return 0 if finished else 1
 
@@ -319,6 +358,11 @@ def register(commands: Commands) -> None:
     demo.add_argument("--time-scale", type=float, default=14400.0, help="simulated seconds per real second")
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every outcome")
     demo.add_argument("--placement-workers", type=int, default=2)
+    demo.add_argument(
+        "--slurm",
+        action="store_true",
+        help=f"run {SLURM_SITE}'s jobs on a local Slurm cluster (Debian's Slurm 22.05), not the simulation",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -329,4 +373,5 @@ def _demo(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         wait_seconds=args.timeout,
         placement_workers=args.placement_workers,
+        slurm=args.slurm,
     )

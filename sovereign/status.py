@@ -40,6 +40,8 @@ class ServiceStatus:
     service: str
     workers: list[WorkerStatus] = field(default_factory=list)
     lag: dict[str, int] = field(default_factory=dict)
+    # The consumer groups its workers read in: one, or one per factory whose agent serves its own sites.
+    groups: list[str] = field(default_factory=list)
     outbox_backlog: int = 0
     # How long the oldest row still in the outbox has waited to be published.
     oldest_pending_seconds: float | None = None
@@ -78,7 +80,7 @@ async def collect_status(
     """host: count only the workers on that host (a container's own health check)."""
     now = utc_now()
     report: list[ServiceStatus] = []
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, set[str]] = {}
     for service in services:
         status = ServiceStatus(service)
         keeps = table_of(ArrivalRow) in SERVICES[service].tables
@@ -105,11 +107,16 @@ async def collect_status(
             )
             for row in rows
         ]
-        status.lag = {topic: 0 for row in rows for topic in row.topics}
-        groups[consumer_group(service)] = list(status.lag)
+        for row in rows:
+            group = row.group or consumer_group(service)  # a worker that did not say reads in the service's
+            groups.setdefault(group, set()).update(row.topics)
+            status.groups.append(group)
+        status.groups = sorted(set(status.groups))
         report.append(status)
     security = transport_security(settings)
-    lag = await lag_by_group(settings.bootstrap_servers, groups, security)
+    lag = await lag_by_group(
+        settings.bootstrap_servers, {group: sorted(topics) for group, topics in groups.items()}, security
+    )
     letters = each_record(
         settings.bootstrap_servers, [dead_letter_topic(t) for t in TOPICS], security=security
     )
@@ -117,7 +124,11 @@ async def collect_status(
         [dict(record.headers or ()).get("dlq-consumer", b"").decode() async for record in letters]
     )
     for status in report:
-        status.lag = lag[consumer_group(status.service)]
+        # Each topic's lag in the group furthest behind (agents for different sites each read everything).
+        status.lag = {
+            topic: max(lag[group].get(topic, 0) for group in status.groups if topic in groups[group])
+            for topic in sorted({topic for group in status.groups for topic in groups[group]})
+        }
         status.dead_letters = by_consumer[status.service]
     return report
 

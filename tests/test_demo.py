@@ -3,12 +3,15 @@ defaults as separate processes, ending with its checks and exit status."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
 from services.shared.settings import REPO_ROOT
+from sovereign.slurm_demo import SLURM_SITE, BilledRun, slurm_accounting_report
+from sovereign.stack.slurm import not_installed
 
 pytestmark = pytest.mark.broker
 
@@ -29,3 +32,41 @@ def test_the_demo_completes_with_every_check_passing() -> None:
     )
     checks = [line.strip() for line in report.splitlines() if line.startswith(("  ok ", "  FAIL "))]
     assert len(checks) == 6 and all(check.startswith("ok") for check in checks), checks
+
+
+@pytest.mark.slurm
+def test_the_demo_runs_a_sites_jobs_on_slurm_and_bills_what_slurm_accounted() -> None:
+    if missing := not_installed():
+        pytest.skip(missing)
+    demo = subprocess.run(
+        [sys.executable, "-m", "sovereign", "demo", "--slurm"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = demo.stdout
+    assert demo.returncode == 0, report[-4000:] + demo.stderr[-2000:]
+    assert "Demo completed" in report
+    checks = [line.strip() for line in report.splitlines() if line.startswith(("  ok ", "  FAIL "))]
+    assert len(checks) == 7 and all(check.startswith("ok") for check in checks), checks
+    assert re.search(rf"ok  the [1-9]\d* runs at {SLURM_SITE} were billed what Slurm accounted", report)
+
+
+def run(job: str, gpu_seconds: int, amount: int, billed: bool = True) -> BilledRun:
+    return BilledRun(job, 1, gpu_seconds, amount, 2100, billed)
+
+
+def test_the_slurm_check_fails_a_bill_that_is_not_sacct_and_a_slurm_job_with_no_bill() -> None:
+    accounted = {"sov-a-1": 3600, "sov-b-1": 10}
+    report, exact = slurm_accounting_report([run("a", 3600, 2100), run("b", 10, 6)], accounted)
+    assert exact, report
+    for runs, flagged in [
+        ([run("a", 3600, 2100), run("b", 9, 5)], "billed otherwise: b/1"),  # a second short
+        ([run("a", 3600, 2101), run("b", 10, 6)], "billed otherwise: a/1"),  # not at the locked price
+        ([run("a", 3600, 2100), run("b", 10, 6, billed=False)], "billed otherwise: b/1"),
+        ([run("a", 3600, 2100)], "Slurm jobs with no bill: sov-b-1"),
+        ([], "no run went there"),
+    ]:
+        report, exact = slurm_accounting_report(runs, accounted if runs else {})
+        assert not exact and flagged in report, report

@@ -158,3 +158,22 @@ def test_each_pool_is_offered_at_what_its_backend_can_take_or_else_at_the_catalo
         for pool in CapacityOfferedEvent.model_validate_json(message.payload).data.pools
     }
     assert published == offered
+
+
+def test_two_agents_on_one_database_each_take_and_drive_only_their_own_sites_runs(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    offers = {o.site.site_id: o for o in CATALOGUE.offers}
+    haenam = factory.FactoryContext(offers={"nacc-haenam": offers["nacc-haenam"]})
+    others = factory.FactoryContext(offers={s: o for s, o in offers.items() if s != "nacc-haenam"})
+    placed = placed_at_haenam(uuid.uuid4())
+    # The other sites' agent reads it first: not its site, so it leaves the event for Haenam's agent.
+    for ctx in (others, haenam, haenam):
+        with unit_of_work(engine) as session:
+            factory.on_job_placed(ctx, session, placed)
+    with unit_of_work(engine) as session:
+        assert [run.job_id for run in factory.active_runs(session, haenam.offers)] == [
+            str(placed.data.job_id)
+        ]
+        assert factory.active_runs(session, others.offers) == []

@@ -35,7 +35,7 @@ async def test_a_record_the_broker_refuses_is_set_aside_and_the_rest_are_deliver
         database_url_for(settings, "placement"), "placement", [*OUTBOX_TABLES, table_of(WorkerRow)]
     )
     with unit_of_work(engine) as session:
-        register_worker(session, "w1", [])
+        register_worker(session, "w1", [], "")
     mark_worker(engine, "w1", ready=True)
     before, after = request_event(), request_event()
     too_large_id = str(uuid.uuid4())
@@ -84,7 +84,7 @@ async def test_a_record_kept_too_long_for_its_turn_makes_the_service_not_ready(
     tables = [*OUTBOX_TABLES, table_of(WorkerRow), *ARRIVAL_TABLES]
     engine = create_service_engine(database_url_for(settings, "placement"), "placement", tables)
     with unit_of_work(engine) as session:
-        register_worker(session, "w1", [])
+        register_worker(session, "w1", [], "")
     mark_worker(engine, "w1", ready=True)
     waited = OUTBOX_STALE_AFTER + timedelta(seconds=30)
     with unit_of_work(engine) as session:

@@ -5,7 +5,6 @@ fail, are cancelled and are accounted to the second; a drained node's GPUs leave
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,19 +40,18 @@ from services.factory_agent.slurm import (
 )
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.shared.db import unit_of_work
-from sovereign.stack.slurm import DEBIAN_PACKAGES, LocalSlurm
+from sovereign.stack.slurm import LAUNCH_SCRIPT, LocalSlurm, not_installed
 from tests.conftest import placed_at_haenam
 from tests.storage_support import CATALOGUE, make_engine, outbox
 
-LAUNCH_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "run-job.sh"
 GPUS = 8
 PARTITION = "gpu"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSlurm, SlurmCluster, Path]]:
-    if shutil.which("slurmctld") is None or shutil.which("mariadbd") is None:
-        pytest.skip(f"Slurm is not installed (Debian: {' '.join(DEBIAN_PACKAGES)}; scripts/setup.sh)")
+    if missing := not_installed():
+        pytest.skip(missing)
     local = LocalSlurm(gpus=GPUS, partitions=(PARTITION,))
     local.start()
     fail_dir = tmp_path_factory.mktemp("fail")
@@ -344,7 +342,7 @@ def test_an_agent_that_died_after_sbatch_and_mid_run_submits_nothing_twice_and_r
     with unit_of_work(engine) as session:
         on_job_placed(context, session, placed_at_haenam(job_id, gpu_count=1, expected_hours=4.0))
     with unit_of_work(engine) as session:
-        [run] = active_runs(session)
+        [run] = active_runs(session, context.offers)
     submitted = asyncio.run(backend.submit(run))  # ... and the agent died before recording it
     assert submitted is not None
     # Restarted: nothing of the old agent is left but its database.

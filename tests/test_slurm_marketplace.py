@@ -7,7 +7,6 @@ price."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from services.placement.storage import PoolRow
 from services.shared.domain.catalogue import load_catalogue
 from services.shared.domain.money import charge_krw
 from services.shared.settings import REPO_ROOT
-from sovereign.stack.slurm import DEBIAN_PACKAGES, LocalSlurm
+from sovereign.stack.slurm import LocalSlurm, not_installed
 from sovereign.submit import cancel_event
 from sovereign.verification.workload import request_events
 from tests.conftest import TEST_KEYS
@@ -33,17 +32,16 @@ from tests.fault_harness import Cluster, running_cluster, sender
 
 pytestmark = [pytest.mark.slurm, pytest.mark.broker]
 
-SITE, POOL, PARTITION = "nacc-haenam", "nacc-haenam-b200", "b200"
+SITE, POOL = "nacc-haenam", "nacc-haenam-b200"
 GPUS = 8
 TIME_SCALE = 3600.0  # an expected hour runs for a second
-LAUNCH_SCRIPT = REPO_ROOT / "deploy" / "slurm" / "run-job.sh"
 
 
 @pytest.fixture
 def slurm() -> Iterator[LocalSlurm]:
-    if shutil.which("slurmctld") is None or shutil.which("mariadbd") is None:
-        pytest.skip(f"Slurm is not installed (Debian: {' '.join(DEBIAN_PACKAGES)}; scripts/setup.sh)")
-    local = LocalSlurm(gpus=GPUS, partitions=(PARTITION,))
+    if missing := not_installed():
+        pytest.skip(missing)
+    local = LocalSlurm(gpus=GPUS, partitions=(POOL,))
     local.start()
     try:
         yield local
@@ -66,30 +64,13 @@ def request(gpus: int, hours: float) -> JobRequest:
 
 
 def slurm_env(local: LocalSlurm, fail_dir: Path) -> dict[str, str]:
-    """The factory agent's settings for one site whose pool is a partition of the cluster."""
+    """The factory agent's settings for one site whose pool is the cluster's partition; short intervals."""
     return {
-        **local.env,
-        "SOVEREIGN_FACTORY_SITES": SITE,
-        "SOVEREIGN_FACTORY_BACKEND": "slurm",
-        "SOVEREIGN_SLURM_PARTITIONS": f"{POOL}={PARTITION}",
-        "SOVEREIGN_SLURM_LAUNCH_SCRIPTS": ",".join(f"{kind.value}={LAUNCH_SCRIPT}" for kind in JobKind),
+        **local.agent_env(SITE),
         "SOVEREIGN_SLURM_USAGE_INTERVAL_SECONDS": "2",
         "SOVEREIGN_TIME_SCALE": str(TIME_SCALE),
         "SOVEREIGN_FAIL_DIR": str(fail_dir),
     }
-
-
-def accounted_gpu_seconds(local: LocalSlurm) -> dict[str, int]:
-    """Each Slurm job's elapsed seconds times its allocated GPUs, by job name, from sacct."""
-    output = local.command(
-        "sacct", "-n", "-X", "-P", "-S", "now-1days", "-E", "now+1days", "-o", "JobName,ElapsedRaw,AllocTRES"
-    )
-    accounted = {}
-    for line in output.splitlines():
-        name, elapsed, tres = line.split("|")
-        gpus = next((int(t.split("=")[1]) for t in tres.split(",") if t.startswith("gres/gpu=")), 0)
-        accounted[name] = int(elapsed) * gpus
-    return accounted
 
 
 async def wait_for(cluster: Cluster, statement: object, at_least: int, within: float = 60.0) -> None:
@@ -143,7 +124,7 @@ async def test_tenants_jobs_run_on_slurm_and_are_billed_what_sacct_accounted(
             charges = session.exec(select(ChargeRow)).all()
         with Session(cluster.engine("factory-agent")) as session:
             runs = {run.run_id: run for run in session.exec(select(RunRow)).all()}
-    accounted = accounted_gpu_seconds(slurm)
+    accounted = slurm.accounted_gpu_seconds()
     assert len(runs) >= len(requests), runs.keys()
     # Every run was one Slurm job (none submitted twice across the kill), and each run's bill is its
     # accounting at the price locked at placement.

@@ -49,6 +49,8 @@ def build(settings: Settings) -> Service:
     catalogue = load_catalogue(settings.catalogue_dir)
     service = new_service(NAME, settings, TABLES, catalogue.tenants)
     wanted = set(settings.factory_sites)
+    # An agent for named sites is its factory's own: it reads every placement, to take those at its sites.
+    service.party = "+".join(sorted(wanted))
     unknown = (wanted | set(settings.site_failure_rates)) - set(catalogue.site_ids)
     if unknown:
         raise ValueError(f"unknown sites for the factory agent: {', '.join(sorted(unknown))}")
@@ -116,7 +118,7 @@ async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: hand
     """One pass over the runs not yet ended: hand each new one to the backend, pass cancels on, and report
     what the backend says of each. Returns how many events it emitted."""
     with unit_of_work(engine) as session:
-        runs = handlers.active_runs(session)
+        runs = handlers.active_runs(session, context.offers)
     reports: dict[str, RunReport] = {}
     for run in runs:
         if run.cancel_requested and not run.submitted:

@@ -5,7 +5,7 @@ advance_run: jobs.started once, each usage interval once, jobs.completed at the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -110,12 +110,11 @@ def update_capacity(ctx: FactoryContext, session: Session, usable: dict[str, int
 
 
 def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) -> None:
-    if not claim_event(session, CONSUMER, event):
-        return
     placed = event.data
     offer = ctx.offers.get(placed.site_id)
-    if offer is None:
-        return  # another agent simulates that site
+    # Another agent's site: left unclaimed, for that agent even if it shares this database.
+    if offer is None or not claim_event(session, CONSUMER, event):
+        return
     if session.get(CancelledJob, str(placed.job_id)) is not None:
         # Cancelled before it reached us: it never starts, and placement gets its capacity back.
         _report_completion(
@@ -159,10 +158,10 @@ def on_job_placed(ctx: FactoryContext, session: Session, event: JobPlacedEvent) 
 
 def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledEvent) -> None:
     """Stop a cancelled run after its last reported interval; usage until then stands and is billed."""
-    if not claim_event(session, CONSUMER, event):
-        return
     cancelled = event.data
     if cancelled.stage != "placed" or cancelled.site_id not in ctx.offers:
+        return
+    if not claim_event(session, CONSUMER, event):
         return
     job_id = str(cancelled.job_id)
     run = running_run(session, job_id)
@@ -174,10 +173,15 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
     run.cancel_requested = True
 
 
-def active_runs(session: Session) -> list[RunRow]:
-    """The runs not yet ended here, detached from the session (the loop awaits the backend with them)."""
+def active_runs(session: Session, site_ids: Iterable[str]) -> list[RunRow]:
+    """The runs not yet ended at these sites, detached from the session (the loop awaits the backend with
+    them). Another agent's runs are not this one's to drive, should the two share a database."""
     runs = list(
-        session.exec(select(RunRow).where(RunRow.state == RunState.RUNNING).order_by(col(RunRow.run_id)))
+        session.exec(
+            select(RunRow)
+            .where(RunRow.state == RunState.RUNNING, col(RunRow.site_id).in_(list(site_ids)))
+            .order_by(col(RunRow.run_id))
+        )
     )
     session.expunge_all()
     return runs

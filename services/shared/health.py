@@ -29,6 +29,8 @@ class WorkerRow(SQLModel, table=True):
     pid: int
     # The topics this worker consumes, so status can compute its lag without building the service.
     topics: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The consumer group it reads them in (a factory's agent for its sites has one of its own).
+    group: str = Field(default="", max_length=300)
     started_at: datetime = Field(default_factory=utc_now)
     ready_at: datetime | None = None
     heartbeat_at: datetime = Field(default_factory=utc_now)
@@ -39,8 +41,10 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def register_worker(session: Session, worker_id: str, topics: list[str]) -> None:
-    session.add(WorkerRow(worker_id=worker_id, host=socket.gethostname(), pid=os.getpid(), topics=topics))
+def register_worker(session: Session, worker_id: str, topics: list[str], group: str) -> None:
+    session.add(
+        WorkerRow(worker_id=worker_id, host=socket.gethostname(), pid=os.getpid(), topics=topics, group=group)
+    )
 
 
 def mark_worker(engine: Engine, worker_id: str, *, ready: bool = False, stopped: bool = False) -> None:

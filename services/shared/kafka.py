@@ -158,18 +158,22 @@ def dead_letter_headers(record: Record, error: BaseException, consumer: str) -> 
     return headers
 
 
-def consumer_group(service: str) -> str:
-    # One group per service, over every topic it consumes: its workers share each topic's partitions.
-    return f"{service}.events"
+def consumer_group(service: str, party: str = "") -> str:
+    """One group per service, over every topic it consumes: its workers share each topic's partitions. A
+    party that runs the service for its own part (a factory's agent for its sites) has a group of its own,
+    so that it reads every record, not a share of them."""
+    return f"{service}.{party}.events" if party else f"{service}.events"
 
 
 def subscriber_options(
-    service: str, settings: Settings, broadcast_topic: str | None = None
+    service: str, settings: Settings, broadcast_topic: str | None = None, party: str = ""
 ) -> dict[str, Any]:
     """Consumer settings; a broadcast subscriber (of one topic) has a group of its own, so every worker reads
     everything."""
     group = (
-        f"{service}.{broadcast_topic}.{uuid.uuid4().hex[:12]}" if broadcast_topic else consumer_group(service)
+        f"{service}.{broadcast_topic}.{uuid.uuid4().hex[:12]}"
+        if broadcast_topic
+        else consumer_group(service, party)
     )
     return {
         "group_id": group,

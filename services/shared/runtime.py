@@ -43,6 +43,7 @@ from services.shared.inbox import ProcessedEvent
 from services.shared.kafka import (
     all_topics,
     build_broker,
+    consumer_group,
     dead_letter,
     dead_letter_headers,
     ensure_topics,
@@ -78,8 +79,6 @@ class Service:
     # the handler its batches go through.
     handlers: dict[str, tuple[type[Event], Callable[[Session, Any], None]]] = field(default_factory=dict)  # type: ignore[type-arg]
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
-    # Run once in a transaction when the service starts, before it consumes.
-    on_start: list[Callable[[Session], None]] = field(default_factory=list)
     # Per topic, what answers a record that is not a valid event: True if its sender was proved and told
     # (the record is then done with), False to dead-letter it.
     answers: dict[str, Callable[[Session, Record, BaseException], bool]] = field(default_factory=dict)
@@ -90,6 +89,8 @@ class Service:
     turns: Turns = field(default_factory=Turns)
     # When the consumer last handled a batch (time.monotonic()).
     last_batch_at: float = 0.0
+    # Who runs this service for a part of its own (kafka.consumer_group), "" for the whole.
+    party: str = ""
 
     @property
     def consumed(self) -> list[str]:
@@ -198,7 +199,7 @@ def consume(service: Service, handlers: Handlers, arrival_topics: frozenset[str]
         max_records=service.settings.batch_max_events,
         batch_timeout_ms=service.settings.batch_wait_ms,
         decoder=_batch_decoder(models, arrival_topics),
-        **subscriber_options(service.name, service.settings),
+        **subscriber_options(service.name, service.settings, party=service.party),
     )(handler)
     service.handlers.update({topic: (model, by_model[model]) for topic, model in models.items()})
 
@@ -351,9 +352,9 @@ async def running(service: Service) -> AsyncIterator[Service]:
             transport_security(service.settings),
         )
     with unit_of_work(service.engine) as session:
-        register_worker(session, service.worker_id, service.consumed)
-        for start in service.on_start:
-            start(session)
+        register_worker(
+            session, service.worker_id, service.consumed, consumer_group(service.name, service.party)
+        )
     await start_broker(service.broker)
     mark_worker(service.engine, service.worker_id, ready=True)
     loops: list[Callable[[], Coroutine[Any, Any, None]]] = [

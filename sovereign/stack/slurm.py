@@ -15,11 +15,30 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from contracts.events import CapacityOffered, JobKind
+from services.factory_agent.backends import BackendKind
 from services.shared.embedded_broker import free_loopback_port, terminate
+from services.shared.settings import REPO_ROOT
 
 CLUSTER_NAME = "sovereign"
 # Slurm needs the full set of its daemons and commands, MariaDB and munge: Debian's packages of them.
 DEBIAN_PACKAGES = ("slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "mariadb-server")
+COMMANDS = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "sacctmgr", "munged", "mariadbd")
+# What the jobs run here: a script that runs for the job's scaled length (and can be told to fail).
+LAUNCH_SCRIPT = REPO_ROOT / "deploy" / "slurm" / "run-job.sh"
+
+
+def not_installed() -> str | None:
+    """What of the cluster's daemons and commands is not installed here, and how to install it."""
+    missing = [command for command in COMMANDS if shutil.which(command) is None]
+    if not missing:
+        return None
+    return (
+        f"no {', '.join(missing)} here: scripts/setup-production-stack.sh installs Debian's "
+        f"{' '.join(DEBIAN_PACKAGES)}"
+    )
+
+
 _DATABASE = "slurm_acct_db"
 _DATABASE_USER = "slurm"
 _DATABASE_PASSWORD = "local-accounting"  # loopback only, in a directory removed at stop
@@ -37,6 +56,14 @@ class LocalSlurm:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._ports = {name: free_loopback_port() for name in ("slurmctld", "slurmd", "slurmdbd", "mariadb")}
 
+    @classmethod
+    def for_site(cls, offer: CapacityOffered) -> LocalSlurm:
+        """A cluster for one site: a partition per pool, named after it, the node with all their GPUs."""
+        return cls(
+            gpus=sum(pool.gpu_count for pool in offer.pools),
+            partitions=tuple(pool.pool_id for pool in offer.pools),
+        )
+
     # --- what clients need ---------------------------------------------------------------------------
 
     @property
@@ -48,11 +75,43 @@ class LocalSlurm:
         """What a process running Slurm's commands needs to reach this cluster."""
         return {"SLURM_CONF": str(self.conf)}
 
+    def agent_env(self, site_id: str) -> dict[str, str]:
+        """A factory agent's settings for a site whose pools are this cluster's partitions of the same
+        names (for_site), every job kind run by the launch script."""
+        return {
+            **self.env,
+            "SOVEREIGN_FACTORY_SITES": site_id,
+            "SOVEREIGN_FACTORY_BACKEND": BackendKind.SLURM.value,
+            "SOVEREIGN_SLURM_PARTITIONS": ",".join(f"{name}={name}" for name in self.partitions),
+            "SOVEREIGN_SLURM_LAUNCH_SCRIPTS": ",".join(f"{kind.value}={LAUNCH_SCRIPT}" for kind in JobKind),
+        }
+
     def command(self, *args: str, check: bool = True) -> str:
         done = self._run(*args)
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
+
+    def accounted_gpu_seconds(self) -> dict[str, int]:
+        """Each job's elapsed seconds times its allocated GPUs, by job name, from the accounting (sacct)."""
+        output = self.command(
+            "sacct",
+            "-n",
+            "-X",
+            "-P",
+            "-S",
+            "now-7days",
+            "-E",
+            "now+1days",
+            "-o",
+            "JobName,ElapsedRaw,AllocTRES",
+        )
+        accounted = {}
+        for line in output.splitlines():
+            name, elapsed, tres = line.split("|")
+            gpus = next((int(t.split("=")[1]) for t in tres.split(",") if t.startswith("gres/gpu=")), 0)
+            accounted[name] = int(elapsed) * gpus
+        return accounted
 
     # --- starting and stopping -----------------------------------------------------------------------
 

@@ -5,13 +5,15 @@ fail, are cancelled and are accounted to the second; a drained node's GPUs leave
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given
@@ -26,7 +28,7 @@ from contracts.events import (
     JobRequest,
     UsageReportedEvent,
 )
-from services.factory_agent.app import drive_runs_once
+from services.factory_agent.app import build_backend, drive_runs_once
 from services.factory_agent.backends import SlurmBackend
 from services.factory_agent.handlers import FactoryContext, active_runs, on_job_cancelled, on_job_placed
 from services.factory_agent.slurm import (
@@ -40,6 +42,7 @@ from services.factory_agent.slurm import (
 )
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.shared.db import unit_of_work
+from services.shared.settings import Settings
 from sovereign.stack.slurm import LAUNCH_SCRIPT, LocalSlurm, not_installed
 from tests.conftest import placed_at_haenam
 from tests.storage_support import CATALOGUE, make_engine, outbox
@@ -391,3 +394,37 @@ def test_intervals_reported_while_running_are_a_prefix_of_the_final_ones_and_add
     assert [i.seq for i in final] == list(range(1, len(final) + 1))
     assert all(a.end_offset_s == b.start_offset_s for a, b in pairwise(final))
     assert all(i.end_offset_s > i.start_offset_s for i in final)
+
+
+def slurm_settings(sites: str, **fields: Any) -> tuple[Settings, FactoryContext]:
+    settings = replace(
+        Settings(),
+        factory_backend="slurm",
+        slurm_partitions={"nacc-haenam-b200": "b200", "skt-pangyo-h100": "h100"},
+        slurm_launch_scripts=dict.fromkeys((kind.value for kind in JobKind), LAUNCH_SCRIPT),
+        **fields,
+    )
+    offers = {o.site.site_id: o for o in CATALOGUE.offers if o.site.site_id in sites.split(",")}
+    return settings, FactoryContext(offers=offers)
+
+
+@pytest.mark.parametrize(
+    ("sites", "fields", "refused"),
+    [
+        ("nacc-haenam", {"factory_backend": "kubernetes"}, "SOVEREIGN_FACTORY_BACKEND is 'kubernetes'"),
+        ("nacc-haenam,gov-pool-nhn", {}, "no partition for pools gov-pool-nhn-h200"),
+        ("nacc-haenam", {"slurm_launch_scripts": {}}, "SOVEREIGN_SLURM_LAUNCH_SCRIPTS has no script for"),
+        # Slurm accounts GPU time: a pool priced per token would bill its inference at nothing.
+        ("skt-pangyo", {}, "pools skt-pangyo-h100 are priced per token"),
+    ],
+)
+def test_a_slurm_site_the_agent_cannot_serve_truthfully_stops_it_at_start_saying_why(
+    sites: str, fields: dict[str, Any], refused: str
+) -> None:
+    settings, context = slurm_settings(sites, **fields)
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        build_backend(settings, context)
+
+
+def test_a_slurm_site_whose_pools_all_have_partitions_and_scripts_gets_the_slurm_backend() -> None:
+    assert isinstance(build_backend(*slurm_settings("nacc-haenam")), SlurmBackend)

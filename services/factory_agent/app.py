@@ -157,6 +157,10 @@ async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: hand
 
 
 def build_backend(settings: Settings, context: handlers.FactoryContext) -> FactoryBackend:
+    if settings.factory_backend not in set(BackendKind):
+        raise ValueError(
+            f"SOVEREIGN_FACTORY_BACKEND is {settings.factory_backend!r}: use one of {', '.join(BackendKind)}"
+        )
     kind = BackendKind(settings.factory_backend)
     if kind is BackendKind.SIMULATION:
         return SimulatedBackend(settings.time_scale, settings.site_failure_rates)
@@ -165,6 +169,18 @@ def build_backend(settings: Settings, context: handlers.FactoryContext) -> Facto
     if unmapped:
         raise ValueError(
             f"SOVEREIGN_SLURM_PARTITIONS has no partition for pools {', '.join(sorted(unmapped))}"
+        )
+    # Slurm accounts GPU time, not tokens: a pool priced per token would be billed nothing for inference.
+    per_token = sorted(
+        pool.pool_id
+        for offer in context.offers.values()
+        for pool in offer.pools
+        if pool.price_krw_per_million_input_tokens is not None
+    )
+    if per_token:
+        raise ValueError(
+            f"pools {', '.join(per_token)} are priced per token, and the Slurm backend reports no token "
+            "counts: serve them with another backend, or price them per GPU-hour"
         )
     unscripted = {kind.value for kind in JobKind} - set(settings.slurm_launch_scripts)
     if unscripted:

@@ -397,13 +397,12 @@ def test_intervals_reported_while_running_are_a_prefix_of_the_final_ones_and_add
 
 
 def slurm_settings(sites: str, **fields: Any) -> tuple[Settings, FactoryContext]:
-    settings = replace(
-        Settings(),
-        factory_backend="slurm",
-        slurm_partitions={"nacc-haenam-b200": "b200", "skt-pangyo-h100": "h100"},
-        slurm_launch_scripts=dict.fromkeys((kind.value for kind in JobKind), LAUNCH_SCRIPT),
-        **fields,
-    )
+    complete: dict[str, Any] = {
+        "factory_backend": "slurm",
+        "slurm_partitions": {"nacc-haenam-b200": "b200", "skt-pangyo-h100": "h100"},
+        "slurm_launch_scripts": dict.fromkeys((kind.value for kind in JobKind), LAUNCH_SCRIPT),
+    }
+    settings = replace(Settings(), **(complete | fields))
     offers = {o.site.site_id: o for o in CATALOGUE.offers if o.site.site_id in sites.split(",")}
     return settings, FactoryContext(offers=offers)
 

@@ -28,6 +28,7 @@ from services.billing.check import check_billing
 from services.billing.handlers import BillingContext, issue_invoice
 from services.billing.storage import TABLES as BILLING_TABLES
 from services.billing.storage import InvoiceRow
+from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.governance.queries import verify_log
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
 from services.shared.db import create_service_engine, unit_of_work, utc_now
@@ -42,7 +43,13 @@ from sovereign.embedded import start_service
 from sovereign.keys import ThrowawayKeys, throwaway_keys
 from sovereign.options import Commands
 from sovereign.report import render_report
-from sovereign.slurm_demo import SLURM_SITE, charges_at, slurm_accounting_report, slurm_cluster_for
+from sovereign.slurm_demo import (
+    SLURM_SITE,
+    charges_at,
+    slurm_accounting_report,
+    slurm_cluster_for,
+    slurm_jobs,
+)
 from sovereign.stack.slurm import LocalSlurm, not_installed
 from sovereign.submit import cancel_event
 from sovereign.verification.history import collect_history
@@ -260,7 +267,8 @@ async def _drive(
         if cluster is not None:
             print(f"\n== Slurm at {SLURM_SITE}: each run's Slurm job (sacct) and its bill")
             runs = _read_service_database("billing", BILLING_TABLES, partial(charges_at, SLURM_SITE)) or []
-            report, exact = slurm_accounting_report(runs, cluster.accounted_gpu_seconds())
+            submitted = _read_service_database("factory-agent", FACTORY_TABLES, slurm_jobs) or {}
+            report, exact = slurm_accounting_report(runs, submitted, cluster.accounted_gpu_seconds())
             print(report)
             finished &= exact
         print(f"\nDemo {'completed' if finished else 'INCOMPLETE'} in {time.monotonic() - started:.1f}s.")

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from services.billing.storage import ChargeRow
-from services.factory_agent.slurm import job_name
-from services.factory_agent.storage import run_key
+from services.factory_agent.storage import RunRow, run_key
 from services.shared.domain.catalogue import load_catalogue
 from services.shared.domain.money import charge_krw
 from services.shared.settings import REPO_ROOT
@@ -55,25 +54,38 @@ def charges_at(site_id: str, session: Session) -> list[BilledRun]:
     ]
 
 
-def slurm_accounting_report(runs: Sequence[BilledRun], accounted: Mapping[str, int]) -> tuple[str, bool]:
+def slurm_jobs(session: Session) -> dict[str, str]:
+    """The Slurm job of each run the agents handed to a backend that names one, by run id."""
+    return {
+        run.run_id: run.backend_ref
+        for run in session.exec(select(RunRow).where(col(RunRow.backend_ref).is_not(None)))
+        if run.backend_ref is not None
+    }
+
+
+def slurm_accounting_report(
+    runs: Sequence[BilledRun], jobs: Mapping[str, str], accounted: Mapping[str, int]
+) -> tuple[str, bool]:
     """Each run beside its Slurm job's accounting (a run cancelled before it was submitted has none, and
     used nothing), and whether every bill is exactly sacct's GPU-seconds at the locked price with no Slurm
-    job left unbilled."""
+    job left unbilled. `jobs`: each run's Slurm job id; `accounted`: each Slurm job's GPU-seconds."""
     lines = [
-        "  Each run is the Slurm job sov-<job id>-<attempt>. It runs its expected hours at the demo's time",
-        "  scale, and Slurm accounts real seconds: the bill is for the seconds its GPUs actually ran.",
-        f"  {'run (job id/attempt)':<40} {'sacct GPU-s':>11} {'billed GPU-s':>12} {'KRW':>6}",
+        "  Each run was one Slurm job. It ran its expected hours at the demo's time scale, and Slurm",
+        "  accounts real seconds: the bill is for the seconds its GPUs actually ran.",
+        f"  {'run (job id/attempt)':<40} {'Slurm job':>9} {'sacct GPU-s':>11} {'billed GPU-s':>12} KRW",
     ]
     wrong: list[str] = []
     for run in runs:
         run_id = run_key(run.job_id, run.attempt)
-        used = accounted.get(job_name(run_id), 0)  # none: cancelled before it was submitted
+        slurm_job = jobs.get(run_id)
+        used = accounted.get(slurm_job or "", 0)  # none: cancelled before it was submitted
         expected = charge_krw(used, run.price_krw_per_gpu_hour or 0)
         if not run.billed or (run.gpu_seconds, run.amount_krw) != (used, expected):
             wrong.append(run_id)
-        lines.append(f"  {run_id:<40} {used:>11,} {run.gpu_seconds:>12,} {run.amount_krw:>6,}")
-    billed_names = {job_name(run_key(run.job_id, run.attempt)) for run in runs}
-    unbilled = sorted(set(accounted) - billed_names)
+        shown = slurm_job or "-"
+        lines.append(f"  {run_id:<40} {shown:>9} {used:>11,} {run.gpu_seconds:>12,} {run.amount_krw:>6,}")
+    billed = {jobs[run_id] for run in runs if (run_id := run_key(run.job_id, run.attempt)) in jobs}
+    unbilled = sorted(set(accounted) - billed, key=int)
     exact = bool(runs) and not wrong and not unbilled
     total = sum(accounted.values())
     verdict = (

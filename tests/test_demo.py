@@ -58,15 +58,18 @@ def run(job: str, gpu_seconds: int, amount: int, billed: bool = True) -> BilledR
 
 
 def test_the_slurm_check_fails_a_bill_that_is_not_sacct_and_a_slurm_job_with_no_bill() -> None:
-    accounted = {"sov-a-1": 3600, "sov-b-1": 10}
-    report, exact = slurm_accounting_report([run("a", 3600, 2100), run("b", 10, 6)], accounted)
+    jobs, accounted = {"a/1": "1", "b/1": "2"}, {"1": 3600, "2": 10}
+    report, exact = slurm_accounting_report([run("a", 3600, 2100), run("b", 10, 6)], jobs, accounted)
     assert exact, report
     for runs, flagged in [
         ([run("a", 3600, 2100), run("b", 9, 5)], "billed otherwise: b/1"),  # a second short
         ([run("a", 3600, 2101), run("b", 10, 6)], "billed otherwise: a/1"),  # not at the locked price
         ([run("a", 3600, 2100), run("b", 10, 6, billed=False)], "billed otherwise: b/1"),
-        ([run("a", 3600, 2100)], "Slurm jobs with no bill: sov-b-1"),
+        ([run("a", 3600, 2100)], "Slurm jobs with no bill: 2"),
         ([], "no run went there"),
     ]:
-        report, exact = slurm_accounting_report(runs, accounted if runs else {})
+        report, exact = slurm_accounting_report(runs, jobs, accounted if runs else {})
         assert not exact and flagged in report, report
+    # A run submitted twice: the second Slurm job is no run's, and is not billed.
+    report, exact = slurm_accounting_report([run("a", 3600, 2100)], {"a/1": "1"}, {"1": 3600, "3": 3600})
+    assert not exact and "Slurm jobs with no bill: 3" in report

@@ -18,7 +18,6 @@ from sqlmodel import Session, col, func, select
 
 from contracts.events import JobKind, JobRequest
 from services.billing.storage import ChargeRow
-from services.factory_agent.slurm import job_name
 from services.factory_agent.storage import RunRow, RunState
 from services.placement.storage import PoolRow
 from services.shared.domain.catalogue import load_catalogue
@@ -126,13 +125,13 @@ async def test_tenants_jobs_run_on_slurm_and_are_billed_what_sacct_accounted(
             runs = {run.run_id: run for run in session.exec(select(RunRow)).all()}
     accounted = slurm.accounted_gpu_seconds()
     assert len(runs) >= len(requests), runs.keys()
-    # Every run was one Slurm job (none submitted twice across the kill), and each run's bill is its
-    # accounting at the price locked at placement.
-    assert sorted(accounted) == sorted(job_name(run_id) for run_id in runs)
+    # Every run was one Slurm job (none submitted twice across the kill: a second would be a job no run
+    # names), and each run's bill is its accounting at the price locked at placement.
+    assert sorted(accounted) == sorted(str(run.backend_ref) for run in runs.values())
     assert {(c.job_id, c.attempt) for c in charges} == {(r.job_id, r.attempt) for r in runs.values()}
     for charge in charges:
         run = next(r for r in runs.values() if (r.job_id, r.attempt) == (charge.job_id, charge.attempt))
-        gpu_seconds = accounted[job_name(run.run_id)]
+        gpu_seconds = accounted[str(run.backend_ref)]
         assert charge.billed and charge.price_krw_per_gpu_hour == price
         assert (charge.rated_gpu_seconds, charge.rated_amount_krw) == (
             gpu_seconds,
@@ -141,5 +140,5 @@ async def test_tenants_jobs_run_on_slurm_and_are_billed_what_sacct_accounted(
     by_job = {r.job_id: r for r in runs.values() if r.attempt == 1}
     assert by_job[str(failing.job_id)].state == RunState.FAILED
     assert by_job[str(cancelled.job_id)].state == RunState.CANCELLED
-    assert 0 < accounted[job_name(by_job[str(cancelled.job_id)].run_id)] < 30 * 3
-    assert all(accounted[job_name(r.run_id)] > 0 for r in runs.values())
+    assert 0 < accounted[str(by_job[str(cancelled.job_id)].backend_ref)] < 30 * 3
+    assert all(accounted[str(r.backend_ref)] > 0 for r in runs.values())

@@ -93,7 +93,9 @@ class LocalSlurm:
         return done.stdout
 
     def accounted_gpu_seconds(self) -> dict[str, int]:
-        """Each job's elapsed seconds times its allocated GPUs, by job name, from the accounting (sacct)."""
+        """Each job's elapsed seconds times its allocated GPUs, by Slurm job id, from the accounting (sacct).
+        By id, not name: slurmdbd holds a just-ended job under the name "allocation" for up to a second
+        (measured here under load), before its submission's record catches up."""
         output = self.command(
             "sacct",
             "-n",
@@ -104,13 +106,13 @@ class LocalSlurm:
             "-E",
             "now+1days",
             "-o",
-            "JobName,ElapsedRaw,AllocTRES",
+            "JobID,ElapsedRaw,AllocTRES",
         )
         accounted = {}
         for line in output.splitlines():
-            name, elapsed, tres = line.split("|")
+            job_id, elapsed, tres = line.split("|")
             gpus = next((int(t.split("=")[1]) for t in tres.split(",") if t.startswith("gres/gpu=")), 0)
-            accounted[name] = int(elapsed) * gpus
+            accounted[job_id] = int(elapsed) * gpus
         return accounted
 
     # --- starting and stopping -----------------------------------------------------------------------

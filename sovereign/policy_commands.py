@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from functools import partial
 from pathlib import Path
 
-from contracts.events import PolicyPublishedEvent, PolicyRevisionPublished
-from services.governance.policy_diff import diff_bundles
-from services.governance.queries import find_revision, latest_revision, what_if
+from services.governance.officer_actions import (
+    PUBLICATION_KEY,
+    ActionRefused,
+    prepare_publication,
+    revision_diff,
+    run_revision_tests,
+    what_if_report,
+)
 from services.governance.what_if import ASSUMPTIONS, EVERY_JOB, EffectKind, Scope, WhatIfReport
-from services.shared.domain.catalogue import CatalogueError, load_catalogue
-from services.shared.domain.policy import EmbeddedRegoEngine, PolicyBundle, PolicyEngineError, run_rego_tests
-from services.shared.domain.policy_check import check_in_child_process
 from services.shared.domain.signing import Signer
 from services.shared.kafka import transport_security
 from services.shared.settings import Settings
@@ -21,28 +24,16 @@ from sovereign.decision_commands import governance_session
 from sovereign.options import Commands, connection_options, moment, settings_of
 from sovereign.verification.watch import produce
 
-# Every revision goes to one partition, so all consumers see them in publication order.
-PUBLICATION_KEY = "policies"
-
-
-def registry_problem(catalogue_dir: Path) -> str | None:
-    """Why the tenant registry (and the sites) the policy reads would not load, or None."""
-    try:
-        load_catalogue(catalogue_dir)
-    except CatalogueError as error:
-        return str(error)
-    return None
-
 
 def policy_test(directory: Path, catalogue_dir: Path | None = None) -> int:
     """Run every Rego test; report each and which catalogue rules fired, and check the registry the
     policy reads (catalogue_dir). Non-zero on any failure."""
     try:
-        bundle = PolicyBundle.load(directory)
-        run = run_rego_tests(bundle)
-    except PolicyEngineError as error:
-        print(f"FAIL  {directory}: {error}")
+        tested = run_revision_tests(directory, catalogue_dir)
+    except ActionRefused as refusal:
+        print(f"FAIL  {refusal}")
         return 1
+    run = tested.run
     for result in sorted(run.results, key=lambda r: r.name):
         status = "PASS" if result.passed else "FAIL"
         detail = f"  ({result.error})" if result.error else ""
@@ -61,11 +52,10 @@ def policy_test(directory: Path, catalogue_dir: Path | None = None) -> int:
         print(f"  never fired in any test: {rule}")
     if run.data_problems:
         print(f"data.json refused: {len(run.data_problems)} problem(s)")
-    refused_registry = registry_problem(catalogue_dir) if catalogue_dir is not None else None
-    if refused_registry is not None:
-        print(f"FAIL  registry: {refused_registry}")
-    print(f"policy revision {bundle.revision}")
-    return 0 if run.ok and refused_registry is None else 1
+    if tested.registry_problem is not None:
+        print(f"FAIL  registry: {tested.registry_problem}")
+    print(f"policy revision {tested.revision}")
+    return 0 if tested.ok else 1
 
 
 async def policy_publish(directory: Path, settings: Settings, published_by: str) -> int:
@@ -76,60 +66,29 @@ async def policy_publish(directory: Path, settings: Settings, published_by: str)
         return 2
     signer = Signer.load(settings.signing_key_path, settings.signing_key_id)
     try:
-        bundle = PolicyBundle.load(directory)
-    except PolicyEngineError as error:
-        print(f"refused: {error}")
+        event = await prepare_publication(directory, settings.catalogue_dir, signer, published_by)
+    except ActionRefused as refusal:
+        print(f"refused: {refusal}")
         return 1
-    refused_registry = registry_problem(settings.catalogue_dir)
-    if refused_registry is not None:
-        print(f"refused: the registry the policy reads does not load: {refused_registry}")
-        return 1
-    result = await check_in_child_process(bundle)
-    if not result.ok:
-        print(f"refused: revision {bundle.revision[:12]} does not pass its tests: {result.detail}")
-        return 1
-    published = PolicyRevisionPublished(
-        policy_revision=bundle.revision,
-        published_by=published_by,
-        tests_passed=result.tests_passed,
-        files=bundle.file_digests(),
-        bundle=bundle.files,
-    )
-    event = signer.sign(
-        PolicyPublishedEvent.create(source="service/governance", subject="policies", data=published)
-    )
     await produce(
         settings.bootstrap_servers,
         [(event, PUBLICATION_KEY)],
         settings.idempotent_producer,
         transport_security(settings),
     )
-    print(f"published revision {bundle.revision} ({result.tests_passed} tests passed), by {published_by}")
+    revision, tests = event.data.policy_revision, event.data.tests_passed
+    print(f"published revision {revision} ({tests} tests passed), by {published_by}")
     return 0
-
-
-def load_bundle(reference: str, settings: Settings) -> PolicyBundle:
-    """A policy directory, or a published revision (a unique prefix of its id) from governance's store."""
-    if Path(reference).is_dir():
-        return PolicyBundle.load(Path(reference))
-    with governance_session(settings) as session:
-        row = find_revision(session, reference)
-    if row is None:
-        raise PolicyEngineError(
-            f"{reference!r} is neither a policy directory nor one published revision's id"
-        )
-    return PolicyBundle(dict(row.bundle))
 
 
 def policy_diff(old_reference: str, new_reference: str, settings: Settings) -> int:
     try:
-        old, new = load_bundle(old_reference, settings), load_bundle(new_reference, settings)
-    except PolicyEngineError as error:
-        print(f"error: {error}")
+        diff = revision_diff(old_reference, new_reference, partial(governance_session, settings))
+    except ActionRefused as refusal:
+        print(f"error: {refusal}")
         return 2
-    lines = diff_bundles(old, new)
-    print(f"{old.revision[:12]} -> {new.revision[:12]}: {len(lines) or 'no'} differences")
-    for line in lines:
+    print(f"{diff.old[:12]} -> {diff.new[:12]}: {len(diff.lines) or 'no'} differences")
+    for line in diff.lines:
         print(f"  {line}")
     return 0
 
@@ -144,24 +103,17 @@ def policy_what_if(
     """Replay recorded decisions under the candidate and the current revision. 0 when the candidate would
     place no job where a rule of the current revision forbids it, 1 when it would, 2 on an error."""
     try:
-        candidate = EmbeddedRegoEngine(load_bundle(against, settings))
-        if current_reference is not None:
-            baseline = load_bundle(current_reference, settings)
-        else:
-            with governance_session(settings) as session:
-                published = latest_revision(session)
-            baseline = (
-                PolicyBundle(dict(published.bundle)) if published else PolicyBundle.load(settings.policy_dir)
-            )
-        current = EmbeddedRegoEngine(baseline)
-        budgeted = frozenset(
-            t for t, tenant in load_catalogue(settings.catalogue_dir).tenants.items() if tenant.budget
+        report = what_if_report(
+            against,
+            partial(governance_session, settings),
+            settings.policy_dir,
+            settings.catalogue_dir,
+            current_reference,
+            scope,
         )
-    except (PolicyEngineError, CatalogueError) as error:
-        print(f"error: {error}")
+    except ActionRefused as refusal:
+        print(f"error: {refusal}")
         return 2
-    with governance_session(settings) as session:
-        report = what_if(session, current, candidate, scope, budgeted)
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:

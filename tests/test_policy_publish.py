@@ -16,12 +16,13 @@ from contracts.events import (
     JobKind,
     JobRequest,
 )
+from services.governance.officer_actions import PUBLICATION_KEY
 from services.placement import app as placement_app
 from services.shared.domain.catalogue import load_catalogue
 from services.shared.domain.policy import PolicyBundle
 from services.shared.runtime import Service
 from services.shared.settings import REPO_ROOT, Settings
-from sovereign.policy_commands import PUBLICATION_KEY, policy_publish
+from sovereign.policy_commands import policy_publish
 from sovereign.verification.tracker import Tracker, following, wait_until
 from sovereign.verification.watch import produce
 from sovereign.verification.workload import request_events

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,13 @@ from contracts.events import (
 )
 from services.governance import handlers as governance
 from services.governance import queries as governance_queries
+from services.governance.officer_actions import (
+    ActionRefused,
+    load_bundle,
+    revision_diff,
+    run_revision_tests,
+    what_if_report,
+)
 from services.governance.policy_diff import diff_bundles
 from services.governance.queries import find_revision
 from services.governance.storage import TABLES as GOVERNANCE_TABLES
@@ -58,7 +66,8 @@ from services.shared.domain.signing import SignatureRefused
 from services.shared.inbox import ProcessedEvent
 from services.shared.outbox import OutboxMessage
 from services.shared.settings import REPO_ROOT, Settings
-from sovereign.policy_commands import load_bundle, policy_diff, policy_what_if
+from sovereign.decision_commands import governance_session
+from sovereign.policy_commands import policy_diff, policy_what_if
 from sovereign.verification.workload import generate
 from tests.conftest import KEYRING, TEST_KEYS, completed_at_haenam, published_event, published_revision
 from tests.storage_support import placement_context
@@ -278,7 +287,9 @@ def test_a_published_revision_can_be_named_by_its_id(settings: Settings, tmp_pat
     engine = governance_engine(settings)
     with unit_of_work(engine) as session:
         governance.on_policy_published(KEYRING, session, published_event(published))
-    assert load_bundle(bundle.revision[:12], settings).revision == bundle.revision
+    assert (
+        load_bundle(bundle.revision[:12], partial(governance_session, settings)).revision == bundle.revision
+    )
     assert diff_bundles(PolicyBundle.load(SHIPPED), bundle) == ["FIN-03: mode 'warn' -> 'dryrun'"]
 
 
@@ -563,3 +574,24 @@ def test_a_change_to_a_cancelled_job_says_the_cancel_stands(tmp_path: Path) -> N
     [change] = replay(settings, relaxed).changes
     assert change.after.describe() == "placed on cn-ascend-cloud"
     assert any(d.startswith("the cancel at ") and d.endswith("which stands") for d in change.depends_on)
+
+
+def test_the_officer_actions_give_typed_results_or_a_refusal_the_officer_can_read(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """What the command line prints and the console shows: the same results, from officer_actions."""
+    sessions = partial(governance_session, settings)
+    relaxed = candidate(tmp_path, lambda data: data["rules"]["FIN-03"].update(mode="dryrun"))
+    diff = revision_diff(str(SHIPPED), str(relaxed), sessions)
+    assert (diff.old, diff.new) == (PolicyBundle.load(SHIPPED).revision, PolicyBundle.load(relaxed).revision)
+    assert diff.lines == ["FIN-03: mode 'warn' -> 'dryrun'"]
+    report = what_if_report(str(SHIPPED), sessions, SHIPPED, settings.catalogue_dir, str(SHIPPED))
+    assert report.changes == [] and report.replayed > 0
+    tested = run_revision_tests(SHIPPED, settings.catalogue_dir)
+    assert tested.ok and tested.revision == PolicyBundle.load(SHIPPED).revision
+    for refused in (
+        lambda: revision_diff("no-such-revision", str(SHIPPED), sessions),
+        lambda: what_if_report(str(tmp_path / "missing"), sessions, SHIPPED, settings.catalogue_dir),
+    ):
+        with pytest.raises(ActionRefused, match="neither a policy directory nor one published revision"):
+            refused()

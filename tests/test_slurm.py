@@ -38,6 +38,7 @@ from services.factory_agent.slurm import (
     SlurmJob,
     SlurmState,
     Submission,
+    _parse_sacct_line,
     accounted_intervals,
 )
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
@@ -436,3 +437,41 @@ def test_a_slurm_site_the_agent_cannot_serve_truthfully_stops_it_at_start_saying
 
 def test_a_slurm_site_whose_pools_all_have_partitions_and_scripts_gets_the_slurm_backend() -> None:
     assert isinstance(build_backend(*slurm_settings("nacc-haenam")), SlurmBackend)
+
+
+@given(
+    interval=st.integers(1, 7200),
+    elapsed=st.integers(1, 20_000),
+    seen_at=st.floats(0, 1),
+    gpus=st.integers(1, 4096),
+    joules=st.integers(0, 10**13),
+)
+def test_energy_slurm_measured_is_what_the_intervals_add_up_to_once_the_job_ended(
+    interval: int, elapsed: int, seen_at: float, gpus: int, joules: int
+) -> None:
+    """A cluster with an energy plugin: the intervals reported while the job ran keep the site's power
+    model, and the last one makes the total Slurm's measurement times the PUE (when it is not less than
+    what was reported already); a cluster without one (0) keeps the power model throughout."""
+    pue = 1.3
+    running = accounted_intervals(
+        job_of(SlurmState.RUNNING, int(elapsed * seen_at), gpus), interval, 0.7, pue
+    )
+    ended = replace(job_of(SlurmState.COMPLETED, elapsed, gpus), energy_joules=joules)
+    final = accounted_intervals(ended, interval, 0.7, pue)
+    modelled = accounted_intervals(replace(ended, energy_joules=0), interval, 0.7, pue)
+    assert final[: len(running)] == running == modelled[: len(running)]
+    measured = round(joules * pue / 3600)
+    reported_before = sum(i.energy_wh for i in final[:-1])
+    if joules == 0:
+        assert final == modelled
+    else:
+        assert final[:-1] == modelled[:-1]
+        assert sum(i.energy_wh for i in final) == max(measured, reported_before)
+
+
+def test_sacct_lines_are_read_with_the_energy_slurm_measured_or_none() -> None:
+    fields = "7|sov-j-1|COMPLETED|2027-01-01T09:00:00|2027-01-01T09:00:10|10|cpu=1,gres/gpu=2|0:0|None"
+    measured, unmeasured = _parse_sacct_line(fields + "|72000"), _parse_sacct_line(fields + "|")
+    assert measured is not None and unmeasured is not None
+    assert (measured.energy_joules, unmeasured.energy_joules, measured.gpus) == (72000, 0, 2)
+    assert _parse_sacct_line(fields) is None  # a line of other fields is not read as a job

@@ -16,7 +16,7 @@ import asyncio
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import pairwise
@@ -31,7 +31,7 @@ JOB_NAME_PREFIX = "sov-"
 # Each priority class of a request is a Slurm QOS of that name, with this priority (PriorityWeightQOS).
 QOS_PRIORITIES = {"low": 0, "normal": 10, "high": 100, "urgent": 1000}
 # Fields read from sacct, in this order ('|' separated with -P).
-_SACCT_FIELDS = "JobID,JobName,State,Start,End,ElapsedRaw,AllocTRES,ExitCode,Reason"
+_SACCT_FIELDS = "JobID,JobName,State,Start,End,ElapsedRaw,AllocTRES,ExitCode,Reason,ConsumedEnergyRaw"
 _ALLOCATED_GPUS = re.compile(r"(?:^|,)gres/gpu=(\d+)")
 # Node states in which a node's GPUs can take jobs (sinfo's %T, less any '*' or '~' suffix).
 _USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing", "reserved", "planned"}
@@ -104,6 +104,9 @@ class SlurmJob:
     gpus: int
     exit_code: str
     reason: str
+    # What an energy-accounting plugin (acct_gather_energy: GPUs, IPMI, RAPL) measured, once the job ended;
+    # 0 where the cluster has none.
+    energy_joules: int = 0
 
     @property
     def started(self) -> bool:
@@ -143,7 +146,9 @@ def accounted_intervals(
 ) -> list[UsageInterval]:
     """The usage intervals of a started job that have closed: whole `interval_seconds` from its start while
     it runs, and once it has ended the last one too, ending at its end. Their GPU-seconds add up to the
-    elapsed seconds times the allocated GPUs, as Slurm accounts them."""
+    elapsed seconds times the allocated GPUs, as Slurm accounts them. Energy is the site's power model,
+    unless Slurm measured the ended job's: then the last interval takes what the measurement (times the
+    site's PUE) leaves after the intervals reported while it ran, so that they add up to it."""
     if not job.started:
         return []
     # A running job's elapsed time is sacct's clock less its start; a second is kept back so that its end,
@@ -151,7 +156,7 @@ def accounted_intervals(
     running = max(0, job.elapsed_seconds - 1) // interval_seconds * interval_seconds
     closed = job.elapsed_seconds if job.ended else running
     bounds = [*range(0, closed, interval_seconds), closed]
-    return [
+    intervals = [
         UsageInterval(
             seq=index + 1,
             start_offset_s=start,
@@ -163,6 +168,11 @@ def accounted_intervals(
         )
         for index, (start, end) in enumerate(pairwise(bounds))
     ]
+    if job.ended and job.energy_joules > 0 and intervals:
+        measured_wh = round(job.energy_joules * pue / 3600)
+        before = sum(interval.energy_wh for interval in intervals[:-1])
+        intervals[-1] = replace(intervals[-1], energy_wh=max(0, measured_wh - before))
+    return intervals
 
 
 class SlurmCluster:
@@ -310,7 +320,7 @@ def _parse_sacct_line(line: str) -> SlurmJob | None:
     fields = line.split("|")
     if len(fields) != len(_SACCT_FIELDS.split(",")):
         return None
-    job_id, name, state, start, end, elapsed, tres, exit_code, reason = fields
+    job_id, name, state, start, end, elapsed, tres, exit_code, reason, energy = fields
     try:
         slurm_state = SlurmState(state.split()[0])
     except (ValueError, IndexError):
@@ -326,6 +336,7 @@ def _parse_sacct_line(line: str) -> SlurmJob | None:
         gpus=int(gpus.group(1)) if gpus else 0,
         exit_code=exit_code,
         reason=reason,
+        energy_joules=int(energy) if energy.isdigit() else 0,
     )
 
 

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlmodel import select
 
 from contracts.events import (
     CapacityOfferedEvent,
@@ -16,6 +17,7 @@ from contracts.events import (
     UsageReportedEvent,
 )
 from services.factory_agent import handlers as factory
+from services.factory_agent.app import drive_runs_once
 from services.factory_agent.backends import SimulatedBackend
 from services.factory_agent.storage import TABLES as FACTORY_TABLES
 from services.factory_agent.storage import RunRow, run_key
@@ -177,3 +179,23 @@ def test_two_agents_on_one_database_each_take_and_drive_only_their_own_sites_run
             str(placed.data.job_id)
         ]
         assert factory.active_runs(session, others.offers) == []
+
+
+async def test_a_burst_of_placements_is_handed_over_a_few_a_pass_oldest_first_while_the_rest_are_reported(
+    database_url: tuple[str, str],
+) -> None:
+    engine = make_engine(database_url, "factory-agent", FACTORY_TABLES)
+    ctx = factory.FactoryContext(offers={o.site.site_id: o for o in CATALOGUE.offers})
+    backend = SimulatedBackend(3600, {})
+    placed = [placed_at_haenam(uuid.uuid4()) for _ in range(3)]
+    for event in placed:
+        with unit_of_work(engine) as session:
+            factory.on_job_placed(ctx, session, event)
+    order = [str(event.data.job_id) for event in placed]
+    for passes in (1, 2, 3):
+        # No time for a second hand-over in a pass: one run a pass, and those handed over are reported.
+        await drive_runs_once(engine, backend, ctx, submit_seconds=0.0)
+        with unit_of_work(engine) as session:
+            runs = {run.job_id: run for run in session.exec(select(RunRow))}
+        assert [job for job in order if runs[job].submitted] == order[:passes]
+        assert [job for job in order if runs[job].started_reported] == order[:passes]

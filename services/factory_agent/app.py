@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 
 from sqlalchemy import Engine
@@ -41,6 +42,10 @@ from services.shared.settings import Settings
 NAME = "factory-agent"
 log = get_logger(component="factory-agent")
 TICK_SECONDS = 0.1
+# A pass hands runs to the backend for at most this long, then reports on those already handed over: Slurm
+# takes about half a second a run (squeue, sacct, sacctmgr, sbatch), and the 22 runs of one burst in the
+# demo held back every start report and cancel for 13 s.
+SUBMIT_SECONDS_PER_PASS = 1.0
 # How often the backend is asked what each pool can take (the simulation never changes).
 CAPACITY_SECONDS = 5.0
 
@@ -114,17 +119,27 @@ async def usable_gpus(backend: FactoryBackend) -> dict[str, int] | None:
         return None
 
 
-async def drive_runs_once(engine: Engine, backend: FactoryBackend, context: handlers.FactoryContext) -> int:
-    """One pass over the runs not yet ended: hand each new one to the backend, pass cancels on, and report
-    what the backend says of each. Returns how many events it emitted."""
+async def drive_runs_once(
+    engine: Engine,
+    backend: FactoryBackend,
+    context: handlers.FactoryContext,
+    submit_seconds: float = SUBMIT_SECONDS_PER_PASS,
+) -> int:
+    """One pass over the runs not yet ended, oldest first: hand new ones to the backend (for at most
+    `submit_seconds`, then the rest wait for the next pass), pass cancels on, and report what the backend
+    says of each handed run. Returns how many events it emitted."""
     with unit_of_work(engine) as session:
         runs = handlers.active_runs(session, context.offers)
     reports: dict[str, RunReport] = {}
+    began, handed_over = time.monotonic(), 0
     for run in runs:
         if run.cancel_requested and not run.submitted:
             reports[run.run_id] = RunReport(started=False, status="cancelled")  # it never ran
             continue
         if not run.submitted:
+            if handed_over and time.monotonic() - began > submit_seconds:
+                continue
+            handed_over += 1
             try:
                 backend_ref = await backend.submit(run)
             except RunRefused as refusal:

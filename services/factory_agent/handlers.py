@@ -174,13 +174,13 @@ def on_job_cancelled(ctx: FactoryContext, session: Session, event: JobCancelledE
 
 
 def active_runs(session: Session, site_ids: Iterable[str]) -> list[RunRow]:
-    """The runs not yet ended at these sites, detached from the session (the loop awaits the backend with
-    them). Another agent's runs are not this one's to drive, should the two share a database."""
+    """The runs not yet ended at these sites, oldest first, detached from the session (the loop awaits the
+    backend with them). Another agent's runs are not this one's to drive, should the two share a database."""
     runs = list(
         session.exec(
             select(RunRow)
             .where(RunRow.state == RunState.RUNNING, col(RunRow.site_id).in_(list(site_ids)))
-            .order_by(col(RunRow.run_id))
+            .order_by(col(RunRow.started_at), col(RunRow.run_id))
         )
     )
     session.expunge_all()

@@ -108,7 +108,9 @@ async def collect_status(
             for row in rows
         ]
         for row in rows:
-            group = row.group or consumer_group(service)  # a worker that did not say reads in the service's
+            group = row.consumer_group or consumer_group(
+                service
+            )  # a worker that did not say reads in the service's
             groups.setdefault(group, set()).update(row.topics)
             status.groups.append(group)
         status.groups = sorted(set(status.groups))

@@ -29,8 +29,9 @@ class WorkerRow(SQLModel, table=True):
     pid: int
     # The topics this worker consumes, so status can compute its lag without building the service.
     topics: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # The consumer group it reads them in (a factory's agent for its sites has one of its own).
-    group: str = Field(default="", max_length=300)
+    # The consumer group it reads them in (a factory's agent for its sites has one of its own, named after
+    # them: unbounded).
+    consumer_group: str = ""
     started_at: datetime = Field(default_factory=utc_now)
     ready_at: datetime | None = None
     heartbeat_at: datetime = Field(default_factory=utc_now)
@@ -41,9 +42,15 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def register_worker(session: Session, worker_id: str, topics: list[str], group: str) -> None:
+def register_worker(session: Session, worker_id: str, topics: list[str], consumer_group: str) -> None:
     session.add(
-        WorkerRow(worker_id=worker_id, host=socket.gethostname(), pid=os.getpid(), topics=topics, group=group)
+        WorkerRow(
+            worker_id=worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            topics=topics,
+            consumer_group=consumer_group,
+        )
     )
 
 

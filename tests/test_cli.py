@@ -73,6 +73,8 @@ def test_every_command_module_registers_commands_that_reach_their_handlers() -> 
         "policy what-if --against a",
         "decisions list",
         "decisions verify",
+        "console serve",
+        "console add-officer someone --role auditor",
         "keys new --dir d --key-id k --role tenant --principal t",
         "attest verify placed.json --month 2026-11",
         "acls",

@@ -41,8 +41,11 @@ class DecisionQuery:
     policy_revision: str | None = None
 
 
-def find_decisions(session: Session, query: DecisionQuery, limit: int = 200) -> list[DecisionLogEntry]:
-    statement = select(DecisionLogEntry)
+def find_decisions(
+    session: Session, query: DecisionQuery, limit: int = 200, after_seq: int = 0
+) -> list[DecisionLogEntry]:
+    """The matching entries in log order, from the first after `after_seq` (a page's last, for the next)."""
+    statement = select(DecisionLogEntry).where(col(DecisionLogEntry.seq) > after_seq)
     if query.job_id:
         statement = statement.where(DecisionLogEntry.job_id == query.job_id)
     if query.tenant_id:

@@ -137,3 +137,32 @@ def test_a_session_expires(engine: Engine) -> None:
         assert signed_in(session, started.token) is not None
         assert signed_in(session, started.token, utc_now() + timedelta(hours=9)) is None
         assert session.exec(select(OfficerRow)).first() is not None
+
+
+def test_a_jobs_page_explains_every_site_of_each_of_its_decisions(engine: Engine) -> None:
+    job = uuid.uuid4()
+    event = decision_event(job, rule="PIPA-01")
+    tokyo = event.data.sites[1]
+    hostile = tokyo.violations[0].model_copy(update={"message": "tokyo is in JP <script>alert(1)</script>"})
+    sites = [event.data.sites[0], tokyo.model_copy(update={"violations": [hostile]})]
+    event = event.model_copy(update={"data": event.data.model_copy(update={"sites": sites})})
+    with unit_of_work(engine) as session:
+        governance.on_policy_decision(session, event)
+    client = signed_in_client(engine)
+    listing = client.get("/decisions")
+    assert f'href="/jobs/{job}"' in listing.text
+    page = client.get(f"/jobs/{job}")
+    assert page.status_code == 200
+    assert (
+        "PIPA-01" in page.text and "tokyo is in JP" in page.text and "no rule found against it" in page.text
+    )
+    [decision] = client.get(f"/api/jobs/{job}").json()["decisions"]
+    verdicts = {site["site_id"]: site for site in decision["site_verdicts"]}
+    assert verdicts["tokyo"]["allowed"] is False and verdicts["seoul"]["allowed"] is True
+    assert verdicts["tokyo"]["violations"][0] == {
+        "rule": "PIPA-01",
+        "message": "tokyo is in JP <script>alert(1)</script>",  # as logged: escaping is the page's
+        "mode": "deny",
+    }
+    assert client.get(f"/jobs/{uuid.uuid4()}").status_code == 404
+    assert client.get(f"/api/jobs/{uuid.uuid4()}").status_code == 404

@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from services.governance.console.accounts import Role, SignedIn, sign_in, sign_out, signed_in
 from services.governance.queries import DecisionQuery, find_decisions
-from services.governance.storage import DecisionLogEntry
+from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.shared.db import unit_of_work
 
 HERE = Path(__file__).parent
@@ -139,6 +139,25 @@ def build_console(engine: Engine, secure_cookies: bool = False) -> FastAPI:
             {"officer": current, "rows": rows, "filters": filters, "following": following},
         )
 
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(request: Request, current: Annotated[SignedIn, Depends(auditor)], job_id: str) -> Response:
+        with transaction() as session:
+            decisions = _job_decisions(session, job_id)
+        return templates.TemplateResponse(
+            request,
+            "job.html",
+            {"officer": current, "job_id": job_id, "decisions": decisions},
+            status_code=200 if decisions else 404,
+        )
+
+    @app.get("/api/jobs/{job_id}")
+    def job_api(_: Annotated[SignedIn, Depends(auditor)], job_id: str) -> dict[str, Any]:
+        with transaction() as session:
+            decisions = _job_decisions(session, job_id)
+        if not decisions:
+            raise HTTPException(404, f"no decision is logged for job {job_id}")
+        return {"job_id": job_id, "decisions": decisions}
+
     @app.get("/api/decisions")
     def decisions_api(
         request: Request, _: Annotated[SignedIn, Depends(auditor)], after: int = 0
@@ -174,6 +193,25 @@ def _summary(entry: DecisionLogEntry) -> dict[str, Any]:
         "sites": len(sites),
         "rules": sorted({v["rule"] for site in sites for v in site["violations"]}),
     }
+
+
+def _job_decisions(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """Every decision logged for the job, oldest first: each site's verdict with every finding (rule, mode,
+    message; exemptions with their approver and expiry), and what placement did with it."""
+    decisions = []
+    for entry in find_decisions(session, DecisionQuery(job_id=job_id)):
+        outcome = session.get(DecisionOutcome, entry.decision_id)
+        decisions.append(
+            {
+                **_summary(entry),
+                "engine": entry.content["decision"].get("engine"),
+                "site_verdicts": entry.content["decision"]["sites"],
+                "outcome": None
+                if outcome is None
+                else {"outcome": outcome.outcome, "site_id": outcome.site_id, "code": outcome.code},
+            }
+        )
+    return decisions
 
 
 def _require_csrf(current: SignedIn, csrf: str) -> None:

@@ -18,8 +18,10 @@ from services.governance.console.accounts import (
     CONSOLE_TABLES,
     FAILED_SIGN_INS_ALLOWED,
     AccountError,
+    FailedSignIn,
     OfficerRow,
     Role,
+    SessionRow,
     add_officer,
     sign_in,
     signed_in,
@@ -136,7 +138,11 @@ def test_a_session_expires(engine: Engine) -> None:
         assert started is not None
         assert signed_in(session, started.token) is not None
         assert signed_in(session, started.token, utc_now() + timedelta(hours=9)) is None
-        assert session.exec(select(OfficerRow)).first() is not None
+        assert sign_in(session, "kim", "wrong") is None
+        # The next attempt, a day later, clears the expired session and the stale failure.
+        assert sign_in(session, "kim", PASSWORD, utc_now() + timedelta(days=1)) is not None
+        assert len(session.exec(select(SessionRow)).all()) == 1
+        assert session.exec(select(FailedSignIn)).all() == []
 
 
 def test_a_jobs_page_explains_every_site_of_each_of_its_decisions(engine: Engine) -> None:

@@ -103,6 +103,9 @@ def sign_in(session: Session, name: str, password: str, now: datetime | None = N
     have failed for that name lately (the password is then not even checked)."""
     now = now or utc_now()
     name = name[:NAME_LENGTH]
+    # What no longer counts goes at every attempt, so that neither table grows without end.
+    session.execute(delete(SessionRow).where(col(SessionRow.expires_at) <= now))
+    session.execute(delete(FailedSignIn).where(col(FailedSignIn.at) <= now - FAILED_SIGN_IN_WINDOW))
     failures = session.exec(
         select(func.count())
         .select_from(FailedSignIn)

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 
 from sqlmodel import Session
 
-from services.governance.queries import DecisionQuery, find_decisions, verify_log
+from services.governance.queries import DecisionQuery, find_decisions, summarize, verify_log
 from services.governance.storage import TABLES
 from services.shared.settings import Settings
 from sovereign.options import Commands, connection_options, settings_of
@@ -22,14 +22,12 @@ def list_decisions(settings: Settings, query: DecisionQuery, limit: int) -> int:
     with governance_session(settings) as session:
         entries = find_decisions(session, query, limit)
     for entry in entries:
-        sites = entry.content["decision"]["sites"]
-        allowed = sum(1 for s in sites if s["allowed"])
-        rules = sorted({v["rule"] for s in sites for v in s["violations"]})
+        summary = summarize(entry)
         print(
             f"#{entry.seq:<6} {entry.decided_at:%Y-%m-%d %H:%M:%S}  job {entry.job_id}"
             f"  tenant {entry.tenant_id:<20}"
-            f" revision {entry.policy_revision[:12]}  {allowed}/{len(sites)} sites allowed"
-            f"  rules: {', '.join(rules) or '-'}"
+            f" revision {entry.policy_revision[:12]}  {summary.sites_allowed}/{summary.sites} sites allowed"
+            f"  rules: {', '.join(summary.rules) or '-'}"
         )
     print(f"{len(entries)} decisions")
     return 0

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -78,21 +79,10 @@ def run_demo(
         f"Sovereign AI job marketplace demo: {jobs} jobs, seed {seed}, 1 real second = "
         f"{time_scale / 3600:g} simulated hours. Logs in {logs.relative_to(REPO_ROOT)}/"
     )
-    with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(slurm_cluster_for(SLURM_SITE)) if slurm else None
-        return _run(jobs, seed, time_scale, wait_seconds, placement_workers, logs, cluster)
-
-
-def _run(
-    jobs: int,
-    seed: int,
-    time_scale: float,
-    wait_seconds: float,
-    placement_workers: int,
-    logs: Path,
-    cluster: LocalSlurm | None,
-) -> int:
-    with EmbeddedBroker(log_path=logs / "tansu.log") as broker:
+    site_cluster: AbstractContextManager[LocalSlurm | None] = (
+        slurm_cluster_for(SLURM_SITE) if slurm else contextlib.nullcontext()
+    )
+    with site_cluster as cluster, EmbeddedBroker(log_path=logs / "tansu.log") as broker:
         print(f"  broker   Tansu on {broker.bootstrap_servers} (memory storage)")
         tenants = load_catalogue(REPO_ROOT / "catalogue").tenants
         asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(tenants), Settings().topic_partitions))

@@ -57,9 +57,7 @@ def charges_at(site_id: str, session: Session) -> list[BilledRun]:
 def slurm_jobs(session: Session) -> dict[str, str]:
     """The Slurm job of each run the agents handed to a backend that names one, by run id."""
     return {
-        run.run_id: run.backend_ref
-        for run in session.exec(select(RunRow).where(col(RunRow.backend_ref).is_not(None)))
-        if run.backend_ref is not None
+        run.run_id: run.backend_ref for run in session.exec(select(RunRow)) if run.backend_ref is not None
     }
 
 
@@ -75,16 +73,18 @@ def slurm_accounting_report(
         f"  {'run (job id/attempt)':<40} {'Slurm job':>9} {'sacct GPU-s':>11} {'billed GPU-s':>12} KRW",
     ]
     wrong: list[str] = []
+    billed: set[str] = set()
     for run in runs:
         run_id = run_key(run.job_id, run.attempt)
         slurm_job = jobs.get(run_id)
+        if slurm_job is not None:
+            billed.add(slurm_job)
         used = accounted.get(slurm_job or "", 0)  # none: cancelled before it was submitted
         expected = charge_krw(used, run.price_krw_per_gpu_hour or 0)
         if not run.billed or (run.gpu_seconds, run.amount_krw) != (used, expected):
             wrong.append(run_id)
         shown = slurm_job or "-"
         lines.append(f"  {run_id:<40} {shown:>9} {used:>11,} {run.gpu_seconds:>12,} {run.amount_krw:>6,}")
-    billed = {jobs[run_id] for run in runs if (run_id := run_key(run.job_id, run.attempt)) in jobs}
     unbilled = sorted(set(accounted) - billed, key=int)
     exact = bool(runs) and not wrong and not unbilled
     total = sum(accounted.values())

@@ -325,7 +325,6 @@ def _parse_sacct_line(line: str) -> SlurmJob | None:
         slurm_state = SlurmState(state.split()[0])
     except (ValueError, IndexError):
         return None
-    gpus = _ALLOCATED_GPUS.search(tres)
     return SlurmJob(
         job_id=job_id,
         name=name,
@@ -333,11 +332,17 @@ def _parse_sacct_line(line: str) -> SlurmJob | None:
         start=_sacct_time(start),
         end=_sacct_time(end),
         elapsed_seconds=int(elapsed) if elapsed.isdigit() else 0,
-        gpus=int(gpus.group(1)) if gpus else 0,
+        gpus=allocated_gpus(tres),
         exit_code=exit_code,
         reason=reason,
         energy_joules=int(energy) if energy.isdigit() else 0,
     )
+
+
+def allocated_gpus(tres: str) -> int:
+    """The GPUs in sacct's AllocTRES (`cpu=1,gres/gpu=2,...`): 0 when none was allocated."""
+    gpus = _ALLOCATED_GPUS.search(tres)
+    return int(gpus.group(1)) if gpus else 0
 
 
 def _sacct_time(text: str) -> datetime | None:

@@ -41,6 +41,24 @@ class DecisionQuery:
     policy_revision: str | None = None
 
 
+@dataclass(frozen=True)
+class DecisionSummary:
+    """A logged decision at a glance: how many of its sites were allowed, and the rules that denied one."""
+
+    sites_allowed: int
+    sites: int
+    rules: list[str]
+
+
+def summarize(entry: DecisionLogEntry) -> DecisionSummary:
+    sites = entry.content["decision"]["sites"]
+    return DecisionSummary(
+        sites_allowed=sum(1 for site in sites if site["allowed"]),
+        sites=len(sites),
+        rules=sorted({v["rule"] for site in sites for v in site["violations"]}),
+    )
+
+
 def find_decisions(
     session: Session, query: DecisionQuery, limit: int = 200, after_seq: int = 0
 ) -> list[DecisionLogEntry]:

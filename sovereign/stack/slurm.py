@@ -17,6 +17,7 @@ from pathlib import Path
 
 from contracts.events import CapacityOffered, JobKind
 from services.factory_agent.backends import BackendKind
+from services.factory_agent.slurm import allocated_gpus
 from services.shared.embedded_broker import free_loopback_port, terminate
 from services.shared.settings import REPO_ROOT
 
@@ -111,8 +112,7 @@ class LocalSlurm:
         accounted = {}
         for line in output.splitlines():
             job_id, elapsed, tres = line.split("|")
-            gpus = next((int(t.split("=")[1]) for t in tres.split(",") if t.startswith("gres/gpu=")), 0)
-            accounted[job_id] = int(elapsed) * gpus
+            accounted[job_id] = int(elapsed) * allocated_gpus(tres)
         return accounted
 
     # --- starting and stopping -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ every change (signing in and out) carries a CSRF token; session cookies are Http
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from services.governance.console.accounts import Role, SignedIn, sign_in, sign_out, signed_in
-from services.governance.queries import DecisionQuery, find_decisions
+from services.governance.queries import DecisionQuery, find_decisions, summarize
 from services.governance.storage import DecisionLogEntry, DecisionOutcome
 from services.shared.db import unit_of_work
 
@@ -181,7 +182,6 @@ def _query(request: Request) -> DecisionQuery:
 
 
 def _summary(entry: DecisionLogEntry) -> dict[str, Any]:
-    sites = entry.content["decision"]["sites"]
     return {
         "seq": entry.seq,
         "decision_id": entry.decision_id,
@@ -189,9 +189,7 @@ def _summary(entry: DecisionLogEntry) -> dict[str, Any]:
         "job_id": entry.job_id,
         "tenant_id": entry.tenant_id,
         "policy_revision": entry.policy_revision,
-        "sites_allowed": sum(1 for site in sites if site["allowed"]),
-        "sites": len(sites),
-        "rules": sorted({v["rule"] for site in sites for v in site["violations"]}),
+        **asdict(summarize(entry)),
     }
 
 
